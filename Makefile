@@ -1,0 +1,61 @@
+# The two commands: `make run` and `make test`. Everything else is a helper.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint install migrate demo worker interop bench bench-codec clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+migrate: install
+	$(BIN)/python manage.py migrate --noinput
+
+demo: migrate
+	$(BIN)/python manage.py setup_demo
+
+run: demo
+	@echo ""
+	@echo "  Interledger node on http://$(HOST):$(PORT)/"
+	@echo "  admin:          http://$(HOST):$(PORT)/admin/   (user demo, password demo)"
+	@echo "  demo pointer:   \$$$(HOST):$(PORT)/demo   (SPSP: http://$(HOST):$(PORT)/demo)"
+	@echo "  BTP endpoint:   btp+ws://NAME:TOKEN@$(HOST):$(PORT)/btp   (python manage.py add_peer ...)"
+	@echo "  HTTP-OER:       http://$(HOST):$(PORT)/ilp"
+	@echo "  API docs:       http://$(HOST):$(PORT)/api/docs/"
+	@echo "  Celery worker (only with REDIS_URL set): $(BIN)/celery -A interledger_site worker"
+	@echo ""
+	$(BIN)/daphne -b $(HOST) -p $(PORT) interledger_site.asgi:application
+
+test: install
+	$(BIN)/python -m pytest -q -n 2
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check ilp
+	$(BIN)/mypy ilp links receivers payments interledger_site
+
+worker: install
+	$(BIN)/celery -A interledger_site worker -l info
+
+interop: install
+	bash scripts/interop.sh
+
+bench: install
+	INTEROP_ONLY=load bash scripts/interop.sh
+
+bench-codec: install
+	$(BIN)/python -m ilp.bench
+
+clean:
+	rm -rf $(VENV) var .interop

@@ -1,0 +1,25 @@
+"""ASGI entry point: HTTP to Django, WebSocket ``/btp`` to the BTP consumer.
+
+BTP peers send no ``Origin`` header, so the ``/btp`` route must not sit behind
+``AllowedHostsOriginValidator``; the dashboard socket does.
+"""
+
+from __future__ import annotations
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "interledger_site.settings")
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+
+from interledger_site.routing import websocket_urlpatterns  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": URLRouter(websocket_urlpatterns),
+    }
+)

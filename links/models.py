@@ -1,0 +1,3 @@
+"""Models of links."""
+
+from __future__ import annotations

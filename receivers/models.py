@@ -1,0 +1,3 @@
+"""Models of receivers."""
+
+from __future__ import annotations

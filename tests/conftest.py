@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+VECTORS = Path(__file__).resolve().parent / "vectors"  # copied from ../shared/vectors
+
+
+def load_vectors(name: str) -> dict[str, Any]:
+    """A vector file from ``../shared/vectors`` (``receiver/psk2.json`` for the receiver ones)."""
+    path = Path(os.environ.get("ILP_VECTORS_DIR", VECTORS)) / name
+    return json.loads(path.read_text())
+
+
+def on_postgres() -> bool:
+    return os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://"))
+
+
+def on_redis() -> bool:
+    return bool(os.environ.get("REDIS_URL"))
+
+
+requires_postgres = pytest.mark.skipif(
+    not on_postgres(), reason="needs PostgreSQL (runs in the Postgres+Redis pass of .ci/run)"
+)
+requires_redis = pytest.mark.skipif(
+    not on_redis(), reason="needs Redis (runs in the Postgres+Redis pass of .ci/run)"
+)

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# `make interop`: run the JS interop suite (ilp-connector 21.3.0, ilp-plugin-btp, psk2 0.2.1,
+# spsp 2.0.0 from npm) against this node, and the load scenario against the JS reference
+# stand-in in the same run for comparison.
+#
+#   INTEROP_ONLY=a,b       only these scenarios (as run-all.sh)
+#   INTEROP_REFERENCE=0    skip the reference stand-in load run
+#   INTEROP_MODE_A=0       skip the multihop mode A run (the node dials out to the connector)
+#   PORT=8765              where the node listens
+# Uses DATABASE_URL/REDIS_URL when set (a fresh database `ilp_interop` on that Postgres);
+# otherwise a fresh SQLite file. With REDIS_URL it also runs a Celery worker.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+BIN="$ROOT/.venv/bin"
+PORT="${INTEROP_PORT:-8765}"
+WORK="$ROOT/.interop"
+OUT="${INTEROP_RESULTS_DIR:-$WORK/results-$(date -u +%Y%m%dT%H%M%SZ)}"
+mkdir -p "$OUT"
+
+# The harness: ../shared/interop when present (the project's shared copy), else ours.
+SRC="${ILP_SHARED_DIR:-$ROOT/../shared}/interop"
+[ -f "$SRC/run-all.sh" ] || SRC="$ROOT/interop-harness"
+HARNESS="$WORK/harness"
+if [ ! -d "$HARNESS/node_modules" ] || ! cmp -s "$SRC/package-lock.json" "$HARNESS/package-lock.json"; then
+  rm -rf "$HARNESS"; mkdir -p "$HARNESS"
+  cp -r "$SRC/." "$HARNESS/"; chmod -R u+w "$HARNESS"
+  (cd "$HARNESS" && npm ci --no-audit --no-fund --loglevel=error)
+else
+  # keep scenario code current without reinstalling node_modules
+  (cd "$SRC" && find . -path ./node_modules -prune -o -type f -print | while read -r f; do
+     mkdir -p "$HARNESS/$(dirname "$f")"; cp "$f" "$HARNESS/$f"; chmod u+w "$HARNESS/$f"; done)
+fi
+
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+export ILP_ADDRESS="${INTEROP_ILP_ADDRESS:-test.sut}"
+export ILP_ASSET_CODE=XRP ILP_ASSET_SCALE=9
+export ILP_VAR_DIR="$WORK/var"
+export DJANGO_DEBUG=0 LOG_LEVEL=WARNING
+mkdir -p "$ILP_VAR_DIR"
+if [[ "${DATABASE_URL:-}" == postgres* ]]; then
+  base="${DATABASE_URL%/*}"
+  psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS ilp_interop" -c "CREATE DATABASE ilp_interop" >/dev/null
+  export DATABASE_URL="$base/ilp_interop"
+else
+  rm -f "$ILP_VAR_DIR/interop.sqlite3"*
+  export DATABASE_URL="sqlite:///$ILP_VAR_DIR/interop.sqlite3"
+fi
+if [ -n "${REDIS_URL:-}" ]; then
+  redis-cli -u "$REDIS_URL" flushdb >/dev/null 2>&1 || true
+fi
+
+"$BIN/python" manage.py migrate --noinput -v0
+"$BIN/python" manage.py add_peer alice --relation child --link btp-server --token alicetoken >/dev/null
+"$BIN/python" manage.py add_peer oer --relation child --link http-sync --token oertoken >/dev/null
+"$BIN/python" manage.py add_pointer bob >/dev/null
+"$BIN/python" manage.py add_pointer paidapi >/dev/null
+
+MODE_A_PORT=7790
+if [ "${INTEROP_MODE_A:-1}" = 1 ]; then
+  "$BIN/python" manage.py add_peer harness --relation parent --link btp-client \
+    --url "btp+ws://sut:sutsecret@127.0.0.1:$MODE_A_PORT" >/dev/null
+fi
+
+if [ -n "${REDIS_URL:-}" ]; then
+  "$BIN/celery" -A interledger_site worker -l warning --concurrency 2 >"$OUT/celery.log" 2>&1 &
+  PIDS+=("$!")
+fi
+"$BIN/daphne" -b 127.0.0.1 -p "$PORT" interledger_site.asgi:application >"$OUT/daphne.log" 2>&1 &
+PIDS+=("$!")
+for _ in $(seq 1 150); do
+  curl -fs -o /dev/null "http://127.0.0.1:$PORT/" && break
+  sleep 0.2
+done
+curl -fs -o /dev/null "http://127.0.0.1:$PORT/" || { echo "node did not start"; tail -30 "$OUT/daphne.log"; exit 1; }
+
+export SUT_BTP_URL="btp+ws://alice:alicetoken@127.0.0.1:$PORT/btp"
+export SUT_SPSP_URL="http://127.0.0.1:$PORT/bob"
+export SUT_HTTP_OER_URL="http://127.0.0.1:$PORT/ilp"
+export SUT_HTTP_OER_TOKEN=oertoken
+export SUT_PAID_API_URL="http://127.0.0.1:$PORT/api/v1/demo/paid"
+export SUT_ILP_ADDRESS="$ILP_ADDRESS"
+
+status=0
+echo "=== interop: all scenarios against the node (multihop mode B) ==="
+INTEROP_RESULTS_DIR="$OUT/sut" bash "$HARNESS/run-all.sh" | tee "$OUT/sut.txt" || status=1
+
+if [ "${INTEROP_MODE_A:-1}" = 1 ] && [[ -z "${INTEROP_ONLY:-}" || ",$INTEROP_ONLY," == *",connector-multihop,"* ]]; then
+  echo "=== interop: connector-multihop mode A (the node dials out to the harness connector) ==="
+  SUT_CONNECTOR_BTP_SERVER_PORT=$MODE_A_PORT SUT_CONNECTOR_BTP_SECRET=sutsecret \
+    INTEROP_ONLY=connector-multihop INTEROP_RESULTS_DIR="$OUT/sut-mode-a" \
+    bash "$HARNESS/run-all.sh" | tee "$OUT/sut-mode-a.txt" || status=1
+fi
+
+if [ "${INTEROP_REFERENCE:-1}" = 1 ] && [[ -z "${INTEROP_ONLY:-}" || ",$INTEROP_ONLY," == *",load,"* ]]; then
+  echo "=== reference: load against the JS stand-in (ilp-connector 21.3.0 + psk2 0.2.1), same run ==="
+  (
+    STANDIN_ENV_FILE="$OUT/standin.env" STANDIN_LOG_FILE="$OUT/standin.connector.log" STANDIN_PORT_BASE=7700 \
+      node "$HARNESS/reference-sut/standin.js" >"$OUT/standin.stdout" 2>"$OUT/standin.stderr" &
+    spid=$!
+    trap 'kill $spid 2>/dev/null || true' EXIT
+    for _ in $(seq 1 100); do [ -s "$OUT/standin.env" ] && break; sleep 0.2; done
+    set -a; . "$OUT/standin.env"; set +a
+    INTEROP_ONLY=load INTEROP_RESULTS_DIR="$OUT/reference" bash "$HARNESS/run-all.sh"
+  ) | tee "$OUT/reference.txt" || true
+  echo
+  echo "=== load, same run: node vs JS reference ==="
+  printf 'node:      %s\n' "$(grep -E '^load: ' "$OUT/sut.txt" || echo 'no result')"
+  printf 'reference: %s\n' "$(grep -E '^load: ' "$OUT/reference.txt" || echo 'no result')"
+fi
+echo "results under $OUT"
+exit $status

@@ -1,0 +1,632 @@
+"""BTP/2.0 frames (RFC 23 draft 7, ``shared/spec/btp.md``), as btp-packet 2.2.1 writes them.
+
+One WebSocket binary message carries one frame: ``type`` (UInt8), ``requestId`` (UInt32)
+and the type's contents in one OER var-octet-string. Every type ends with a list of
+:class:`ProtocolData` entries whose count is a canonical VarUInt (``01 00`` for none).
+
+Decoding is strict (``shared/spec/oer.md`` section 8): canonical lengths only, no bytes
+after the last entry or after the envelope, IA5 names. :func:`decode_btp` raises only
+:class:`~ilp.errors.DecodeError`, whatever bytes arrive.
+
+The frames that carry an ILP packet (a Message or a Response with exactly one ``ilp``
+entry) are the node's hot path, so they have a specialised encoder and decoder
+(:func:`encode_ilp_frame`, :func:`peek_ilp_frame`) that never build objects and agree
+byte for byte with the general codec; the general codec uses them too.
+"""
+
+from __future__ import annotations
+
+import hmac
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import IntEnum, StrEnum
+from typing import ClassVar, Final, TypeAlias
+
+from ilp.errors import DecodeError, EncodeError, IlpError
+from ilp.oer import (
+    UINT64_MAX,
+    Reader,
+    Writer,
+    encode_length,
+    format_generalized_time,
+    parse_generalized_time,
+)
+
+__all__ = [
+    "AUTH",
+    "AUTH_TOKEN",
+    "AUTH_USERNAME",
+    "BTP_IDEMPOTENT",
+    "ILP",
+    "UINT32_MAX",
+    "AuthRejected",
+    "AuthRequest",
+    "BtpError",
+    "BtpErrorCode",
+    "BtpMessage",
+    "BtpPacket",
+    "BtpReply",
+    "BtpRequest",
+    "BtpResponse",
+    "BtpTransfer",
+    "BtpType",
+    "ContentType",
+    "ProtocolData",
+    "auth_credentials",
+    "auth_message",
+    "auth_response",
+    "btp_error",
+    "decode_btp",
+    "encode_btp",
+    "encode_ilp_frame",
+    "find_entry",
+    "ilp_message",
+    "ilp_response",
+    "offers_idempotent",
+    "peek_header",
+    "peek_ilp_frame",
+    "read_auth",
+]
+
+UINT32_MAX: Final = 2**32 - 1
+
+# Protocol (entry) names with a meaning of their own.
+ILP: Final = "ilp"
+AUTH: Final = "auth"
+AUTH_USERNAME: Final = "auth_username"
+AUTH_TOKEN: Final = "auth_token"
+# BTP/2.0-I negotiation entry (btp.md section 7.1); its data is the text "1".
+BTP_IDEMPOTENT: Final = "btp_idempotent"
+_IDEMPOTENT_ON: Final = b"1"
+
+
+class BtpType(IntEnum):
+    RESPONSE = 1
+    ERROR = 2
+    # BTP/1 conditional transfers, removed in BTP/2.0: named so logs can say what
+    # arrived, but there is no class for them and they decode as an unknown type.
+    PREPARE = 3
+    FULFILL = 4
+    REJECT = 5
+    MESSAGE = 6
+    TRANSFER = 7
+
+
+class ContentType(IntEnum):
+    APPLICATION_OCTET_STREAM = 0
+    TEXT_PLAIN_UTF8 = 1
+    APPLICATION_JSON = 2
+
+
+class BtpErrorCode(StrEnum):
+    """The ``code`` of a BTP Error (RFC 23's table; btp.md section 1.3).
+
+    ``T`` codes are temporary (retry later), ``F`` codes final. ``T99``/``F99`` are not
+    in RFC 23: they mirror ILP's catch-all application errors for our own use.
+    """
+
+    T00 = "T00"
+    T99 = "T99"
+    F00 = "F00"
+    F01 = "F01"
+    F03 = "F03"
+    F04 = "F04"
+    F05 = "F05"
+    F06 = "F06"
+    F07 = "F07"
+    F08 = "F08"
+    F99 = "F99"
+
+    @property
+    def error_name(self) -> str:
+        """The ``name`` that goes with the code on the wire, e.g. ``NotAcceptedError``."""
+        return _ERROR_NAMES[self]
+
+
+_ERROR_NAMES: Final[dict[BtpErrorCode, str]] = {
+    BtpErrorCode.T00: "UnreachableError",
+    BtpErrorCode.T99: "ApplicationError",
+    BtpErrorCode.F00: "NotAcceptedError",
+    BtpErrorCode.F01: "InvalidFieldsError",
+    BtpErrorCode.F03: "TransferNotFoundError",
+    BtpErrorCode.F04: "InvalidFulfillmentError",
+    BtpErrorCode.F05: "DuplicateIdError",
+    BtpErrorCode.F06: "AlreadyRolledBackError",
+    BtpErrorCode.F07: "AlreadyFulfilledError",
+    BtpErrorCode.F08: "InsufficientBalanceError",
+    BtpErrorCode.F99: "ApplicationError",
+}
+
+
+def _check_request_id(request_id: int) -> None:
+    if type(request_id) is not int or not 0 <= request_id <= UINT32_MAX:
+        raise EncodeError(f"requestId must be a UInt32, got {request_id!r}")
+
+
+def _check_ascii(value: str, what: str) -> None:
+    if not isinstance(value, str) or not value.isascii():
+        raise EncodeError(f"{what} must be an ASCII (IA5) string, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolData:
+    """One protocolData entry.
+
+    ``content_type`` is kept as the raw byte: values other than 0/1/2 are legal on the
+    wire (btp.md section 1.1 says to treat them as 0) and must survive a round trip.
+    """
+
+    protocol_name: str
+    content_type: int
+    data: bytes
+
+    def __post_init__(self) -> None:
+        _check_ascii(self.protocol_name, "protocolName")
+        if type(self.content_type) is not int:
+            if not isinstance(self.content_type, int) or isinstance(self.content_type, bool):
+                raise EncodeError(f"contentType must be an int, got {self.content_type!r}")
+            # A ContentType member is stored as its plain value, as the decoder produces it.
+            object.__setattr__(self, "content_type", int(self.content_type))
+        if not 0 <= self.content_type <= 0xFF:
+            raise EncodeError(f"contentType must be a UInt8, got {self.content_type}")
+        if not isinstance(self.data, bytes):
+            raise EncodeError(f"protocol data must be bytes, got {type(self.data).__name__}")
+
+
+def _check_protocol_data(entries: tuple[ProtocolData, ...]) -> None:
+    if not isinstance(entries, tuple):
+        raise EncodeError("protocol_data must be a tuple of ProtocolData")
+    for entry in entries:
+        if not isinstance(entry, ProtocolData):
+            raise EncodeError(f"protocol_data holds a {type(entry).__name__}, not ProtocolData")
+
+
+def _write_protocol_data(w: Writer, entries: tuple[ProtocolData, ...]) -> None:
+    w.write_var_uint(len(entries))
+    for entry in entries:
+        w.write_ia5(entry.protocol_name)
+        w.write_uint8(entry.content_type)
+        w.write_var_octets(entry.data)
+
+
+def _read_protocol_data(r: Reader) -> tuple[ProtocolData, ...]:
+    start = r.offset
+    count = r.read_var_uint("protocolData count")
+    # Each entry takes at least 3 bytes (empty name, contentType, empty data); a count
+    # that cannot fit is refused before any loop runs on it.
+    if count * 3 > r.remaining():
+        raise DecodeError(f"protocolData count {count} exceeds the bytes left", start)
+    entries = []
+    for _ in range(count):
+        name = r.read_ia5("protocolName")
+        content_type = r.read_uint8("contentType")
+        data = r.read_var_octets("protocol data")
+        entries.append(ProtocolData(name, content_type, data))
+    return tuple(entries)
+
+
+@dataclass(frozen=True, slots=True)
+class BtpResponse:
+    """Type 1: the successful reply to a Message or Transfer."""
+
+    TYPE: ClassVar[BtpType] = BtpType.RESPONSE
+
+    request_id: int
+    protocol_data: tuple[ProtocolData, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_request_id(self.request_id)
+        _check_protocol_data(self.protocol_data)
+
+    def _write(self, w: Writer) -> None:
+        _write_protocol_data(w, self.protocol_data)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> BtpResponse:
+        return cls(request_id, _read_protocol_data(r))
+
+
+@dataclass(frozen=True, slots=True)
+class BtpError:
+    """Type 2: the request could not be processed at all (never an ILP-level error).
+
+    ``triggered_at`` is the raw GeneralizedTime text: it is informational, so a peer's
+    malformed time is kept as sent (see :attr:`triggered_at_time`). ``data`` is bytes;
+    JS treats it as UTF-8 text (bare, or ``{"message": ...}`` JSON).
+    """
+
+    TYPE: ClassVar[BtpType] = BtpType.ERROR
+
+    request_id: int
+    code: str
+    name: str
+    triggered_at: str
+    data: bytes = b""
+    protocol_data: tuple[ProtocolData, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_request_id(self.request_id)
+        if isinstance(self.code, BtpErrorCode):
+            # Store the plain text so a decoded Error and a built one compare and repr alike.
+            object.__setattr__(self, "code", self.code.value)
+        _check_ascii(self.code, "error code")
+        if len(self.code) != 3:
+            raise EncodeError(f"error code must be 3 characters, got {self.code!r}")
+        _check_ascii(self.name, "error name")
+        _check_ascii(self.triggered_at, "triggeredAt")
+        if not isinstance(self.data, bytes):
+            raise EncodeError(f"error data must be bytes, got {type(self.data).__name__}")
+        _check_protocol_data(self.protocol_data)
+
+    @property
+    def triggered_at_time(self) -> datetime | None:
+        """``triggered_at`` as an aware UTC datetime, or ``None`` if it is not a time."""
+        return parse_generalized_time(self.triggered_at)
+
+    @property
+    def message(self) -> str:
+        """``data`` as text, the way JS reads it (invalid UTF-8 replaced, never an error)."""
+        return self.data.decode("utf-8", "replace")
+
+    def _write(self, w: Writer) -> None:
+        w.write(self.code.encode("ascii"))
+        w.write_ia5(self.name)
+        w.write_ia5(self.triggered_at)
+        w.write_var_octets(self.data)
+        _write_protocol_data(w, self.protocol_data)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> BtpError:
+        start = r.offset
+        code = r.read(3, "error code")
+        if not code.isascii():
+            raise DecodeError("error code: bytes above 0x7F are not IA5", start)
+        name = r.read_ia5("error name")
+        triggered_at = r.read_ia5("triggeredAt")
+        data = r.read_var_octets("error data")
+        return cls(
+            request_id, code.decode("ascii"), name, triggered_at, data, _read_protocol_data(r)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BtpMessage:
+    """Type 6: a request carrying side-protocol data (``ilp``, ``auth``, CCP-less extras)."""
+
+    TYPE: ClassVar[BtpType] = BtpType.MESSAGE
+
+    request_id: int
+    protocol_data: tuple[ProtocolData, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_request_id(self.request_id)
+        _check_protocol_data(self.protocol_data)
+
+    def _write(self, w: Writer) -> None:
+        _write_protocol_data(w, self.protocol_data)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> BtpMessage:
+        return cls(request_id, _read_protocol_data(r))
+
+
+@dataclass(frozen=True, slots=True)
+class BtpTransfer:
+    """Type 7: settlement value (``amount`` is a UInt64 in the link's base units)."""
+
+    TYPE: ClassVar[BtpType] = BtpType.TRANSFER
+
+    request_id: int
+    amount: int
+    protocol_data: tuple[ProtocolData, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_request_id(self.request_id)
+        if type(self.amount) is not int or not 0 <= self.amount <= UINT64_MAX:
+            raise EncodeError(f"Transfer amount must be a UInt64, got {self.amount!r}")
+        _check_protocol_data(self.protocol_data)
+
+    def _write(self, w: Writer) -> None:
+        w.write_uint(self.amount, 8)
+        _write_protocol_data(w, self.protocol_data)
+
+    @classmethod
+    def _read(cls, request_id: int, r: Reader) -> BtpTransfer:
+        amount = r.read_uint(8, "Transfer amount")
+        return cls(request_id, amount, _read_protocol_data(r))
+
+
+BtpPacket: TypeAlias = BtpResponse | BtpError | BtpMessage | BtpTransfer
+BtpRequest: TypeAlias = BtpMessage | BtpTransfer
+BtpReply: TypeAlias = BtpResponse | BtpError
+
+_READERS: Final[dict[int, Callable[[int, Reader], BtpPacket]]] = {
+    BtpType.RESPONSE: BtpResponse._read,
+    BtpType.ERROR: BtpError._read,
+    BtpType.MESSAGE: BtpMessage._read,
+    BtpType.TRANSFER: BtpTransfer._read,
+}
+
+
+# --- the hot path: one "ilp" entry in a Message or a Response -------------------------
+
+# count 1 (VarUInt 01 01), name "ilp" (03 'ilp'), contentType 0.
+_ILP_ENTRY_HEAD: Final = b"\x01\x01\x03ilp\x00"
+_HEADER: Final = struct.Struct(">BI")
+_SHORT_LENGTHS: Final = tuple(bytes((n,)) for n in range(0x80))
+
+
+def _length_prefix(n: int) -> bytes:
+    return _SHORT_LENGTHS[n] if n < 0x80 else encode_length(n)
+
+
+def encode_ilp_frame(btp_type: BtpType, request_id: int, ilp: bytes) -> bytes:
+    """The bytes of a Message or Response carrying exactly ``[{ilp, 0, ilp}]``.
+
+    Identical to ``encode_btp(ilp_message(...))`` / ``encode_btp(ilp_response(...))``
+    without building the objects.
+    """
+    if btp_type is not BtpType.MESSAGE and btp_type is not BtpType.RESPONSE:
+        raise EncodeError(f"an ilp frame is a Message or a Response, not {btp_type!r}")
+    _check_request_id(request_id)
+    if not isinstance(ilp, bytes):
+        raise EncodeError(f"ILP packet must be bytes, got {type(ilp).__name__}")
+    n = len(ilp)
+    data_prefix = _length_prefix(n)
+    return b"".join(
+        (
+            _HEADER.pack(btp_type, request_id),
+            _length_prefix(len(_ILP_ENTRY_HEAD) + len(data_prefix) + n),
+            _ILP_ENTRY_HEAD,
+            data_prefix,
+            ilp,
+        )
+    )
+
+
+def _fast_length(raw: bytes, pos: int, end: int) -> tuple[int, int]:
+    """A canonical 1-3 byte length at ``pos`` as (length, next position); (-1, 0) if not."""
+    if pos >= end:
+        return -1, 0
+    first = raw[pos]
+    if first < 0x80:
+        return first, pos + 1
+    if first == 0x81 and pos + 1 < end:
+        n = raw[pos + 1]
+        return (n, pos + 2) if n >= 0x80 else (-1, 0)
+    if first == 0x82 and pos + 2 < end:
+        n = (raw[pos + 1] << 8) | raw[pos + 2]
+        return (n, pos + 3) if n >= 0x100 else (-1, 0)
+    return -1, 0
+
+
+def peek_ilp_frame(raw: bytes) -> tuple[BtpType, int, bytes] | None:
+    """``(type, request id, ilp bytes)`` if ``raw`` is exactly a Message or Response with
+    one ``ilp`` entry of content type 0; ``None`` for any other frame, valid or not.
+
+    Whenever it returns a value, :func:`decode_btp` would decode ``raw`` to the same
+    thing (a test checks it), so callers may skip the general decoder.
+    """
+    end = len(raw)
+    if end < 14:  # 5 header + 1 length + 7 entry head + 1 data length
+        return None
+    kind, request_id = _HEADER.unpack_from(raw)
+    if kind != 6 and kind != 1:
+        return None
+    contents_len, pos = _fast_length(raw, 5, end)
+    if pos + contents_len != end or not raw.startswith(_ILP_ENTRY_HEAD, pos):
+        return None
+    data_len, pos = _fast_length(raw, pos + len(_ILP_ENTRY_HEAD), end)
+    if data_len < 0 or pos + data_len != end:
+        return None
+    return (BtpType.MESSAGE if kind == 6 else BtpType.RESPONSE), request_id, raw[pos:]
+
+
+# --- the general codec -----------------------------------------------------------------
+
+
+def peek_header(raw: bytes) -> tuple[int, int] | None:
+    """``(type byte, request id)`` of a frame, readable even when the rest is not."""
+    if len(raw) < 5:
+        return None
+    return raw[0], int.from_bytes(raw[1:5], "big")
+
+
+def decode_btp(raw: bytes) -> BtpPacket:
+    """Decode one BTP frame; :class:`DecodeError` on anything that is not exactly one."""
+    if type(raw) is not bytes:
+        raw = bytes(raw)
+    fast = peek_ilp_frame(raw)
+    if fast is not None:
+        btp_type, request_id, ilp = fast
+        entries = (ProtocolData(ILP, 0, ilp),)
+        if btp_type is BtpType.MESSAGE:
+            return BtpMessage(request_id, entries)
+        return BtpResponse(request_id, entries)
+    r = Reader(raw)
+    type_byte = r.read_uint8("BTP type")
+    read = _READERS.get(type_byte)
+    if read is None:
+        try:
+            label = BtpType(type_byte).name + " (BTP/1, removed in BTP/2.0)"
+        except ValueError:
+            label = str(type_byte)
+        raise DecodeError(f"unknown BTP type {label}", 0)
+    request_id = r.read_uint(4, "requestId")
+    contents = r.read_container("BTP contents")
+    r.finish("BTP envelope")
+    packet = read(request_id, contents)
+    contents.finish(f"{BtpType(type_byte).name} contents")
+    return packet
+
+
+def encode_btp(packet: BtpPacket) -> bytes:
+    """The canonical bytes of ``packet`` (what btp-packet 2.2.1 writes)."""
+    if (type(packet) is BtpMessage or type(packet) is BtpResponse) and _is_single_ilp_entry(
+        packet.protocol_data
+    ):
+        return encode_ilp_frame(packet.TYPE, packet.request_id, packet.protocol_data[0].data)
+    contents = Writer()
+    packet._write(contents)
+    body = contents.getvalue()
+    return b"".join((_HEADER.pack(packet.TYPE, packet.request_id), encode_length(len(body)), body))
+
+
+def _is_single_ilp_entry(entries: tuple[ProtocolData, ...]) -> bool:
+    return len(entries) == 1 and entries[0].protocol_name == ILP and entries[0].content_type == 0
+
+
+# --- entries and the frames the node builds --------------------------------------------
+
+
+def find_entry(packet: BtpPacket, name: str) -> ProtocolData | None:
+    """The first entry called ``name`` (ilp-plugin-btp's ``sendData`` and auth check also
+    take the first), or ``None``."""
+    for entry in packet.protocol_data:
+        if entry.protocol_name == name:
+            return entry
+    return None
+
+
+def ilp_message(request_id: int, ilp_bytes: bytes) -> BtpMessage:
+    """What ilp-plugin-btp's ``sendData`` sends: one ``ilp`` entry, content type 0."""
+    return BtpMessage(
+        request_id, (ProtocolData(ILP, ContentType.APPLICATION_OCTET_STREAM, ilp_bytes),)
+    )
+
+
+def ilp_response(request_id: int, ilp_bytes: bytes) -> BtpResponse:
+    """The reply to an ILP-carrying Message: exactly one ``ilp`` entry (a Fulfill or Reject)."""
+    return BtpResponse(
+        request_id, (ProtocolData(ILP, ContentType.APPLICATION_OCTET_STREAM, ilp_bytes),)
+    )
+
+
+def btp_error(
+    request_id: int,
+    code: BtpErrorCode | str,
+    name: str | None,
+    message: str,
+    now: datetime,
+) -> BtpError:
+    """An Error frame the way ilp-plugin-btp's auth rejection looks: ``data`` is the bare
+    message text, ``triggeredAt`` is ``now`` with three fraction digits. ``name=None``
+    takes the name that goes with a known ``code``."""
+    if name is None:
+        try:
+            name = BtpErrorCode(code).error_name
+        except ValueError:
+            raise EncodeError(f"no default name for error code {code!r}") from None
+    return BtpError(
+        request_id,
+        code,
+        name,
+        format_generalized_time(now),
+        message.encode("utf-8"),
+    )
+
+
+# --- authentication (btp.md section 3) -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRequest:
+    """The credentials of an auth Message. ``username`` is ``""`` when absent (RFC form)."""
+
+    username: str
+    token: str
+    idempotent: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.username, str) or not isinstance(self.token, str):
+            raise EncodeError("username and token must be str")
+
+    def token_matches(self, secret: str) -> bool:
+        """Constant-time comparison with the configured token (compared as UTF-8 bytes)."""
+        return hmac.compare_digest(self.token.encode("utf-8"), secret.encode("utf-8"))
+
+
+class AuthRejected(IlpError):
+    """A first frame that is not an acceptable auth Message.
+
+    ``message`` is ilp-plugin-btp's text for the same case, so JS logs read the same; the
+    wire reaction is always Error F00 NotAcceptedError with it as data, then close.
+    """
+
+    code: Final = BtpErrorCode.F00
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _entry_text(entry: ProtocolData, what: str) -> str:
+    try:
+        return entry.data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise AuthRejected(f"{what} is not UTF-8 text") from None
+
+
+def read_auth(packet: BtpPacket) -> AuthRequest:
+    """The credentials of an auth frame, or :class:`AuthRejected` with the JS reason.
+
+    Checks in ilp-plugin-btp's order: a Message; at least two entries; ``auth`` first
+    (it is the primary protocol, which is what makes this an auth request); an
+    ``auth_token`` entry anywhere after it. ``auth_username`` and ``btp_idempotent`` are
+    optional and may come in any order. The ``auth`` entry's type and data are not
+    checked, as in JS.
+    """
+    if type(packet) is not BtpMessage:
+        raise AuthRejected("First message sent over BTP connection must be auth packet")
+    entries = packet.protocol_data
+    if len(entries) < 2:
+        raise AuthRejected("Auth packet must have auth and auth_token subprotocols")
+    if entries[0].protocol_name != AUTH:
+        raise AuthRejected("First subprotocol must be auth")
+    token_entry = find_entry(packet, AUTH_TOKEN)
+    if token_entry is None:
+        raise AuthRejected("auth_token subprotocol is required")
+    token = _entry_text(token_entry, AUTH_TOKEN)
+    username_entry = find_entry(packet, AUTH_USERNAME)
+    username = "" if username_entry is None else _entry_text(username_entry, AUTH_USERNAME)
+    return AuthRequest(username, token, offers_idempotent(packet))
+
+
+def auth_credentials(packet: BtpPacket) -> AuthRequest | None:
+    """The credentials if ``packet`` is a well-formed auth Message, else ``None``."""
+    try:
+        return read_auth(packet)
+    except AuthRejected:
+        return None
+
+
+def auth_message(
+    request_id: int, username: str, token: str, *, idempotent: bool = False
+) -> BtpMessage:
+    """The auth frame exactly as ilp-plugin-btp 1.5.0 sends it (``auth`` empty octets,
+    ``auth_username`` and ``auth_token`` as text), plus the BTP/2.0-I offer if asked."""
+    entries = [
+        ProtocolData(AUTH, ContentType.APPLICATION_OCTET_STREAM, b""),
+        ProtocolData(AUTH_USERNAME, ContentType.TEXT_PLAIN_UTF8, username.encode("utf-8")),
+        ProtocolData(AUTH_TOKEN, ContentType.TEXT_PLAIN_UTF8, token.encode("utf-8")),
+    ]
+    if idempotent:
+        entries.append(_idempotent_entry())
+    return BtpMessage(request_id, tuple(entries))
+
+
+def auth_response(request_id: int, *, idempotent: bool = False) -> BtpResponse:
+    """A successful auth reply: no entries (as JS sends), or the BTP/2.0-I acceptance."""
+    return BtpResponse(request_id, (_idempotent_entry(),) if idempotent else ())
+
+
+def _idempotent_entry() -> ProtocolData:
+    return ProtocolData(BTP_IDEMPOTENT, ContentType.TEXT_PLAIN_UTF8, _IDEMPOTENT_ON)
+
+
+def offers_idempotent(packet: BtpPacket) -> bool:
+    """Whether a frame (auth Message or its Response) carries ``btp_idempotent = "1"``."""
+    flag = find_entry(packet, BTP_IDEMPOTENT)
+    return flag is not None and flag.data == _IDEMPOTENT_ON

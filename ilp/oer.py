@@ -8,7 +8,6 @@ escape into its parent, and :meth:`Reader.finish` rejects trailing bytes.
 
 from __future__ import annotations
 
-import calendar
 import re
 from datetime import UTC, datetime
 
@@ -23,6 +22,7 @@ INT64_MAX = 2**63 - 1
 _MAX_LENGTH_OF_LENGTH = 4
 _ILP_TIMESTAMP_LEN = 17
 _GENERALIZED_TIME = re.compile(rb"^(\d{14})(?:\.(\d{1,3}))?Z$")
+_from_iso = datetime.fromisoformat
 
 
 def encode_length(length: int) -> bytes:
@@ -77,41 +77,38 @@ def encode_utf8(value: str) -> bytes:
 
 def format_ilp_timestamp(moment: datetime) -> bytes:
     """17 ASCII digits ``YYYYMMDDHHmmssfff`` in UTC, truncated to the millisecond."""
-    if moment.tzinfo is None:
-        raise EncodeError("ILP timestamps need an aware datetime")
-    u = moment.astimezone(UTC)
-    return b"%04d%02d%02d%02d%02d%02d%03d" % (
-        u.year,
-        u.month,
-        u.day,
-        u.hour,
-        u.minute,
-        u.second,
-        u.microsecond // 1000,
-    )
+    if moment.tzinfo is not UTC:
+        if moment.tzinfo is None:
+            raise EncodeError("ILP timestamps need an aware datetime")
+        try:
+            moment = moment.astimezone(UTC)
+        except OverflowError as exc:
+            raise EncodeError(f"{moment.isoformat()} is outside years 1..9999 in UTC") from exc
+    # One integer formatted once: the cheapest way to the 17 digits on the hot path.
+    date = (moment.year * 100 + moment.month) * 100 + moment.day
+    time = ((moment.hour * 100 + moment.minute) * 100 + moment.second) * 1000
+    return b"%017d" % (date * 1_000_000_000 + time + moment.microsecond // 1000)
 
 
 def parse_ilp_timestamp(raw: bytes, offset: int = 0) -> datetime:
-    """Strictly parse a 17-digit ILP timestamp into an aware UTC datetime."""
-    if len(raw) != _ILP_TIMESTAMP_LEN or not raw.isdigit() or not raw.isascii():
+    """Strictly parse a 17-digit ILP timestamp into an aware UTC datetime.
+
+    ``offset`` is where ``raw`` sits in the packet, for the error. Only 17 ASCII
+    digits that name a real UTC millisecond are accepted (no hour 24, no second 60,
+    no February 30), whatever the JS parsers roll over.
+    """
+    if len(raw) != _ILP_TIMESTAMP_LEN or not raw.isdigit():
         raise DecodeError("timestamp must be 17 ASCII digits YYYYMMDDHHmmssfff", offset)
-    year = int(raw[0:4])
-    month = int(raw[4:6])
-    day = int(raw[6:8])
-    hour = int(raw[8:10])
-    minute = int(raw[10:12])
-    second = int(raw[12:14])
-    milli = int(raw[14:17])
-    if (
-        year < 1
-        or not 1 <= month <= 12
-        or not 1 <= day <= calendar.monthrange(year, month)[1]
-        or hour > 23
-        or minute > 59
-        or second > 59
-    ):
-        raise DecodeError(f"timestamp is not a real UTC time: {raw.decode('ascii')}", offset)
-    return datetime(year, month, day, hour, minute, second, milli * 1000, tzinfo=UTC)
+    text = raw.decode("ascii")
+    # fromisoformat is the fastest strict parser CPython has; the input is already
+    # known to be digits, so only the ranges remain for it to check. Hour 24 is
+    # refused explicitly because newer Pythons read "24:00" as the next midnight.
+    if text[8:10] < "24":
+        try:
+            return _from_iso(f"{text[:8]}T{text[8:14]}.{text[14:]}+00:00")
+        except ValueError:
+            pass
+    raise DecodeError(f"timestamp is not a real UTC time: {text}", offset)
 
 
 def format_generalized_time(moment: datetime) -> str:
@@ -119,14 +116,9 @@ def format_generalized_time(moment: datetime) -> str:
     if moment.tzinfo is None:
         raise EncodeError("GeneralizedTime needs an aware datetime")
     u = moment.astimezone(UTC)
-    return "%04d%02d%02d%02d%02d%02d.%03dZ" % (
-        u.year,
-        u.month,
-        u.day,
-        u.hour,
-        u.minute,
-        u.second,
-        u.microsecond // 1000,
+    return (
+        f"{u.year:04d}{u.month:02d}{u.day:02d}{u.hour:02d}{u.minute:02d}{u.second:02d}"
+        f".{u.microsecond // 1000:03d}Z"
     )
 
 
@@ -151,6 +143,37 @@ def parse_generalized_time(text: str) -> datetime | None:
         return None
 
 
+def read_length_at(buf: bytes, pos: int, end: int, what: str = "length prefix") -> tuple[int, int]:
+    """Read the length determinant at ``buf[pos]``, inside a container ending at ``end``.
+
+    Returns ``(length, position after the determinant)``. The single home of the
+    canonical-length rules; the hot packet decoders call it directly for long forms,
+    :meth:`Reader.read_length` for everything. Error offsets are positions in ``buf``.
+    It does not check that ``length`` bytes follow: the caller knows its container.
+    """
+    if pos >= end:
+        raise DecodeError(f"truncated {what}: need 1 byte, 0 left", pos)
+    first = buf[pos]
+    if first < 0x80:
+        return first, pos + 1
+    size = first & 0x7F
+    if size == 0:
+        raise DecodeError(f"{what}: indefinite length form 0x80 does not exist in OER", pos)
+    if size > _MAX_LENGTH_OF_LENGTH:
+        raise DecodeError(f"{what}: length of length {size} is too large", pos)
+    stop = pos + 1 + size
+    if stop > end:
+        raise DecodeError(
+            f"truncated {what}: need {size} byte(s), {max(end - pos - 1, 0)} left", pos + 1
+        )
+    if buf[pos + 1] == 0:
+        raise DecodeError(f"{what}: non-canonical length (leading zero byte)", pos)
+    length = int.from_bytes(buf[pos + 1 : stop], "big")
+    if length < 0x80:
+        raise DecodeError(f"{what}: non-canonical length (long form for {length})", pos)
+    return length, stop
+
+
 class Reader:
     """A strict reader over one container.
 
@@ -158,7 +181,7 @@ class Reader:
     :class:`DecodeError` names an absolute offset.
     """
 
-    __slots__ = ("buf", "pos", "end", "base")
+    __slots__ = ("base", "buf", "end", "pos")
 
     def __init__(self, buf: bytes, base: int = 0) -> None:
         self.buf = buf
@@ -204,25 +227,10 @@ class Reader:
         return int.from_bytes(self.read(8, what), "big", signed=True)
 
     def read_length(self, what: str = "length prefix") -> int:
-        start = self.pos
-        first = self.read_uint8(what)
-        if first < 0x80:
-            return first
-        size = first & 0x7F
-        if size == 0:
-            self.pos = start
-            raise self.fail(f"{what}: indefinite length form 0x80 does not exist in OER")
-        if size > _MAX_LENGTH_OF_LENGTH:
-            self.pos = start
-            raise self.fail(f"{what}: length of length {size} is too large")
-        raw = self.read(size, what)
-        if raw[0] == 0:
-            self.pos = start
-            raise self.fail(f"{what}: non-canonical length (leading zero byte)")
-        length = int.from_bytes(raw, "big")
-        if length < 0x80:
-            self.pos = start
-            raise self.fail(f"{what}: non-canonical length (long form for {length})")
+        try:
+            length, self.pos = read_length_at(self.buf, self.pos, self.end, what)
+        except DecodeError as exc:
+            raise DecodeError(exc.reason, self.base + exc.offset) from None
         return length
 
     def read_var_octets(self, what: str = "variable-length octet string") -> bytes:

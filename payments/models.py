@@ -1,3 +1,216 @@
-"""Models of payments."""
+"""Money rows: accounts, postings, receipts, incoming payments, webhooks.
+
+Every amount is an integer number of the account's smallest unit, stored as
+``DecimalField(max_digits=21, decimal_places=0)`` (an ILP UInt64 does not fit a signed
+``BigIntegerField``); Python code handles it as ``int``, never ``float``.
+
+Write only through :mod:`payments.services` and :mod:`payments.ledger`. Postings and
+receipts are append-only; every foreign key that touches money is ``PROTECT``.
+"""
 
 from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+MONEY_DIGITS = 21
+
+
+def MoneyField(**kwargs: Any) -> models.DecimalField[Any, Any]:
+    """An integer amount in the smallest unit (fits any UInt64 and its negation)."""
+    return models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=0, **kwargs)
+
+
+class LedgerAccount(models.Model):
+    """One balance. **Positive balance = we owe the account holder.**
+
+    ``min_balance`` is how far the holder may owe us (negative or zero; ``None`` =
+    unbounded), ``max_balance`` how much we may owe them (``None`` = unbounded).
+    ``balance`` is only ever changed by ``balance = balance + delta`` together with
+    ``version = version + 1`` in the transaction that inserts the matching postings, so
+    ``balance == SUM(postings.amount)`` at every commit (``check_ledger`` verifies it).
+    """
+
+    class Kind(models.TextChoices):
+        PEER = "peer", "Peer"
+        RECEIVER = "receiver", "Receiver"
+        NODE = "node", "Node (fees, FX, operator adjustments)"
+        SETTLEMENT = "settlement", "Settlement"
+
+    code = models.CharField(max_length=200, unique=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    asset_code = models.CharField(max_length=16)
+    asset_scale = models.PositiveSmallIntegerField()
+    balance = MoneyField(default=0)
+    min_balance = MoneyField(null=True, blank=True)
+    max_balance = MoneyField(null=True, blank=True)
+    # Bumped with every balance change: lets in-memory books apply refreshes in order.
+    version = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ("code",)
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(min_balance__isnull=True)
+                | Q(max_balance__isnull=True)
+                | Q(min_balance__lte=models.F("max_balance")),
+                name="payments_account_min_le_max",
+            ),
+            models.CheckConstraint(
+                condition=Q(asset_scale__lte=255), name="payments_account_scale_u8"
+            ),
+            models.CheckConstraint(condition=Q(version__gte=0), name="payments_account_version"),
+        ]
+        indexes = [models.Index(fields=["kind", "code"], name="payments_account_kind")]
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class Posting(models.Model):
+    """One append-only change of one account's balance, idempotent on ``key``.
+
+    Keys are ``"<packet key>:<role>"`` (or ``"receipt:<receipt key>"``,
+    ``"adjust:<key>"``...): a key that is already present is never applied again.
+    """
+
+    account = models.ForeignKey(LedgerAccount, on_delete=models.PROTECT, related_name="postings")
+    amount = MoneyField()
+    key = models.CharField(max_length=255, unique=True)
+    memo = models.CharField(max_length=255, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ("-id",)
+        constraints = [
+            models.CheckConstraint(condition=~Q(amount=0), name="payments_posting_nonzero"),
+        ]
+        indexes = [
+            models.Index(fields=["account", "id"], name="payments_posting_account"),
+            models.Index(fields=["created_at"], name="payments_posting_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} {self.amount}"
+
+
+class IncomingPayment(models.Model):
+    """The sum of the receipts of one PSK2 payment id on one account.
+
+    Built by ``services.apply_receipts`` (task ``payments.apply_receipts``); ``payment_id``
+    is the lowercase hex of the PSK2 payment id bytes.
+    """
+
+    account = models.ForeignKey(
+        LedgerAccount, on_delete=models.PROTECT, related_name="incoming_payments"
+    )
+    payment_id = models.CharField(max_length=64)
+    total = MoneyField(default=0)
+    chunks = models.PositiveIntegerField(default=0)
+    first_at = models.DateTimeField()
+    last_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ("-last_at", "-id")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "payment_id"], name="payments_incoming_account_payment"
+            ),
+            models.CheckConstraint(condition=Q(total__gte=0), name="payments_incoming_total"),
+        ]
+        indexes = [models.Index(fields=["account", "-last_at"], name="payments_incoming_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.account.code} {self.payment_id}"
+
+
+class Receipt(models.Model):
+    """One fulfilled PSK2 chunk for ``account`` (the receiving account), idempotent on ``key``.
+
+    Written by the hot path together with the source posting; ``applied_at`` is set (and
+    ``incoming_payment`` linked) once ``apply_receipts`` has credited the account with it. Until then
+    its amount is in flight between the source posting and the receiver's posting.
+    """
+
+    account = models.ForeignKey(LedgerAccount, on_delete=models.PROTECT, related_name="receipts")
+    payment_id = models.CharField(max_length=64)
+    sequence = models.PositiveBigIntegerField()
+    amount = MoneyField()
+    key = models.CharField(max_length=255, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    applied_at = models.DateTimeField(null=True, blank=True)
+    incoming_payment = models.ForeignKey(
+        IncomingPayment,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="receipts",
+    )
+
+    class Meta:
+        ordering = ("-id",)
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gte=0), name="payments_receipt_amount"),
+        ]
+        indexes = [
+            models.Index(fields=["account", "payment_id"], name="payments_receipt_payment"),
+            models.Index(
+                fields=["id"],
+                name="payments_receipt_unapplied",
+                condition=Q(applied_at__isnull=True),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class Webhook(models.Model):
+    """An HTTPS endpoint told about incoming payments on ``account`` (HMAC-SHA256 signed)."""
+
+    account = models.ForeignKey(LedgerAccount, on_delete=models.PROTECT, related_name="webhooks")
+    url = models.URLField(max_length=500)
+    secret = models.CharField(max_length=128)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ("id",)
+        indexes = [models.Index(fields=["account", "enabled"], name="payments_webhook_account")]
+
+    def __str__(self) -> str:
+        return self.url
+
+
+class WebhookDelivery(models.Model):
+    """One notification to one webhook, idempotent on ``key``; retried with backoff."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed"
+
+    webhook = models.ForeignKey(Webhook, on_delete=models.PROTECT, related_name="deliveries")
+    key = models.CharField(max_length=255, unique=True)
+    event = models.CharField(max_length=64)
+    payload = models.JSONField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-id",)
+        indexes = [
+            models.Index(fields=["status", "next_attempt_at"], name="payments_delivery_due"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event} {self.key}"

@@ -1,0 +1,1093 @@
+"""The process-wide balance book and group-commit writer.
+
+One :class:`BalanceBook` per process (:func:`get_book`). It keeps, in memory, the committed
+balance and limits of the accounts it has seen plus the **holds** (amounts reserved by
+packets in flight). Holds are per process and are never written anywhere: a crash drops
+them, which is right, because the Prepares they guard expire with the process.
+
+Writes go through :meth:`BalanceBook.commit`, which enqueues the postings and receipts and
+waits. One flusher coroutine per event loop takes everything queued and hands it, in one
+thread hop, to the single ledger-writer thread, which writes the whole batch in **one
+database transaction**:
+
+1. lock the accounts of the postings (``SELECT ... FOR NO KEY UPDATE ORDER BY id`` on
+   Postgres; SQLite's ``BEGIN IMMEDIATE`` already serialises writers);
+2. ``INSERT ... ON CONFLICT (key) DO NOTHING RETURNING key`` the postings and receipts
+   (SQLite >= 3.35 and Postgres both return only the rows actually inserted, and the
+   conflict check waits for concurrent inserters of the same key, so a key is counted once
+   even across processes);
+3. one ``UPDATE ... SET balance = balance + delta, version = version + 1`` per account,
+   with the deltas of the newly inserted postings only;
+4. read back ``balance, version`` of the locked accounts (the book's refresh), and queue
+   ``payments.apply_receipts`` for the new receipts with ``transaction.on_commit``.
+
+After the commit the writer thread updates the in-memory balances and drops the holds of
+the committed keys in one critical section, then the waiters' futures are resolved. A batch
+that fails is retried once (every write is idempotent on its key, so a retry of a batch
+whose COMMIT was in fact durable applies nothing twice); if it fails again, only its
+waiters get :class:`~payments.errors.CommitFailed` and the next batch starts afresh.
+
+Threading: the in-memory state is guarded by one ``threading.Lock``; ``hold``,
+``release`` and ``balance`` may be called from any thread and never do I/O when the account
+is loaded. Database work happens only in the writer thread (one ``ThreadPoolExecutor`` with
+one worker), so eager Celery tasks queued on commit run there too, never on an event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+import weakref
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError, connection, connections, transaction
+from django.db.models import F, Q, Sum
+from django.utils import timezone
+
+from payments.errors import (
+    AccountKindMismatch,
+    AccountNotLoaded,
+    BalanceLimitExceeded,
+    BookClosed,
+    CommitFailed,
+    DuplicateHold,
+    InvalidAmount,
+    PaymentsError,
+    UnknownAccount,
+)
+from payments.models import LedgerAccount, Posting, Receipt
+
+logger = logging.getLogger(__name__)
+
+UINT64_MAX = 2**64 - 1
+INT64_MAX = 2**63 - 1
+MAX_KEY_LENGTH = 255
+MAX_RECEIPT_KEY_LENGTH = MAX_KEY_LENGTH - len("receipt:")  # its posting is "receipt:<key>"
+MAX_MEMO_LENGTH = 255
+MAX_CODE_LENGTH = 200
+MAX_PAYMENT_ID_BYTES = 32
+UINT32_MAX = 2**32 - 1
+INSERT_CHUNK = 500  # rows per INSERT statement (keeps SQLite under its variable limit)
+
+
+# --- drafts ----------------------------------------------------------------------------
+
+
+def _check_int(value: object, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidAmount(f"{what} must be an int, got {type(value).__name__}")
+    return value
+
+
+def _check_text(value: object, what: str, max_length: int) -> str:
+    if not isinstance(value, str) or not value or len(value) > max_length:
+        raise ValueError(f"{what} must be a non-empty str of at most {max_length} characters")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class PostingDraft:
+    """One balance change to write: ``amount`` is signed (positive = we owe the holder more).
+
+    ``key`` makes it idempotent: a key already in the ledger is never applied again (the
+    first write wins, so a key must name exactly one change). ``|amount| <= 2**64 - 1``.
+    A zero amount is allowed and writes nothing.
+    """
+
+    account_code: str
+    amount: int
+    key: str
+    memo: str = ""
+
+    def __post_init__(self) -> None:
+        _check_text(self.account_code, "account_code", MAX_CODE_LENGTH)
+        _check_text(self.key, "key", MAX_KEY_LENGTH)
+        if not isinstance(self.memo, str) or len(self.memo) > MAX_MEMO_LENGTH:
+            raise ValueError(f"memo must be a str of at most {MAX_MEMO_LENGTH} characters")
+        if abs(_check_int(self.amount, "amount")) > UINT64_MAX:
+            raise InvalidAmount("amount out of range", amount=str(self.amount))
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptDraft:
+    """One fulfilled PSK2 chunk for the receiving account ``account_code``.
+
+    ``payment_id`` is the PSK2 payment id (1 to 32 bytes; stored as lowercase hex),
+    ``sequence`` a UInt32, ``amount`` the amount that arrived (``0 <= amount < 2**64``).
+    Idempotent on ``key`` (at most 247 characters: its posting is ``receipt:<key>``).
+    """
+
+    account_code: str
+    payment_id: bytes
+    sequence: int
+    amount: int
+    key: str
+
+    def __post_init__(self) -> None:
+        _check_text(self.account_code, "account_code", MAX_CODE_LENGTH)
+        _check_text(self.key, "key", MAX_RECEIPT_KEY_LENGTH)
+        if not isinstance(self.payment_id, bytes) or not (
+            1 <= len(self.payment_id) <= MAX_PAYMENT_ID_BYTES
+        ):
+            raise ValueError("payment_id must be 1 to 32 bytes")
+        sequence = _check_int(self.sequence, "sequence")
+        if not 0 <= sequence <= UINT32_MAX:
+            raise ValueError("sequence must be a UInt32")
+        if not 0 <= _check_int(self.amount, "amount") <= UINT64_MAX:
+            raise InvalidAmount("receipt amount out of range", amount=str(self.amount))
+
+
+@dataclass(frozen=True, slots=True)
+class AccountSnapshot:
+    """What the book knows about one account (``pending_*`` are the in-flight holds)."""
+
+    code: str
+    kind: str
+    asset_code: str
+    asset_scale: int
+    balance: int
+    min_balance: int | None
+    max_balance: int | None
+    pending_debits: int
+    pending_credits: int
+    version: int
+
+
+@dataclass(slots=True)
+class BookStats:
+    """Counters for tests and the benchmark (per book)."""
+
+    batches: int = 0
+    transactions: int = 0
+    failed_batches: int = 0
+    commits: int = 0
+    postings_inserted: int = 0
+    postings_skipped: int = 0
+    receipts_inserted: int = 0
+    receipts_skipped: int = 0
+    queries: int = 0
+    max_batch_size: int = 0
+
+
+# --- internal state --------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Account:
+    id: int
+    code: str
+    kind: str
+    asset_code: str
+    asset_scale: int
+    balance: int
+    version: int
+    min_balance: int | None
+    max_balance: int | None
+    debits: int = 0  # sum of debit holds (positive)
+    credits: int = 0  # sum of credit holds (positive)
+
+
+@dataclass(frozen=True, slots=True)
+class _Hold:
+    account_code: str
+    amount: int  # > 0
+    credit: bool
+    at: float  # time.monotonic()
+
+
+@dataclass(slots=True)
+class _Job:
+    kind: str  # "commit" | "total" | "load" | "refresh"
+    future: asyncio.Future[Any] | None
+    postings: Sequence[PostingDraft] = ()
+    receipts: Sequence[ReceiptDraft] = ()
+    codes: Sequence[str] = ()
+    total_key: tuple[str, bytes] | None = None
+    result: Any = None
+    error: BaseException | None = None
+
+
+_ACCOUNT_FIELDS = (
+    "id",
+    "code",
+    "kind",
+    "asset_code",
+    "asset_scale",
+    "balance",
+    "version",
+    "min_balance",
+    "max_balance",
+)
+
+
+def _opt_int(value: Decimal | int | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _in_running_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+# --- the flusher, one per event loop -----------------------------------------------------
+
+
+class _LoopWriter:
+    """Queue and flusher coroutine bound to one event loop (pytest gives each test its own)."""
+
+    def __init__(self, book: BalanceBook, loop: asyncio.AbstractEventLoop) -> None:
+        self.book = book
+        self.loop = loop
+        self.queue: list[_Job] = []
+        self.wakeup = asyncio.Event()
+        self.closed = False
+        self.task: asyncio.Task[None] = loop.create_task(
+            self._run(), name="payments-ledger-flusher"
+        )
+
+    def submit(self, job: _Job) -> None:
+        if self.closed:
+            raise BookClosed("the balance book is closed")
+        self.queue.append(job)
+        self.wakeup.set()
+
+    async def _run(self) -> None:
+        book = self.book
+        while not self.closed:
+            if not self.queue:
+                try:
+                    await asyncio.wait_for(self.wakeup.wait(), timeout=book.refresh_interval)
+                except TimeoutError:
+                    if book.due_for_refresh():
+                        self.queue.append(_Job("refresh", None))
+                    else:
+                        continue
+                self.wakeup.clear()
+            jobs = self.queue[: book.max_batch]
+            del self.queue[: book.max_batch]
+            if not jobs:
+                continue
+            cfut = book.executor_submit(book.process_jobs, jobs)
+            afut = asyncio.wrap_future(cfut, loop=self.loop)
+            try:
+                await asyncio.shield(afut)
+            except asyncio.CancelledError:
+                # Never abandon a batch that may commit: wait for it, deliver, then stop.
+                with contextlib.suppress(BaseException):  # delivered below as a failure
+                    await asyncio.wait_for(asyncio.shield(afut), timeout=60)
+                self._deliver(jobs, afut)
+                self._fail_queue(BookClosed("the ledger flusher was cancelled"))
+                raise
+            except BaseException:
+                pass
+            self._deliver(jobs, afut)
+
+    def _deliver(self, jobs: list[_Job], afut: asyncio.Future[Any]) -> None:
+        outer: BaseException | None = None
+        if not afut.done():
+            outer = CommitFailed("the ledger writer did not finish the batch")
+        elif afut.cancelled():
+            outer = CommitFailed("the ledger batch was cancelled")
+        elif afut.exception() is not None:
+            exc = afut.exception()
+            outer = exc if isinstance(exc, PaymentsError) else CommitFailed(str(exc))
+        for job in jobs:
+            fut = job.future
+            if fut is None or fut.done():
+                continue
+            error = outer or job.error
+            if error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(job.result)
+
+    def _fail_queue(self, error: BaseException) -> None:
+        jobs, self.queue = self.queue, []
+        for job in jobs:
+            if job.future is not None and not job.future.done():
+                job.future.set_exception(error)
+
+    def close(self) -> None:
+        self.closed = True
+        self._fail_queue(BookClosed("the balance book is closed"))
+        if self.loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            self.task.cancel()
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                self.loop.call_soon_threadsafe(self.task.cancel)
+
+
+# --- the book ----------------------------------------------------------------------------
+
+
+class BalanceBook:
+    """In-memory balances and holds over the ledger tables, with a group-commit writer.
+
+    Sign convention: positive balance = we owe the account holder.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_batch: int = 5000,
+        refresh_interval: float = 5.0,
+        hold_ttl: float | None = None,
+        totals_cache_size: int = 100_000,
+    ) -> None:
+        self.max_batch = max_batch
+        self.refresh_interval = refresh_interval
+        max_hold_ms = int(getattr(settings, "ILP_MAX_HOLD_TIME_MS", 30_000))
+        self.hold_ttl = hold_ttl if hold_ttl is not None else max(60.0, 4 * max_hold_ms / 1000)
+        self.totals_cache_size = totals_cache_size
+        self.stats = BookStats()
+        self._lock = threading.Lock()
+        self._accounts: dict[str, _Account] = {}
+        self._ids: dict[str, int] = {}
+        self._holds: dict[str, _Hold] = {}
+        self._totals: OrderedDict[tuple[str, bytes], int] = OrderedDict()
+        self._writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWriter] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._writers_lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="payments-ledger")
+        self._writer_thread_ident: int | None = None
+        self._closed = False
+        self._last_refresh = time.monotonic()
+        self._query_counter = _QueryCounter(self.stats)
+
+    # -- holds (sync, in memory) ------------------------------------------------------------
+
+    def hold(self, account_code: str, amount: int, key: str) -> None:
+        """Reserve a **debit** of ``amount`` (>= 0) on the account, keyed by ``key``.
+
+        Raises :class:`BalanceLimitExceeded` (T04) when ``balance - debit holds - amount``
+        would be below ``min_balance``. No I/O once the account is loaded; from an event
+        loop an unloaded account raises :class:`AccountNotLoaded` (``await
+        load_account`` first), from a plain thread it is loaded on the spot. Holding the
+        same key again with the same account and amount is a no-op. Holds are released by
+        :meth:`release` or by a successful :meth:`commit` of a posting with the same key.
+        """
+        self._hold(account_code, amount, key, credit=False)
+
+    def hold_credit(self, account_code: str, amount: int, key: str) -> None:
+        """Reserve a **credit** of ``amount`` (>= 0): we will owe the holder more.
+
+        Raises :class:`BalanceLimitExceeded` when ``balance + credit holds + amount`` would
+        exceed ``max_balance``. Otherwise the same as :meth:`hold`.
+        """
+        self._hold(account_code, amount, key, credit=True)
+
+    def _hold(self, account_code: str, amount: int, key: str, *, credit: bool) -> None:
+        if _check_int(amount, "amount") < 0 or amount > UINT64_MAX:
+            raise InvalidAmount("hold amount must be 0 to 2**64-1", amount=str(amount))
+        if amount == 0:
+            return
+        self._require_loaded(account_code)
+        with self._lock:
+            acct = self._accounts.get(account_code)
+            if acct is None:  # forgotten between the check and the lock
+                raise AccountNotLoaded(f"account {account_code!r} is not loaded")
+            existing = self._holds.get(key)
+            if existing is not None:
+                if (existing.account_code, existing.amount, existing.credit) == (
+                    account_code,
+                    amount,
+                    credit,
+                ):
+                    return
+                raise DuplicateHold(f"hold key {key!r} is already used", key=key)
+            if credit:
+                if acct.max_balance is not None and (
+                    acct.balance + acct.credits + amount > acct.max_balance
+                ):
+                    raise BalanceLimitExceeded(
+                        "exceeded maximum balance",
+                        account=account_code,
+                        balance=str(acct.balance),
+                        limit=str(acct.max_balance),
+                    )
+                acct.credits += amount
+            else:
+                if acct.min_balance is not None and (
+                    acct.balance - acct.debits - amount < acct.min_balance
+                ):
+                    raise BalanceLimitExceeded(
+                        "insufficient liquidity",
+                        account=account_code,
+                        balance=str(acct.balance),
+                        limit=str(acct.min_balance),
+                    )
+                acct.debits += amount
+            self._holds[key] = _Hold(account_code, amount, credit, time.monotonic())
+
+    def release(self, key: str) -> None:
+        """Drop the hold ``key`` (Reject or expiry). Unknown keys are ignored."""
+        with self._lock:
+            self._release_locked(key)
+
+    def _release_locked(self, key: str) -> None:
+        held = self._holds.pop(key, None)
+        if held is None:
+            return
+        acct = self._accounts.get(held.account_code)
+        if acct is None:
+            return
+        if held.credit:
+            acct.credits -= held.amount
+        else:
+            acct.debits -= held.amount
+
+    def balance(self, account_code: str) -> int:
+        """The committed balance (positive = we owe them); holds are not included."""
+        self._require_loaded(account_code)
+        with self._lock:
+            acct = self._accounts.get(account_code)
+            if acct is None:
+                raise AccountNotLoaded(f"account {account_code!r} is not loaded")
+            return acct.balance
+
+    def snapshot(self, account_code: str) -> AccountSnapshot:
+        """Balance, limits and in-flight holds of one account (same loading rule as ``hold``)."""
+        self._require_loaded(account_code)
+        with self._lock:
+            a = self._accounts.get(account_code)
+            if a is None:
+                raise AccountNotLoaded(f"account {account_code!r} is not loaded")
+            return AccountSnapshot(
+                code=a.code,
+                kind=a.kind,
+                asset_code=a.asset_code,
+                asset_scale=a.asset_scale,
+                balance=a.balance,
+                min_balance=a.min_balance,
+                max_balance=a.max_balance,
+                pending_debits=a.debits,
+                pending_credits=a.credits,
+                version=a.version,
+            )
+
+    def is_loaded(self, account_code: str) -> bool:
+        with self._lock:
+            return account_code in self._accounts
+
+    def _require_loaded(self, account_code: str) -> None:
+        with self._lock:
+            if account_code in self._accounts:
+                return
+        if _in_running_loop():
+            raise AccountNotLoaded(
+                f"account {account_code!r} is not loaded; await book.load_account() first",
+                account=account_code,
+            )
+        self.load_account_sync(account_code)
+
+    # -- async API ----------------------------------------------------------------------------
+
+    async def commit(
+        self, postings: Sequence[PostingDraft], receipts: Sequence[ReceiptDraft] = ()
+    ) -> None:
+        """Write ``postings`` and ``receipts`` durably, in the next batch transaction.
+
+        Returns only after the transaction that carries them has committed. Idempotent on
+        the keys (an existing key is skipped, its amount not applied again). On success the
+        holds whose keys equal the posting keys are released. Raises
+        :class:`CommitFailed` when the batch failed (nothing of it was applied) and
+        :class:`UnknownAccount` when a code does not exist (nothing of this call was
+        applied; the rest of the batch was). If the awaiting task is cancelled the commit
+        still goes through.
+        """
+        postings = tuple(postings)
+        receipts = tuple(receipts)
+        for d in postings:
+            if not isinstance(d, PostingDraft):
+                raise TypeError("postings must be PostingDraft")
+        for r in receipts:
+            if not isinstance(r, ReceiptDraft):
+                raise TypeError("receipts must be ReceiptDraft")
+        if not postings and not receipts:
+            return
+        await self._submit(_Job("commit", None, postings=postings, receipts=receipts))
+
+    async def payment_total(self, account_code: str, payment_id: bytes) -> int:
+        """Total of the receipts of ``payment_id`` on ``account_code`` (memory, then the DB).
+
+        Exact for the receipts committed through this process; receipts written by other
+        processes are seen on a cache miss only.
+        """
+        key = (account_code, bytes(payment_id))
+        with self._lock:
+            cached = self._totals.get(key)
+            if cached is not None:
+                self._totals.move_to_end(key)
+                return cached
+        result: int = await self._submit(_Job("total", None, total_key=key))
+        return result
+
+    async def load_account(self, account_code: str) -> None:
+        """Load (or refresh) one account into memory. Raises :class:`UnknownAccount`."""
+        await self._submit(_Job("load", None, codes=(account_code,)))
+
+    async def refresh(self) -> None:
+        """Reload balances and limits of every loaded account from the database."""
+        await self._submit(_Job("refresh", None))
+
+    async def ahold(self, account_code: str, amount: int, key: str) -> None:
+        """:meth:`hold`, loading the account first if needed."""
+        if not self.is_loaded(account_code):
+            await self.load_account(account_code)
+        self.hold(account_code, amount, key)
+
+    async def _submit(self, job: _Job) -> Any:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        job.future = fut
+        self._writer_for(loop).submit(job)
+        # shield: a cancelled caller must not cancel a commit that is already queued.
+        return await asyncio.shield(fut)
+
+    def _writer_for(self, loop: asyncio.AbstractEventLoop) -> _LoopWriter:
+        if self._closed:
+            raise BookClosed("the balance book is closed")
+        writer = self._writers.get(loop)
+        if writer is None or writer.closed or writer.task.done():
+            with self._writers_lock:
+                writer = self._writers.get(loop)
+                if writer is None or writer.closed or writer.task.done():
+                    writer = _LoopWriter(self, loop)
+                    self._writers[loop] = writer
+        return writer
+
+    # -- sync API (threads without an event loop) -------------------------------------------
+
+    def commit_sync(
+        self, postings: Sequence[PostingDraft], receipts: Sequence[ReceiptDraft] = ()
+    ) -> None:
+        """:meth:`commit` for synchronous callers (commands, Celery, threads). Not from a loop."""
+        job = _Job("commit", None, postings=tuple(postings), receipts=tuple(receipts))
+        self._run_sync(job)
+
+    def load_account_sync(self, account_code: str) -> None:
+        """:meth:`load_account` for synchronous callers."""
+        self._run_sync(_Job("load", None, codes=(account_code,)))
+
+    def payment_total_sync(self, account_code: str, payment_id: bytes) -> int:
+        """:meth:`payment_total` for synchronous callers."""
+        key = (account_code, bytes(payment_id))
+        with self._lock:
+            cached = self._totals.get(key)
+            if cached is not None:
+                return cached
+        result: int = self._run_sync(_Job("total", None, total_key=key))
+        return result
+
+    def _run_sync(self, job: _Job) -> Any:
+        if _in_running_loop():
+            raise RuntimeError("use the async API from an event loop")
+        if self._closed:
+            raise BookClosed("the balance book is closed")
+        if threading.get_ident() == self._writer_thread_ident:
+            self.process_jobs([job])  # e.g. an eager Celery task run by the writer itself
+        else:
+            self.executor_submit(self.process_jobs, [job]).result()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    # -- observation from services ------------------------------------------------------------
+
+    def observe(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Take fresh account rows (``_ACCOUNT_FIELDS``) read inside a committed transaction.
+
+        Rows older than what the book has (lower ``version``) are ignored, so callers in any
+        thread may report what they read; only accounts already loaded are updated.
+        """
+        with self._lock:
+            for row in rows:
+                self._observe_locked(row, add=False)
+
+    def forget(self, account_code: str) -> None:
+        """Drop an account from memory (its holds stay accounted until released)."""
+        with self._lock:
+            self._accounts.pop(account_code, None)
+
+    def _observe_locked(self, row: dict[str, Any], *, add: bool) -> None:
+        code = row["code"]
+        self._ids[code] = int(row["id"])
+        acct = self._accounts.get(code)
+        if acct is None:
+            if not add:
+                return
+            acct = _Account(
+                id=int(row["id"]),
+                code=code,
+                kind=row["kind"],
+                asset_code=row["asset_code"],
+                asset_scale=int(row["asset_scale"]),
+                balance=int(row["balance"]),
+                version=int(row["version"]),
+                min_balance=_opt_int(row["min_balance"]),
+                max_balance=_opt_int(row["max_balance"]),
+            )
+            # Holds taken before a forget()/reload still count.
+            for h in self._holds.values():
+                if h.account_code == code:
+                    if h.credit:
+                        acct.credits += h.amount
+                    else:
+                        acct.debits += h.amount
+            self._accounts[code] = acct
+            return
+        acct.min_balance = _opt_int(row["min_balance"])
+        acct.max_balance = _opt_int(row["max_balance"])
+        version = int(row["version"])
+        if version >= acct.version:
+            acct.balance = int(row["balance"])
+            acct.version = version
+
+    # -- the writer thread ----------------------------------------------------------------------
+
+    def executor_submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self._executor.submit(fn, *args)
+
+    def due_for_refresh(self) -> bool:
+        with self._lock:
+            has_state = bool(self._accounts) or bool(self._holds)
+        return has_state and time.monotonic() - self._last_refresh >= self.refresh_interval
+
+    def process_jobs(self, jobs: list[_Job]) -> None:
+        """Run one batch in the calling (writer) thread; results go into the jobs."""
+        self._writer_thread_ident = threading.get_ident()
+        self.stats.batches += 1
+        self.stats.max_batch_size = max(self.stats.max_batch_size, len(jobs))
+        connection.close_if_unusable_or_obsolete()
+        with connection.execute_wrapper(self._query_counter):
+            loads = [j for j in jobs if j.kind == "load"]
+            commits = [j for j in jobs if j.kind == "commit"]
+            totals = [j for j in jobs if j.kind == "total"]
+            refresh = any(j.kind == "refresh" for j in jobs)
+            if loads:
+                self._guard(loads, lambda: self._do_loads(loads))
+            if commits:
+                self._guard(commits, lambda: self._do_commits(commits))
+            if totals:
+                self._guard(totals, lambda: self._do_totals(totals))
+            if refresh or self.due_for_refresh():
+                try:
+                    self._do_refresh()
+                except Exception:
+                    logger.exception("ledger: refresh failed")
+
+    def _guard(self, jobs: list[_Job], fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception as exc:
+            logger.exception("ledger: batch of %d %s jobs failed", len(jobs), jobs[0].kind)
+            error = exc if isinstance(exc, PaymentsError) else CommitFailed(str(exc))
+            if error is not exc:
+                error.__cause__ = exc
+            for job in jobs:
+                if job.error is None:
+                    job.error = error
+            try:  # make sure the next batch gets a sane connection
+                connection.close_if_unusable_or_obsolete()
+            except Exception:
+                logger.exception("ledger: closing the connection failed")
+
+    def _do_loads(self, jobs: list[_Job]) -> None:
+        codes = {c for j in jobs for c in j.codes}
+        rows = list(LedgerAccount.objects.filter(code__in=codes).values(*_ACCOUNT_FIELDS))
+        with self._lock:
+            for row in rows:
+                self._observe_locked(row, add=True)
+            found = {r["code"] for r in rows}
+        for job in jobs:
+            missing = [c for c in job.codes if c not in found]
+            if missing:
+                job.error = UnknownAccount(f"no ledger account {missing[0]!r}", code=missing[0])
+
+    def _do_refresh(self) -> None:
+        self._last_refresh = time.monotonic()
+        with self._lock:
+            codes = list(self._accounts)
+            now = time.monotonic()
+            stale = [k for k, h in self._holds.items() if now - h.at > self.hold_ttl]
+            for key in stale:
+                logger.warning("ledger: dropping hold %r older than %ss", key, self.hold_ttl)
+                self._release_locked(key)
+        if not codes:
+            return
+        rows = list(LedgerAccount.objects.filter(code__in=codes).values(*_ACCOUNT_FIELDS))
+        with self._lock:
+            for row in rows:
+                self._observe_locked(row, add=False)
+
+    def _do_totals(self, jobs: list[_Job]) -> None:
+        wanted: dict[tuple[str, bytes], int] = {}
+        with self._lock:
+            for job in jobs:
+                assert job.total_key is not None
+                cached = self._totals.get(job.total_key)
+                if cached is not None:
+                    job.result = cached
+                else:
+                    wanted[job.total_key] = 0
+        if wanted:
+            q = Q()
+            for code, pid in wanted:
+                q |= Q(account__code=code, payment_id=pid.hex())
+            rows = (
+                Receipt.objects.filter(q)
+                .values("account__code", "payment_id")
+                .annotate(total=Sum("amount"))
+                .order_by()
+            )
+            for row in rows:
+                wanted[(row["account__code"], bytes.fromhex(row["payment_id"]))] = int(
+                    row["total"] or 0
+                )
+            with self._lock:
+                for key, total in wanted.items():
+                    self._remember_total_locked(key, total)
+        for job in jobs:
+            if job.result is None and job.total_key is not None:
+                job.result = wanted[job.total_key]
+
+    def _remember_total_locked(self, key: tuple[str, bytes], total: int) -> None:
+        self._totals[key] = total
+        self._totals.move_to_end(key)
+        while len(self._totals) > self.totals_cache_size:
+            self._totals.popitem(last=False)
+
+    def _do_commits(self, jobs: list[_Job]) -> None:
+        on_sqlite = connection.vendor == "sqlite"
+        live: list[_Job] = []
+        for job in jobs:
+            if on_sqlite and any(abs(p.amount) > INT64_MAX for p in job.postings):
+                # SQLite stores integers beyond int64 as REAL: refuse rather than round.
+                job.error = InvalidAmount("amount exceeds the SQLite int64 range")
+            else:
+                live.append(job)
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                outcome = self._write_batch(live)
+                break
+            except DatabaseError as exc:
+                if attempts >= 2:
+                    raise
+                logger.warning("ledger: batch failed (%s); retrying once", exc)
+                connection.close_if_unusable_or_obsolete()
+                if connection.connection is not None and not connection.is_usable():
+                    connection.close()
+        self._apply(outcome)
+
+    def _write_batch(self, jobs: list[_Job]) -> _Outcome:
+        """One transaction for the whole batch. Idempotent: safe to run twice."""
+        outcome = _Outcome()
+        for job in jobs:
+            job.error = None
+        posting_codes = {p.account_code for j in jobs for p in j.postings}
+        receipt_codes = {r.account_code for j in jobs for r in j.receipts}
+        now = timezone.now()
+        self.stats.transactions += 1
+        with transaction.atomic():
+            # 1. lock the posting accounts in primary-key order (no-op on SQLite, where
+            #    BEGIN IMMEDIATE has already taken the database write lock).
+            locked = (
+                list(
+                    LedgerAccount.objects.select_for_update(no_key=True)
+                    .filter(code__in=posting_codes)
+                    .order_by("id")
+                    .values_list("id", "code")
+                )
+                if posting_codes
+                else []
+            )
+            ids = dict((code, pk) for pk, code in locked)
+            unknown_receipt_codes = receipt_codes - ids.keys()
+            if unknown_receipt_codes:
+                with self._lock:
+                    cached = {c: self._ids[c] for c in unknown_receipt_codes if c in self._ids}
+                ids.update(cached)
+                missing = unknown_receipt_codes - cached.keys()
+                if missing:
+                    ids.update(
+                        (code, pk)
+                        for pk, code in LedgerAccount.objects.filter(code__in=missing).values_list(
+                            "id", "code"
+                        )
+                    )
+            ok_jobs: list[_Job] = []
+            for job in jobs:
+                bad = [
+                    c
+                    for c in [p.account_code for p in job.postings]
+                    + [r.account_code for r in job.receipts]
+                    if c not in ids
+                ]
+                if bad:
+                    job.error = UnknownAccount(f"no ledger account {bad[0]!r}", code=bad[0])
+                else:
+                    ok_jobs.append(job)
+            # 2. postings: first occurrence of a key wins, zero amounts write nothing.
+            posting_rows: dict[str, PostingDraft] = {}
+            for job in ok_jobs:
+                for p in job.postings:
+                    if p.amount != 0 and p.key not in posting_rows:
+                        posting_rows[p.key] = p
+            new_keys = _insert_returning(
+                Posting._meta.db_table,
+                ("account_id", "amount", "key", "memo", "created_at"),
+                [
+                    (ids[p.account_code], Decimal(p.amount), p.key, p.memo, now)
+                    for p in posting_rows.values()
+                ],
+                returning="key",
+            )
+            new_key_set = {row[0] for row in new_keys}
+            self.stats.postings_inserted += len(new_key_set)
+            self.stats.postings_skipped += len(posting_rows) - len(new_key_set)
+            deltas: dict[int, int] = defaultdict(int)
+            for key in new_key_set:
+                p = posting_rows[key]
+                deltas[ids[p.account_code]] += p.amount
+            # 3. one UPDATE per account, in primary-key order.
+            for pk in sorted(deltas):
+                if deltas[pk]:
+                    LedgerAccount.objects.filter(pk=pk).update(
+                        balance=F("balance") + Decimal(deltas[pk]), version=F("version") + 1
+                    )
+            # 4. receipts.
+            receipt_rows: dict[str, ReceiptDraft] = {}
+            for job in ok_jobs:
+                for r in job.receipts:
+                    receipt_rows.setdefault(r.key, r)
+            new_receipts = _insert_returning(
+                Receipt._meta.db_table,
+                ("account_id", "payment_id", "sequence", "amount", "key", "created_at"),
+                [
+                    (
+                        ids[r.account_code],
+                        r.payment_id.hex(),
+                        r.sequence,
+                        Decimal(r.amount),
+                        r.key,
+                        now,
+                    )
+                    for r in receipt_rows.values()
+                ],
+                returning="id, key",
+            )
+            self.stats.receipts_inserted += len(new_receipts)
+            self.stats.receipts_skipped += len(receipt_rows) - len(new_receipts)
+            # 5. read back the locked accounts: the book's view at commit time.
+            if locked:
+                outcome.rows = list(
+                    LedgerAccount.objects.filter(id__in=[pk for pk, _ in locked]).values(
+                        *_ACCOUNT_FIELDS
+                    )
+                )
+                if connection.vendor == "sqlite":
+                    for row in outcome.rows:
+                        if abs(int(row["balance"])) > INT64_MAX:
+                            raise InvalidAmount(
+                                f"balance of {row['code']} would leave the SQLite int64 range"
+                            )
+            if new_receipts:
+                receipt_ids = sorted(int(row[0]) for row in new_receipts)
+                transaction.on_commit(lambda: _queue_apply_receipts(receipt_ids), robust=True)
+            outcome.jobs = ok_jobs
+            outcome.new_receipts = [receipt_rows[str(row[1])] for row in new_receipts]
+        return outcome
+
+    def _apply(self, outcome: _Outcome) -> None:
+        """After COMMIT: fresh balances and hold releases in one critical section."""
+        with self._lock:
+            for row in outcome.rows:
+                self._observe_locked(row, add=True)
+            for job in outcome.jobs:
+                for p in job.postings:
+                    self._release_locked(p.key)
+                for r in job.receipts:
+                    self._release_locked(r.key)
+            for r in outcome.new_receipts:
+                key = (r.account_code, r.payment_id)
+                if key in self._totals:
+                    self._totals[key] += r.amount
+            self.stats.commits += len(outcome.jobs)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the flushers, fail queued commits with :class:`BookClosed`, stop the thread."""
+        self._closed = True
+        with self._writers_lock:
+            writers = list(self._writers.values())
+            self._writers.clear()
+        for writer in writers:
+            writer.close()
+        try:
+            self._executor.submit(connections.close_all).result(timeout=30)
+        except Exception:
+            logger.debug("ledger: closing writer connections failed", exc_info=True)
+        self._executor.shutdown(wait=True)
+
+
+@dataclass(slots=True)
+class _Outcome:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    jobs: list[_Job] = field(default_factory=list)
+    new_receipts: list[ReceiptDraft] = field(default_factory=list)
+
+
+class _QueryCounter:
+    def __init__(self, stats: BookStats) -> None:
+        self.stats = stats
+
+    def __call__(
+        self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any
+    ) -> Any:
+        self.stats.queries += 1
+        return execute(sql, params, many, context)
+
+
+def _insert_returning(
+    table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]], *, returning: str
+) -> list[tuple[Any, ...]]:
+    """``INSERT ... ON CONFLICT (key) DO NOTHING RETURNING ...``: only the new rows come back.
+
+    Works on Postgres and on SQLite >= 3.35. On Postgres the conflict check waits for a
+    concurrent transaction inserting the same key and skips the row if that one commits.
+    """
+    if not rows:
+        return []
+    qn = connection.ops.quote_name
+    ops = connection.ops
+    cols = ", ".join(qn(c) for c in columns)
+    one = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    out: list[tuple[Any, ...]] = []
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), INSERT_CHUNK):
+            chunk = rows[start : start + INSERT_CHUNK]
+            params: list[Any] = []
+            for row in chunk:
+                for value in row:
+                    if isinstance(value, Decimal):
+                        params.append(ops.adapt_decimalfield_value(value, 21, 0))
+                    elif hasattr(value, "tzinfo"):
+                        params.append(ops.adapt_datetimefield_value(value))
+                    else:
+                        params.append(value)
+            sql = (
+                f"INSERT INTO {qn(table)} ({cols}) VALUES {', '.join([one] * len(chunk))} "
+                f"ON CONFLICT ({qn('key')}) DO NOTHING RETURNING {returning}"
+            )
+            cursor.execute(sql, params)
+            out.extend(tuple(r) for r in cursor.fetchall())
+    return out
+
+
+def _queue_apply_receipts(receipt_ids: list[int]) -> None:
+    from payments.tasks import apply_receipts
+
+    apply_receipts.delay(receipt_ids=receipt_ids)
+
+
+# --- process-wide instance -----------------------------------------------------------------
+
+_book: BalanceBook | None = None
+_book_lock = threading.Lock()
+
+
+def get_book() -> BalanceBook:
+    """The process-wide book (created on first use; accounts load lazily)."""
+    global _book
+    book = _book
+    if book is None:
+        with _book_lock:
+            if _book is None:
+                _book = BalanceBook()
+            book = _book
+    return book
+
+
+def peek_book() -> BalanceBook | None:
+    """The process-wide book if one exists (services notify it; they never create one)."""
+    return _book
+
+
+def reset_book() -> None:
+    """Close the process-wide book and forget it (tests; the next ``get_book`` makes a new one)."""
+    global _book
+    with _book_lock:
+        book, _book = _book, None
+    if book is not None:
+        book.close()
+
+
+# --- accounts -----------------------------------------------------------------------------
+
+
+def ensure_account(
+    code: str,
+    *,
+    kind: str,
+    min_balance: int | None = None,
+    max_balance: int | None = None,
+    asset_code: str | None = None,
+    asset_scale: int | None = None,
+) -> LedgerAccount:
+    """Get or create the account ``code`` (sync service, own transaction).
+
+    Created with the given kind, limits and asset (default: ``ILP_ASSET_CODE`` /
+    ``ILP_ASSET_SCALE``). An existing account keeps its limits (change them with
+    ``services.account_set_limits``); a different ``kind``, or an explicitly given
+    different asset, raises :class:`AccountKindMismatch`. Idempotent on ``code`` (the
+    unique constraint settles concurrent creators).
+    """
+    _check_text(code, "code", MAX_CODE_LENGTH)
+    if kind not in LedgerAccount.Kind.values:
+        raise ValueError(f"unknown account kind {kind!r}")
+    for name, value in (("min_balance", min_balance), ("max_balance", max_balance)):
+        if value is not None and abs(_check_int(value, name)) > UINT64_MAX:
+            raise InvalidAmount(f"{name} out of range")
+    if min_balance is not None and max_balance is not None and min_balance > max_balance:
+        raise InvalidAmount("min_balance must not exceed max_balance")
+    with transaction.atomic():
+        account, created = LedgerAccount.objects.get_or_create(
+            code=code,
+            defaults={
+                "kind": kind,
+                "asset_code": asset_code if asset_code is not None else settings.ILP_ASSET_CODE,
+                "asset_scale": asset_scale if asset_scale is not None else settings.ILP_ASSET_SCALE,
+                "min_balance": min_balance,
+                "max_balance": max_balance,
+            },
+        )
+    if not created:
+        if account.kind != kind:
+            raise AccountKindMismatch(f"account {code!r} is a {account.kind} account", code=code)
+        if (asset_code is not None and asset_code != account.asset_code) or (
+            asset_scale is not None and asset_scale != account.asset_scale
+        ):
+            raise AccountKindMismatch(f"account {code!r} has another asset", code=code)
+    return account

@@ -1,0 +1,483 @@
+"""Services of the ledger: every write outside the hot path.
+
+Each service owns its transaction (``ATOMIC_REQUESTS`` is off), takes keyword-only typed
+arguments and states what it locks and what it is idempotent on. Lock order everywhere:
+receipts (by id), then accounts (by id, ``FOR NO KEY UPDATE``), then incoming payments
+(by id) — so no two services can deadlock, and inserts of rows referencing an account
+(which take ``FOR KEY SHARE`` on it) never wait for these locks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from payments.errors import InvalidAmount, UnknownAccount, WebhookError
+from payments.ledger import (
+    _ACCOUNT_FIELDS,
+    MAX_KEY_LENGTH,
+    UINT64_MAX,
+    PostingDraft,
+    _insert_returning,
+    ensure_account,
+    get_book,
+    peek_book,
+)
+from payments.models import (
+    IncomingPayment,
+    LedgerAccount,
+    Posting,
+    Receipt,
+    Webhook,
+    WebhookDelivery,
+)
+
+logger = logging.getLogger(__name__)
+
+RECEIPT_POSTING_PREFIX = "receipt:"
+WEBHOOK_EVENT_INCOMING = "incoming_payment.updated"
+WEBHOOK_SIGNATURE_HEADER = "X-ILP-Signature"
+WEBHOOK_MAX_ATTEMPTS = 10
+WEBHOOK_BACKOFF_BASE = 10.0  # seconds; attempt n waits base * 2**n
+WEBHOOK_BACKOFF_CAP = 6 * 3600.0
+WEBHOOK_LEASE = timedelta(minutes=5)  # a claimed attempt is retried by the sweeper after this
+WEBHOOK_TIMEOUT = 10.0
+
+
+def _notify_book(rows: list[dict[str, Any]]) -> None:
+    book = peek_book()
+    if book is not None and rows:
+        book.observe(rows)
+
+
+# --- receipts -> incoming payments ---------------------------------------------------------
+
+
+def apply_receipts(*, receipt_ids: Sequence[int]) -> int:
+    """Credit the receiving accounts with the given receipts; returns how many were applied.
+
+    For each unapplied receipt: upsert its ``IncomingPayment`` (total, chunks, first/last
+    at), write the receiver's ``+amount`` posting (key ``"receipt:<receipt key>"``), add it
+    to the account balance, and mark the receipt applied. Then create one
+    ``WebhookDelivery`` per enabled webhook and touched payment, queued on commit.
+
+    Idempotent on the receipt, three ways: applied receipts are skipped (status), receipts
+    then accounts then payments are locked in primary-key order (row locks), and the
+    posting key is unique in the database (``ON CONFLICT DO NOTHING``; only new postings
+    move balances and totals).
+    """
+    ids = sorted({int(i) for i in receipt_ids})
+    if not ids:
+        return 0
+    now = timezone.now()
+    with transaction.atomic():
+        receipts = list(
+            Receipt.objects.select_for_update()
+            .filter(id__in=ids, applied_at__isnull=True)
+            .order_by("id")
+        )
+        if not receipts:
+            return 0
+        account_ids = sorted({r.account_id for r in receipts})
+        list(
+            LedgerAccount.objects.select_for_update(no_key=True)
+            .filter(id__in=account_ids)
+            .order_by("id")
+            .values_list("id", flat=True)
+        )
+        new_posting_keys = {
+            row[0]
+            for row in _insert_returning(
+                Posting._meta.db_table,
+                ("account_id", "amount", "key", "memo", "created_at"),
+                [
+                    (
+                        r.account_id,
+                        Decimal(r.amount),
+                        RECEIPT_POSTING_PREFIX + r.key,
+                        f"psk2 {r.payment_id} #{r.sequence}",
+                        now,
+                    )
+                    for r in receipts
+                    if r.amount != 0
+                ],
+                returning="key",
+            )
+        }
+
+        def counts(r: Receipt) -> bool:
+            return r.amount == 0 or RECEIPT_POSTING_PREFIX + r.key in new_posting_keys
+
+        applied = [r for r in receipts if counts(r)]
+        deltas: dict[int, int] = defaultdict(int)
+        groups: dict[tuple[int, str], list[Receipt]] = defaultdict(list)
+        for r in applied:
+            deltas[r.account_id] += int(r.amount)
+            groups[(r.account_id, r.payment_id)].append(r)
+        for pk in sorted(deltas):
+            if deltas[pk]:
+                LedgerAccount.objects.filter(pk=pk).update(
+                    balance=F("balance") + Decimal(deltas[pk]), version=F("version") + 1
+                )
+        payments = _lock_incoming_payments(groups, now=now)
+        touched: list[IncomingPayment] = []
+        for gkey, group in groups.items():
+            payment = payments[gkey]
+            payment.total = Decimal(int(payment.total) + sum(int(r.amount) for r in group))
+            payment.chunks += len(group)
+            payment.first_at = min([payment.first_at, *(r.created_at for r in group)])
+            payment.last_at = max([payment.last_at, *(r.created_at for r in group)])
+            payment.save(update_fields=["total", "chunks", "first_at", "last_at"])
+            Receipt.objects.filter(id__in=[r.id for r in group]).update(
+                applied_at=now, incoming_payment=payment
+            )
+            touched.append(payment)
+        # Receipts whose posting already existed (cannot happen through this service,
+        # which writes both in one transaction) are marked applied without counting twice.
+        skipped = [r.id for r in receipts if not counts(r)]
+        if skipped:
+            logger.error("apply_receipts: receipts %s already had postings", skipped)
+            Receipt.objects.filter(id__in=skipped).update(applied_at=now)
+        delivery_ids = _create_deliveries(touched, now=now)
+        rows = list(LedgerAccount.objects.filter(id__in=account_ids).values(*_ACCOUNT_FIELDS))
+        transaction.on_commit(lambda: _notify_book(rows), robust=True)
+        if delivery_ids:
+            transaction.on_commit(lambda: queue_webhook_deliveries(delivery_ids), robust=True)
+    return len(applied)
+
+
+def _lock_incoming_payments(
+    groups: dict[tuple[int, str], list[Receipt]], *, now: datetime
+) -> dict[tuple[int, str], IncomingPayment]:
+    """Create the missing payments (the unique constraint settles races), then lock all."""
+    if not groups:
+        return {}
+    IncomingPayment.objects.bulk_create(
+        [
+            IncomingPayment(
+                account_id=account_id,
+                payment_id=payment_id,
+                total=Decimal(0),
+                chunks=0,
+                first_at=min(r.created_at for r in group),
+                last_at=min(r.created_at for r in group),
+            )
+            for (account_id, payment_id), group in groups.items()
+        ],
+        ignore_conflicts=True,
+    )
+    q = Q()
+    for account_id, payment_id in groups:
+        q |= Q(account_id=account_id, payment_id=payment_id)
+    locked = IncomingPayment.objects.select_for_update().filter(q).order_by("id")
+    return {(p.account_id, p.payment_id): p for p in locked}
+
+
+def apply_pending_receipts(
+    *, older_than: timedelta = timedelta(seconds=30), limit: int = 5000
+) -> int:
+    """Sweep: apply receipts left unapplied (a crash between COMMIT and the task queue).
+
+    Idempotent like :func:`apply_receipts`, which it calls in chunks.
+    """
+    cutoff = timezone.now() - older_than
+    ids = list(
+        Receipt.objects.filter(applied_at__isnull=True, created_at__lte=cutoff)
+        .order_by("id")
+        .values_list("id", flat=True)[:limit]
+    )
+    applied = 0
+    for start in range(0, len(ids), 500):
+        applied += apply_receipts(receipt_ids=ids[start : start + 500])
+    return applied
+
+
+# --- operator adjustments and limits --------------------------------------------------------
+
+
+def equity_account_code(*, asset_code: str, asset_scale: int) -> str:
+    """The node's own account for one asset (fees, FX, operator adjustments)."""
+    return f"node:equity:{asset_code}:{asset_scale}"
+
+
+def account_adjust(
+    *,
+    account_code: str,
+    amount: int,
+    key: str,
+    memo: str = "",
+    counter_account_code: str | None = None,
+) -> None:
+    """Move ``amount`` onto ``account_code`` (signed; positive = we owe the holder more).
+
+    Double entry: the counter account (default: the node's equity account of the same
+    asset) gets ``-amount``. Written through the balance book's writer, so it is durable on
+    return, locks the accounts in primary-key order and is idempotent on ``key`` (posting
+    keys ``adjust:<key>`` and ``adjust:<key>:counter``). Synchronous callers only.
+    """
+    if not isinstance(amount, int) or isinstance(amount, bool) or amount == 0:
+        raise InvalidAmount("adjustment must be a non-zero int")
+    if abs(amount) > UINT64_MAX:
+        raise InvalidAmount("adjustment out of range")
+    if not key or len(key) > MAX_KEY_LENGTH - len("adjust::counter"):
+        raise ValueError("key must be 1 to 240 characters")
+    account = LedgerAccount.objects.filter(code=account_code).first()
+    if account is None:
+        raise UnknownAccount(f"no ledger account {account_code!r}", code=account_code)
+    if counter_account_code is None:
+        counter = ensure_account(
+            equity_account_code(asset_code=account.asset_code, asset_scale=account.asset_scale),
+            kind=LedgerAccount.Kind.NODE,
+            asset_code=account.asset_code,
+            asset_scale=account.asset_scale,
+        )
+    else:
+        found = LedgerAccount.objects.filter(code=counter_account_code).first()
+        if found is None:
+            raise UnknownAccount(f"no ledger account {counter_account_code!r}")
+        counter = found
+    if (counter.asset_code, counter.asset_scale) != (account.asset_code, account.asset_scale):
+        raise InvalidAmount("the counter account has another asset")
+    if counter.pk == account.pk:
+        raise InvalidAmount("the counter account is the account itself")
+    get_book().commit_sync(
+        [
+            PostingDraft(account.code, amount, f"adjust:{key}", memo[:255]),
+            PostingDraft(counter.code, -amount, f"adjust:{key}:counter", memo[:255]),
+        ]
+    )
+
+
+def account_set_limits(
+    *, account_code: str, min_balance: int | None, max_balance: int | None
+) -> LedgerAccount:
+    """Set both limits (``None`` = unbounded). Locks the account row; the book is told on commit."""
+    for value in (min_balance, max_balance):
+        if value is not None and (not isinstance(value, int) or abs(value) > UINT64_MAX):
+            raise InvalidAmount("limit out of range")
+    if min_balance is not None and max_balance is not None and min_balance > max_balance:
+        raise InvalidAmount("min_balance must not exceed max_balance")
+    with transaction.atomic():
+        account = (
+            LedgerAccount.objects.select_for_update(no_key=True).filter(code=account_code).first()
+        )
+        if account is None:
+            raise UnknownAccount(f"no ledger account {account_code!r}", code=account_code)
+        account.min_balance = None if min_balance is None else Decimal(min_balance)
+        account.max_balance = None if max_balance is None else Decimal(max_balance)
+        account.save(update_fields=["min_balance", "max_balance"])
+        rows = list(LedgerAccount.objects.filter(pk=account.pk).values(*_ACCOUNT_FIELDS))
+        transaction.on_commit(lambda: _notify_book(rows), robust=True)
+    return account
+
+
+# --- webhooks ---------------------------------------------------------------------------------
+
+
+def webhook_create(*, account_code: str, url: str, secret: str | None = None) -> Webhook:
+    """Register ``url`` for the incoming payments of ``account_code``; returns it with its secret.
+
+    The secret (generated when not given) signs every body: header
+    ``X-ILP-Signature: sha256=<hex HMAC-SHA256(secret, body)>``.
+    """
+    if not url.startswith(("https://", "http://")):
+        raise WebhookError("webhook url must be http(s)")
+    account = LedgerAccount.objects.filter(code=account_code).first()
+    if account is None:
+        raise UnknownAccount(f"no ledger account {account_code!r}", code=account_code)
+    webhook = Webhook(account=account, url=url, secret=secret or secrets.token_hex(32))
+    webhook.full_clean()
+    webhook.save()
+    return webhook
+
+
+def webhook_body(payload: dict[str, Any]) -> bytes:
+    """The exact bytes sent (and signed): compact JSON with sorted keys."""
+    return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+
+
+def webhook_signature(*, secret: str, body: bytes) -> str:
+    """Value of ``X-ILP-Signature``: ``sha256=`` and the hex HMAC-SHA256 of the body."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def verify_webhook_signature(*, secret: str, body: bytes, header: str) -> bool:
+    """Constant-time check of a received ``X-ILP-Signature`` (for consumers and tests)."""
+    return hmac.compare_digest(webhook_signature(secret=secret, body=body), header)
+
+
+def incoming_payment_payload(payment: IncomingPayment) -> dict[str, Any]:
+    account = payment.account
+    return {
+        "event": WEBHOOK_EVENT_INCOMING,
+        "account": account.code,
+        "asset_code": account.asset_code,
+        "asset_scale": account.asset_scale,
+        "payment_id": payment.payment_id,
+        "total": str(int(payment.total)),  # strings: UInt64 exceeds JSON-safe integers
+        "chunks": payment.chunks,
+        "first_at": payment.first_at.isoformat(),
+        "last_at": payment.last_at.isoformat(),
+    }
+
+
+def _create_deliveries(payments: list[IncomingPayment], *, now: datetime) -> list[int]:
+    """One delivery per (webhook, payment state), idempotent on its key. Inside a transaction."""
+    if not payments:
+        return []
+    hooks: dict[int, list[Webhook]] = defaultdict(list)
+    for hook in Webhook.objects.filter(
+        account_id__in={p.account_id for p in payments}, enabled=True
+    ):
+        hooks[hook.account_id].append(hook)
+    deliveries = [
+        WebhookDelivery(
+            webhook=hook,
+            key=f"incoming_payment:{payment.pk}:{payment.chunks}:{hook.pk}",
+            event=WEBHOOK_EVENT_INCOMING,
+            payload=incoming_payment_payload(payment),
+            next_attempt_at=now,
+        )
+        for payment in payments
+        for hook in hooks.get(payment.account_id, [])
+    ]
+    if not deliveries:
+        return []
+    WebhookDelivery.objects.bulk_create(deliveries, ignore_conflicts=True)
+    return list(
+        WebhookDelivery.objects.filter(
+            key__in=[d.key for d in deliveries], status=WebhookDelivery.Status.PENDING, attempts=0
+        ).values_list("id", flat=True)
+    )
+
+
+def queue_webhook_deliveries(delivery_ids: Sequence[int]) -> None:
+    """Queue ``payments.deliver_webhook`` for each id (call after commit).
+
+    With eager Celery (the embedded default) the deliveries run on a small background
+    thread pool, so a slow endpoint never blocks the ledger writer that committed them.
+    """
+    from payments.tasks import deliver_webhook, run_in_background
+
+    for delivery_id in delivery_ids:
+        if deliver_webhook.app.conf.task_always_eager:
+            run_in_background(deliver_webhook.apply, kwargs={"delivery_id": delivery_id})
+        else:
+            deliver_webhook.delay(delivery_id=delivery_id)
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookAttempt:
+    """Result of one delivery attempt. ``retry_in`` (seconds) is set when another is due."""
+
+    status: str  # "delivered" | "failed" | "retry" | "skipped"
+    retry_in: float | None = None
+    error: str = ""
+
+
+def webhook_backoff(attempt: int) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (0-based): 10 s, 20 s, 40 s..."""
+    return float(min(WEBHOOK_BACKOFF_BASE * 2**attempt, WEBHOOK_BACKOFF_CAP))
+
+
+def webhook_deliver(
+    *, delivery_id: int, attempt: int | None = None, timeout: float = WEBHOOK_TIMEOUT
+) -> WebhookAttempt:
+    """Make one delivery attempt (``attempt`` = the number of attempts made so far).
+
+    Idempotent per delivery and attempt: the attempt is claimed by an atomic
+    ``UPDATE ... WHERE status = 'pending' AND attempts = <attempt>`` that also sets a lease
+    (``next_attempt_at``), so a replayed, duplicated or stale task finds the counter moved
+    on and returns ``skipped`` without sending. ``attempt=None`` claims whatever attempt is
+    next (the sweeper). No transaction or lock is held while the HTTP request runs.
+    Delivered means a 2xx answer; anything else is retried up to
+    ``WEBHOOK_MAX_ATTEMPTS`` with exponential backoff, then ``failed``.
+    """
+    now = timezone.now()
+    if attempt is None:
+        current = (
+            WebhookDelivery.objects.filter(pk=delivery_id)
+            .values_list("attempts", flat=True)
+            .first()
+        )
+        if current is None:
+            return WebhookAttempt("skipped")
+        attempt = current
+    claimed = WebhookDelivery.objects.filter(
+        pk=delivery_id, status=WebhookDelivery.Status.PENDING, attempts=attempt
+    ).update(attempts=attempt + 1, next_attempt_at=now + WEBHOOK_LEASE)
+    if not claimed:
+        return WebhookAttempt("skipped")
+    delivery = WebhookDelivery.objects.select_related("webhook").get(pk=delivery_id)
+    mine = WebhookDelivery.objects.filter(pk=delivery_id, attempts=attempt + 1)
+    webhook = delivery.webhook
+    if not webhook.enabled:
+        mine.update(status=WebhookDelivery.Status.FAILED, last_error="webhook disabled")
+        return WebhookAttempt("failed", error="webhook disabled")
+    body = webhook_body(delivery.payload)
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "interledger-site-webhooks/1",
+        WEBHOOK_SIGNATURE_HEADER: webhook_signature(secret=webhook.secret, body=body),
+        "X-ILP-Event": delivery.event,
+        "X-ILP-Delivery": delivery.key,
+    }
+    status_code: int | None = None
+    try:
+        with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+            response = client.post(webhook.url, content=body, headers=headers)
+        status_code = response.status_code
+        error = "" if 200 <= status_code < 300 else f"HTTP {status_code}"
+    except httpx.HTTPError as exc:
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+    done = timezone.now()
+    if not error:
+        mine.update(
+            status=WebhookDelivery.Status.DELIVERED,
+            delivered_at=done,
+            response_status=status_code,
+            last_error="",
+            next_attempt_at=None,
+        )
+        return WebhookAttempt("delivered")
+    if attempt + 1 >= WEBHOOK_MAX_ATTEMPTS:
+        mine.update(
+            status=WebhookDelivery.Status.FAILED,
+            response_status=status_code,
+            last_error=error,
+            next_attempt_at=None,
+        )
+        return WebhookAttempt("failed", error=error)
+    retry_in = webhook_backoff(attempt)
+    mine.update(
+        response_status=status_code,
+        last_error=error,
+        next_attempt_at=done + timedelta(seconds=retry_in),
+    )
+    return WebhookAttempt("retry", retry_in=retry_in, error=error)
+
+
+def due_webhook_deliveries(*, now: datetime | None = None, limit: int = 1000) -> list[int]:
+    """Ids of pending deliveries whose next attempt (or expired lease) is due."""
+    now = now or timezone.now()
+    return list(
+        WebhookDelivery.objects.filter(
+            status=WebhookDelivery.Status.PENDING, next_attempt_at__lte=now
+        )
+        .order_by("next_attempt_at")
+        .values_list("id", flat=True)[:limit]
+    )

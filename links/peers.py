@@ -1,0 +1,158 @@
+"""The peer as the hot path sees it: an immutable, cached :class:`PeerContext`.
+
+Transports load the context once (at BTP auth, or per HTTP request from the cache)
+and hand it to the switch; no database query happens per packet.
+
+Cache rules: contexts are cached per process for :data:`CONTEXT_TTL_S` seconds and
+dropped at once by the services that change a peer in this process
+(:func:`invalidate_peer`). A change made by another process (``manage.py add_peer``
+while Daphne runs) is seen after at most the TTL.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+
+if TYPE_CHECKING:
+    from links.models import Peer
+
+PEER_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_~-]*")
+MAX_PEER_NAME_LENGTH = 64
+# Names that would collide with address segments or URLs the node uses itself.
+RESERVED_PEER_NAMES = frozenset(
+    {
+        "receivers",
+        "peer",
+        "self",
+        "local",
+        "config",
+        "balance",
+        "route",
+        "echo",
+        "ilp",
+        "btp",
+        "admin",
+        "api",
+        "accounts",
+        "static",
+        "well-known",
+        "node",
+    }
+)
+CONTEXT_TTL_S = 10.0
+
+
+class InvalidPeerName(ValueError):
+    pass
+
+
+def validate_peer_name(name: str) -> str:
+    if not isinstance(name, str) or len(name) > MAX_PEER_NAME_LENGTH:
+        raise InvalidPeerName(f"peer name must be at most {MAX_PEER_NAME_LENGTH} characters")
+    if not PEER_NAME_RE.fullmatch(name):
+        raise InvalidPeerName(f"invalid peer name {name!r}: use [a-z0-9][a-z0-9_~-]*")
+    if name in RESERVED_PEER_NAMES:
+        raise InvalidPeerName(f"peer name {name!r} is reserved")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class PeerContext:
+    """What the switch needs to know about the source or next hop of a packet.
+
+    ``address`` is the peer's ILP address: ``<node>.<name>`` for a child, the
+    configured ``Peer.ilp_address`` otherwise (may be empty when unknown).
+    ``link`` and ``idempotent`` are additive extensions for the transports.
+    """
+
+    name: str
+    relation: str
+    account_code: str
+    address: str
+    asset_code: str
+    asset_scale: int
+    max_packet_amount: int
+    send_routes: bool
+    receive_routes: bool
+    link: str = ""
+    idempotent: bool = False
+
+
+def account_code_for(name: str) -> str:
+    return f"peer:{name}"
+
+
+def child_address(name: str) -> str:
+    return f"{settings.ILP_ADDRESS}.{name}"
+
+
+def context_from_peer(peer: Peer) -> PeerContext:
+    address = peer.ilp_address or (child_address(peer.name) if peer.relation == "child" else "")
+    return PeerContext(
+        name=peer.name,
+        relation=peer.relation,
+        account_code=account_code_for(peer.name),
+        address=address,
+        asset_code=peer.asset_code,
+        asset_scale=int(peer.asset_scale),
+        max_packet_amount=int(peer.max_packet_amount),
+        send_routes=peer.send_routes,
+        receive_routes=peer.receive_routes,
+        link=peer.link,
+        idempotent=peer.idempotent,
+    )
+
+
+_cache: dict[str, tuple[float, PeerContext | None]] = {}
+
+
+def invalidate_peer(name: str | None = None) -> None:
+    """Forget the cached context of ``name`` (of every peer when ``None``)."""
+    if name is None:
+        _cache.clear()
+    else:
+        _cache.pop(name, None)
+    # Token verification results depend on the same rows.
+    from links import services
+
+    services.forget_verified_tokens(name)
+
+
+def cached_peer_context(name: str) -> tuple[bool, PeerContext | None]:
+    """``(found, context)`` from the cache alone (no I/O; safe on the event loop)."""
+    hit = _cache.get(name)
+    if hit is None or hit[0] < time.monotonic():
+        return False, None
+    return True, hit[1]
+
+
+def store_peer_context(name: str, ctx: PeerContext | None) -> None:
+    _cache[name] = (time.monotonic() + CONTEXT_TTL_S, ctx)
+
+
+def load_peer_context(name: str) -> PeerContext | None:
+    """The context of an enabled peer, or ``None`` (sync: one query on a cache miss)."""
+    found, ctx = cached_peer_context(name)
+    if found:
+        return ctx
+    from links.selectors import peer_get_enabled
+
+    peer = peer_get_enabled(name=name)
+    ctx = context_from_peer(peer) if peer is not None else None
+    store_peer_context(name, ctx)
+    return ctx
+
+
+async def aload_peer_context(name: str) -> PeerContext | None:
+    """Async twin of :func:`load_peer_context`: no thread hop on a cache hit."""
+    found, ctx = cached_peer_context(name)
+    if found:
+        return ctx
+    loaded: PeerContext | None = await database_sync_to_async(load_peer_context)(name)
+    return loaded

@@ -1,0 +1,203 @@
+"""Peers: model, tokens, services, PeerContext cache, management commands."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from io import StringIO
+from typing import Any
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from links import peers, services
+from links.models import Peer
+from links.peers import InvalidPeerName, PeerContext, load_peer_context, validate_peer_name
+from links.tokens import check_token, hash_token
+from payments.models import LedgerAccount
+
+pytestmark = pytest.mark.django_db
+
+
+def run(*args: str) -> str:
+    out = StringIO()
+    call_command(*args, stdout=out)
+    return out.getvalue()
+
+
+def test_token_hash_is_salted_and_checked() -> None:
+    a, b = hash_token("secret"), hash_token("secret")
+    assert a != b and "secret" not in a
+    assert check_token("secret", a) and check_token("secret", b)
+    assert not check_token("secreT", a)
+    assert not check_token("secret", "garbage")
+    assert not check_token("secret", "md5$00$00")
+
+
+@pytest.mark.parametrize("name", ["a", "alice", "a-b_c~d", "0x"])
+def test_valid_names(name: str) -> None:
+    assert validate_peer_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "Alice", "-a", "a.b", "a b", "receivers", "peer", "x" * 65])
+def test_invalid_names(name: str) -> None:
+    with pytest.raises(InvalidPeerName):
+        validate_peer_name(name)
+
+
+def test_peer_create_makes_account_and_hashes_token(make_peer: Callable[..., Any]) -> None:
+    saved = make_peer("alice", token="alicetoken", min_balance=-1000, max_balance=5000)
+    peer = Peer.objects.get(name="alice")
+    assert saved.created and saved.token == "alicetoken"
+    assert "alicetoken" not in peer.token_hash
+    account = LedgerAccount.objects.get(code="peer:alice")
+    assert peer.account_id == account.pk
+    assert account.kind == "peer"
+    assert account.min_balance == Decimal(-1000) and account.max_balance == Decimal(5000)
+    # children exchange no routes by default, peers and parents do
+    assert not peer.send_routes and not peer.receive_routes
+    assert make_peer("bob", relation="peer").peer.send_routes
+
+
+def test_peer_create_generates_token(make_peer: Callable[..., Any]) -> None:
+    saved = make_peer("alice")
+    assert saved.token and len(saved.token) >= 40
+    assert services.peer_authenticate("alice", saved.token) is not None
+
+
+def test_duplicate_and_bad_input(make_peer: Callable[..., Any]) -> None:
+    make_peer("alice")
+    with pytest.raises(services.PeerExists):
+        make_peer("alice")
+    with pytest.raises(services.PeerError):
+        make_peer("bob", link="btp-client", url="http://nope")
+    with pytest.raises(services.PeerError):
+        make_peer("carol", relation="friend")
+
+
+def test_authenticate(make_peer: Callable[..., Any]) -> None:
+    make_peer("alice", token="alicetoken")
+    ctx = services.peer_authenticate("alice", "alicetoken")
+    assert isinstance(ctx, PeerContext)
+    assert ctx.name == "alice" and ctx.relation == "child"
+    assert ctx.account_code == "peer:alice"
+    assert ctx.address == "test.local.alice"
+    assert ctx.max_packet_amount == 10**12
+    assert services.peer_authenticate("alice", "wrong") is None
+    assert services.peer_authenticate("nobody", "alicetoken") is None
+    # cached success still honours a disabled peer after invalidation
+    services.peer_update(name="alice", enabled=False)
+    peers.invalidate_peer("alice")
+    assert services.peer_authenticate("alice", "alicetoken") is None
+
+
+def test_authenticate_http_by_token(make_peer: Callable[..., Any]) -> None:
+    make_peer("oer", link="http-sync", token="oertoken")
+    make_peer("oer2", link="http-sync", token="other")
+    make_peer("btpy", token="oertoken")  # same token on a BTP peer: not an HTTP peer
+    ctx = services.peer_authenticate_http("oertoken", "harness")
+    assert ctx is not None and ctx.name == "oer"
+    assert services.cached_http_peer("oertoken") == "oer"
+    assert services.peer_authenticate_http("nope") is None
+    assert services.peer_authenticate_http("") is None
+
+
+def test_load_peer_context_caches_and_invalidates(
+    make_peer: Callable[..., Any], django_assert_num_queries: Any
+) -> None:
+    make_peer("alice", relation="peer", ilp_address="g.alice")
+    ctx = load_peer_context("alice")
+    assert ctx is not None and ctx.address == "g.alice" and ctx.relation == "peer"
+    with django_assert_num_queries(0):
+        assert load_peer_context("alice") == ctx
+    services.peer_update(name="alice", max_packet_amount=5)
+    peers.invalidate_peer("alice")  # on_commit does it outside the test transaction
+    assert load_peer_context("alice").max_packet_amount == 5  # type: ignore[union-attr]
+    assert load_peer_context("nobody") is None
+
+
+def test_peer_remove_keeps_account(make_peer: Callable[..., Any]) -> None:
+    make_peer("alice")
+    assert services.peer_remove(name="alice")
+    assert not Peer.objects.filter(name="alice").exists()
+    assert LedgerAccount.objects.filter(code="peer:alice").exists()
+    assert not services.peer_remove(name="alice")
+    make_peer("alice")  # re-adding reuses the account
+
+
+def test_add_peer_prints_btp_url_and_is_idempotent() -> None:
+    out = run(
+        "add_peer",
+        "alice",
+        "--relation",
+        "child",
+        "--link",
+        "btp-server",
+        "--token",
+        "alicetoken",
+        "--min-balance",
+        "-100",
+        "--max-packet-amount",
+        "1000",
+        "--send-routes",
+    )
+    assert "btp+ws://alice:alicetoken@127.0.0.1:8000/btp" in out
+    peer = Peer.objects.get(name="alice")
+    assert peer.send_routes and peer.max_packet_amount == 1000
+    assert peer.account.min_balance == -100
+    out = run(
+        "add_peer", "alice", "--relation", "child", "--link", "btp-server", "--no-send-routes"
+    )
+    assert "updated" in out
+    peer.refresh_from_db()
+    assert not peer.send_routes and peer.max_packet_amount == 1000
+    assert services.peer_authenticate("alice", "alicetoken") is not None  # token kept
+    run("add_peer", "alice", "--relation", "child", "--link", "btp-server", "--token", "new")
+    peers.invalidate_peer("alice")
+    assert services.peer_authenticate("alice", "new") is not None
+    assert services.peer_authenticate("alice", "alicetoken") is None
+
+
+def test_add_peer_generates_token_and_other_links() -> None:
+    out = run("add_peer", "bob", "--relation", "peer", "--link", "btp-server")
+    line = next(x for x in out.splitlines() if x.startswith("btp+ws://"))
+    token = line.split("bob:", 1)[1].split("@", 1)[0]
+    assert services.peer_authenticate("bob", token) is not None
+    out = run(
+        "add_peer",
+        "up",
+        "--relation",
+        "parent",
+        "--link",
+        "btp-client",
+        "--url",
+        "btp+ws://me:secret@127.0.0.1:7000/btp",
+        "--idempotent",
+    )
+    assert "secret" not in out and "me:***@127.0.0.1:7000" in out
+    assert Peer.objects.get(name="up").idempotent
+    out = run("add_peer", "oer", "--relation", "peer", "--link", "http-sync", "--token", "t")
+    assert "/ilp" in out and "token: t" in out
+
+
+def test_add_peer_errors() -> None:
+    with pytest.raises(CommandError):
+        run("add_peer", "Bad!", "--relation", "child", "--link", "btp-server")
+    with pytest.raises(CommandError):
+        run("add_peer", "receivers", "--relation", "child", "--link", "btp-server")
+    with pytest.raises(CommandError):
+        run("add_peer", "x", "--relation", "child", "--link", "btp-client")  # no url
+
+
+def test_list_and_remove_peer(make_peer: Callable[..., Any]) -> None:
+    make_peer("alice")
+    make_peer("bob", relation="peer", link="http-sync")
+    out = run("list_peers")
+    lines = out.strip().splitlines()
+    assert lines[0].split()[:5] == ["NAME", "RELATION", "LINK", "ENABLED", "BALANCE"]
+    assert lines[1].split()[:6] == ["alice", "child", "btp-server", "yes", "0", "down"]
+    assert lines[2].startswith("bob")
+    assert "removed" in run("remove_peer", "alice")
+    with pytest.raises(CommandError):
+        run("remove_peer", "alice")
+    assert "alice" not in run("list_peers")

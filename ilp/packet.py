@@ -23,6 +23,7 @@ from enum import IntEnum, StrEnum
 from typing import Any, NamedTuple
 
 from ilp.address import InvalidAddress, address_from_bytes, is_valid_address
+from ilp.conditions import CONDITION_LENGTH, FULFILLMENT_LENGTH
 from ilp.errors import DecodeError, EncodeError, IlpError
 from ilp.oer import UINT64_MAX, encode_length, format_ilp_timestamp, parse_ilp_timestamp
 from ilp.oer import read_length_at as _read_length_at
@@ -31,8 +32,6 @@ from ilp.oer import read_length_at as _read_length_at
 BytesLike = bytes | bytearray | memoryview
 
 MAX_DATA_LENGTH = 32767
-CONDITION_LENGTH = 32
-FULFILLMENT_LENGTH = 32
 ERROR_CODE_LENGTH = 3
 
 # Offsets inside a Prepare's contents. Connectors rewrite only amount and expiresAt,
@@ -339,6 +338,14 @@ def _envelope(raw: bytes, name: str) -> int:
             )
         raise DecodeError(f"{n - end} trailing byte(s) after the {name} envelope", end)
     return start
+
+
+def contents_start(raw: BytesLike) -> int:
+    """Where the fields of a well-formed packet start (after type and envelope length).
+
+    For error offsets of the protocols carried inside a packet that was decoded already.
+    """
+    return 2 if raw[1] < 0x80 else 2 + (raw[1] & 0x7F)
 
 
 def _var_octets_end(raw: bytes, pos: int, end: int, what: str) -> tuple[int, int]:

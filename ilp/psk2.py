@@ -330,47 +330,61 @@ def encode_psk2(packet: Psk2Packet) -> bytes:
     )
 
 
+_Draft1Class: TypeAlias = type[ChunkRequest] | type[ChunkResponse] | type[ChunkRejection]
+_Draft2Class: TypeAlias = type[Request] | type[Response] | type[Rejection]
+_DRAFT1_CLASSES: Final[tuple[_Draft1Class, ...]] = (
+    ChunkRequest,
+    ChunkRequest,
+    ChunkResponse,
+    ChunkRejection,
+)
+_DRAFT2_CLASSES: Final[tuple[_Draft2Class, ...]] = (Request, Response, Rejection)
+_set = object.__setattr__
+
+
+def _trusted_draft1(cls: _Draft1Class, head: bytes, app_data: bytes, junk: bytes) -> Draft1Packet:
+    """Build from a decoded header whose fields are in range by construction: skipping
+    ``__post_init__`` halves the decoder's cost on the receiver hot path."""
+    value = object.__new__(cls)
+    _set(value, "payment_id", head[0:16])
+    _set(value, "sequence", int.from_bytes(head[16:20], "big"))
+    _set(value, "payment_amount", int.from_bytes(head[20:28], "big"))
+    _set(value, "chunk_amount", int.from_bytes(head[28:36], "big"))
+    _set(value, "application_data", app_data)
+    _set(value, "junk", junk)
+    return value
+
+
+def _trusted_draft2(cls: _Draft2Class, head: bytes, data: bytes, junk: bytes) -> Draft2Packet:
+    value = object.__new__(cls)
+    _set(value, "request_id", int.from_bytes(head[0:4], "big"))
+    _set(value, "amount", int.from_bytes(head[4:12], "big"))
+    _set(value, "data", data)
+    _set(value, "junk", junk)
+    return value
+
+
 def decode_psk2(plaintext: bytes) -> Psk2Packet:
     """Parse a decrypted plaintext of either draft; only :class:`DecodeError` escapes."""
-    if not isinstance(plaintext, bytes):
+    if type(plaintext) is not bytes:
         plaintext = bytes(plaintext)  # a bytearray/memoryview would leak into the fields
     r = Reader(plaintext)
     kind = r.read_uint8("PSK2 type")
     if kind <= Psk2Type.CHUNK_ERROR:
-        payment_id = r.read(PAYMENT_ID_LENGTH, "payment id")
-        sequence = r.read_uint(4, "sequence")
-        payment_amount = r.read_uint(8, "payment amount")
-        chunk_amount = r.read_uint(8, "chunk amount")
+        head = r.read(36, "draft-1 header (payment id, sequence, amounts)")
         app_data = r.read_var_octets("application data")
         # Extension byte: 0.2.1 writes 0x00 and never reads it; a missing one is fine too.
-        if not r.at_end():
-            r.read_uint8("extensions")
-        junk = r.read(r.remaining(), "junk")
-        if kind == Psk2Type.CHUNK_RESPONSE:
-            return ChunkResponse(payment_id, sequence, payment_amount, chunk_amount, app_data, junk)
-        if kind == Psk2Type.CHUNK_ERROR:
-            return ChunkRejection(
-                payment_id, sequence, payment_amount, chunk_amount, app_data, junk
-            )
-        return ChunkRequest(
-            payment_id,
-            sequence,
-            payment_amount,
-            chunk_amount,
-            app_data,
-            last=kind == Psk2Type.LAST_CHUNK,
-            junk=junk,
-        )
+        junk = plaintext[r.pos + 1 :]
+        draft1 = _trusted_draft1(_DRAFT1_CLASSES[kind], head, app_data, junk)
+        if isinstance(draft1, ChunkRequest):
+            _set(draft1, "last", kind == Psk2Type.LAST_CHUNK)
+        return draft1
     if kind <= Psk2Type.ERROR:
-        request_id = r.read_uint(4, "request id")
-        amount = r.read_uint(8, "amount")
+        head = r.read(12, "draft-2 header (request id, amount)")
         data = r.read_var_octets("data")
-        junk = r.read(r.remaining(), "junk")
-        if kind == Psk2Type.REQUEST:
-            return Request(request_id, amount, data, junk)
-        if kind == Psk2Type.RESPONSE:
-            return Response(request_id, amount, data, junk)
-        return Rejection(request_id, amount, data, junk)
+        return _trusted_draft2(
+            _DRAFT2_CLASSES[kind - Psk2Type.REQUEST], head, data, plaintext[r.pos :]
+        )
     raise DecodeError(f"unknown PSK2 type {kind}", 0)
 
 

@@ -13,7 +13,8 @@ VECTORS = Path(__file__).resolve().parent / "vectors"  # copied from ../shared/v
 def load_vectors(name: str) -> dict[str, Any]:
     """A vector file from ``../shared/vectors`` (``receiver/psk2.json`` for the receiver ones)."""
     path = Path(os.environ.get("ILP_VECTORS_DIR", VECTORS)) / name
-    return json.loads(path.read_text())
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
 
 
 def on_postgres() -> bool:

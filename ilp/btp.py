@@ -32,6 +32,7 @@ from ilp.oer import (
     encode_length,
     format_generalized_time,
     parse_generalized_time,
+    read_length_at,
 )
 
 __all__ = [
@@ -386,22 +387,6 @@ def encode_ilp_frame(btp_type: BtpType, request_id: int, ilp: bytes) -> bytes:
     )
 
 
-def _fast_length(raw: bytes, pos: int, end: int) -> tuple[int, int]:
-    """A canonical 1-3 byte length at ``pos`` as (length, next position); (-1, 0) if not."""
-    if pos >= end:
-        return -1, 0
-    first = raw[pos]
-    if first < 0x80:
-        return first, pos + 1
-    if first == 0x81 and pos + 1 < end:
-        n = raw[pos + 1]
-        return (n, pos + 2) if n >= 0x80 else (-1, 0)
-    if first == 0x82 and pos + 2 < end:
-        n = (raw[pos + 1] << 8) | raw[pos + 2]
-        return (n, pos + 3) if n >= 0x100 else (-1, 0)
-    return -1, 0
-
-
 def peek_ilp_frame(raw: bytes) -> tuple[BtpType, int, bytes] | None:
     """``(type, request id, ilp bytes)`` if ``raw`` is exactly a Message or Response with
     one ``ilp`` entry of content type 0; ``None`` for any other frame, valid or not.
@@ -415,11 +400,22 @@ def peek_ilp_frame(raw: bytes) -> tuple[BtpType, int, bytes] | None:
     kind, request_id = _HEADER.unpack_from(raw)
     if kind != 6 and kind != 1:
         return None
-    contents_len, pos = _fast_length(raw, 5, end)
-    if pos + contents_len != end or not raw.startswith(_ILP_ENTRY_HEAD, pos):
-        return None
-    data_len, pos = _fast_length(raw, pos + len(_ILP_ENTRY_HEAD), end)
-    if data_len < 0 or pos + data_len != end:
+    # Short lengths inlined; long forms go to the one home of the canonical rules.
+    try:
+        contents_len = raw[5]
+        pos = 6
+        if contents_len >= 0x80:
+            contents_len, pos = read_length_at(raw, 5, end)
+        if pos + contents_len != end or not raw.startswith(_ILP_ENTRY_HEAD, pos):
+            return None
+        pos += len(_ILP_ENTRY_HEAD)
+        data_len = raw[pos]
+        pos += 1
+        if data_len >= 0x80:
+            data_len, pos = read_length_at(raw, pos - 1, end)
+    except DecodeError:
+        return None  # the general decoder will say what is wrong
+    if pos + data_len != end:
         return None
     return (BtpType.MESSAGE if kind == 6 else BtpType.RESPONSE), request_id, raw[pos:]
 

@@ -1,10 +1,58 @@
-"""The BTP/2.0 WebSocket consumer (filled by the links work)."""
+"""The BTP/2.0 WebSocket endpoint (``/btp``): a thin dispatcher around :class:`BtpLink`.
+
+Each binary message goes to the link core (:mod:`links.btp_link`), which authenticates
+the peer, serves its requests in their own tasks and registers itself as the peer's
+``OutgoingLink``. Text messages are not BTP: the session treats them as unreadable
+frames. The route must not sit behind ``AllowedHostsOriginValidator`` (BTP clients send
+no ``Origin``).
+
+The consumer does not subscribe to the channel layer itself: cross-process sends
+reach the link through the per-peer bridge of :mod:`links.registry`, one listener per
+peer rather than one per socket.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from links.btp_link import BtpLink
 
-class BtpConsumer(AsyncWebsocketConsumer):
+# An alias that is never configured: ``get_channel_layer`` returns ``None`` for it, so
+# Channels does not create a channel and a receive loop per socket.
+NO_CHANNEL_LAYER = "links.btp.no-channel-layer"
+
+
+class BtpConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
+    channel_layer_alias = NO_CHANNEL_LAYER
+
+    link: BtpLink
+
     async def connect(self) -> None:
-        await self.close()
+        client = self.scope.get("client") or ("?", 0)
+        self.link = BtpLink(
+            send=self._send_frame,
+            close=self._close_socket,
+            role="server",
+            label=f"{client[0]}:{client[1]}",
+        )
+        await self.accept()
+        self.link.start()
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if bytes_data is not None:
+            await self.link.receive(bytes_data)
+        elif text_data is not None:
+            await self.link.receive_text(text_data)
+
+    async def disconnect(self, code: Any) -> None:
+        link = getattr(self, "link", None)
+        if link is not None:
+            link.connection_lost()
+
+    async def _send_frame(self, frame: bytes) -> None:
+        await self.send(bytes_data=frame)
+
+    async def _close_socket(self, code: int) -> None:
+        await self.close(code)

@@ -1,0 +1,391 @@
+"""The /btp consumer against raw frames: auth, the bad-input cases, ILP, side protocols."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+
+from ilp.btp import (
+    BtpError,
+    BtpMessage,
+    BtpResponse,
+    BtpTransfer,
+    ContentType,
+    ProtocolData,
+    encode_btp,
+    find_entry,
+)
+from ilp.oer import encode_length
+from ilp.packet import Fulfill, Prepare, Reject, decode_reply, encode_packet
+from links import registry, side_protocols
+from links.consumers import BtpConsumer
+from links.peers import PeerContext
+from tests.conftest import load_vectors
+from tests.links.btp_helpers import RawBtp
+from tests.links.conftest import FULFILLMENT, FakeSwitch, prepare_to
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+BTP = load_vectors("btp.json")
+INTEROP_AUTH = bytes.fromhex(
+    "0600000001350103046175746800000d617574685f757365726e616d650105616c6963650a"
+    "617574685f746f6b656e010a616c696365746f6b656e"
+)
+
+
+@pytest.fixture
+async def alice(make_peer: Callable[..., Any]) -> None:
+    await database_sync_to_async(make_peer)("alice", token="alicetoken")
+
+
+async def authed(**kwargs: Any) -> RawBtp:
+    raw = await RawBtp().open()
+    reply = await raw.auth(**kwargs)
+    assert isinstance(reply, BtpResponse)
+    return raw
+
+
+def ilp_reply(packet: Any) -> Fulfill | Reject:
+    assert isinstance(packet, BtpResponse), packet
+    assert len(packet.protocol_data) == 1
+    entry = find_entry(packet, "ilp")
+    assert entry is not None and entry.content_type == 0
+    return decode_reply(entry.data)
+
+
+def test_consumer_has_no_channel_layer_subscription() -> None:
+    from channels.layers import get_channel_layer
+
+    assert get_channel_layer(BtpConsumer.channel_layer_alias) is None
+
+
+async def test_interop_auth_bytes(alice: None, switch: FakeSwitch) -> None:
+    raw = await RawBtp().open()
+    await raw.send(INTEROP_AUTH)
+    assert await raw.next_raw() == bytes.fromhex("0100000001020100")
+    await asyncio.sleep(0)
+    assert switch.ups == ["alice"]
+    assert registry.local("alice") is not None
+    await raw.close()
+    assert switch.downs == ["alice"]
+    assert registry.local("alice") is None
+
+
+@pytest.mark.parametrize("case", BTP["handshake"], ids=lambda c: c["name"])
+async def test_handshake_vectors(
+    case: dict[str, Any], make_peer: Callable[..., Any], switch: FakeSwitch
+) -> None:
+    for name in ("alice", "x", "bob"):
+        await database_sync_to_async(make_peer)(name, token=case["server_secret"])
+    raw = await RawBtp().open()
+    await raw.send(bytes.fromhex(case["frame"]))
+    if case["expected_reply"].startswith("0100"):
+        assert await raw.next_raw() == bytes.fromhex(case["expected_reply"])
+        assert await raw.nothing_within()
+    elif case["expected_reply"] == "none":
+        assert await raw.next_raw() is None
+    else:
+        error = await raw.next()
+        assert isinstance(error, BtpError)
+        assert error.code == "F00" and error.name == "NotAcceptedError"
+        assert error.message in case["expected_reply"]
+        assert error.request_id == int(case["frame"][2:10], 16)
+        assert len(error.triggered_at) == 19 and error.triggered_at.endswith("Z")
+        assert await raw.next_raw() is None  # then closed
+    assert switch.calls == []
+
+
+async def test_garbage_before_auth_closes_without_reply(alice: None) -> None:
+    raw = await RawBtp().open()
+    await raw.send(b"\xff" + os.urandom(63))
+    assert await raw.next_raw() is None
+
+
+async def test_text_frame_closes(alice: None) -> None:
+    raw = await RawBtp().open()
+    await raw.comm.send_to(text_data="hello")
+    assert await raw.next_raw() is None
+
+
+async def test_transfer_first_is_refused(alice: None) -> None:
+    raw = await RawBtp().open()
+    await raw.send(encode_btp(BtpTransfer(7, 10)))
+    error = await raw.next()
+    assert isinstance(error, BtpError) and error.code == "F00"
+    assert await raw.next_raw() is None
+
+
+async def test_auth_without_token_is_refused(alice: None) -> None:
+    raw = await RawBtp().open()
+    await raw.send(encode_btp(BtpMessage(9, (ProtocolData("auth", 0, b""),))))
+    error = await raw.next()
+    assert isinstance(error, BtpError) and error.request_id == 9
+    assert await raw.next_raw() is None
+
+
+async def test_ilp_before_auth_is_refused(alice: None, switch: FakeSwitch) -> None:
+    raw = await RawBtp().open()
+    await raw.send_prepare(prepare_to())
+    error = await raw.next()
+    assert isinstance(error, BtpError) and error.code == "F00"
+    assert await raw.next_raw() is None
+    assert switch.calls == []
+
+
+async def test_wrong_token_and_disabled_and_wrong_link(
+    make_peer: Callable[..., Any], switch: FakeSwitch
+) -> None:
+    await database_sync_to_async(make_peer)("alice", token="alicetoken", enabled=False)
+    await database_sync_to_async(make_peer)("oer", token="oertoken", link="http-sync")
+    for user, token in (("alice", "alicetoken"), ("oer", "oertoken"), ("nobody", "x")):
+        raw = await RawBtp().open()
+        error = await raw.auth(user, token)
+        assert isinstance(error, BtpError) and error.message == "invalid auth_token"
+        assert await raw.next_raw() is None
+    assert switch.ups == []
+
+
+async def test_auth_without_username_finds_peer_by_token(alice: None, switch: FakeSwitch) -> None:
+    raw = await RawBtp().open()
+    reply = await raw.auth("", "alicetoken")
+    assert isinstance(reply, BtpResponse)
+    assert switch.ups == ["alice"]
+
+
+async def test_ilp_exchange(alice: None, switch: FakeSwitch) -> None:
+    raw = await authed()
+    rid = await raw.send_prepare(prepare_to(amount=5))
+    reply = await raw.next()
+    assert reply is not None and reply.request_id == rid
+    fulfill = ilp_reply(reply)
+    assert fulfill == Fulfill(FULFILLMENT, b"ok")
+    ((source, prepare),) = switch.calls
+    assert source == "alice" and prepare.amount == 5
+    rid = await raw.send_prepare(prepare_to(condition=bytes(32)))
+    reply = await raw.next()
+    assert reply is not None and reply.request_id == rid
+    assert isinstance(ilp_reply(reply), Reject)
+
+
+@pytest.mark.parametrize(
+    "ilp",
+    [
+        encode_packet(prepare_to())[:20],  # truncated
+        bytes([12, 0x82, 0x7F, 0xFF]) + encode_packet(prepare_to())[3:],  # length overrun
+        bytes([0x63, 0x03, 1, 2, 3]),  # unknown type
+        b"",  # empty
+        os.urandom(200),  # garbage
+        encode_packet(Fulfill(bytes(32))),  # not a Prepare
+    ],
+    ids=["truncated", "overrun", "unknown-type", "empty", "garbage", "fulfill"],
+)
+async def test_malformed_ilp_is_a_reject_f01_then_still_serving(
+    ilp: bytes, alice: None, switch: FakeSwitch
+) -> None:
+    raw = await authed()
+    rid = await raw.send_prepare(ilp)
+    reply = await raw.next()
+    assert reply is not None and reply.request_id == rid
+    reject = ilp_reply(reply)
+    assert isinstance(reject, Reject) and reject.code == "F01"
+    assert reject.triggered_by == "test.local"
+    assert switch.calls == []
+    await raw.send_prepare(prepare_to())
+    assert isinstance(ilp_reply(await raw.next()), Fulfill)
+
+
+async def test_after_auth_truncated_frame_gets_error(alice: None, switch: FakeSwitch) -> None:
+    raw = await authed()
+    frame = encode_btp(BtpMessage(5, (ProtocolData("ilp", 0, encode_packet(prepare_to())),)))
+    await raw.send(frame[: len(frame) // 2])
+    error = await raw.next()
+    assert isinstance(error, BtpError) and error.request_id == 5 and error.code == "F01"
+    await raw.send_prepare(prepare_to())
+    assert isinstance(ilp_reply(await raw.next()), Fulfill)
+
+
+async def test_after_auth_unknown_type_gets_error(alice: None, switch: FakeSwitch) -> None:
+    raw = await authed()
+    await raw.send(bytes([0x63, 0, 0, 0, 5, 2, 1, 0]))
+    error = await raw.next()
+    assert isinstance(error, BtpError) and error.request_id == 5 and error.code == "F00"
+    await raw.comm.send_to(text_data="hello")
+    error = await raw.next()
+    assert isinstance(error, BtpError) and error.code == "F01"
+    await raw.send_prepare(prepare_to())
+    assert isinstance(ilp_reply(await raw.next()), Fulfill)
+
+
+async def test_after_auth_2mib_frame_is_rejected_and_socket_survives(
+    alice: None, switch: FakeSwitch
+) -> None:
+    raw = await authed()
+    small = encode_packet(prepare_to())  # short envelope, empty data (last byte 00)
+    assert small[1] < 0x80 and small[-1] == 0
+    data = os.urandom(2 * 1024 * 1024)
+    inner = small[2:-1] + encode_length(len(data)) + data
+    big = bytes([12]) + encode_length(len(inner)) + inner
+    rid = await raw.send_prepare(big)
+    reply = await raw.next(timeout=10)
+    assert reply is not None and reply.request_id == rid
+    reject = ilp_reply(reply)
+    assert isinstance(reject, Reject) and reject.code == "F01"
+    await raw.send_prepare(prepare_to())
+    assert isinstance(ilp_reply(await raw.next()), Fulfill)
+
+
+async def test_side_protocols_and_transfer(alice: None, switch: FakeSwitch) -> None:
+    raw = await authed()
+    await raw.send(encode_btp(BtpMessage(11, (ProtocolData("foo", 2, b"{}"),))))
+    assert await raw.next() == BtpResponse(11, ())
+    seen: list[tuple[str, Any]] = []
+
+    async def claim(
+        peer: PeerContext, packet: BtpMessage | BtpTransfer
+    ) -> tuple[ProtocolData, ...]:
+        seen.append((peer.name, packet))
+        return (ProtocolData("claim", ContentType.APPLICATION_JSON, b'{"ok":true}'),)
+
+    async def refuse(
+        peer: PeerContext, packet: BtpMessage | BtpTransfer
+    ) -> tuple[ProtocolData, ...]:
+        raise side_protocols.SideProtocolError("F08", "insufficient")
+
+    side_protocols.register("claim", claim)
+    side_protocols.register("refuse", refuse)
+    try:
+        await raw.send(encode_btp(BtpMessage(12, (ProtocolData("claim", 2, b"{}"),))))
+        reply = await raw.next()
+        assert reply == BtpResponse(12, (ProtocolData("claim", 2, b'{"ok":true}'),))
+        await raw.send(encode_btp(BtpTransfer(13, 500, (ProtocolData("claim", 2, b"{}"),))))
+        assert isinstance(await raw.next(), BtpResponse)
+        assert seen[1][1].amount == 500
+        await raw.send(encode_btp(BtpTransfer(14, 5)))
+        assert await raw.next() == BtpResponse(14, ())
+        await raw.send(encode_btp(BtpMessage(15, (ProtocolData("refuse", 0, b""),))))
+        error = await raw.next()
+        assert isinstance(error, BtpError) and error.code == "F08"
+        assert error.name == "InsufficientBalanceError" and error.request_id == 15
+    finally:
+        side_protocols.unregister("claim")
+        side_protocols.unregister("refuse")
+    # unknown replies are ignored silently
+    await raw.send(encode_btp(BtpResponse(999, ())))
+    assert await raw.nothing_within()
+
+
+async def test_fifty_requests_in_flight_run_concurrently(alice: None, switch: FakeSwitch) -> None:
+    async def slow(source: PeerContext, prepare: Prepare) -> Fulfill:
+        await asyncio.sleep(0.3)
+        return Fulfill(FULFILLMENT)
+
+    switch.handler = slow
+    raw = await authed()
+    ids = {await raw.send_prepare(prepare_to()) for _ in range(50)}
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    got = set()
+    for _ in range(50):
+        reply = await raw.next(timeout=5)
+        assert reply is not None
+        assert isinstance(ilp_reply(reply), Fulfill)
+        got.add(reply.request_id)
+    assert got == ids
+    assert loop.time() - start < 1.5  # 50 x 0.3 s serially would be 15 s
+
+
+async def test_outgoing_prepare_round_trip(alice: None, switch: FakeSwitch) -> None:
+    raw = await authed()
+    link = registry.get("alice")
+    assert link is not None
+    task = asyncio.ensure_future(link.send_prepare(prepare_to("test.local.alice.x")))
+    frame = await raw.next()
+    assert isinstance(frame, BtpMessage)
+    entry = find_entry(frame, "ilp")
+    assert entry is not None
+    await raw.send(
+        encode_btp(
+            BtpResponse(
+                frame.request_id, (ProtocolData("ilp", 0, encode_packet(Fulfill(FULFILLMENT))),)
+            )
+        )
+    )
+    assert await task == Fulfill(FULFILLMENT)
+
+    # a BTP Error from the peer → T01; a Response without ilp → T01
+    task = asyncio.ensure_future(link.send_prepare(prepare_to()))
+    frame = await raw.next()
+    assert frame is not None
+    await raw.send(
+        encode_btp(
+            BtpError(frame.request_id, "F00", "NotAcceptedError", "20200101000000.000Z", b"no")
+        )
+    )
+    reject = await task
+    assert isinstance(reject, Reject) and reject.code == "T01"
+    task = asyncio.ensure_future(link.send_prepare(prepare_to()))
+    frame = await raw.next()
+    assert frame is not None
+    await raw.send(encode_btp(BtpResponse(frame.request_id, ())))
+    reject = await task
+    assert isinstance(reject, Reject) and reject.code == "T01"
+
+
+async def test_outgoing_prepare_timeout_and_disconnect(alice: None, switch: FakeSwitch) -> None:
+    raw = await authed()
+    link = registry.get("alice")
+    assert link is not None
+    reject = await link.send_prepare(prepare_to(expires_in=0.2))
+    assert isinstance(reject, Reject) and reject.code == "R00"
+    assert await raw.next() is not None  # the Message went out
+    task = asyncio.ensure_future(link.send_prepare(prepare_to()))
+    assert await raw.next() is not None
+    await raw.close()
+    reject = await asyncio.wait_for(task, 2)
+    assert isinstance(reject, Reject) and reject.code == "T01"
+    assert switch.downs == ["alice"]
+    assert registry.get("alice") is None
+
+
+async def test_two_connections_same_peer(alice: None, switch: FakeSwitch) -> None:
+    first = await authed()
+    second = await authed()
+    assert registry.local("alice") is not None
+    await second.close()
+    assert switch.downs == []  # the first socket still serves alice
+    link = registry.get("alice")
+    assert link is not None
+    task = asyncio.ensure_future(link.send_prepare(prepare_to()))
+    frame = await first.next()
+    assert frame is not None
+    await first.send(
+        encode_btp(
+            BtpResponse(
+                frame.request_id, (ProtocolData("ilp", 0, encode_packet(Fulfill(FULFILLMENT))),)
+            )
+        )
+    )
+    assert isinstance(await task, Fulfill)
+    await first.close()
+    assert switch.downs == ["alice"]
+
+
+async def test_status_recorded(alice: None, switch: FakeSwitch) -> None:
+    from links import activity
+    from links.models import Peer
+
+    raw = await authed()
+    await raw.send_prepare(prepare_to())
+    await raw.next()
+    await activity.flush()
+    peer = await Peer.objects.aget(name="alice")
+    assert peer.connected_since is not None and peer.last_packet_at is not None
+    await raw.close()
+    await activity.flush()
+    peer = await Peer.objects.aget(name="alice")
+    assert peer.connected_since is None

@@ -322,6 +322,10 @@ class ResponderMemory:
             return record.received_at + self.abandon_after <= now
         return record.keep_until <= now
 
+    def get(self, account: str, request_id: int) -> MemoryRecord | None:
+        """The entry for a key, if any (e.g. to persist a reply just completed)."""
+        return self._records.get((account, request_id))
+
     def records(self) -> Iterator[MemoryRecord]:
         """Every entry, oldest first (for persisting)."""
         return iter(list(self._records.values()))

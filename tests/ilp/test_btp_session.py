@@ -685,6 +685,9 @@ def test_memory_records_persist_and_restore() -> None:
     fresh = ResponderMemory()
     for record in saved:
         fresh.restore(record)
+    found = fresh.get("a", 1)
+    assert found is not None and found.reply == b"r" and found.keep_until == saved[0].keep_until
+    assert fresh.get("a", 2) is None and fresh.get("b", 1) is None
     assert fresh.admit("a", 1, b"f", NOW).reply == b"r"
 
 

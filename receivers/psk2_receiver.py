@@ -1,0 +1,215 @@
+"""PSK2 receiving on the packet hot path: ``<node>.receivers.<name>.<token>``.
+
+The switch calls :func:`receive_prepare` for every Prepare under ``<node>.receivers.``,
+after it has placed a hold of ``prepare.amount`` on the source account under
+``packet_key``. This module does the I/O around the pure decision of
+:mod:`ilp.psk2_receiver`:
+
+1. split the destination; ``<node>.receivers`` plus fewer than one segment, or a name no
+   receiver has → **F02** Unreachable (no such account here);
+2. derive the shared secret from the destination (stateless, so any process and any
+   restart accepts it; a missing, malformed or foreign token gives ``None`` and **F06**);
+3. decrypt and check (R00 expired, F06 unreadable, F99 amount too low / quote with the
+   encrypted PSK2 error, F05 wrong condition): :func:`ilp.psk2_receiver.open_prepare` and
+   :func:`~ilp.psk2_receiver.respond`;
+4. on accept, ``await book.commit([source posting -amount], [receipt +amount])`` and only
+   then return the Fulfill. If the commit fails: **T00**, never a Fulfill without the
+   durable record. The receipt becomes an ``IncomingPayment`` and the receiver's
+   ``+amount`` posting in ``payments.apply_receipts``.
+
+Steady state does no database query per packet: the receiver name → account code map is
+cached (:mod:`receivers.directory`), the secret is derived, and the payment total is not
+looked up for the first chunk of a payment (draft 1, Sequence 0: nothing can have been
+received for a fresh Payment ID) nor for draft 2 (no running totals); for later chunks
+:meth:`~payments.ledger.BalanceBook.payment_total` answers from memory after its first
+read. The commit is a group commit (one transaction per batch of packets).
+
+Idempotency: every write is keyed by ``packet_key``, so a repeated packet is never counted
+twice; a repeat seen by this process within the Prepare's lifetime gets the very same
+Fulfill back without a second commit.
+
+Draft 1 deviation from 0.2.1, on purpose: a chunk that arrives after a payment's last
+chunk (type 1) is not refused by that fact alone (that would need per-payment state for
+every single-chunk payment); it is refused once the total has reached a bounded Payment
+Amount, as in the reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+
+from ilp.packet import Fulfill, Prepare, Reject
+from ilp.psk2 import IV_LENGTH, PAYMENT_ID_LENGTH, ChunkRequest
+from ilp.psk2_receiver import Opened, Refuse, open_prepare, respond, secret_for
+from payments.ledger import PostingDraft, ReceiptDraft, get_book
+from receivers.addresses import LOCAL_PREFIX_SEGMENT, node_address, receiver_secret
+from receivers.directory import get_directory
+
+__all__ = ["LOCAL_PREFIX_SEGMENT", "ReceiverStats", "receive_prepare", "recent_fulfills", "stats"]
+
+logger = logging.getLogger(__name__)
+
+MSG_UNREACHABLE = "no such receiver on this node"
+MSG_COMMIT_FAILED = "could not record the payment"
+
+
+class _RecentFulfills:
+    """Fulfills of the last packets, by packet key, until their Prepare expires.
+
+    Bounded (oldest first out); only a repeat of a packet within its lifetime is served
+    from here, which is all a repeat can be (an expired Prepare is refused anyway).
+    """
+
+    def __init__(self, max_entries: int = 50_000) -> None:
+        self._max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[Fulfill, datetime]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str, now: datetime) -> Fulfill | None:
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is None or entry[1] <= now:
+            return None
+        return entry[0]
+
+    def put(self, key: str, fulfill: Fulfill, expires_at: datetime, now: datetime) -> None:
+        with self._lock:
+            self._entries[key] = (fulfill, expires_at)
+            self._entries.move_to_end(key)
+            # Entries go in roughly in expiry order: drop expired ones from the front.
+            while self._entries:
+                first = next(iter(self._entries.values()))
+                if first[1] > now and len(self._entries) <= self._max_entries:
+                    break
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+recent_fulfills = _RecentFulfills()
+
+
+@dataclass(slots=True)
+class ReceiverStats:
+    """Counters of this process's receiving (metrics; tests check the hot path with them)."""
+
+    prepares: int = 0
+    fulfilled: int = 0
+    rejected: int = 0
+    repeats: int = 0
+    total_lookups: int = 0  # calls to book.payment_total
+    commit_failures: int = 0
+
+
+stats = ReceiverStats()
+
+
+def _reject(code: str, message: str) -> Reject:
+    return Reject(code, node_address(), message)
+
+
+def _payment_id(opened: Opened) -> bytes:
+    """The key receipts of this chunk are grouped under (an ``IncomingPayment``).
+
+    Draft 1: the Payment ID. Draft 2 has none: the first 16 data bytes when there are
+    (HTTP-ILP pay tokens), else a digest of the destination, so that the requests made
+    with one SPSP answer form one payment.
+    """
+    request = opened.request
+    if isinstance(request, ChunkRequest) or len(request.data) >= PAYMENT_ID_LENGTH:
+        return opened.payment_id
+    return hashlib.sha256(opened.prepare.destination.encode("ascii")).digest()[:PAYMENT_ID_LENGTH]
+
+
+async def _paid_so_far(account_code: str, opened: Opened) -> int:
+    """What this payment received before this chunk (draft 1; draft 2 has no totals)."""
+    request = opened.request
+    if not isinstance(request, ChunkRequest) or request.sequence == 0:
+        return 0
+    stats.total_lookups += 1
+    return await get_book().payment_total(account_code, request.payment_id)
+
+
+async def receive_prepare(
+    prepare: Prepare, *, source_account: str, packet_key: str, now: datetime
+) -> Fulfill | Reject:
+    """Fulfill or Reject a Prepare for one of our receivers (see the module docstring).
+
+    ``source_account`` is the ledger account the hold was placed on, ``packet_key`` the
+    hold's key (it keys the posting and the receipt), ``now`` an aware UTC datetime.
+    Never raises for anything a peer can send. On a Reject the hold is left to the switch.
+    """
+    stats.prepares += 1
+    reply = await _receive(prepare, source_account, packet_key, now)
+    if isinstance(reply, Fulfill):
+        stats.fulfilled += 1
+    else:
+        stats.rejected += 1
+    return reply
+
+
+async def _receive(
+    prepare: Prepare, source_account: str, packet_key: str, now: datetime
+) -> Fulfill | Reject:
+    node = node_address()
+    destination = prepare.destination
+    base = f"{node}.{LOCAL_PREFIX_SEGMENT}."
+    if not destination.startswith(base):
+        return _reject("F02", MSG_UNREACHABLE)
+    name, dot, _token = destination[len(base) :].partition(".")
+    account_code = await get_directory().account_code(name)
+    if account_code is None:
+        return _reject("F02", f"{MSG_UNREACHABLE}: {name[:63]!r}" if name else MSG_UNREACHABLE)
+
+    secret = secret_for(receiver_secret(), destination, f"{base}{name}") if dot else None
+    opened = open_prepare(prepare, secret, now=now)
+    if isinstance(opened, Refuse):
+        return opened.to_reject(node)
+
+    fulfill = recent_fulfills.get(packet_key, now)
+    if fulfill is not None:
+        stats.repeats += 1
+    else:
+        try:
+            paid_so_far = await _paid_so_far(account_code, opened)
+        except Exception:
+            logger.exception("receivers: payment total lookup failed for %s", account_code)
+            return _reject("T00", MSG_COMMIT_FAILED)
+        decision = respond(opened, paid_so_far=paid_so_far, iv=os.urandom(IV_LENGTH))
+        if isinstance(decision, Refuse):
+            return decision.to_reject(node)
+        fulfill = decision.to_fulfill()
+    # A repeat is committed again too: that writes nothing (same keys) but releases the
+    # hold the switch placed for it.
+    if not await _record(opened, account_code, source_account, packet_key):
+        return _reject("T00", MSG_COMMIT_FAILED)
+    recent_fulfills.put(packet_key, fulfill, prepare.expires_at, now)
+    return fulfill
+
+
+async def _record(opened: Opened, account_code: str, source_account: str, packet_key: str) -> bool:
+    """Write the source posting and the receipt durably; ``False`` if that failed."""
+    amount = opened.amount
+    try:
+        await get_book().commit(
+            [PostingDraft(source_account, -amount, packet_key)],
+            [ReceiptDraft(account_code, _payment_id(opened), opened.sequence, amount, packet_key)],
+        )
+    except Exception:
+        stats.commit_failures += 1
+        logger.exception(
+            "receivers: commit failed for packet %s to %s; rejecting", packet_key, account_code
+        )
+        return False
+    return True

@@ -1,0 +1,63 @@
+"""Selectors of receivers: reads only."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from django.db.models import QuerySet
+
+from payments.models import IncomingPayment
+from payments.selectors import incoming_payment_list, unapplied_receipts_total
+from receivers.models import Receiver
+from receivers.names import is_valid_name
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
+# The receiver ``/.well-known/pay`` (the bare ``$host`` pointer) answers for: the one
+# named ``demo`` if there is one, else the oldest receiver. No setting involved.
+DEFAULT_RECEIVER_NAME = "demo"
+
+
+def receiver_get(*, name: str) -> Receiver | None:
+    """The receiver named ``name`` (with its account), or ``None``."""
+    if not is_valid_name(name):
+        return None
+    return Receiver.objects.select_related("account").filter(name=name).first()
+
+
+def receiver_default() -> Receiver | None:
+    """The site's default receiver (``/.well-known/pay``): ``demo``, else the oldest."""
+    qs = Receiver.objects.select_related("account")
+    return qs.filter(name=DEFAULT_RECEIVER_NAME).first() or qs.order_by("created_at", "pk").first()
+
+
+def receiver_list() -> QuerySet[Receiver]:
+    return Receiver.objects.select_related("account", "user").order_by("name")
+
+
+def receiver_list_for_user(*, user: User) -> QuerySet[Receiver]:
+    return Receiver.objects.select_related("account").filter(user=user).order_by("name")
+
+
+def receiver_get_for_user(*, user: User, name: str) -> Receiver | None:
+    if not is_valid_name(name):
+        return None
+    return receiver_list_for_user(user=user).filter(name=name).first()
+
+
+def receiver_account_code_get(*, name: str) -> str | None:
+    """The ledger account code of the receiver ``name``, or ``None`` (one query)."""
+    if not is_valid_name(name):
+        return None
+    return Receiver.objects.filter(name=name).values_list("account__code", flat=True).first()
+
+
+def receiver_incoming_payments(*, receiver: Receiver, limit: int = 20) -> list[IncomingPayment]:
+    """The most recent incoming payments of ``receiver`` (newest first)."""
+    return incoming_payment_list(account_code=receiver.account.code, limit=limit)
+
+
+def receiver_pending_total(*, receiver: Receiver) -> int:
+    """Received but not yet in the balance (receipts ``apply_receipts`` has not credited)."""
+    return unapplied_receipts_total(account_code=receiver.account.code)

@@ -1,0 +1,85 @@
+"""Services of receivers: every write to :class:`~receivers.models.Receiver` goes here."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError, transaction
+
+from payments.ledger import ensure_account
+from receivers.errors import InvalidPointerName, PointerNameTaken
+from receivers.models import Receiver
+from receivers.names import name_problem, route_conflict
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
+RECEIVER_ACCOUNT_KIND = "receiver"
+
+
+def receiver_account_code(name: str) -> str:
+    """The ledger account code of the receiver ``name``: ``receiver:<name>``."""
+    return f"receiver:{name}"
+
+
+def receiver_create(*, user: User, name: str, description: str = "") -> Receiver:
+    """Issue the payment pointer ``name`` to ``user``, with its ledger account.
+
+    Raises :class:`InvalidPointerName` (bad or reserved name) or :class:`PointerNameTaken`.
+    The account ``receiver:<name>`` is created if missing (``ensure_account`` is
+    idempotent), so a name freed by a deleted receiver comes back with its old balance.
+    """
+    problem = name_problem(name) or route_conflict(name)
+    if problem is not None:
+        raise InvalidPointerName(problem)
+    with transaction.atomic():
+        if Receiver.objects.filter(name=name).exists():
+            raise PointerNameTaken(f"the pointer name '{name}' is taken")
+        account = ensure_account(receiver_account_code(name), kind=RECEIVER_ACCOUNT_KIND)
+        try:
+            with transaction.atomic():
+                return Receiver.objects.create(
+                    user=user, name=name, account=account, description=description[:200]
+                )
+        except IntegrityError:
+            # Lost a race with another request for the same name.
+            raise PointerNameTaken(f"the pointer name '{name}' is taken") from None
+
+
+def receiver_update(*, receiver: Receiver, description: str) -> Receiver:
+    """Change what the pointer says about itself (the name never changes)."""
+    receiver.description = description[:200]
+    receiver.save(update_fields=["description"])
+    return receiver
+
+
+def receiver_ensure(*, user: User, name: str, description: str = "") -> tuple[Receiver, bool]:
+    """The receiver ``name`` of ``user``, created if missing: ``(receiver, created)``.
+
+    Idempotent for the same user; :class:`PointerNameTaken` if another user has the name.
+    """
+    existing = Receiver.objects.select_related("account").filter(name=name).first()
+    if existing is not None:
+        if existing.user_id != user.pk:
+            raise PointerNameTaken(f"the pointer name '{name}' belongs to another user")
+        return existing, False
+    return receiver_create(user=user, name=name, description=description), True
+
+
+def user_ensure(
+    *, username: str, password: str | None = None, superuser: bool = False
+) -> tuple[User, bool]:
+    """The user ``username``, created if missing (``(user, created)``).
+
+    A new user gets ``password`` (``None``: no usable password, the user cannot log in
+    until an admin sets one) and, with ``superuser``, staff and superuser rights. An
+    existing user is returned unchanged.
+    """
+    users = get_user_model().objects
+    user = users.filter(**{get_user_model().USERNAME_FIELD: username}).first()
+    if user is not None:
+        return user, False
+    if superuser:
+        return users.create_superuser(username=username, email="", password=password), True
+    return users.create_user(username=username, password=password), True

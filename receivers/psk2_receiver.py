@@ -25,8 +25,8 @@ received for a fresh Payment ID) nor for draft 2 (no running totals); for later 
 read. The commit is a group commit (one transaction per batch of packets).
 
 Idempotency: every write is keyed by ``packet_key``, so a repeated packet is never counted
-twice; a repeat seen by this process within the Prepare's lifetime gets the very same
-Fulfill back without a second commit.
+twice (the switch also answers a retransmission from memory within the Prepare's
+lifetime, so it rarely gets here twice).
 
 Draft 1 deviation from 0.2.1, on purpose: a chunk that arrives after a payment's last
 chunk (type 1) is not refused by that fact alone (that would need per-payment state for
@@ -39,8 +39,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -51,53 +49,12 @@ from payments.ledger import PostingDraft, ReceiptDraft, get_book
 from receivers.addresses import LOCAL_PREFIX_SEGMENT, node_address, receiver_secret
 from receivers.directory import get_directory
 
-__all__ = ["LOCAL_PREFIX_SEGMENT", "ReceiverStats", "receive_prepare", "recent_fulfills", "stats"]
+__all__ = ["LOCAL_PREFIX_SEGMENT", "ReceiverStats", "receive_prepare", "stats"]
 
 logger = logging.getLogger(__name__)
 
 MSG_UNREACHABLE = "no such receiver on this node"
 MSG_COMMIT_FAILED = "could not record the payment"
-
-
-class _RecentFulfills:
-    """Fulfills of the last packets, by packet key, until their Prepare expires.
-
-    Bounded (oldest first out); only a repeat of a packet within its lifetime is served
-    from here, which is all a repeat can be (an expired Prepare is refused anyway).
-    """
-
-    def __init__(self, max_entries: int = 50_000) -> None:
-        self._max_entries = max_entries
-        self._entries: OrderedDict[str, tuple[Fulfill, datetime]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str, now: datetime) -> Fulfill | None:
-        with self._lock:
-            entry = self._entries.get(key)
-        if entry is None or entry[1] <= now:
-            return None
-        return entry[0]
-
-    def put(self, key: str, fulfill: Fulfill, expires_at: datetime, now: datetime) -> None:
-        with self._lock:
-            self._entries[key] = (fulfill, expires_at)
-            self._entries.move_to_end(key)
-            # Entries go in roughly in expiry order: drop expired ones from the front.
-            while self._entries:
-                first = next(iter(self._entries.values()))
-                if first[1] > now and len(self._entries) <= self._max_entries:
-                    break
-                self._entries.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-recent_fulfills = _RecentFulfills()
 
 
 @dataclass(slots=True)
@@ -107,7 +64,6 @@ class ReceiverStats:
     prepares: int = 0
     fulfilled: int = 0
     rejected: int = 0
-    repeats: int = 0
     total_lookups: int = 0  # calls to book.payment_total
     commit_failures: int = 0
 
@@ -177,25 +133,17 @@ async def _receive(
     if isinstance(opened, Refuse):
         return opened.to_reject(node)
 
-    fulfill = recent_fulfills.get(packet_key, now)
-    if fulfill is not None:
-        stats.repeats += 1
-    else:
-        try:
-            paid_so_far = await _paid_so_far(account_code, opened)
-        except Exception:
-            logger.exception("receivers: payment total lookup failed for %s", account_code)
-            return _reject("T00", MSG_COMMIT_FAILED)
-        decision = respond(opened, paid_so_far=paid_so_far, iv=os.urandom(IV_LENGTH))
-        if isinstance(decision, Refuse):
-            return decision.to_reject(node)
-        fulfill = decision.to_fulfill()
-    # A repeat is committed again too: that writes nothing (same keys) but releases the
-    # hold the switch placed for it.
+    try:
+        paid_so_far = await _paid_so_far(account_code, opened)
+    except Exception:
+        logger.exception("receivers: payment total lookup failed for %s", account_code)
+        return _reject("T00", MSG_COMMIT_FAILED)
+    decision = respond(opened, paid_so_far=paid_so_far, iv=os.urandom(IV_LENGTH))
+    if isinstance(decision, Refuse):
+        return decision.to_reject(node)
     if not await _record(opened, account_code, source_account, packet_key):
         return _reject("T00", MSG_COMMIT_FAILED)
-    recent_fulfills.put(packet_key, fulfill, prepare.expires_at, now)
-    return fulfill
+    return decision.to_fulfill()
 
 
 async def _record(opened: Opened, account_code: str, source_account: str, packet_key: str) -> bool:

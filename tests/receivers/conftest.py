@@ -9,7 +9,6 @@ from pytest_django.fixtures import Settings as SettingsWrapper
 from payments.ledger import reset_book
 from receivers.directory import get_directory
 from receivers.models import Receiver
-from receivers.psk2_receiver import recent_fulfills
 from receivers.services import receiver_create
 
 # 32 bytes, fixed, so that tests can derive what the node derives.
@@ -29,14 +28,12 @@ def _node_identity(settings: SettingsWrapper) -> None:
 
 @pytest.fixture(autouse=True)
 def _fresh_process_state() -> Iterator[None]:
-    """Each test starts like a fresh process: no book, no cached receivers, no repeats."""
+    """Each test starts like a fresh process: no book, no cached receivers."""
     reset_book()
     get_directory().invalidate()
-    recent_fulfills.clear()
     yield
     reset_book()
     get_directory().invalidate()
-    recent_fulfills.clear()
 
 
 @pytest.fixture

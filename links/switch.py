@@ -92,6 +92,8 @@ FEE_ACCOUNT = "node:fees"
 PPM = 1_000_000
 RECENT_FULFILLS_MAX = 100_000
 RATE_WINDOW_S = 10
+# How often sends past their expiry are looked for (links normally answer R00 first).
+SWEEP_INTERVAL_S = 0.05
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
@@ -293,6 +295,10 @@ class PacketSwitch:
         self._started = False
         self._start_lock: asyncio.Lock | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        # Sends in flight: task -> loop-time deadline (the outgoing Prepare's expiry).
+        self._deadlines: dict[asyncio.Task[Any], float] = {}
+        self._timed_out: set[asyncio.Task[Any]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
         self.set_peers([])
 
     # --- peers and routes ---------------------------------------------------------------
@@ -389,6 +395,8 @@ class PacketSwitch:
 
     def close(self) -> None:
         self.ccp.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._housekeeping_task is not None:
             self._housekeeping_task.cancel()
         for task in list(self._background):
@@ -684,18 +692,53 @@ class PacketSwitch:
                     book.release(out_key)
 
     async def _call(self, link: OutgoingLink, out: Prepare) -> Reply:
-        """``link.send_prepare(out)``, bounded by ``out``'s expiry; failures as Rejects."""
-        timeout = (out.expires_at - self.clock()).total_seconds()
+        """``link.send_prepare(out)``, bounded by ``out``'s expiry; failures as Rejects.
+
+        Links answer R00 themselves when a Prepare expires (``OutgoingLink`` contract);
+        the expiry sweeper is the safety net for one that does not. It costs a dict entry
+        per packet instead of a timer per packet (``asyncio.timeout`` is ~10x dearer).
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        self._deadlines[task] = loop.time() + (out.expires_at - self.clock()).total_seconds()
+        if self._sweeper is None:
+            self._sweeper = loop.create_task(self._sweep_expired(), name="switch-expiry")
         try:
-            async with asyncio.timeout(timeout):
-                return await link.send_prepare(out)
-        except TimeoutError:
-            return Reject("R00", self.address, "packet expired.")
+            return await link.send_prepare(out)
+        except asyncio.CancelledError:
+            if task in self._timed_out:
+                self._timed_out.discard(task)
+                task.uncancel()
+                return Reject("R00", self.address, "packet expired.")
+            raise
         except DecodeError as exc:
             return Reject("T00", self.address, f"invalid reply from the next hop: {exc.reason}")
         except Exception as exc:
             log.info("switch: sending to the next hop failed: %r", exc)
             return Reject("T01", self.address, f"failed to send packet: {exc}")
+        finally:
+            del self._deadlines[task]
+            if task in self._timed_out:  # the link swallowed our cancellation
+                self._timed_out.discard(task)
+                task.uncancel()
+
+    async def _sweep_expired(self) -> None:
+        """Cancel sends still waiting past their Prepare's expiry (they answer R00).
+
+        Runs while sends are in flight, every :data:`SWEEP_INTERVAL_S`.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            while self._deadlines:
+                await asyncio.sleep(SWEEP_INTERVAL_S)
+                now = loop.time()
+                for task, deadline in list(self._deadlines.items()):
+                    if deadline <= now and task not in self._timed_out:
+                        self._timed_out.add(task)
+                        task.cancel()
+        finally:
+            self._sweeper = None
 
     # --- views for the admin page and the dashboard ------------------------------------
 

@@ -29,3 +29,12 @@ def peer_credentials(*, links: tuple[str, ...]) -> list[tuple[str, str]]:
 def btp_client_peers() -> list[Peer]:
     """Enabled peers we must dial out to."""
     return list(Peer.objects.filter(enabled=True, link=LinkKind.BTP_CLIENT).order_by("name"))
+
+
+def http_peers() -> list[Peer]:
+    """Enabled HTTP-OER peers (sync and async)."""
+    return list(
+        Peer.objects.filter(
+            enabled=True, link__in=[LinkKind.HTTP_SYNC, LinkKind.HTTP_ASYNC]
+        ).order_by("name")
+    )

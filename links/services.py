@@ -22,7 +22,15 @@ from django.conf import settings
 from django.db import transaction
 
 from links import peers as peer_cache
-from links.models import DEFAULT_MAX_PACKET_AMOUNT, BtpStoredResponse, LinkKind, Peer, Relation
+from links.models import (
+    DEFAULT_MAX_PACKET_AMOUNT,
+    BtpStoredResponse,
+    HttpAsyncRequest,
+    HttpAsyncState,
+    LinkKind,
+    Peer,
+    Relation,
+)
 from links.peers import (
     PeerContext,
     account_code_for,
@@ -312,3 +320,103 @@ def peer_record_activity(*, last_packet_at: dict[str, datetime]) -> None:
     with transaction.atomic():
         for name, when in last_packet_at.items():
             Peer.objects.filter(name=name).update(last_packet_at=when)
+
+
+# --- HTTP-OER-ASYNC: incoming requests and their outcome -------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AsyncReceipt:
+    """What :func:`http_async_receive` found: ``new`` → process it; else a repeat."""
+
+    new: bool
+    conflict: bool
+    state: str
+    reply: bytes | None
+
+
+def http_async_receive(
+    *,
+    peer_name: str,
+    request_id: str,
+    digest: bytes,
+    callback_url: str,
+    received_at: datetime,
+    expires_at: datetime,
+) -> AsyncReceipt:
+    """Record an incoming async Prepare once (idempotent on ``(peer, request id)``).
+
+    A repeat with the same digest is reported (never processed twice); a different body
+    under a known id is a conflict.
+    """
+    from django.db import IntegrityError
+
+    peer = Peer.objects.only("pk").get(name=peer_name)
+    try:
+        with transaction.atomic():
+            HttpAsyncRequest.objects.create(
+                peer=peer,
+                request_id=request_id,
+                digest=digest,
+                callback_url=callback_url,
+                received_at=received_at,
+                expires_at=expires_at,
+            )
+        return AsyncReceipt(True, False, HttpAsyncState.IN_PROGRESS, None)
+    except IntegrityError:
+        row = HttpAsyncRequest.objects.get(peer=peer, request_id=request_id)
+        reply = bytes(row.reply) if row.reply is not None else None
+        return AsyncReceipt(False, bytes(row.digest) != digest, row.state, reply)
+
+
+def http_async_complete(*, peer_name: str, request_id: str, reply: bytes) -> None:
+    """Store the outcome (``in_progress`` → ``done``); a second outcome is ignored."""
+    HttpAsyncRequest.objects.filter(
+        peer__name=peer_name, request_id=request_id, state=HttpAsyncState.IN_PROGRESS
+    ).update(state=HttpAsyncState.DONE, reply=reply)
+
+
+def http_async_attempted(
+    *, peer_name: str, request_id: str, delivered: bool, give_up: bool, when: datetime
+) -> None:
+    """Count one callback attempt; mark it delivered, or failed when giving up."""
+    from django.db.models import F
+
+    changes: dict[str, Any] = {"attempts": F("attempts") + 1}
+    if delivered:
+        changes.update(state=HttpAsyncState.DELIVERED, delivered_at=when)
+    elif give_up:
+        changes.update(state=HttpAsyncState.FAILED)
+    HttpAsyncRequest.objects.filter(
+        peer__name=peer_name, request_id=request_id, state=HttpAsyncState.DONE
+    ).update(**changes)
+
+
+def http_async_interrupted(*, now: datetime) -> list[tuple[str, str, str, bytes | None, datetime]]:
+    """After a restart: every request whose callback is still owed.
+
+    Requests that were in progress when the process stopped cannot be finished; they
+    are completed with ``reply=None`` here and the caller answers them with a Reject.
+    Returns ``(peer, request id, callback url, reply, expires_at)``.
+    """
+    rows = HttpAsyncRequest.objects.filter(
+        state__in=[HttpAsyncState.IN_PROGRESS, HttpAsyncState.DONE], expires_at__gt=now
+    ).select_related("peer")
+    return [
+        (
+            row.peer.name,
+            row.request_id,
+            row.callback_url,
+            bytes(row.reply)
+            if row.state == HttpAsyncState.DONE and row.reply is not None
+            else None,
+            row.expires_at,
+        )
+        for row in rows
+    ]
+
+
+def http_async_prune(*, now: datetime) -> int:
+    """Delete requests past their window (delivered, failed or abandoned)."""
+    deleted, _ = HttpAsyncRequest.objects.filter(expires_at__lt=now).delete()
+    return deleted

@@ -1,0 +1,538 @@
+"""ILP over HTTP ("HTTP-OER", http-oer.md): the endpoints and the client links.
+
+Endpoints (plain async Django views, CSRF-exempt):
+
+* ``GET /ilp`` → ``200 OK`` text (the ilp-plugin-http health check).
+* ``POST /ilp`` — **sync**: ``Authorization: Bearer <token>`` (a bare token is accepted
+  too, for legacy JS peers; the peer is found by its token among HTTP peers,
+  ``ILP-Peer-Name`` tried first); body = OER Prepare; answer ``200``
+  ``application/octet-stream`` with the Fulfill or Reject (every ILP outcome is a 200).
+  Bad token → ``401 invalid authorization``; body above :data:`MAX_BODY` (the largest
+  legal ILP packet) → ``413 request entity too large``; a body that is not an ILP
+  Prepare → ``400`` with the decoder's reason.
+  With ``Prefer: respond-async`` and ``Request-Id`` (RFC 35 draft 3): ``202`` at once,
+  the reply is POSTed later to ``Callback-Url`` (or the peer's ``<url>/ilp``) with the
+  same ``Request-Id``. A Fulfill/Reject POSTed here with a ``Request-Id`` is the reply
+  to one of our own async requests (``200``; ``400`` if unknown or already answered).
+* ``POST /ilp/<request-id>`` — **async, path profile**: a Prepare → ``200`` on receipt,
+  processed in the background, the Fulfill/Reject POSTed to the peer's
+  ``<url>/ilp/<same id>`` (or ``Callback-Url``); a Fulfill/Reject → the reply to our
+  request ``<request-id>``. A ``Request-Id`` header that differs from the path → ``400``.
+
+Async processing is an **in-process asyncio task**, not Celery: the switch and the links
+live in the serving process. Idempotence: the request id and its outcome are stored
+(``HttpAsyncRequest``) *before* the ``200/202`` is sent, so a repeated POST is answered
+again but never processed twice (a different body under a known id → ``409``). The
+callback is retried with backoff (0.5 s doubling to 8 s) on 5xx and network errors
+until a 2xx, a 4xx (RFC 35: stop), or the Prepare's expiry + 60 s. After a restart the
+supervisor resumes owed callbacks; a request whose processing was cut by the restart is
+answered with Reject T00.
+
+Client links (``OutgoingLink``, registered by :func:`sync_http_links`):
+:class:`HttpSyncLink` sends the headers ilp-plugin-http 1.6.1 sends
+(``Content-Type: application/ilp+octet-stream``, ``ILP-Peer-Name``, ``ILP-Destination``,
+``Accept: */*``) and maps failures (timeout → R00, 401/403 → T00, 413 → F01, other 4xx
+→ F02, 5xx/network → T01, garbage 200 → T00). :class:`HttpAsyncLink` POSTs to
+``<url>/ilp/<uuid>`` (with ``Request-Id`` and ``Prefer: respond-async`` so RFC 35
+receivers understand it too), repeating the POST until it is accepted, and waits for
+the callback until the Prepare expires.
+
+Limitation: replies to our async requests must reach the process that sent them (one
+Daphne process, or sticky routing per request id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from ilp.errors import DecodeError
+from ilp.packet import (
+    Prepare,
+    Reject,
+    Reply,
+    decode_prepare,
+    decode_reply,
+    encode_packet,
+    encode_prepare,
+)
+from links import activity, edge, registry, services
+from links.models import LinkKind
+from links.peers import PeerContext, aload_peer_context
+
+log = logging.getLogger(__name__)
+
+# The largest legal ILP packet (a Reject with maximal fields, ilp-packet.md §2.4).
+MAX_BODY = 41997
+TEXT = "text/plain; charset=utf-8"
+OCTETS = "application/octet-stream"
+JS_CONTENT_TYPE = "application/ilp+octet-stream"
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+KEEP_AFTER_EXPIRY = timedelta(seconds=60)
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 8.0
+PREPARE, FULFILL, REJECT = 12, 13, 14
+
+_background: set[asyncio.Task[Any]] = set()
+
+
+def _spawn(coro: Any) -> None:
+    task = asyncio.get_running_loop().create_task(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+def _text(status: int, body: str) -> HttpResponse:
+    return HttpResponse(body, status=status, content_type=TEXT)
+
+
+def _bearer(request: HttpRequest) -> str:
+    header = request.headers.get("Authorization", "").strip()
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip()
+    return header
+
+
+async def _authenticate(request: HttpRequest) -> PeerContext | None:
+    token = _bearer(request)
+    if not token:
+        return None
+    name = services.cached_http_peer(token)
+    if name is not None:
+        ctx = await aload_peer_context(name)
+        if ctx is not None:
+            return ctx
+    hint = request.headers.get("ILP-Peer-Name")
+    found: PeerContext | None = await database_sync_to_async(services.peer_authenticate_http)(
+        token, hint
+    )
+    return found
+
+
+def _read_body(request: HttpRequest) -> bytes | HttpResponse:
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return _text(400, "invalid Content-Length")
+    if declared > MAX_BODY:
+        return _text(413, "request entity too large")
+    body = request.body
+    if len(body) > MAX_BODY:
+        return _text(413, "request entity too large")
+    return body
+
+
+# --- views ---------------------------------------------------------------------------------
+
+
+@csrf_exempt
+async def ilp_endpoint(request: HttpRequest) -> HttpResponse:
+    """``/ilp``: sync Prepares, RFC 35 async Prepares and replies, GET health check."""
+    if request.method in ("GET", "HEAD"):
+        return _text(200, "OK")
+    if request.method != "POST":
+        return _text(405, "method not allowed")
+    ctx = await _authenticate(request)
+    if ctx is None:
+        return _text(401, "invalid authorization")
+    body = _read_body(request)
+    if isinstance(body, HttpResponse):
+        return body
+    request_id = request.headers.get("Request-Id", "").strip()
+    kind = body[0] if body else None
+    if request_id and kind in (FULFILL, REJECT):
+        return _take_reply(ctx, request_id, body)
+    prefer = request.headers.get("Prefer", "").lower()
+    if request_id and "respond-async" in prefer:
+        if not REQUEST_ID_RE.fullmatch(request_id):
+            return _text(400, "invalid Request-Id")
+        callback = request.headers.get("Callback-Url", "").strip()
+        return await _accept_async(ctx, request_id, body, callback, header_form=True)
+    try:
+        prepare = decode_prepare(body)
+    except DecodeError as exc:
+        return _text(400, f"invalid ILP Prepare: {exc.reason}")
+    activity.note_packet(ctx.name)
+    reply = await edge.handle_prepare(ctx, prepare)
+    return HttpResponse(encode_packet(reply), content_type=OCTETS)
+
+
+@csrf_exempt
+async def ilp_request(request: HttpRequest, request_id: str) -> HttpResponse:
+    """``/ilp/<request-id>``: async Prepares (path profile) and replies to ours."""
+    if request.method in ("GET", "HEAD"):
+        return _text(200, "OK")
+    if request.method != "POST":
+        return _text(405, "method not allowed")
+    ctx = await _authenticate(request)
+    if ctx is None:
+        return _text(401, "invalid authorization")
+    if not REQUEST_ID_RE.fullmatch(request_id):
+        return _text(400, "invalid request id")
+    header_id = request.headers.get("Request-Id", "").strip()
+    if header_id and header_id != request_id:
+        return _text(400, "Request-Id header differs from the path")
+    body = _read_body(request)
+    if isinstance(body, HttpResponse):
+        return body
+    kind = body[0] if body else None
+    if kind == PREPARE:
+        callback = request.headers.get("Callback-Url", "").strip()
+        return await _accept_async(ctx, request_id, body, callback, header_form=False)
+    if kind in (FULFILL, REJECT):
+        return _take_reply(ctx, request_id, body)
+    return _text(400, "body is not an ILP packet")
+
+
+# --- incoming async Prepares ---------------------------------------------------------------
+
+
+def _same_origin(a: str, b: str) -> bool:
+    pa, pb = urlsplit(a), urlsplit(b)
+    return (pa.scheme, pa.netloc) == (pb.scheme, pb.netloc)
+
+
+async def _accept_async(
+    ctx: PeerContext, request_id: str, body: bytes, callback: str, *, header_form: bool
+) -> HttpResponse:
+    try:
+        prepare = decode_prepare(body)
+    except DecodeError as exc:
+        return _text(400, f"invalid ILP Prepare: {exc.reason}")
+    base, _ = await _endpoint_of(ctx.name)
+    if callback:
+        if base and not _same_origin(callback, base):
+            return _text(400, "Callback-Url must be on the peer's configured origin")
+        callback_url = callback
+    elif base:
+        callback_url = f"{base}/ilp" if header_form else f"{base}/ilp/{request_id}"
+    else:
+        return _text(400, "no callback URL: send Callback-Url or configure the peer's url")
+    now = datetime.now(UTC)
+    receipt = await database_sync_to_async(services.http_async_receive)(
+        peer_name=ctx.name,
+        request_id=request_id,
+        digest=hashlib.sha256(body).digest(),
+        callback_url=callback_url,
+        received_at=now,
+        expires_at=max(prepare.expires_at, now) + KEEP_AFTER_EXPIRY,
+    )
+    if receipt.conflict:
+        return _text(409, "request id already used with a different body")
+    if receipt.new:
+        activity.note_packet(ctx.name)
+        _spawn(_process_async(ctx, request_id, prepare, callback_url, header_form))
+    return HttpResponse(status=202 if header_form else 200)
+
+
+async def _process_async(
+    ctx: PeerContext, request_id: str, prepare: Prepare, callback_url: str, header_form: bool
+) -> None:
+    reply = await edge.handle_prepare(ctx, prepare)
+    raw = encode_packet(reply)
+    try:
+        await database_sync_to_async(services.http_async_complete)(
+            peer_name=ctx.name, request_id=request_id, reply=raw
+        )
+    except Exception:
+        log.exception("could not store the outcome of %s/%s", ctx.name, request_id)
+    await _deliver(ctx.name, request_id, raw, callback_url, prepare.expires_at + KEEP_AFTER_EXPIRY)
+
+
+async def _deliver(
+    peer_name: str, request_id: str, reply: bytes, callback_url: str, give_up_at: datetime
+) -> bool:
+    """POST the reply until a 2xx (delivered), a 4xx (refused) or ``give_up_at``."""
+    _, token = await _endpoint_of(peer_name)
+    headers = {"Content-Type": OCTETS, "Request-Id": request_id}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    delay = RETRY_FIRST_S
+    while True:
+        status = 0
+        try:
+            response = await _client().post(
+                callback_url, content=reply, headers=headers, timeout=10
+            )
+            status = response.status_code
+        except httpx.HTTPError as exc:
+            log.info("callback %s/%s failed: %s", peer_name, request_id, exc)
+        now = datetime.now(UTC)
+        delivered = 200 <= status < 300
+        refused = 400 <= status < 500
+        give_up = refused or now + timedelta(seconds=delay) > give_up_at
+        with contextlib.suppress(Exception):
+            await database_sync_to_async(services.http_async_attempted)(
+                peer_name=peer_name,
+                request_id=request_id,
+                delivered=delivered,
+                give_up=give_up and not delivered,
+                when=now,
+            )
+        if delivered:
+            return True
+        if give_up:
+            log.warning("callback %s/%s not delivered (status %s)", peer_name, request_id, status)
+            return False
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, RETRY_MAX_S)
+
+
+async def resume_pending_callbacks() -> int:
+    """At start-up: deliver every callback still owed (see the module doc)."""
+    now = datetime.now(UTC)
+    owed = await database_sync_to_async(services.http_async_interrupted)(now=now)
+    for peer_name, request_id, callback_url, reply, expires_at in owed:
+        if reply is None:
+            reply = encode_packet(edge.reject("T00", "processing interrupted by a restart"))
+            await database_sync_to_async(services.http_async_complete)(
+                peer_name=peer_name, request_id=request_id, reply=reply
+            )
+        _spawn(_deliver(peer_name, request_id, reply, callback_url, expires_at))
+    return len(owed)
+
+
+# --- replies to our async requests -----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Waiting:
+    peer_name: str
+    future: asyncio.Future[Reply]
+
+
+_waiting: dict[str, _Waiting] = {}
+
+
+def _take_reply(ctx: PeerContext, request_id: str, body: bytes) -> HttpResponse:
+    waiting = _waiting.get(request_id)
+    if waiting is None or waiting.peer_name != ctx.name or waiting.future.done():
+        return _text(400, "unknown or already answered request id")
+    try:
+        reply = decode_reply(body)
+    except DecodeError as exc:
+        return _text(400, f"invalid ILP reply: {exc.reason}")
+    waiting.future.set_result(reply)
+    return HttpResponse(status=200)
+
+
+# --- client links ------------------------------------------------------------------------------
+
+_http: httpx.AsyncClient | None = None
+_http_loop: asyncio.AbstractEventLoop | None = None
+
+
+def _client() -> httpx.AsyncClient:
+    """One pooled client per event loop (keep-alive connections to every HTTP peer)."""
+    global _http, _http_loop
+    loop = asyncio.get_running_loop()
+    if _http is None or _http_loop is not loop:
+        _http = httpx.AsyncClient(
+            trust_env=False,
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        )
+        _http_loop = loop
+    return _http
+
+
+def our_peer_name() -> str:
+    """What we call ourselves in ``ILP-Peer-Name``: our address's last segment."""
+    return str(settings.ILP_ADDRESS).rsplit(".", 1)[-1]
+
+
+def _status_reject(status: int, peer_name: str) -> Reject:
+    text = f"failed to send packet: HTTP {status} from {peer_name}"
+    if status in (401, 403):
+        return edge.reject("T00", text)
+    if status == 413:
+        return edge.reject("F01", text)
+    if 400 <= status < 500:
+        return edge.reject("F02", text)
+    return edge.reject("T01", text)
+
+
+def _decode_body(body: bytes, peer_name: str) -> Reply:
+    try:
+        return decode_reply(body)
+    except DecodeError as exc:
+        return edge.reject("T00", f"invalid reply from {peer_name}: {exc.reason}")
+
+
+class HttpSyncLink:
+    """HTTP-OER-SYNC towards a peer: one POST per Prepare, the reply in the response."""
+
+    def __init__(self, peer_name: str, url: str, token: str) -> None:
+        self.peer_name = peer_name
+        self.url = url
+        self.token = token
+
+    async def send_prepare(self, prepare: Prepare) -> Reply:
+        timeout = (prepare.expires_at - datetime.now(UTC)).total_seconds()
+        if timeout <= 0:
+            return registry.expired()
+        headers = {
+            "Authorization": f"Bearer {self.token}",
+            "Content-Type": JS_CONTENT_TYPE,
+            "ILP-Peer-Name": our_peer_name(),
+            "ILP-Destination": prepare.destination,
+            "Accept": "*/*",
+        }
+        try:
+            response = await _client().post(
+                self.url, content=encode_prepare(prepare), headers=headers, timeout=timeout
+            )
+        except httpx.TimeoutException:
+            return registry.expired()
+        except httpx.HTTPError as exc:
+            return edge.reject("T01", f"failed to send packet: {exc!r}")
+        if response.status_code != 200:
+            return _status_reject(response.status_code, self.peer_name)
+        return _decode_body(response.content, self.peer_name)
+
+
+class HttpAsyncLink:
+    """HTTP-OER-ASYNC towards a peer (path profile, RFC 35 headers added)."""
+
+    def __init__(self, peer_name: str, url: str, token: str) -> None:
+        self.peer_name = peer_name
+        self.base = url.rstrip("/")
+        self.token = token
+
+    async def send_prepare(self, prepare: Prepare) -> Reply:
+        loop = asyncio.get_running_loop()
+        if prepare.expires_at <= datetime.now(UTC):
+            return registry.expired()
+        request_id = str(uuid.uuid4())
+        waiting = _Waiting(self.peer_name, loop.create_future())
+        _waiting[request_id] = waiting
+        try:
+            early = await self._post_until_accepted(request_id, prepare)
+            if early is not None:
+                return early
+            remaining = (prepare.expires_at - datetime.now(UTC)).total_seconds()
+            try:
+                return await asyncio.wait_for(waiting.future, max(remaining, 0))
+            except TimeoutError:
+                return registry.expired()
+        finally:
+            _waiting.pop(request_id, None)
+
+    async def _post_until_accepted(self, request_id: str, prepare: Prepare) -> Reply | None:
+        """POST the Prepare (repeated on 5xx/network errors): ``None`` once accepted."""
+        headers = {
+            "Authorization": f"Bearer {self.token}",
+            "Content-Type": OCTETS,
+            "Accept": OCTETS,
+            "Request-Id": request_id,
+            "Prefer": "respond-async",
+            "ILP-Peer-Name": our_peer_name(),
+        }
+        public = str(getattr(settings, "ILP_PUBLIC_URL", "") or "").rstrip("/")
+        if public:
+            headers["Callback-Url"] = f"{public}/ilp/{request_id}"
+        body = encode_prepare(prepare)
+        url = f"{self.base}/ilp/{request_id}"
+        delay = RETRY_FIRST_S
+        while True:
+            remaining = (prepare.expires_at - datetime.now(UTC)).total_seconds()
+            if remaining <= 0:
+                return registry.expired()
+            try:
+                response = await _client().post(
+                    url, content=body, headers=headers, timeout=remaining
+                )
+            except httpx.TimeoutException:
+                return registry.expired()
+            except httpx.HTTPError as exc:
+                log.info("async POST to %s failed: %s", self.peer_name, exc)
+            else:
+                status = response.status_code
+                if status == 200 and response.content:
+                    return _decode_body(response.content, self.peer_name)  # peer chose sync
+                if 200 <= status < 300:
+                    return None
+                if status < 500:
+                    return _status_reject(status, self.peer_name)
+            await asyncio.sleep(min(delay, max(remaining, 0)))
+            delay = min(delay * 2, RETRY_MAX_S)
+
+
+# --- which HTTP links exist -----------------------------------------------------------------------
+
+_endpoints: dict[str, tuple[str, str]] = {}
+_registered: dict[str, tuple[str, str, str, HttpSyncLink | HttpAsyncLink]] = {}
+
+
+async def _endpoint_of(peer_name: str) -> tuple[str, str]:
+    """``(base url, outgoing token)`` of an HTTP peer (cached per process)."""
+    hit = _endpoints.get(peer_name)
+    if hit is None:
+        from links.selectors import peer_get
+
+        peer = await database_sync_to_async(peer_get)(name=peer_name)
+        hit = (peer.url.rstrip("/"), peer.outgoing_token) if peer is not None else ("", "")
+        _endpoints[peer_name] = hit
+    return hit
+
+
+async def sync_http_links() -> None:
+    """Register an ``OutgoingLink`` for every enabled HTTP peer with a URL (and
+    ``link_up`` it); unregister the others. Called by the supervisor."""
+    from links.selectors import http_peers
+
+    peers = await database_sync_to_async(http_peers)()
+    wanted = {p.name: (p.link, p.url, p.outgoing_token) for p in peers if p.url}
+    _endpoints.clear()
+    for name, (kind, url, token, old) in list(_registered.items()):
+        if wanted.get(name) != (kind, url, token):
+            del _registered[name]
+            if registry.unregister(name, old):
+                edge.link_down(name)
+    for name, (kind, url, token) in wanted.items():
+        if name in _registered:
+            continue
+        ctx = await aload_peer_context(name)
+        if ctx is None:
+            continue
+        link: HttpSyncLink | HttpAsyncLink = (
+            HttpAsyncLink(name, url, token)
+            if kind == LinkKind.HTTP_ASYNC
+            else HttpSyncLink(name, url, token)
+        )
+        _registered[name] = (kind, url, token, link)
+        registry.register(name, link)
+        edge.link_up(ctx)
+
+
+def reset() -> None:
+    """Forget registrations and caches (tests)."""
+    for name, (_, _, _, link) in list(_registered.items()):
+        registry.unregister(name, link)
+    _registered.clear()
+    _endpoints.clear()
+    _waiting.clear()
+
+
+__all__ = [
+    "MAX_BODY",
+    "HttpAsyncLink",
+    "HttpSyncLink",
+    "ilp_endpoint",
+    "ilp_request",
+    "resume_pending_callbacks",
+    "sync_http_links",
+]

@@ -1,0 +1,198 @@
+"""The outgoing BTP client against our own /btp over real WebSockets; the supervisor."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+
+from ilp.packet import Fulfill, Prepare, Reject
+from links import registry
+from links.btp_client import BtpClient, BtpUrl, InvalidBtpUrl
+from links.peers import PeerContext
+from links.supervisor import Supervisor, _serving_process, autostart
+from tests.links.conftest import FULFILLMENT, FakeSwitch, prepare_to
+from tests.links.ws_server import serve_btp
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_url_parsing_keeps_percent_encoding() -> None:
+    url = BtpUrl.parse("btp+ws://my_user:my%20tok%3A@127.0.0.1:7000/some/path?q=1")
+    assert url == BtpUrl("ws://127.0.0.1:7000/some/path?q=1", "my_user", "my%20tok%3A")
+    assert BtpUrl.parse("btp+wss://h/btp") == BtpUrl("wss://h/btp", "", "")
+    assert BtpUrl.parse("btp+ws://:tok@[::1]:8/x").ws_url == "ws://[::1]:8/x"
+    for bad in ("ws://a:b@h/btp", "btp+ws://"):
+        with pytest.raises(InvalidBtpUrl):
+            BtpUrl.parse(bad)
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)
+
+
+async def two_nodes(
+    make_peer: Callable[..., Any], port: int, *, idempotent: bool = False, token: str = "tok"
+) -> BtpClient:
+    """Node "hub" serves /btp with child "leaf"; node "leaf" dials it as peer "hub"."""
+    await database_sync_to_async(make_peer)("leaf", token="tok", idempotent=idempotent)
+    url = f"btp+ws://leaf:{token}@127.0.0.1:{port}/btp"
+    await database_sync_to_async(make_peer)(
+        "hub", relation="parent", link="btp-client", url=url, idempotent=idempotent
+    )
+    client = BtpClient("hub", url)
+    client.start()
+    return client
+
+
+async def test_client_and_server_exchange_prepares_both_ways(
+    make_peer: Callable[..., Any], switch: FakeSwitch
+) -> None:
+    async with serve_btp() as port:
+        client = await two_nodes(make_peer, port)
+        try:
+            await asyncio.wait_for(client.connected.wait(), 5)
+            await wait_for(lambda: sorted(switch.ups) == ["hub", "leaf"])
+            # leaf -> hub (client side sends, server side's switch answers)
+            reply = await registry.get("hub").send_prepare(prepare_to(amount=7))  # type: ignore[union-attr]
+            assert reply == Fulfill(FULFILLMENT, b"ok")
+            assert switch.calls[-1][0] == "leaf" and switch.calls[-1][1].amount == 7
+            # hub -> leaf (server side sends, client side's switch answers)
+            reply = await registry.get("leaf").send_prepare(prepare_to(amount=8))  # type: ignore[union-attr]
+            assert reply == Fulfill(FULFILLMENT, b"ok")
+            assert switch.calls[-1][0] == "hub"
+
+            # concurrency over the real socket
+            async def slow(source: PeerContext, prepare: Prepare) -> Fulfill:
+                await asyncio.sleep(0.2)
+                return Fulfill(FULFILLMENT)
+
+            switch.handler = slow
+            link = registry.get("hub")
+            assert link is not None
+            replies = await asyncio.wait_for(
+                asyncio.gather(*(link.send_prepare(prepare_to()) for _ in range(50))), 3
+            )
+            assert all(isinstance(r, Fulfill) for r in replies)
+        finally:
+            await client.stop()
+        await wait_for(lambda: "hub" in switch.downs and "leaf" in switch.downs)
+        assert registry.local("hub") is None and registry.local("leaf") is None
+
+
+async def test_client_reconnects_after_the_server_drops(
+    make_peer: Callable[..., Any], switch: FakeSwitch
+) -> None:
+    async with serve_btp() as port:
+        client = await two_nodes(make_peer, port)
+        try:
+            await asyncio.wait_for(client.connected.wait(), 5)
+            server_link = registry.local("leaf")
+            assert server_link is not None
+            await server_link.close()  # type: ignore[attr-defined]
+            await wait_for(lambda: switch.ups.count("hub") == 2, timeout=5)
+            await asyncio.wait_for(client.connected.wait(), 5)
+            reply = await registry.get("hub").send_prepare(prepare_to())  # type: ignore[union-attr]
+            assert isinstance(reply, Fulfill)
+        finally:
+            await client.stop()
+
+
+async def test_client_with_wrong_token_never_connects(
+    make_peer: Callable[..., Any], switch: FakeSwitch
+) -> None:
+    async with serve_btp() as port:
+        client = await two_nodes(make_peer, port, token="wrong")
+        try:
+            await asyncio.sleep(0.5)
+            assert not client.connected.is_set()
+            assert switch.ups == []
+            reply = (
+                await registry.get("hub").send_prepare(prepare_to())
+                if registry.get("hub")
+                else None
+            )
+            assert reply is None
+        finally:
+            await client.stop()
+
+
+async def test_idempotent_link_over_real_socket(
+    make_peer: Callable[..., Any], switch: FakeSwitch
+) -> None:
+    async with serve_btp() as port:
+        client = await two_nodes(make_peer, port, idempotent=True)
+        try:
+            await asyncio.wait_for(client.connected.wait(), 5)
+            assert client.link is not None and client.link.idempotent
+            server_link = registry.local("leaf")
+            assert server_link is not None and server_link.idempotent  # type: ignore[attr-defined]
+            reply = await registry.get("hub").send_prepare(prepare_to())  # type: ignore[union-attr]
+            assert isinstance(reply, Fulfill)
+        finally:
+            await client.stop()
+
+
+async def test_unreachable_server_gives_t01(
+    make_peer: Callable[..., Any], switch: FakeSwitch
+) -> None:
+    await database_sync_to_async(make_peer)(
+        "hub", relation="parent", link="btp-client", url="btp+ws://a:b@127.0.0.1:9/btp"
+    )
+    client = BtpClient("hub", "btp+ws://a:b@127.0.0.1:9/btp")
+    client.start()
+    await asyncio.sleep(0.3)
+    assert registry.get("hub") is None
+    await client.stop()
+
+
+async def test_supervisor_starts_and_stops_clients(
+    make_peer: Callable[..., Any], switch: FakeSwitch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from links import supervisor as supervisor_module
+
+    monkeypatch.setattr(supervisor_module, "SYNC_INTERVAL_S", 0.1)
+    async with serve_btp() as port:
+        await database_sync_to_async(make_peer)("leaf", token="tok")
+        url = f"btp+ws://leaf:tok@127.0.0.1:{port}/btp"
+        await database_sync_to_async(make_peer)(
+            "hub", relation="parent", link="btp-client", url=url
+        )
+        sup = Supervisor()
+        sup.start()
+        try:
+            await wait_for(lambda: registry.local("hub") is not None)
+            reply = await registry.get("hub").send_prepare(prepare_to(condition=bytes(32)))  # type: ignore[union-attr]
+            assert isinstance(reply, Reject) and reply.code == "F99"
+            # disabling the peer stops its client
+            from links import services
+
+            await database_sync_to_async(services.peer_update)(name="hub", enabled=False)
+            await wait_for(lambda: "hub" not in sup.clients and registry.local("hub") is None)
+        finally:
+            await sup.stop()
+
+
+def test_autostart_gate(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ILP_LINKS_AUTOSTART", raising=False)
+    monkeypatch.setattr("sys.argv", ["/x/.venv/bin/pytest"])
+    assert not _serving_process()
+    assert not autostart()
+    monkeypatch.setattr("sys.argv", ["/x/.venv/bin/daphne", "interledger_site.asgi:application"])
+    assert _serving_process()
+    monkeypatch.setattr("sys.argv", ["manage.py", "migrate"])
+    assert not _serving_process()
+    monkeypatch.setattr("sys.argv", ["manage.py", "runserver"])
+    assert _serving_process()
+    monkeypatch.setenv("ILP_LINKS_AUTOSTART", "0")
+    assert not _serving_process()
+    monkeypatch.setenv("ILP_LINKS_AUTOSTART", "1")
+    monkeypatch.setattr("sys.argv", ["pytest"])
+    assert _serving_process()

@@ -18,6 +18,7 @@ from django.http import (
 )
 from django.shortcuts import render
 from django.urls import Resolver404, resolve
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 from receivers.addresses import TOKEN_LENGTH, issue_address, receivers_prefix
@@ -59,6 +60,7 @@ _SPSP_METHODS = ("GET", "HEAD", "OPTIONS")
 # --- SPSP endpoints (/<name> and /.well-known/pay) ----------------------------------------
 
 
+@csrf_exempt  # never changes state; a POST gets a clear 405 rather than a CSRF 403
 def pointer(request: HttpRequest, name: str) -> HttpResponse:
     """``GET /<name>``: SPSP for ``application/spsp+json``, the pointer's page for HTML."""
     early = _method_check(request)
@@ -79,6 +81,7 @@ def pointer(request: HttpRequest, name: str) -> HttpResponse:
     return _answer(request, receiver, representation, path=request.path)
 
 
+@csrf_exempt
 def well_known_pay(request: HttpRequest) -> HttpResponse:
     """``GET /.well-known/pay``: the bare ``$host`` pointer, answered by the site's default
     receiver (see :func:`receivers.selectors.receiver_default`)."""
@@ -92,6 +95,7 @@ def well_known_pay(request: HttpRequest) -> HttpResponse:
     return _answer(request, receiver, representation, path=WELL_KNOWN_PATH)
 
 
+@csrf_exempt
 def pointer_with_slash(request: HttpRequest, name: str) -> HttpResponse:
     """``/<name>/``: pointers never end in a slash; send lenient clients to ``/<name>``."""
     early = _method_check(request)

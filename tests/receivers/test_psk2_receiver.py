@@ -4,6 +4,7 @@ receiver → the ledger rows, through the real book and its writer thread."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 from datetime import datetime, timedelta
@@ -335,8 +336,23 @@ async def test_draft2_requests_are_answered_in_kind(setup: dict[str, Any]) -> No
     result = read_reply(setup["secret"], reply, prepare=probe)
     assert isinstance(reply, Reject) and reply.code == "F05"
     assert isinstance(result.response, Rejection) and result.delivered == 1000
+    # Without data, the requests made with one SPSP answer group under its address.
+    bare = build_request(
+        setup["secret"],
+        setup["destination"],
+        request_id=44,
+        min_destination_amount=0,
+        source_amount=5,
+        expires_at=now() + timedelta(seconds=30),
+        iv=os.urandom(12),
+    )
+    assert isinstance(await receive(bare, "d2-bare"), Fulfill)
+    by_address = hashlib.sha256(setup["destination"].encode()).digest()[:16].hex()
     rows = await receipts()
-    assert [(r.payment_id, r.sequence, int(r.amount)) for r in rows] == [(token.hex(), 42, 250)]
+    assert [(r.payment_id, r.sequence, int(r.amount)) for r in rows] == [
+        (token.hex(), 42, 250),
+        (by_address, 44, 5),
+    ]
 
 
 async def test_hot_path_reads_nothing_in_steady_state(setup: dict[str, Any]) -> None:

@@ -162,7 +162,7 @@ def test_unknown_pointer_page_is_html_404(client: Client, bob: Receiver) -> None
 def test_other_methods_are_405_and_options_is_a_cors_preflight(
     client: Client, bob: Receiver
 ) -> None:
-    response = client.post("/bob", HTTP_ACCEPT=SPSP)
+    response = Client(enforce_csrf_checks=True).post("/bob", HTTP_ACCEPT=SPSP)
     assert response.status_code == 405
     assert "GET" in response["Allow"]
     preflight = client.options("/bob", HTTP_ORIGIN="https://blog.example")

@@ -45,6 +45,7 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -854,28 +855,12 @@ class BalanceBook:
                 for p in job.postings:
                     if p.amount != 0 and p.key not in posting_rows:
                         posting_rows[p.key] = p
-            new_keys = _insert_returning(
-                Posting._meta.db_table,
-                ("account_id", "amount", "key", "memo", "created_at"),
-                [
-                    (ids[p.account_code], Decimal(p.amount), p.key, p.memo, now)
-                    for p in posting_rows.values()
-                ],
-                returning="key",
+            new_key_set = post_in_transaction(
+                [(ids[p.account_code], p.amount, p.key, p.memo) for p in posting_rows.values()],
+                now=now,
             )
-            new_key_set = {row[0] for row in new_keys}
             self.stats.postings_inserted += len(new_key_set)
             self.stats.postings_skipped += len(posting_rows) - len(new_key_set)
-            deltas: dict[int, int] = defaultdict(int)
-            for key in new_key_set:
-                p = posting_rows[key]
-                deltas[ids[p.account_code]] += p.amount
-            # 3. one UPDATE per account, in primary-key order.
-            for pk in sorted(deltas):
-                if deltas[pk]:
-                    LedgerAccount.objects.filter(pk=pk).update(
-                        balance=F("balance") + Decimal(deltas[pk]), version=F("version") + 1
-                    )
             # 4. receipts.
             receipt_rows: dict[str, ReceiptDraft] = {}
             for job in ok_jobs:
@@ -893,7 +878,7 @@ class BalanceBook:
                         r.key,
                         now,
                     )
-                    for r in receipt_rows.values()
+                    for r in sorted(receipt_rows.values(), key=lambda r: r.key)
                 ],
                 returning="id, key",
             )
@@ -1004,6 +989,40 @@ def _insert_returning(
             cursor.execute(sql, params)
             out.extend(tuple(r) for r in cursor.fetchall())
     return out
+
+
+def post_in_transaction(entries: Sequence[tuple[int, int, str, str]], *, now: datetime) -> set[str]:
+    """Insert the postings ``(account_id, amount, key, memo)`` whose key is new; move balances.
+
+    Must run inside ``transaction.atomic()`` with the accounts already locked in
+    primary-key order. Rows are inserted in key order (two writers inserting overlapping
+    keys wait for each other instead of deadlocking); zero amounts and repeated keys are
+    dropped; then one ``UPDATE ... balance = balance + delta, version = version + 1`` per
+    account, in primary-key order, with the deltas of the **inserted** rows only. Returns
+    the inserted keys.
+    """
+    rows: dict[str, tuple[int, int, str, str]] = {}
+    for entry in entries:
+        if entry[1] != 0 and entry[2] not in rows:
+            rows[entry[2]] = entry
+    ordered = [rows[k] for k in sorted(rows)]
+    inserted = _insert_returning(
+        Posting._meta.db_table,
+        ("account_id", "amount", "key", "memo", "created_at"),
+        [(aid, Decimal(amount), key, memo, now) for aid, amount, key, memo in ordered],
+        returning="key",
+    )
+    new_keys = {str(row[0]) for row in inserted}
+    deltas: dict[int, int] = defaultdict(int)
+    for key in new_keys:
+        aid, amount, _key, _memo = rows[key]
+        deltas[aid] += amount
+    for pk in sorted(deltas):
+        if deltas[pk]:
+            LedgerAccount.objects.filter(pk=pk).update(
+                balance=F("balance") + Decimal(deltas[pk]), version=F("version") + 1
+            )
+    return new_keys
 
 
 def _queue_apply_receipts(receipt_ids: list[int]) -> None:

@@ -22,8 +22,9 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from payments.errors import InvalidAmount, UnknownAccount, WebhookError
@@ -31,16 +32,13 @@ from payments.ledger import (
     _ACCOUNT_FIELDS,
     MAX_KEY_LENGTH,
     UINT64_MAX,
-    PostingDraft,
-    _insert_returning,
     ensure_account,
-    get_book,
     peek_book,
+    post_in_transaction,
 )
 from payments.models import (
     IncomingPayment,
     LedgerAccount,
-    Posting,
     Receipt,
     Webhook,
     WebhookDelivery,
@@ -99,40 +97,26 @@ def apply_receipts(*, receipt_ids: Sequence[int]) -> int:
             .order_by("id")
             .values_list("id", flat=True)
         )
-        new_posting_keys = {
-            row[0]
-            for row in _insert_returning(
-                Posting._meta.db_table,
-                ("account_id", "amount", "key", "memo", "created_at"),
-                [
-                    (
-                        r.account_id,
-                        Decimal(r.amount),
-                        RECEIPT_POSTING_PREFIX + r.key,
-                        f"psk2 {r.payment_id} #{r.sequence}",
-                        now,
-                    )
-                    for r in receipts
-                    if r.amount != 0
-                ],
-                returning="key",
-            )
-        }
+        new_posting_keys = post_in_transaction(
+            [
+                (
+                    r.account_id,
+                    int(r.amount),
+                    RECEIPT_POSTING_PREFIX + r.key,
+                    f"psk2 {r.payment_id} #{r.sequence}",
+                )
+                for r in receipts
+            ],
+            now=now,
+        )
 
         def counts(r: Receipt) -> bool:
             return r.amount == 0 or RECEIPT_POSTING_PREFIX + r.key in new_posting_keys
 
         applied = [r for r in receipts if counts(r)]
-        deltas: dict[int, int] = defaultdict(int)
         groups: dict[tuple[int, str], list[Receipt]] = defaultdict(list)
         for r in applied:
-            deltas[r.account_id] += int(r.amount)
             groups[(r.account_id, r.payment_id)].append(r)
-        for pk in sorted(deltas):
-            if deltas[pk]:
-                LedgerAccount.objects.filter(pk=pk).update(
-                    balance=F("balance") + Decimal(deltas[pk]), version=F("version") + 1
-                )
         payments = _lock_incoming_payments(groups, now=now)
         touched: list[IncomingPayment] = []
         for gkey, group in groups.items():
@@ -225,9 +209,9 @@ def account_adjust(
     """Move ``amount`` onto ``account_code`` (signed; positive = we owe the holder more).
 
     Double entry: the counter account (default: the node's equity account of the same
-    asset) gets ``-amount``. Written through the balance book's writer, so it is durable on
-    return, locks the accounts in primary-key order and is idempotent on ``key`` (posting
-    keys ``adjust:<key>`` and ``adjust:<key>:counter``). Synchronous callers only.
+    asset) gets ``-amount``. Own transaction (a savepoint inside the caller's); locks both
+    accounts in primary-key order; idempotent on ``key`` (posting keys ``adjust:<key>`` and
+    ``adjust:<key>:counter``, unique in the database). The local book is told on commit.
     """
     if not isinstance(amount, int) or isinstance(amount, bool) or amount == 0:
         raise InvalidAmount("adjustment must be a non-zero int")
@@ -254,12 +238,24 @@ def account_adjust(
         raise InvalidAmount("the counter account has another asset")
     if counter.pk == account.pk:
         raise InvalidAmount("the counter account is the account itself")
-    get_book().commit_sync(
-        [
-            PostingDraft(account.code, amount, f"adjust:{key}", memo[:255]),
-            PostingDraft(counter.code, -amount, f"adjust:{key}:counter", memo[:255]),
-        ]
-    )
+    now = timezone.now()
+    with transaction.atomic():
+        pks = sorted([account.pk, counter.pk])
+        list(
+            LedgerAccount.objects.select_for_update(no_key=True)
+            .filter(pk__in=pks)
+            .order_by("id")
+            .values_list("id", flat=True)
+        )
+        post_in_transaction(
+            [
+                (account.pk, amount, f"adjust:{key}", memo[:255]),
+                (counter.pk, -amount, f"adjust:{key}:counter", memo[:255]),
+            ],
+            now=now,
+        )
+        rows = list(LedgerAccount.objects.filter(pk__in=pks).values(*_ACCOUNT_FIELDS))
+        transaction.on_commit(lambda: _notify_book(rows), robust=True)
 
 
 def account_set_limits(
@@ -390,8 +386,12 @@ class WebhookAttempt:
 
 
 def webhook_backoff(attempt: int) -> float:
-    """Seconds to wait after failed attempt number ``attempt`` (0-based): 10 s, 20 s, 40 s..."""
-    return float(min(WEBHOOK_BACKOFF_BASE * 2**attempt, WEBHOOK_BACKOFF_CAP))
+    """Seconds to wait after failed attempt number ``attempt`` (0-based): 10 s, 20 s, 40 s...
+
+    The base is ``settings.PAYMENTS_WEBHOOK_BACKOFF_BASE`` when set (tests shorten it).
+    """
+    base = float(getattr(settings, "PAYMENTS_WEBHOOK_BACKOFF_BASE", WEBHOOK_BACKOFF_BASE))
+    return float(min(base * 2**attempt, WEBHOOK_BACKOFF_CAP))
 
 
 def webhook_deliver(

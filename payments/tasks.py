@@ -7,6 +7,7 @@ lives in the services (status check, row locks in primary-key order, unique keys
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,8 @@ from celery import Task, shared_task
 from django.db import OperationalError, connections
 
 from payments import services
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(  # type: ignore[untyped-decorator]
@@ -45,12 +48,29 @@ def deliver_webhook(self: Task, *, delivery_id: int, attempt: int = 0) -> str:
     The service claims attempt ``attempt`` atomically, so a replayed task is a no-op.
     """
     result = services.webhook_deliver(delivery_id=delivery_id, attempt=attempt)
-    if result.retry_in is not None:
-        raise self.retry(
-            kwargs={"delivery_id": delivery_id, "attempt": attempt + 1},
-            countdown=result.retry_in,
-        )
-    return result.status
+    if result.retry_in is None:
+        return result.status
+    kwargs = {"delivery_id": delivery_id, "attempt": attempt + 1}
+    if self.request.is_eager:
+        # Eager Celery (the embedded default) cannot delay a retry, and with
+        # task_eager_propagates its Retry escapes to the caller: wait on a timer instead.
+        _retry_later(result.retry_in, kwargs)
+        return "retry"
+    raise self.retry(kwargs=kwargs, countdown=result.retry_in)
+
+
+def _retry_later(countdown: float, kwargs: dict[str, Any]) -> None:
+    _track(+1)
+
+    def fire() -> None:
+        try:
+            run_in_background(deliver_webhook.apply, kwargs=kwargs)
+        finally:
+            _track(-1)
+
+    timer = threading.Timer(countdown, fire)
+    timer.daemon = True
+    timer.start()
 
 
 @shared_task(name="payments.retry_webhooks")  # type: ignore[untyped-decorator]
@@ -75,6 +95,16 @@ def _attempts(delivery_id: int) -> int:
 
 _background: ThreadPoolExecutor | None = None
 _background_lock = threading.Lock()
+_pending = 0
+_idle = threading.Condition()
+
+
+def _track(delta: int) -> None:
+    global _pending
+    with _idle:
+        _pending += delta
+        if _pending == 0:
+            _idle.notify_all()
 
 
 def run_in_background(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -88,7 +118,18 @@ def run_in_background(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     def call() -> Any:
         try:
             return fn(*args, **kwargs)
+        except Exception:
+            logger.exception("payments: background task %r failed", fn)
+            raise
         finally:
             connections.close_all()  # this thread's connections only
+            _track(-1)
 
+    _track(+1)
     return pool.submit(call)
+
+
+def wait_background_idle(timeout: float) -> bool:
+    """Wait until no background task or scheduled eager retry is left (shutdown, tests)."""
+    with _idle:
+        return _idle.wait_for(lambda: _pending == 0, timeout=timeout)

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import connections
+
+from interledger_site.celery import app as celery_app
+from payments import ledger
+from payments.ledger import BalanceBook, ensure_account, get_book, reset_book
+from payments.models import LedgerAccount
+
+PEER = "peer:alice"
+PEER_B = "peer:bob"
+RECEIVER = "receiver:carol"
+NODE = "node:equity:USD:9"
+
+
+@pytest.fixture
+def book() -> Iterator[BalanceBook]:
+    """A fresh process-wide book, closed at teardown (its writer thread and connection too)."""
+    reset_book()
+    yield get_book()
+    reset_book()
+
+
+@pytest.fixture
+def eager_celery() -> Iterator[None]:
+    """Run tasks in-process (already so in the embedded default; forced for the Redis pass)."""
+    before = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True
+    yield
+    celery_app.conf.task_always_eager = before
+
+
+@pytest.fixture
+def captured_apply(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """Record the receipt ids the book queues for ``apply_receipts`` instead of running it."""
+    calls: list[list[int]] = []
+    monkeypatch.setattr(ledger, "_queue_apply_receipts", lambda ids: calls.append(list(ids)))
+    return calls
+
+
+def make_accounts(
+    *, peer_min: int | None = -1000, peer_max: int | None = 1000
+) -> dict[str, LedgerAccount]:
+    return {
+        PEER: ensure_account(PEER, kind="peer", min_balance=peer_min, max_balance=peer_max),
+        PEER_B: ensure_account(PEER_B, kind="peer", min_balance=-1000, max_balance=1000),
+        RECEIVER: ensure_account(RECEIVER, kind="receiver"),
+        NODE: ensure_account(NODE, kind="node"),
+    }
+
+
+def _closing(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            # asgiref's worker thread would otherwise keep a session open past the test
+            # database's teardown.
+            connections.close_all()
+
+    return run
+
+
+amake_accounts: Callable[..., Any] = sync_to_async(_closing(make_accounts))
+
+
+@sync_to_async
+@_closing
+def db(fn: Callable[[], Any]) -> Any:
+    """Run a synchronous ORM call from an async test (on a connection other than the writer's)."""
+    return fn()

@@ -55,4 +55,11 @@ class BtpConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         await self.send(bytes_data=frame)
 
     async def _close_socket(self, code: int) -> None:
-        await self.close(code)
+        await self.close(daphne_close_code(code))
+
+
+def daphne_close_code(code: int) -> int:
+    """Daphne's WebSocket layer (autobahn) lets a server close only with 1000 or
+    3000-4999 and silently drops any other code, leaving the socket open: map the rest
+    to 1000 (ilp-plugin-btp itself closes without a code)."""
+    return code if code == 1000 or 3000 <= code <= 4999 else 1000

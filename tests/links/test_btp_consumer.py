@@ -58,6 +58,15 @@ def ilp_reply(packet: Any) -> Fulfill | Reject:
     return decode_reply(entry.data)
 
 
+def test_close_codes_daphne_accepts() -> None:
+    from links.consumers import daphne_close_code
+
+    assert daphne_close_code(1000) == 1000
+    assert daphne_close_code(1008) == 1000
+    assert daphne_close_code(1002) == 1000
+    assert daphne_close_code(4008) == 4008
+
+
 def test_consumer_has_no_channel_layer_subscription() -> None:
     from channels.layers import get_channel_layer
 

@@ -598,11 +598,12 @@ class PacketSwitch:
                 f"insufficient source amount. sourceAmount={amount} destinationAmount=0",
             )
         if out > UINT64_MAX:
-            maximum = UINT64_MAX * 10 ** max(0, source.asset_scale - target.asset_scale)
+            # Only scaling up overflows; the largest amount that still fits, in source units.
+            maximum = UINT64_MAX // 10 ** (target.asset_scale - source.asset_scale)
             raise RejectError(
                 "F08",
-                f"packet size too large after conversion. actualAmount={amount}",
-                amount_too_large_data(amount, min(maximum, UINT64_MAX)),
+                f"packet size too large. maxAmount={maximum} actualAmount={amount}",
+                amount_too_large_data(amount, maximum),
             )
         return out, fee
 
@@ -716,7 +717,7 @@ class PacketSwitch:
             return Reject("T00", self.address, f"invalid reply from the next hop: {exc.reason}")
         except Exception as exc:
             log.info("switch: sending to the next hop failed: %r", exc)
-            return Reject("T01", self.address, f"failed to send packet: {exc}")
+            return Reject("T01", self.address, f"failed to send packet: {str(exc)[:200]}")
         finally:
             del self._deadlines[task]
             if task in self._timed_out:  # the link swallowed our cancellation

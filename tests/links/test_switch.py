@@ -145,6 +145,16 @@ async def test_scale_up_conversion() -> None:
     assert carl.seen[0].amount == 5000
 
 
+async def test_scaling_up_beyond_uint64_is_f08() -> None:
+    alice0 = peer("alice", asset_scale=0)
+    rig = make_rig([alice0, CARL])
+    carl = rig.link("carl")
+    reply = await rig.switch.handle_prepare(alice0, prepare("test.conn.carl", 10**11))
+    assert_reject(reply, "F08")
+    assert decode_amount_too_large_data(reply.data) == (10**11, UINT64_MAX // 10**9)
+    assert carl.seen == [] and rig.book.pending() == 0
+
+
 async def test_different_asset_codes_are_refused() -> None:
     rig = make_rig([ALICE, peer("erin", asset_code="EUR", asset_scale=2)])
     rig.link("erin")

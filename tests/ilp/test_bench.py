@@ -1,0 +1,84 @@
+"""``python -m ilp.bench``: it runs and reports; no timing is asserted."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from ilp.bench import (
+    NodeRun,
+    _encodings_that_differ,
+    ops_per_second,
+    python_operations,
+    realistic_workload,
+    report,
+)
+from ilp.packet import decode_prepare, encode_packet, encode_prepare
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_workload_is_realistic_and_valid() -> None:
+    work = realistic_workload()
+    assert work.prepare.destination.startswith("test.sut.receivers.bob.")
+    assert 32 <= len(work.prepare.destination) <= 100
+    assert len(work.prepare.data) == 200
+    assert decode_prepare(encode_prepare(work.prepare)) == work.prepare
+
+
+def test_each_decode_reads_what_its_encode_wrote() -> None:
+    operations = python_operations(realistic_workload())
+    decodes = [name for name in operations if name.endswith(" decode")]
+    assert len(decodes) >= 3
+    for name in decodes:
+        decoded = operations[name]()
+        written = operations[name.replace(" decode", " encode")]()
+        if name.startswith("btp"):
+            from ilp.btp import encode_btp
+
+            assert encode_btp(decoded) == written  # type: ignore[arg-type]
+        else:
+            assert encode_packet(decoded) == written  # type: ignore[arg-type]
+
+
+def test_ops_per_second_counts_calls() -> None:
+    calls: list[int] = []
+    rate = ops_per_second(lambda: calls.append(1), 0.01)
+    assert rate > 0
+    assert len(calls) >= 1000
+
+
+def test_report_with_and_without_node() -> None:
+    ours = {"prepare encode": 200.0, "prepare decode": 100.0}
+    node = NodeRun({"node": "20"}, {"prepare encode": 100.0, "prepare decode": 400.0}, {})
+    lines = report(ours, node, [])
+    assert any(line.startswith("prepare encode") and line.endswith("2.00") for line in lines)
+    assert any(line.startswith("prepare decode") and line.endswith("0.25") for line in lines)
+    assert lines[-1] == "encodings: byte-identical to the reference packages"
+    assert report(ours, "node not found", [])[-1] == "ratio unavailable: node not found"
+    assert "WARNING" in report(ours, node, ["prepare encode"])[-1]
+
+
+def test_encodings_that_differ() -> None:
+    operations = python_operations(realistic_workload())
+    good = operations["prepare encode"]()
+    assert isinstance(good, bytes)
+    same = NodeRun({}, {}, {"prepare encode": good.hex()})
+    other = NodeRun({}, {}, {"prepare encode": "00"})
+    assert _encodings_that_differ(operations, same) == []
+    assert _encodings_that_differ(operations, other) == ["prepare encode"]
+
+
+def test_bench_command_runs_without_node() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ilp.bench", "--seconds", "0.02", "--no-node"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "prepare decode" in result.stdout
+    assert "ratio unavailable: --no-node given" in result.stdout

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from links.btp_link import BtpLink
@@ -28,6 +29,26 @@ class BtpConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     channel_layer_alias = NO_CHANNEL_LAYER
 
     link: BtpLink
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Channels' dispatch minus its per-message thread hop.
+
+        ``AsyncConsumer.dispatch`` runs ``close_old_connections`` in a worker thread
+        before every handler; this consumer never touches the database itself (every
+        query goes through ``database_sync_to_async``, which does that cleanup), so
+        the hop would only cost a thread round trip per frame.
+        """
+        if message["type"] == "websocket.receive":
+            data = message.get("bytes")
+            if data is not None:
+                await self.link.receive(data)
+            elif message.get("text") is not None:
+                await self.link.receive_text(message["text"])
+            return
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def connect(self) -> None:
         client = self.scope.get("client") or ("?", 0)
@@ -52,7 +73,7 @@ class BtpConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             link.connection_lost()
 
     async def _send_frame(self, frame: bytes) -> None:
-        await self.send(bytes_data=frame)
+        await self.base_send({"type": "websocket.send", "bytes": frame})
 
     async def _close_socket(self, code: int) -> None:
         await self.close(daphne_close_code(code))

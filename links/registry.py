@@ -94,6 +94,11 @@ def local(peer_name: str) -> OutgoingLink | None:
     return stack[-1] if stack else None
 
 
+def links_of(peer_name: str) -> tuple[OutgoingLink, ...]:
+    """Every live link of ``peer_name`` in this process, oldest first."""
+    return tuple(_links.get(peer_name, ()))
+
+
 def live_peers() -> list[str]:
     return sorted(_links)
 

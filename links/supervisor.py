@@ -108,6 +108,26 @@ class Supervisor:
         from links import http_oer
 
         await http_oer.sync_http_links()
+        await self.refresh_live_links()
+
+    async def refresh_live_links(self) -> None:
+        """Give live links their peer's current settings; close those of peers that
+        were disabled or removed (possibly by another process, e.g. ``manage.py``)."""
+        from links import registry
+        from links.btp_link import BtpLink
+        from links.peers import aload_peer_context, invalidate_peer
+
+        for name in registry.live_peers():
+            invalidate_peer(name)
+            ctx = await aload_peer_context(name)
+            for link in list(registry.links_of(name)):
+                if not isinstance(link, BtpLink):
+                    continue
+                if ctx is None:
+                    log.info("peer %s is gone or disabled: closing its link", name)
+                    await link.close()
+                else:
+                    link.peer = ctx
 
 
 _supervisor: Supervisor | None = None

@@ -398,3 +398,26 @@ async def test_status_recorded(alice: None, switch: FakeSwitch) -> None:
     await activity.flush()
     peer = await Peer.objects.aget(name="alice")
     assert peer.connected_since is None
+
+
+async def test_supervisor_closes_links_of_disabled_peers(alice: None, switch: FakeSwitch) -> None:
+    from links import services
+    from links.supervisor import Supervisor
+
+    raw = await authed()
+    await database_sync_to_async(services.peer_update)(name="alice", max_packet_amount=77)
+    await Supervisor().refresh_live_links()
+    link = registry.local("alice")
+    assert link is not None and link.peer.max_packet_amount == 77  # type: ignore[attr-defined]
+    await database_sync_to_async(services.peer_update)(name="alice", enabled=False)
+    await Supervisor().refresh_live_links()
+    assert await raw.next_raw() is None  # closed by the server
+    await raw.close()
+    assert switch.downs == ["alice"]
+
+
+def test_celery_prune_tasks() -> None:
+    from links.tasks import prune_btp_responses, prune_http_async_requests
+
+    assert prune_btp_responses() == 0
+    assert prune_http_async_requests() == 0

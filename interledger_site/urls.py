@@ -9,6 +9,7 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("ops/", include("links.urls_admin")),
     path("", include("links.urls")),
     path("", include("payments.urls")),
     # Receivers last: it owns the catch-all payment pointer paths (/<name>).

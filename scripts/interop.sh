@@ -57,7 +57,7 @@ if [ -n "${REDIS_URL:-}" ]; then
 fi
 
 "$BIN/python" manage.py migrate --noinput -v0
-"$BIN/python" manage.py add_peer alice --relation child --link btp-server --token alicetoken >/dev/null
+"$BIN/python" manage.py add_peer alice --relation child --link btp-server --token alicetoken --send-routes >/dev/null
 "$BIN/python" manage.py add_peer oer --relation child --link http-sync --token oertoken >/dev/null
 "$BIN/python" manage.py add_pointer bob >/dev/null
 "$BIN/python" manage.py add_pointer paidapi >/dev/null

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -270,3 +271,40 @@ def test_corpus_covers_every_protocol() -> None:
     assert {0x0C, 0x0D, 0x0E, 0x01, 0x02, 0x06, 0x07} <= first_bytes
     assert len(CORPUS) > 150
     assert importlib.import_module("ilp.packet") is not None
+
+
+# --- the byte entry points of the layers above the codecs ----------------------------
+# They catch DecodeError themselves and turn it into a protocol answer, so for them
+# nothing at all may escape, whatever the bytes.
+
+NOW = datetime(2018, 1, 1, tzinfo=UTC)
+BTP_VECTORS = {v["name"]: bytes.fromhex(v["hex"]) for v in load_vectors("btp.json")["vectors"]}
+
+
+@FUZZ
+@given(frames=st.lists(mutated() | st.binary(max_size=100), min_size=1, max_size=5))
+def test_btp_sessions_take_any_frames(frames: list[bytes]) -> None:
+    session_module = pytest.importorskip("ilp.btp_session")
+    server = session_module.BtpServerSession(authenticate=lambda _auth: True)
+    server.receive_frame(BTP_VECTORS["message_auth_ilp_plugin_btp"], NOW)
+    client = session_module.BtpClientSession("alice", "secret")
+    client.start(1)
+    client.receive_frame(BTP_VECTORS["response_auth_ok"], NOW)  # answers request id 1
+    assert server.state is client.state is session_module.State.OPEN
+    for raw in frames:
+        for session in (server, client):
+            if session.state is not session_module.State.CLOSED:
+                session.receive_frame(raw, NOW)
+
+
+@FUZZ
+@given(data=mutated() | st.binary(max_size=300))
+def test_psk2_receiver_and_sender_take_any_data(data: bytes) -> None:
+    receiver = pytest.importorskip("ilp.psk2_receiver")
+    sender = pytest.importorskip("ilp.psk2_sender")
+    packet = importlib.import_module("ilp.packet")
+    data = data[: packet.MAX_DATA_LENGTH]
+    prepare = packet.Prepare(1000, NOW, bytes(32), "test.sut.receivers.bob.x", data)
+    receiver.open_prepare(prepare, SECRET, now=datetime(2017, 1, 1, tzinfo=UTC))
+    sender.read_reply(SECRET, packet.Fulfill(bytes(32), data), prepare=prepare)
+    sender.read_reply(SECRET, packet.Reject("F99", "test.sut", "", data), prepare=prepare)

@@ -25,6 +25,7 @@ RESERVED_NAMES: frozenset[str] = frozenset(
         "accounts",
         "admin",
         "api",
+        "ops",
         "assets",
         "auth",
         "btp",

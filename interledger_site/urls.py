@@ -12,6 +12,7 @@ urlpatterns = [
     path("ops/", include("links.urls_admin")),
     path("", include("links.urls")),
     path("", include("payments.urls")),
+    path("api/v1/", include("receivers.api_urls")),
     # Receivers last: it owns the catch-all payment pointer paths (/<name>).
     path("", include("receivers.urls")),
 ]

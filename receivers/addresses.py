@@ -1,5 +1,13 @@
 """The ILP addresses of our receivers: ``<node>.receivers.<name>.<token>``.
 
+A *tagged* address has one more segment, ``<node>.receivers.<name>.<tag>.<token>``: the
+tag (16 bytes, base64url) says whom a payment to it is for (an HTTP-ILP pay token, a
+page visitor, an order). The secret is derived from the whole destination, tag
+included, so only addresses we issued decrypt: a tag seen on the hot path is authentic.
+Receipts of tagged addresses get the key ``tag:<tag hex>:<packet key>``
+(:func:`tagged_receipt_key`), which is how the tag's owner finds them (an indexed
+prefix lookup on the unique ``key``); their ``payment_id`` stays the PSK2 one.
+
 ``<node>`` is ``settings.ILP_ADDRESS``. The token is random (chosen at the view edge) and
 the shared secret is derived from ``settings.ILP_RECEIVER_SECRET`` (hex) and the whole
 destination by :mod:`ilp.psk2_receiver`, so any process, before or after a restart,
@@ -10,15 +18,24 @@ address issued before.
 
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 
 from django.conf import settings
 
+from ilp.errors import DecodeError
+from ilp.psk2 import b64url_decode, b64url_encode
 from ilp.psk2_receiver import IssuedAddress, issue, secret_for
 
 LOCAL_PREFIX_SEGMENT = "receivers"
 # The reference receivers' token size; 24 base64url characters in the address.
 TOKEN_LENGTH = 18
+# A tag is 16 bytes: 22 base64url characters in the address.
+TAG_LENGTH = 16
+TAG_SEGMENT_LENGTH = 22
+TAG_KEY_PREFIX = "tag:"
+# ReceiptDraft keys are at most 247 characters ("receipt:<key>" is its posting's key).
+_MAX_RECEIPT_KEY = 247
 
 
 @lru_cache(maxsize=4)
@@ -59,3 +76,55 @@ def issue_address(name: str, token: bytes) -> IssuedAddress:
 def shared_secret_of(name: str, destination: str) -> bytes | None:
     """The shared secret of ``destination`` if it is an address issued for ``name``."""
     return secret_for(receiver_secret(), destination, receiver_prefix(name))
+
+
+# --- tagged addresses ----------------------------------------------------------------------
+
+
+def tag_segment(tag: bytes) -> str:
+    """The address segment of a 16-byte ``tag``."""
+    if not isinstance(tag, bytes) or len(tag) != TAG_LENGTH:
+        raise ValueError(f"a tag is {TAG_LENGTH} bytes")
+    return b64url_encode(tag)
+
+
+def parse_tag_segment(segment: str) -> bytes | None:
+    """The tag of an address segment, or ``None`` unless it is the one canonical spelling
+    (unpadded base64url of exactly 16 bytes)."""
+    if len(segment) != TAG_SEGMENT_LENGTH:
+        return None
+    try:
+        tag = b64url_decode(segment)
+    except DecodeError:
+        return None
+    if len(tag) != TAG_LENGTH or b64url_encode(tag) != segment:
+        return None
+    return tag
+
+
+def tagged_prefix(name: str, tag: bytes) -> str:
+    """``<node>.receivers.<name>.<tag>``: where the tagged addresses of ``tag`` live."""
+    return f"{receiver_prefix(name)}.{tag_segment(tag)}"
+
+
+def issue_tagged_address(name: str, tag: bytes, token: bytes) -> IssuedAddress:
+    """``(destination, shared_secret)`` for receiver ``name``, for whatever ``tag`` stands
+    for, with a fresh random ``token``: payments to it are receipts keyed by the tag."""
+    return issue(receiver_secret(), tagged_prefix(name, tag), token)
+
+
+def tagged_receipt_key(tag: bytes, packet_key: str) -> str:
+    """The receipt key of a packet paid to an address tagged ``tag``.
+
+    Deterministic in ``(tag, packet_key)``, so a repeated packet is still written once.
+    A packet key too long to fit is replaced by its SHA-256 (hex).
+    """
+    key = f"{TAG_KEY_PREFIX}{tag.hex()}:{packet_key}"
+    if len(key) > _MAX_RECEIPT_KEY:
+        key = f"{TAG_KEY_PREFIX}{tag.hex()}:{hashlib.sha256(packet_key.encode()).hexdigest()}"
+    return key
+
+
+def tag_key_prefix(tag: bytes) -> str:
+    """What every receipt key of ``tag`` starts with (for ``key__startswith``)."""
+    return f"{TAG_KEY_PREFIX}{tag.hex()}:"

@@ -13,7 +13,9 @@ after it has placed a hold of ``prepare.amount`` on the source account under
    encrypted PSK2 error, F05 wrong condition): :func:`ilp.psk2_receiver.open_prepare` and
    :func:`~ilp.psk2_receiver.respond`;
 4. on accept, ``await book.commit([source posting -amount], [receipt +amount])`` and only
-   then return the Fulfill. If the commit fails: **T00**, never a Fulfill without the
+   then return the Fulfill (for a tagged address ``<name>.<tag>.<token>`` the receipt key
+   carries the tag, see :mod:`receivers.addresses`, and listeners of the tag are told,
+   without waiting, through the channel layer: :func:`receivers.live.notify_tag`). If the commit fails: **T00**, never a Fulfill without the
    durable record. The receipt becomes an ``IncomingPayment`` and the receiver's
    ``+amount`` posting in ``payments.apply_receipts``.
 
@@ -46,8 +48,15 @@ from ilp.packet import Fulfill, Prepare, Reject
 from ilp.psk2 import IV_LENGTH, PAYMENT_ID_LENGTH, ChunkRequest
 from ilp.psk2_receiver import Opened, Refuse, open_prepare, respond, secret_for
 from payments.ledger import PostingDraft, ReceiptDraft, get_book
-from receivers.addresses import LOCAL_PREFIX_SEGMENT, node_address, receiver_secret
+from receivers.addresses import (
+    LOCAL_PREFIX_SEGMENT,
+    node_address,
+    parse_tag_segment,
+    receiver_secret,
+    tagged_receipt_key,
+)
 from receivers.directory import get_directory
+from receivers.live import notify_tag
 
 __all__ = ["LOCAL_PREFIX_SEGMENT", "ReceiverStats", "receive_prepare", "stats"]
 
@@ -123,12 +132,24 @@ async def _receive(
     base = f"{node}.{LOCAL_PREFIX_SEGMENT}."
     if not destination.startswith(base):
         return _reject("F02", MSG_UNREACHABLE)
-    name, dot, _token = destination[len(base) :].partition(".")
+    name, dot, rest = destination[len(base) :].partition(".")
     account_code = await get_directory().account_code(name)
     if account_code is None:
         return _reject("F02", f"{MSG_UNREACHABLE}: {name[:63]!r}" if name else MSG_UNREACHABLE)
 
-    secret = secret_for(receiver_secret(), destination, f"{base}{name}") if dot else None
+    prefix = f"{base}{name}"
+    tag: bytes | None = None
+    if "." in rest:
+        # <name>.<tag>.<token>: an address issued for a tag (a pay token, a visitor, an
+        # order). A malformed tag makes no secret: F06 like any foreign address.
+        segment = rest.partition(".")[0]
+        tag = parse_tag_segment(segment)
+        prefix = f"{prefix}.{segment}"
+    secret = (
+        secret_for(receiver_secret(), destination, prefix)
+        if dot and (tag is not None or "." not in rest)
+        else None
+    )
     opened = open_prepare(prepare, secret, now=now)
     if isinstance(opened, Refuse):
         return opened.to_reject(node)
@@ -141,18 +162,28 @@ async def _receive(
     decision = respond(opened, paid_so_far=paid_so_far, iv=os.urandom(IV_LENGTH))
     if isinstance(decision, Refuse):
         return decision.to_reject(node)
-    if not await _record(opened, account_code, source_account, packet_key):
+    if not await _record(opened, account_code, source_account, packet_key, tag):
         return _reject("T00", MSG_COMMIT_FAILED)
+    if tag is not None:
+        notify_tag(tag)
     return decision.to_fulfill()
 
 
-async def _record(opened: Opened, account_code: str, source_account: str, packet_key: str) -> bool:
-    """Write the source posting and the receipt durably; ``False`` if that failed."""
+async def _record(
+    opened: Opened, account_code: str, source_account: str, packet_key: str, tag: bytes | None
+) -> bool:
+    """Write the source posting and the receipt durably; ``False`` if that failed.
+
+    The receipt of a tagged address is keyed ``tag:<tag hex>:<packet key>``
+    (:func:`receivers.addresses.tagged_receipt_key`); the posting keeps ``packet_key``
+    (the key of the switch's hold).
+    """
     amount = opened.amount
+    receipt_key = packet_key if tag is None else tagged_receipt_key(tag, packet_key)
     try:
         await get_book().commit(
             [PostingDraft(source_account, -amount, packet_key)],
-            [ReceiptDraft(account_code, _payment_id(opened), opened.sequence, amount, packet_key)],
+            [ReceiptDraft(account_code, _payment_id(opened), opened.sequence, amount, receipt_key)],
         )
     except Exception:
         stats.commit_failures += 1

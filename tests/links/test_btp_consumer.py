@@ -358,7 +358,7 @@ async def test_outgoing_prepare_timeout_and_disconnect(alice: None, switch: Fake
     reject = await asyncio.wait_for(task, 2)
     assert isinstance(reject, Reject) and reject.code == "T01"
     assert switch.downs == ["alice"]
-    assert registry.get("alice") is None
+    assert registry.local("alice") is None
 
 
 async def test_two_connections_same_peer(alice: None, switch: FakeSwitch) -> None:

@@ -201,3 +201,32 @@ def test_list_and_remove_peer(make_peer: Callable[..., Any]) -> None:
     with pytest.raises(CommandError):
         run("remove_peer", "alice")
     assert "alice" not in run("list_peers")
+
+
+def test_admin_pages(make_peer: Callable[..., Any], admin_client: Any) -> None:
+    make_peer("alice", token="alicetoken")
+    response = admin_client.get("/admin/links/peer/")
+    assert response.status_code == 200
+    assert b"alice" in response.content
+    peer = Peer.objects.get(name="alice")
+    response = admin_client.get(f"/admin/links/peer/{peer.pk}/change/")
+    assert response.status_code == 200
+    assert b"alicetoken" not in response.content
+    response = admin_client.post(
+        "/admin/links/peer/add/",
+        {
+            "name": "bob",
+            "relation": "peer",
+            "link": "btp-server",
+            "url": "",
+            "outgoing_token": "",
+            "ilp_address": "",
+            "max_packet_amount": "1000",
+            "send_routes": "on",
+            "enabled": "on",
+            "new_token": "bobtoken",
+        },
+    )
+    assert response.status_code == 302, response.content[:2000]
+    assert services.peer_authenticate("bob", "bobtoken") is not None
+    assert LedgerAccount.objects.filter(code="peer:bob").exists()

@@ -510,7 +510,14 @@ class BtpLink:
                 except Exception:
                     # Still answer: the reply stays replayable from memory in this process.
                     log.exception("BTP %s: could not persist reply %d", self.label, request_id)
-        await self.transmit(frame)
+        if await self.transmit(frame) or not self.session.idempotent:
+            return
+        # BTP/2.0-I: our socket died while we worked; the peer re-sent the request on
+        # its new connection (where the session held the copy as in progress), so the
+        # reply goes there at once instead of waiting for its next retry.
+        current = registry.local(self.peer_name)
+        if isinstance(current, BtpLink) and current is not self and current.is_open:
+            await current.transmit(frame)
 
     def _memory(self) -> Any:
         if self.role == "server":

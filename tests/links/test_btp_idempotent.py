@@ -188,3 +188,27 @@ async def test_prune(alice: None, switch: FakeSwitch) -> None:
     prune = database_sync_to_async(idempotency.prune_stored_responses)
     assert await prune(datetime.now(UTC)) == 0
     assert await prune(datetime.now(UTC) + timedelta(days=2)) == 1
+
+
+async def test_in_progress_reply_follows_the_peer_to_its_new_connection(
+    alice: None, switch: FakeSwitch
+) -> None:
+    gate = asyncio.Event()
+
+    async def slow(source: PeerContext, prepare: Prepare) -> Fulfill:
+        await gate.wait()
+        return Fulfill(FULFILLMENT)
+
+    switch.handler = slow
+    raw = await authed()
+    frame = frame_for(90, prepare_to())
+    await raw.send(frame)
+    await asyncio.sleep(0.05)
+    await raw.close()  # the socket dies while the switch works
+    raw = await authed()
+    await raw.send(frame)  # the retry on the new connection: held as in progress
+    assert await raw.nothing_within(0.1)
+    gate.set()
+    reply = await raw.next_raw()
+    assert reply is not None and reply[0] == 1 and int.from_bytes(reply[1:5], "big") == 90
+    assert len(switch.calls) == 1

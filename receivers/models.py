@@ -88,9 +88,7 @@ class MonetizedPage(models.Model):
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="monetized_pages"
     )
-    receiver = models.ForeignKey(
-        Receiver, on_delete=models.PROTECT, related_name="monetized_pages"
-    )
+    receiver = models.ForeignKey(Receiver, on_delete=models.PROTECT, related_name="monetized_pages")
     slug = models.SlugField(max_length=80, unique=True)
     title = models.CharField(max_length=200)
     public_body = models.TextField(blank=True)

@@ -158,6 +158,32 @@ def new_pay_token() -> str:
     return b64url_encode(secrets.token_bytes(PAYMENT_ID_LENGTH))
 
 
+@dataclass(frozen=True, slots=True)
+class PayHeader:
+    """A parsed ``Pay`` header (what clients do: split on single spaces)."""
+
+    destination: str
+    shared_secret: bytes
+    price: int | None
+
+
+_PAY = re.compile(r"^interledger-psk2 (\S+) (\S+)(?: (\d+))?$")
+
+
+def parse_pay(header: str | None) -> PayHeader:
+    """``Pay: interledger-psk2 <destination> <secret> [<price>]``; ``ValueError`` otherwise.
+    The secret is read leniently (either base64 alphabet, padding optional)."""
+    match = _PAY.match((header or "").strip())
+    if match is None:
+        raise ValueError(f"not an interledger-psk2 Pay header: {header!r}")
+    try:
+        secret = b64url_decode(match[2])
+    except DecodeError as exc:
+        raise ValueError(f"the Pay secret is not base64: {exc}") from None
+    price = match[3]
+    return PayHeader(match[1], secret, int(price) if price else None)
+
+
 # --- selectors ----------------------------------------------------------------------------------
 
 

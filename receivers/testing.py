@@ -8,10 +8,7 @@ leaves. Not used by the site itself.
 
 from __future__ import annotations
 
-import base64
 import os
-import re
-from dataclasses import dataclass
 from datetime import timedelta
 
 from django.utils import timezone
@@ -19,28 +16,13 @@ from django.utils import timezone
 from ilp.packet import Fulfill, Reject
 from ilp.psk2_sender import build_chunk, build_request
 from payments.ledger import ensure_account
+from receivers.paid import PayHeader, parse_pay
 from receivers.psk2_receiver import receive_prepare
+
+__all__ = ["PayHeader", "ensure_payer", "parse_pay", "pay_draft1", "pay_draft2"]
 
 TEST_PAYER_ACCOUNT = "peer:test-payer"
 UINT64_MAX = 2**64 - 1
-_PAY = re.compile(r"^interledger-psk2 (\S+) (\S+)(?: (\d+))?$")
-
-
-@dataclass(frozen=True, slots=True)
-class PayHeader:
-    """A parsed ``Pay`` header (the harness's own parsing rule)."""
-
-    destination: str
-    shared_secret: bytes
-    price: int | None
-
-
-def parse_pay(header: str | None) -> PayHeader:
-    match = _PAY.match((header or "").strip())
-    if match is None:
-        raise ValueError(f"not an interledger-psk2 Pay header: {header!r}")
-    price = match[3]
-    return PayHeader(match[1], base64.b64decode(match[2]), int(price) if price else None)
 
 
 def ensure_payer(code: str = TEST_PAYER_ACCOUNT) -> str:

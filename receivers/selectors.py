@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from django.db.models import QuerySet
+from django.db.models import QuerySet, Sum
 
-from payments.models import IncomingPayment
+from payments.models import IncomingPayment, Receipt
 from payments.selectors import incoming_payment_list, unapplied_receipts_total
+from receivers.addresses import tag_key_prefix
 from receivers.models import Receiver
 from receivers.names import is_valid_name
 
@@ -61,3 +62,12 @@ def receiver_incoming_payments(*, receiver: Receiver, limit: int = 20) -> list[I
 def receiver_pending_total(*, receiver: Receiver) -> int:
     """Received but not yet in the balance (receipts ``apply_receipts`` has not credited)."""
     return unapplied_receipts_total(account_code=receiver.account.code)
+
+
+def tag_received_total(*, account_id: int, tag: bytes) -> int:
+    """What the account received through the addresses tagged ``tag`` (one indexed query on
+    the receipts' ``key``: see :func:`receivers.addresses.tagged_receipt_key`)."""
+    total = Receipt.objects.filter(
+        account_id=account_id, key__startswith=tag_key_prefix(tag)
+    ).aggregate(total=Sum("amount"))["total"]
+    return int(total or 0)

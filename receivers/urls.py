@@ -3,7 +3,7 @@ top-level path no other app claimed, so it must stay after everything else."""
 
 from __future__ import annotations
 
-from django.urls import path
+from django.urls import include, path
 
 from receivers import views
 
@@ -14,6 +14,8 @@ urlpatterns = [
     path("me/", views.me, name="me"),
     path("me/pointers/<str:name>/", views.pointer_detail, name="pointer-detail"),
     path(".well-known/pay", views.well_known_pay, name="well-known-pay"),
+    # Selling on the web: monetized pages and shop orders (before the catch-all).
+    path("", include("receivers.pages_urls")),
     path("<str:name>", views.pointer, name="pointer"),
     path("<str:name>/", views.pointer_with_slash, name="pointer-slash"),
 ]

@@ -92,10 +92,9 @@ class LedgerAccountAdmin(_AccountBase):
 @admin.register(Posting)
 class PostingAdmin(ReadOnlyAdmin):
     list_display = ("id", "created_at", "account", "amount", "key", "memo")
-    list_filter = ("account__kind", "created_at")
-    search_fields = ("key", "account__code", "memo")
+    list_filter = ("account__kind",)
+    search_fields = ("key__exact", "account__code__exact", "memo")
     list_select_related = ("account",)
-    date_hierarchy = "created_at"
     show_full_result_count = False
 
 
@@ -103,7 +102,7 @@ class PostingAdmin(ReadOnlyAdmin):
 class ReceiptAdmin(ReadOnlyAdmin):
     list_display = ("id", "created_at", "account", "payment_id", "sequence", "amount", "applied_at")
     list_filter = (("applied_at", admin.EmptyFieldListFilter), "created_at")
-    search_fields = ("key", "payment_id", "account__code")
+    search_fields = ("key__exact", "payment_id__exact", "account__code__exact")
     list_select_related = ("account",)
     date_hierarchy = "created_at"
     show_full_result_count = False

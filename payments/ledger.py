@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import threading
 import time
@@ -51,7 +52,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, connection, connections, transaction
-from django.db.models import F, Q, Sum
+from django.db.backends.utils import CursorWrapper
+from django.db.models import Q, Sum
 from django.utils import timezone
 
 from payments.errors import (
@@ -65,7 +67,7 @@ from payments.errors import (
     PaymentsError,
     UnknownAccount,
 )
-from payments.models import LedgerAccount, Posting, Receipt
+from payments.models import MONEY_DIGITS, LedgerAccount, Posting, Receipt
 
 logger = logging.getLogger(__name__)
 
@@ -246,7 +248,11 @@ def _in_running_loop() -> bool:
 
 
 class _LoopWriter:
-    """Queue and flusher coroutine bound to one event loop (pytest gives each test its own)."""
+    """Queue and flusher coroutine bound to one event loop (pytest gives each test its own).
+
+    The flusher only ever awaits a plain ``Event`` or the batch in the writer thread, so
+    cancelling it (loop shutdown) is clean; the periodic refresh is a ``call_later`` timer.
+    """
 
     def __init__(self, book: BalanceBook, loop: asyncio.AbstractEventLoop) -> None:
         self.book = book
@@ -257,6 +263,7 @@ class _LoopWriter:
         self.task: asyncio.Task[None] = loop.create_task(
             self._run(), name="payments-ledger-flusher"
         )
+        self.timer: asyncio.TimerHandle | None = loop.call_later(book.refresh_interval, self._tick)
 
     def submit(self, job: _Job) -> None:
         if self.closed:
@@ -264,22 +271,25 @@ class _LoopWriter:
         self.queue.append(job)
         self.wakeup.set()
 
+    def _tick(self) -> None:
+        if self.closed:
+            return
+        if self.book.due_for_refresh() and not self.queue:
+            self.queue.append(_Job("refresh", None))
+            self.wakeup.set()
+        self.timer = self.loop.call_later(self.book.refresh_interval, self._tick)
+
     async def _run(self) -> None:
         book = self.book
-        while not self.closed:
+        while True:
             if not self.queue:
-                try:
-                    await asyncio.wait_for(self.wakeup.wait(), timeout=book.refresh_interval)
-                except TimeoutError:
-                    if book.due_for_refresh():
-                        self.queue.append(_Job("refresh", None))
-                    else:
-                        continue
+                if self.closed:
+                    return
+                await self.wakeup.wait()
                 self.wakeup.clear()
+                continue
             jobs = self.queue[: book.max_batch]
             del self.queue[: book.max_batch]
-            if not jobs:
-                continue
             cfut = book.executor_submit(book.process_jobs, jobs)
             afut = asyncio.wrap_future(cfut, loop=self.loop)
             try:
@@ -321,19 +331,27 @@ class _LoopWriter:
                 job.future.set_exception(error)
 
     def close(self) -> None:
+        """Stop taking jobs, fail the queued ones, let the flusher finish its batch and exit."""
         self.closed = True
-        self._fail_queue(BookClosed("the balance book is closed"))
         if self.loop.is_closed():
+            self.queue.clear()
             return
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if running is self.loop:
-            self.task.cancel()
+        if running is self.loop or not self.loop.is_running():
+            self._stop()
         else:
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                self.loop.call_soon_threadsafe(self.task.cancel)
+                self.loop.call_soon_threadsafe(self._stop)
+
+    def _stop(self) -> None:
+        self._fail_queue(BookClosed("the balance book is closed"))
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.wakeup.set()
 
 
 # --- the book ----------------------------------------------------------------------------
@@ -561,8 +579,9 @@ class BalanceBook:
         fut: asyncio.Future[Any] = loop.create_future()
         job.future = fut
         self._writer_for(loop).submit(job)
-        # shield: a cancelled caller must not cancel a commit that is already queued.
-        return await asyncio.shield(fut)
+        # A cancelled caller cancels only this future: the job stays queued and is written
+        # (the flusher skips futures that are already done when it delivers).
+        return await fut
 
     def _writer_for(self, loop: asyncio.AbstractEventLoop) -> _LoopWriter:
         if self._closed:
@@ -678,7 +697,7 @@ class BalanceBook:
         self._writer_thread_ident = threading.get_ident()
         self.stats.batches += 1
         self.stats.max_batch_size = max(self.stats.max_batch_size, len(jobs))
-        connection.close_if_unusable_or_obsolete()
+        _heal_connection()
         with connection.execute_wrapper(self._query_counter):
             loads = [j for j in jobs if j.kind == "load"]
             commits = [j for j in jobs if j.kind == "commit"]
@@ -708,7 +727,7 @@ class BalanceBook:
                 if job.error is None:
                     job.error = error
             try:  # make sure the next batch gets a sane connection
-                connection.close_if_unusable_or_obsolete()
+                _heal_connection()
             except Exception:
                 logger.exception("ledger: closing the connection failed")
 
@@ -796,119 +815,118 @@ class BalanceBook:
                 if attempts >= 2:
                     raise
                 logger.warning("ledger: batch failed (%s); retrying once", exc)
-                connection.close_if_unusable_or_obsolete()
-                if connection.connection is not None and not connection.is_usable():
-                    connection.close()
+                with self._lock:
+                    self._ids.clear()  # in case an account id we cached is gone
+                _heal_connection()
         self._apply(outcome)
 
     def _write_batch(self, jobs: list[_Job]) -> _Outcome:
-        """One transaction for the whole batch. Idempotent: safe to run twice."""
+        """One transaction for the whole batch. Idempotent on the keys: safe to run twice."""
         outcome = _Outcome()
         for job in jobs:
             job.error = None
         posting_codes = {p.account_code for j in jobs for p in j.postings}
-        receipt_codes = {r.account_code for j in jobs for r in j.receipts}
+        all_codes = posting_codes | {r.account_code for j in jobs for r in j.receipts}
         now = timezone.now()
         self.stats.transactions += 1
         with transaction.atomic():
-            # 1. lock the posting accounts in primary-key order (no-op on SQLite, where
-            #    BEGIN IMMEDIATE has already taken the database write lock).
-            locked = (
-                list(
-                    LedgerAccount.objects.select_for_update(no_key=True)
-                    .filter(code__in=posting_codes)
-                    .order_by("id")
-                    .values_list("id", "code")
-                )
-                if posting_codes
-                else []
-            )
-            ids = dict((code, pk) for pk, code in locked)
-            unknown_receipt_codes = receipt_codes - ids.keys()
-            if unknown_receipt_codes:
-                with self._lock:
-                    cached = {c: self._ids[c] for c in unknown_receipt_codes if c in self._ids}
-                ids.update(cached)
-                missing = unknown_receipt_codes - cached.keys()
-                if missing:
-                    ids.update(
-                        (code, pk)
-                        for pk, code in LedgerAccount.objects.filter(code__in=missing).values_list(
-                            "id", "code"
-                        )
-                    )
+            cursor = _cursor()
+            # 1. Lock the posting accounts in primary-key order (Postgres). SQLite has no
+            #    row locks; its BEGIN IMMEDIATE already holds the database's write lock.
+            ids = self._account_ids(cursor, all_codes, lock=posting_codes)
             ok_jobs: list[_Job] = []
             for job in jobs:
-                bad = [
-                    c
-                    for c in [p.account_code for p in job.postings]
-                    + [r.account_code for r in job.receipts]
-                    if c not in ids
-                ]
-                if bad:
-                    job.error = UnknownAccount(f"no ledger account {bad[0]!r}", code=bad[0])
+                bad = next(
+                    (
+                        c
+                        for c in itertools.chain(
+                            (p.account_code for p in job.postings),
+                            (r.account_code for r in job.receipts),
+                        )
+                        if c not in ids
+                    ),
+                    None,
+                )
+                if bad is not None:
+                    job.error = UnknownAccount(f"no ledger account {bad!r}", code=bad)
                 else:
                     ok_jobs.append(job)
-            # 2. postings: first occurrence of a key wins, zero amounts write nothing.
-            posting_rows: dict[str, PostingDraft] = {}
-            for job in ok_jobs:
-                for p in job.postings:
-                    if p.amount != 0 and p.key not in posting_rows:
-                        posting_rows[p.key] = p
-            new_key_set = post_in_transaction(
-                [(ids[p.account_code], p.amount, p.key, p.memo) for p in posting_rows.values()],
+            # 2.-3. Postings (only the new ones move balances), one UPDATE per account.
+            posted = post_in_transaction(
+                [
+                    (ids[p.account_code], p.amount, p.key, p.memo)
+                    for job in ok_jobs
+                    for p in job.postings
+                ],
                 now=now,
+                cursor=cursor,
             )
-            self.stats.postings_inserted += len(new_key_set)
-            self.stats.postings_skipped += len(posting_rows) - len(new_key_set)
-            # 4. receipts.
+            self.stats.postings_inserted += len(posted.new_keys)
+            self.stats.postings_skipped += posted.submitted - len(posted.new_keys)
+            # 4. Receipts: first occurrence of a key wins.
             receipt_rows: dict[str, ReceiptDraft] = {}
             for job in ok_jobs:
                 for r in job.receipts:
                     receipt_rows.setdefault(r.key, r)
+            stamp = _adapt_now(now)
             new_receipts = _insert_returning(
+                cursor,
                 Receipt._meta.db_table,
-                ("account_id", "payment_id", "sequence", "amount", "key", "created_at"),
+                RECEIPT_COLUMNS,
                 [
-                    (
-                        ids[r.account_code],
-                        r.payment_id.hex(),
-                        r.sequence,
-                        Decimal(r.amount),
-                        r.key,
-                        now,
-                    )
+                    (ids[r.account_code], r.payment_id.hex(), r.sequence, r.amount, r.key, stamp)
                     for r in sorted(receipt_rows.values(), key=lambda r: r.key)
                 ],
                 returning="id, key",
             )
             self.stats.receipts_inserted += len(new_receipts)
             self.stats.receipts_skipped += len(receipt_rows) - len(new_receipts)
-            # 5. read back the locked accounts: the book's view at commit time.
-            if locked:
-                outcome.rows = list(
-                    LedgerAccount.objects.filter(id__in=[pk for pk, _ in locked]).values(
-                        *_ACCOUNT_FIELDS
-                    )
-                )
-                if connection.vendor == "sqlite":
-                    for row in outcome.rows:
-                        if abs(int(row["balance"])) > INT64_MAX:
-                            raise InvalidAmount(
-                                f"balance of {row['code']} would leave the SQLite int64 range"
-                            )
             if new_receipts:
                 receipt_ids = sorted(int(row[0]) for row in new_receipts)
                 transaction.on_commit(lambda: _queue_apply_receipts(receipt_ids), robust=True)
+            outcome.balances = posted.balances
             outcome.jobs = ok_jobs
             outcome.new_receipts = [receipt_rows[str(row[1])] for row in new_receipts]
         return outcome
 
+    def _account_ids(self, cursor: Any, codes: set[str], *, lock: set[str]) -> dict[str, int]:
+        """Ids of ``codes``; the ``lock`` ones locked in primary-key order where supported."""
+        if not codes:
+            return {}
+        table = connection.ops.quote_name(LedgerAccount._meta.db_table)
+        ids: dict[str, int] = {}
+        if lock and connection.features.has_select_for_update:
+            ordered = sorted(lock)
+            cursor.execute(
+                f"SELECT id, code FROM {table} WHERE code IN ({', '.join(['%s'] * len(ordered))}) "
+                f"ORDER BY id {connection.ops.for_update_sql(no_key=True)}",
+                ordered,
+            )
+            ids.update((str(code), int(pk)) for pk, code in cursor.fetchall())
+        with self._lock:
+            for code in codes - ids.keys():
+                pk = self._ids.get(code)
+                if pk is not None:
+                    ids[code] = pk
+        missing = sorted(codes - ids.keys())
+        if missing:
+            cursor.execute(
+                f"SELECT id, code FROM {table} WHERE code IN ({', '.join(['%s'] * len(missing))})",
+                missing,
+            )
+            ids.update((str(code), int(pk)) for pk, code in cursor.fetchall())
+        with self._lock:
+            self._ids.update(ids)
+        return ids
+
     def _apply(self, outcome: _Outcome) -> None:
         """After COMMIT: fresh balances and hold releases in one critical section."""
         with self._lock:
-            for row in outcome.rows:
-                self._observe_locked(row, add=True)
+            by_id = {a.id: a for a in self._accounts.values()}
+            for pk, (balance, version) in outcome.balances.items():
+                acct = by_id.get(pk)
+                if acct is not None and version >= acct.version:
+                    acct.balance, acct.version = balance, version
             for job in outcome.jobs:
                 for p in job.postings:
                     self._release_locked(p.key)
@@ -939,9 +957,31 @@ class BalanceBook:
 
 @dataclass(slots=True)
 class _Outcome:
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    balances: dict[int, tuple[int, int]] = field(default_factory=dict)
     jobs: list[_Job] = field(default_factory=list)
     new_receipts: list[ReceiptDraft] = field(default_factory=list)
+
+
+def _heal_connection() -> None:
+    """Drop the writer's connection if an error left it unusable (it is long-lived: no
+    per-batch ``close_if_unusable_or_obsolete``, which with ``CONN_MAX_AGE = 0`` would
+    reconnect for every batch)."""
+    if connection.errors_occurred:
+        if connection.connection is not None and not connection.is_usable():
+            connection.close()
+        connection.errors_occurred = False
+
+
+def _cursor() -> CursorWrapper:
+    """A cursor without the ``DEBUG`` query log (the writer runs thousands of statements a
+    second; the log would also quote every parameter with an extra query on SQLite).
+    Errors are still wrapped into ``django.db`` exceptions."""
+    connection.ensure_connection()
+    return CursorWrapper(connection.create_cursor(), connection)
+
+
+def _adapt_now(now: datetime) -> Any:
+    return connection.ops.adapt_datetimefield_value(now)
 
 
 class _QueryCounter:
@@ -956,73 +996,124 @@ class _QueryCounter:
 
 
 def _insert_returning(
-    table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]], *, returning: str
+    cursor: Any,
+    table: str,
+    columns: Sequence[tuple[str, str]],
+    rows: Sequence[tuple[Any, ...]],
+    *,
+    returning: str,
 ) -> list[tuple[Any, ...]]:
     """``INSERT ... ON CONFLICT (key) DO NOTHING RETURNING ...``: only the new rows come back.
 
-    Works on Postgres and on SQLite >= 3.35. On Postgres the conflict check waits for a
+    ``columns`` are ``(name, postgres type)``. Works on Postgres (one statement whatever the
+    row count: ``SELECT * FROM unnest(<one array per column>)``, cheap to parse and plan)
+    and on SQLite >= 3.35 (multi-row ``VALUES``). On Postgres the conflict check waits for a
     concurrent transaction inserting the same key and skips the row if that one commits.
+    Values must already be adapted (ints for amounts, ``_adapt_now`` for times).
     """
     if not rows:
         return []
     qn = connection.ops.quote_name
-    ops = connection.ops
-    cols = ", ".join(qn(c) for c in columns)
+    cols = ", ".join(qn(name) for name, _type in columns)
+    tail = f"ON CONFLICT ({qn('key')}) DO NOTHING RETURNING {returning}"
+    if connection.vendor == "postgresql":
+        arrays = ", ".join(f"%s::{type_}[]" for _name, type_ in columns)
+        cursor.execute(
+            f"INSERT INTO {qn(table)} ({cols}) SELECT * FROM unnest({arrays}) {tail}",
+            [list(column) for column in zip(*rows, strict=True)],
+        )
+        return [tuple(r) for r in cursor.fetchall()]
     one = "(" + ", ".join(["%s"] * len(columns)) + ")"
     out: list[tuple[Any, ...]] = []
-    with connection.cursor() as cursor:
-        for start in range(0, len(rows), INSERT_CHUNK):
-            chunk = rows[start : start + INSERT_CHUNK]
-            params: list[Any] = []
-            for row in chunk:
-                for value in row:
-                    if isinstance(value, Decimal):
-                        params.append(ops.adapt_decimalfield_value(value, 21, 0))
-                    elif hasattr(value, "tzinfo"):
-                        params.append(ops.adapt_datetimefield_value(value))
-                    else:
-                        params.append(value)
-            sql = (
-                f"INSERT INTO {qn(table)} ({cols}) VALUES {', '.join([one] * len(chunk))} "
-                f"ON CONFLICT ({qn('key')}) DO NOTHING RETURNING {returning}"
-            )
-            cursor.execute(sql, params)
-            out.extend(tuple(r) for r in cursor.fetchall())
+    for start in range(0, len(rows), INSERT_CHUNK):
+        chunk = rows[start : start + INSERT_CHUNK]
+        cursor.execute(
+            f"INSERT INTO {qn(table)} ({cols}) VALUES {', '.join([one] * len(chunk))} {tail}",
+            [value for row in chunk for value in row],
+        )
+        out.extend(tuple(r) for r in cursor.fetchall())
     return out
 
 
-def post_in_transaction(entries: Sequence[tuple[int, int, str, str]], *, now: datetime) -> set[str]:
+POSTING_COLUMNS = (
+    ("account_id", "bigint"),
+    ("amount", "numeric"),
+    ("key", "varchar"),
+    ("memo", "varchar"),
+    ("created_at", "timestamptz"),
+)
+RECEIPT_COLUMNS = (
+    ("account_id", "bigint"),
+    ("payment_id", "varchar"),
+    ("sequence", "bigint"),
+    ("amount", "numeric"),
+    ("key", "varchar"),
+    ("created_at", "timestamptz"),
+)
+
+
+@dataclass(slots=True)
+class PostResult:
+    """What :func:`post_in_transaction` did: the keys it inserted and the new balances."""
+
+    new_keys: set[str]
+    balances: dict[int, tuple[int, int]]  # account id -> (balance, version) after the update
+    submitted: int  # distinct non-zero keys offered
+
+
+def post_in_transaction(
+    entries: Sequence[tuple[int, int, str, str]], *, now: datetime, cursor: Any = None
+) -> PostResult:
     """Insert the postings ``(account_id, amount, key, memo)`` whose key is new; move balances.
 
     Must run inside ``transaction.atomic()`` with the accounts already locked in
-    primary-key order. Rows are inserted in key order (two writers inserting overlapping
-    keys wait for each other instead of deadlocking); zero amounts and repeated keys are
-    dropped; then one ``UPDATE ... balance = balance + delta, version = version + 1`` per
-    account, in primary-key order, with the deltas of the **inserted** rows only. Returns
-    the inserted keys.
+    primary-key order. Zero amounts and repeated keys (the first wins) are dropped; rows
+    are inserted in key order, so two writers inserting overlapping keys wait for each
+    other instead of deadlocking. Then, per account in primary-key order, one
+    ``UPDATE ... SET balance = balance + delta, version = version + 1 ... RETURNING`` (the
+    statement ``F("balance") + delta`` compiles to, written out: the ORM's per-update
+    overhead is ~1 ms) with the deltas of the **inserted** rows only.
     """
+    cursor = cursor or _cursor()
     rows: dict[str, tuple[int, int, str, str]] = {}
     for entry in entries:
         if entry[1] != 0 and entry[2] not in rows:
             rows[entry[2]] = entry
-    ordered = [rows[k] for k in sorted(rows)]
+    stamp = _adapt_now(now)
     inserted = _insert_returning(
+        cursor,
         Posting._meta.db_table,
-        ("account_id", "amount", "key", "memo", "created_at"),
-        [(aid, Decimal(amount), key, memo, now) for aid, amount, key, memo in ordered],
+        POSTING_COLUMNS,
+        [
+            (aid, amount, key, memo, stamp)
+            for aid, amount, key, memo in (rows[k] for k in sorted(rows))
+        ],
         returning="key",
     )
     new_keys = {str(row[0]) for row in inserted}
     deltas: dict[int, int] = defaultdict(int)
     for key in new_keys:
-        aid, amount, _key, _memo = rows[key]
-        deltas[aid] += amount
+        deltas[rows[key][0]] += rows[key][1]
+    balances: dict[int, tuple[int, int]] = {}
+    table = connection.ops.quote_name(LedgerAccount._meta.db_table)
     for pk in sorted(deltas):
-        if deltas[pk]:
-            LedgerAccount.objects.filter(pk=pk).update(
-                balance=F("balance") + Decimal(deltas[pk]), version=F("version") + 1
-            )
-    return new_keys
+        if not deltas[pk]:
+            continue
+        cursor.execute(
+            f"UPDATE {table} SET balance = balance + %s, version = version + 1 "
+            f"WHERE id = %s RETURNING balance, version",
+            [deltas[pk], pk],
+        )
+        balance, version = cursor.fetchone()
+        if isinstance(balance, float) or abs(int(balance)) > _max_balance():
+            raise InvalidAmount(f"balance of account {pk} would leave the database's range")
+        balances[pk] = (int(balance), int(version))
+    return PostResult(new_keys, balances, len(rows))
+
+
+def _max_balance() -> int:
+    # SQLite keeps integers beyond int64 as REAL (rounded): refuse such a balance.
+    return INT64_MAX if connection.vendor == "sqlite" else 10**MONEY_DIGITS - 1
 
 
 def _queue_apply_receipts(receipt_ids: list[int]) -> None:

@@ -80,19 +80,18 @@ class Posting(models.Model):
 
     account = models.ForeignKey(LedgerAccount, on_delete=models.PROTECT, related_name="postings")
     amount = MoneyField()
-    key = models.CharField(max_length=255, unique=True)
+    key = models.CharField(max_length=255)  # unique: see Meta (no extra LIKE index on Postgres)
     memo = models.CharField(max_length=255, blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         ordering = ("-id",)
         constraints = [
+            models.UniqueConstraint(fields=["key"], name="payments_posting_key_uniq"),
             models.CheckConstraint(condition=~Q(amount=0), name="payments_posting_nonzero"),
         ]
-        indexes = [
-            models.Index(fields=["account", "id"], name="payments_posting_account"),
-            models.Index(fields=["created_at"], name="payments_posting_created"),
-        ]
+        # Few indexes: every one costs on the hot insert path.
+        indexes = [models.Index(fields=["account", "id"], name="payments_posting_account")]
 
     def __str__(self) -> str:
         return f"{self.key} {self.amount}"
@@ -140,7 +139,7 @@ class Receipt(models.Model):
     payment_id = models.CharField(max_length=64)
     sequence = models.PositiveBigIntegerField()
     amount = MoneyField()
-    key = models.CharField(max_length=255, unique=True)
+    key = models.CharField(max_length=255)  # unique: see Meta
     created_at = models.DateTimeField(default=timezone.now)
     applied_at = models.DateTimeField(null=True, blank=True)
     incoming_payment = models.ForeignKey(
@@ -154,6 +153,7 @@ class Receipt(models.Model):
     class Meta:
         ordering = ("-id",)
         constraints = [
+            models.UniqueConstraint(fields=["key"], name="payments_receipt_key_uniq"),
             models.CheckConstraint(condition=Q(amount__gte=0), name="payments_receipt_amount"),
         ]
         indexes = [

@@ -108,7 +108,7 @@ def apply_receipts(*, receipt_ids: Sequence[int]) -> int:
                 for r in receipts
             ],
             now=now,
-        )
+        ).new_keys
 
         def counts(r: Receipt) -> bool:
             return r.amount == 0 or RECEIPT_POSTING_PREFIX + r.key in new_posting_keys

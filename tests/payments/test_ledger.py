@@ -144,6 +144,7 @@ async def test_same_key_sequentially_is_counted_once(book: BalanceBook, captured
 
 async def test_same_key_concurrently_is_counted_once(book: BalanceBook, captured_apply) -> None:
     await amake_accounts()
+    await book.load_account(PEER)
     await asyncio.gather(*(book.commit(*pay(7, 9)) for _ in range(50)))
     assert await balance_in_db(PEER) == -9
     assert book.balance(PEER) == -9
@@ -261,6 +262,7 @@ async def test_cancelled_caller_does_not_cancel_the_commit(
     book: BalanceBook, captured_apply
 ) -> None:
     await amake_accounts()
+    await book.load_account(PEER)
     task = asyncio.create_task(book.commit(*pay(1, 8)))
     await asyncio.sleep(0)  # queued
     task.cancel()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from django.urls import path
 
-from receivers import paid_views
+from receivers import paid_views, shop_views
 
 app_name = "receivers_api"
 
 urlpatterns = [
     path("demo/paid", paid_views.DemoPaidView.as_view(), name="demo-paid"),
+    path("shop/orders", shop_views.OrderListCreateApi.as_view(), name="shop-orders"),
+    path("shop/orders/<uuid:order_id>", shop_views.OrderDetailApi.as_view(), name="shop-order"),
 ]

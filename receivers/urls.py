@@ -16,6 +16,7 @@ urlpatterns = [
     path(".well-known/pay", views.well_known_pay, name="well-known-pay"),
     # Selling on the web: monetized pages and shop orders (before the catch-all).
     path("", include("receivers.pages_urls")),
+    path("", include("receivers.shop_urls")),
     path("<str:name>", views.pointer, name="pointer"),
     path("<str:name>/", views.pointer_with_slash, name="pointer-slash"),
 ]

@@ -23,7 +23,7 @@ class PaymentsError(Exception):
         self.details = details
 
     def as_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, **self.details}
+        return {**self.details, "code": self.code, "message": self.message}
 
 
 class BalanceLimitExceeded(PaymentsError):

@@ -256,7 +256,8 @@ class _LoopWriter:
 
     def __init__(self, book: BalanceBook, loop: asyncio.AbstractEventLoop) -> None:
         self.book = book
-        self.loop = loop
+        # Weak: the book's map of writers is keyed by the loop, and must not keep it alive.
+        self._loop_ref = weakref.ref(loop)
         self.queue: list[_Job] = []
         self.wakeup = asyncio.Event()
         self.closed = False
@@ -277,7 +278,9 @@ class _LoopWriter:
         if self.book.due_for_refresh() and not self.queue:
             self.queue.append(_Job("refresh", None))
             self.wakeup.set()
-        self.timer = self.loop.call_later(self.book.refresh_interval, self._tick)
+        loop = self._loop_ref()
+        if loop is not None:
+            self.timer = loop.call_later(self.book.refresh_interval, self._tick)
 
     async def _run(self) -> None:
         book = self.book
@@ -291,7 +294,7 @@ class _LoopWriter:
             jobs = self.queue[: book.max_batch]
             del self.queue[: book.max_batch]
             cfut = book.executor_submit(book.process_jobs, jobs)
-            afut = asyncio.wrap_future(cfut, loop=self.loop)
+            afut = asyncio.wrap_future(cfut)
             try:
                 await asyncio.shield(afut)
             except asyncio.CancelledError:
@@ -333,18 +336,19 @@ class _LoopWriter:
     def close(self) -> None:
         """Stop taking jobs, fail the queued ones, let the flusher finish its batch and exit."""
         self.closed = True
-        if self.loop.is_closed():
+        loop = self._loop_ref()
+        if loop is None or loop.is_closed():
             self.queue.clear()
             return
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if running is self.loop or not self.loop.is_running():
+        if running is loop or not loop.is_running():
             self._stop()
         else:
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                self.loop.call_soon_threadsafe(self._stop)
+                loop.call_soon_threadsafe(self._stop)
 
     def _stop(self) -> None:
         self._fail_queue(BookClosed("the balance book is closed"))
@@ -379,6 +383,7 @@ class BalanceBook:
         self.stats = BookStats()
         self._lock = threading.Lock()
         self._accounts: dict[str, _Account] = {}
+        self._by_id: dict[int, _Account] = {}
         self._ids: dict[str, int] = {}
         self._holds: dict[str, _Hold] = {}
         self._totals: OrderedDict[tuple[str, bytes], int] = OrderedDict()
@@ -646,7 +651,9 @@ class BalanceBook:
     def forget(self, account_code: str) -> None:
         """Drop an account from memory (its holds stay accounted until released)."""
         with self._lock:
-            self._accounts.pop(account_code, None)
+            acct = self._accounts.pop(account_code, None)
+            if acct is not None:
+                self._by_id.pop(acct.id, None)
 
     def _observe_locked(self, row: dict[str, Any], *, add: bool) -> None:
         code = row["code"]
@@ -674,6 +681,7 @@ class BalanceBook:
                     else:
                         acct.debits += h.amount
             self._accounts[code] = acct
+            self._by_id[acct.id] = acct
             return
         acct.min_balance = _opt_int(row["min_balance"])
         acct.max_balance = _opt_int(row["max_balance"])
@@ -720,6 +728,7 @@ class BalanceBook:
             fn()
         except Exception as exc:
             logger.exception("ledger: batch of %d %s jobs failed", len(jobs), jobs[0].kind)
+            self.stats.failed_batches += 1
             error = exc if isinstance(exc, PaymentsError) else CommitFailed(str(exc))
             if error is not exc:
                 error.__cause__ = exc
@@ -741,7 +750,7 @@ class BalanceBook:
         for job in jobs:
             missing = [c for c in job.codes if c not in found]
             if missing:
-                job.error = UnknownAccount(f"no ledger account {missing[0]!r}", code=missing[0])
+                job.error = UnknownAccount(f"no ledger account {missing[0]!r}", account=missing[0])
 
     def _do_refresh(self) -> None:
         self._last_refresh = time.monotonic()
@@ -848,7 +857,7 @@ class BalanceBook:
                     None,
                 )
                 if bad is not None:
-                    job.error = UnknownAccount(f"no ledger account {bad!r}", code=bad)
+                    job.error = UnknownAccount(f"no ledger account {bad!r}", account=bad)
                 else:
                     ok_jobs.append(job)
             # 2.-3. Postings (only the new ones move balances), one UPDATE per account.
@@ -922,9 +931,8 @@ class BalanceBook:
     def _apply(self, outcome: _Outcome) -> None:
         """After COMMIT: fresh balances and hold releases in one critical section."""
         with self._lock:
-            by_id = {a.id: a for a in self._accounts.values()}
             for pk, (balance, version) in outcome.balances.items():
-                acct = by_id.get(pk)
+                acct = self._by_id.get(pk)
                 if acct is not None and version >= acct.version:
                     acct.balance, acct.version = balance, version
             for job in outcome.jobs:
@@ -1195,9 +1203,9 @@ def ensure_account(
         )
     if not created:
         if account.kind != kind:
-            raise AccountKindMismatch(f"account {code!r} is a {account.kind} account", code=code)
+            raise AccountKindMismatch(f"account {code!r} is a {account.kind} account", account=code)
         if (asset_code is not None and asset_code != account.asset_code) or (
             asset_scale is not None and asset_scale != account.asset_scale
         ):
-            raise AccountKindMismatch(f"account {code!r} has another asset", code=code)
+            raise AccountKindMismatch(f"account {code!r} has another asset", account=code)
     return account

@@ -10,6 +10,7 @@ receipts are append-only; every foreign key that touches money is ``PROTECT``.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from django.db import models
@@ -19,9 +20,45 @@ from django.utils import timezone
 MONEY_DIGITS = 21
 
 
-def MoneyField(**kwargs: Any) -> models.DecimalField[Any, Any]:
-    """An integer amount in the smallest unit (fits any UInt64 and its negation)."""
-    return models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=0, **kwargs)
+class MoneyField(models.DecimalField):  # type: ignore[type-arg]
+    """An integer amount in the smallest unit: ``numeric(21, 0)``, fits any UInt64 and its negation.
+
+    A ``DecimalField`` whose internal type is its own, so that Django's SQLite backend does
+    not run its DecimalField converter, which reads values through a 15-digit float context
+    and silently rounds anything from 10**15 up (a million dollars at scale 9). SQLite
+    stores these integers exactly up to 2**63 - 1; the writer refuses larger balances there.
+    On Postgres the column is the same ``numeric(21, 0)`` a DecimalField would have.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["max_digits"] = MONEY_DIGITS
+        kwargs["decimal_places"] = 0
+        super().__init__(*args, **kwargs)
+
+    def deconstruct(self) -> Any:
+        name, path, args, kwargs = super().deconstruct()
+        kwargs.pop("max_digits", None)
+        kwargs.pop("decimal_places", None)
+        return name, path, args, kwargs
+
+    def get_internal_type(self) -> str:
+        return "MoneyField"
+
+    def db_type(self, connection: Any) -> str | None:
+        return str(
+            connection.data_types["DecimalField"]
+            % {"max_digits": self.max_digits, "decimal_places": self.decimal_places}
+        )
+
+    def rel_db_type(self, connection: Any) -> str | None:
+        return self.db_type(connection)
+
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> Decimal | None:
+        if value is None or isinstance(value, Decimal):
+            return value
+        if isinstance(value, int):
+            return Decimal(value)
+        return Decimal(str(value))
 
 
 class LedgerAccount(models.Model):

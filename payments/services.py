@@ -221,7 +221,7 @@ def account_adjust(
         raise ValueError("key must be 1 to 240 characters")
     account = LedgerAccount.objects.filter(code=account_code).first()
     if account is None:
-        raise UnknownAccount(f"no ledger account {account_code!r}", code=account_code)
+        raise UnknownAccount(f"no ledger account {account_code!r}", account=account_code)
     if counter_account_code is None:
         counter = ensure_account(
             equity_account_code(asset_code=account.asset_code, asset_scale=account.asset_scale),
@@ -272,7 +272,7 @@ def account_set_limits(
             LedgerAccount.objects.select_for_update(no_key=True).filter(code=account_code).first()
         )
         if account is None:
-            raise UnknownAccount(f"no ledger account {account_code!r}", code=account_code)
+            raise UnknownAccount(f"no ledger account {account_code!r}", account=account_code)
         account.min_balance = None if min_balance is None else Decimal(min_balance)
         account.max_balance = None if max_balance is None else Decimal(max_balance)
         account.save(update_fields=["min_balance", "max_balance"])
@@ -294,7 +294,7 @@ def webhook_create(*, account_code: str, url: str, secret: str | None = None) ->
         raise WebhookError("webhook url must be http(s)")
     account = LedgerAccount.objects.filter(code=account_code).first()
     if account is None:
-        raise UnknownAccount(f"no ledger account {account_code!r}", code=account_code)
+        raise UnknownAccount(f"no ledger account {account_code!r}", account=account_code)
     webhook = Webhook(account=account, url=url, secret=secret or secrets.token_hex(32))
     webhook.full_clean()
     webhook.save()

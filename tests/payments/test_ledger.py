@@ -207,6 +207,7 @@ async def test_failed_batch_fails_its_waiters_only(
         *(book.commit(*pay(i, 3)) for i in (1, 2, 3)), return_exceptions=True
     )
     assert all(isinstance(r, CommitFailed) for r in results)
+    assert book.stats.failed_batches == 1
     assert await db(lambda: (Posting.objects.count(), Receipt.objects.count())) == (0, 0)
     assert book.snapshot(PEER).pending_debits == 3  # the caller releases after its Reject
     assert book.balance(PEER) == 0

@@ -15,6 +15,7 @@ from payments import services
 from payments.errors import AccountKindMismatch, InvalidAmount, UnknownAccount
 from payments.ledger import BalanceBook, PostingDraft, ReceiptDraft, ensure_account
 from payments.models import IncomingPayment, LedgerAccount, Posting, Receipt
+from payments.selectors import ledger_report
 from tests.payments.conftest import NODE, PEER, RECEIVER, make_accounts
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -223,4 +224,28 @@ def test_check_ledger_sees_a_deleted_posting(book: BalanceBook) -> None:
     services.account_adjust(account_code=PEER, amount=3, key="a")
     with connection.cursor() as cursor:  # tamper below the ORM (the admin cannot)
         cursor.execute("DELETE FROM payments_posting WHERE key = %s", ["adjust:a:counter"])
+    assert check_ledger()[0] == 1
+
+
+def test_large_amounts_are_exact_everywhere(book: BalanceBook, eager_celery: None) -> None:
+    """Beyond 15 digits (Django's SQLite DecimalField converter rounds there) up to int64."""
+    make_accounts(peer_min=None)
+    big = 2**62 + 12345  # 19 digits
+    book.commit_sync(
+        [PostingDraft(PEER, -big, "big")], [ReceiptDraft(RECEIVER, PID, 0, big, "big")]
+    )
+    book.commit_sync([PostingDraft(PEER, 1, "one"), PostingDraft(NODE, -1, "one:c")])
+    assert LedgerAccount.objects.get(code=RECEIVER).balance == Decimal(big)
+    assert LedgerAccount.objects.get(code=PEER).balance == Decimal(-big + 1)
+    assert IncomingPayment.objects.get().total == Decimal(big)
+    assert Posting.objects.get(key="big").amount == Decimal(-big)
+    book.load_account_sync(PEER)
+    assert book.balance(PEER) == -big + 1
+    assert book.payment_total_sync(RECEIVER, PID) == big
+    report = ledger_report()
+    assert report.ok
+    assert {a.code: a.computed for a in report.accounts}[RECEIVER] == big
+    assert check_ledger()[0] == 0
+    # One unit off on a 19-digit balance is caught.
+    LedgerAccount.objects.filter(code=RECEIVER).update(balance=Decimal(big + 1))
     assert check_ledger()[0] == 1

@@ -1125,9 +1125,14 @@ def _max_balance() -> int:
 
 
 def _queue_apply_receipts(receipt_ids: list[int]) -> None:
+    """Queue ``payments.apply_receipts`` (runs in the writer thread, after COMMIT).
+
+    No publish retries: a broker outage must not stall the writer; receipts left
+    unapplied are picked up by ``payments.apply_pending_receipts``.
+    """
     from payments.tasks import apply_receipts
 
-    apply_receipts.delay(receipt_ids=receipt_ids)
+    apply_receipts.apply_async(kwargs={"receipt_ids": receipt_ids}, retry=False)
 
 
 # --- process-wide instance -----------------------------------------------------------------

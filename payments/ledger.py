@@ -293,7 +293,15 @@ class _LoopWriter:
                 continue
             jobs = self.queue[: book.max_batch]
             del self.queue[: book.max_batch]
-            cfut = book.executor_submit(book.process_jobs, jobs)
+            try:
+                cfut = book.executor_submit(book.process_jobs, jobs)
+            except RuntimeError:  # the writer thread was shut down (book closed)
+                self.closed = True
+                for job in jobs:
+                    if job.future is not None and not job.future.done():
+                        job.future.set_exception(BookClosed("the balance book is closed"))
+                self._fail_queue(BookClosed("the balance book is closed"))
+                return
             afut = asyncio.wrap_future(cfut)
             try:
                 await asyncio.shield(afut)

@@ -167,7 +167,12 @@ def _lock_incoming_payments(
     q = Q()
     for account_id, payment_id in groups:
         q |= Q(account_id=account_id, payment_id=payment_id)
-    locked = IncomingPayment.objects.select_for_update().filter(q).order_by("id")
+    locked = (
+        IncomingPayment.objects.select_for_update(of=("self",))
+        .select_related("account")
+        .filter(q)
+        .order_by("id")
+    )
     return {(p.account_id, p.payment_id): p for p in locked}
 
 

@@ -359,3 +359,11 @@ async def test_commit_to_a_second_peer_in_the_same_batch(book: BalanceBook) -> N
         book.commit([PostingDraft(PEER_B, -3, "f2:src"), PostingDraft(PEER, 3, "f2:dst")]),
     )
     assert (await balance_in_db(PEER), await balance_in_db(PEER_B)) == (-2, 2)
+
+
+async def test_closed_book_fails_commits_instead_of_hanging(book: BalanceBook) -> None:
+    await amake_accounts()
+    await book.commit(*pay(1))
+    book.close()
+    with pytest.raises(CommitFailed):  # BookClosed is a CommitFailed: the caller Rejects
+        await book.commit(*pay(2))

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from django.urls import path
 
+from dashboard.routing import websocket_urlpatterns as dashboard_websockets
 from links.consumers import BtpConsumer
 from links.supervisor import autostart
 
 websocket_urlpatterns = [
     path("btp", BtpConsumer.as_asgi()),
+    *dashboard_websockets,  # ws/ops/: staff browsers (Origin and session checked)
 ]
 
 autostart()

@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "payments",
     "receivers",
     "links",
+    "dashboard",
 ]
 
 MIDDLEWARE = [

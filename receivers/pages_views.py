@@ -11,6 +11,8 @@ from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpR
 from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -107,6 +109,14 @@ def page_spsp(request: HttpRequest, slug: str, visitor: str) -> HttpResponse:
     return not_acceptable(representation)
 
 
+class PageStatusSerializer(serializers.Serializer[Any]):
+    type = serializers.CharField(default="status")
+    received = serializers.CharField(help_text="base units this session paid (integer string)")
+    threshold = serializers.CharField()
+    unlocked = serializers.BooleanField()
+    paid_html = serializers.CharField(required=False, help_text="only once unlocked")
+
+
 class PageStatusView(APIView):
     """``GET /pages/<slug>/status``: this session's progress on the page; the paid part
     (``paid_html``) once unlocked. 404 for a session that never opened the page."""
@@ -114,6 +124,7 @@ class PageStatusView(APIView):
     authentication_classes = [SessionAuthentication]  # the owner may preview a draft
     permission_classes = [AllowAny]
 
+    @extend_schema(responses={200: PageStatusSerializer})
     def get(self, request: Request, slug: str) -> Response:
         page = page_get_visible(slug=slug, user=request.user)
         if page is None:

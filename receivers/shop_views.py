@@ -53,6 +53,29 @@ _CURRENCY = re.compile(r"[A-Za-z]{3}")
 UINT64_MAX = 2**64 - 1
 
 
+class OrderOutSerializer(serializers.Serializer[Any]):
+    """The public view of an order (amounts as integer strings, base units)."""
+
+    id = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=Order.Status.choices)
+    amount = serializers.CharField()
+    received = serializers.CharField()
+    asset_code = serializers.CharField()
+    asset_scale = serializers.IntegerField()
+    description = serializers.CharField()
+    reference = serializers.CharField()
+    pointer = serializers.CharField(help_text="the order's own payment pointer")
+    spsp_url = serializers.URLField()
+    checkout_url = serializers.URLField()
+    created_at = serializers.DateTimeField()
+    paid_at = serializers.DateTimeField(allow_null=True)
+
+
+class CompleteOutSerializer(OrderOutSerializer):
+    paid = serializers.BooleanField(help_text="from the order's receipts, never the hint")
+    payee_matches = serializers.BooleanField()
+
+
 def _not_found(request: HttpRequest, reason: str) -> HttpResponse:
     return render(request, "receivers/not_found.html", {"reason": reason}, status=404)
 
@@ -151,6 +174,7 @@ class OrderStatusView(APIView):
     authentication_classes = []
     permission_classes = [AllowAny]
 
+    @extend_schema(responses={200: OrderOutSerializer})
     def get(self, request: Request, order_id: str) -> Response:
         order = order_get(order_id=order_id)
         if order is None:
@@ -172,6 +196,7 @@ class OrderCompleteView(APIView):
     authentication_classes = []
     permission_classes = [AllowAny]
 
+    @extend_schema(request=CompleteSerializer, responses={200: CompleteOutSerializer})
     def post(self, request: Request, order_id: str) -> Response:
         order = order_get(order_id=order_id)
         if order is None:
@@ -249,13 +274,13 @@ class OrderListCreateApi(APIView):
 
     permission_classes = [IsAuthenticated]
 
-    @extend_schema(responses={200: dict})
+    @extend_schema(operation_id="shop_orders_list", responses={200: OrderOutSerializer(many=True)})
     def get(self, request: Request) -> Response:
         user: Any = request.user  # authenticated (IsAuthenticated)
         orders = order_list_for_user(user=user)[:100]
         return Response([order_json(order, request) for order in orders])
 
-    @extend_schema(request=OrderCreateSerializer, responses={201: dict})
+    @extend_schema(request=OrderCreateSerializer, responses={201: OrderOutSerializer})
     def post(self, request: Request) -> Response:
         data = OrderCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -287,7 +312,7 @@ class OrderDetailApi(APIView):
 
     permission_classes = [IsAuthenticated]
 
-    @extend_schema(responses={200: dict})
+    @extend_schema(responses={200: OrderOutSerializer})
     def get(self, request: Request, order_id: str) -> Response:
         order = order_get(order_id=order_id)
         if order is None or order.receiver.user_id != request.user.pk:

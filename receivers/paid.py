@@ -77,6 +77,7 @@ from receivers.addresses import (
     issue_tagged_address,
     tag_key_prefix,
 )
+from receivers.errors import PointerNameTaken
 from receivers.models import PaidToken, Receiver
 from receivers.pointers import public_base_url, spsp_url_for
 from receivers.selectors import receiver_get
@@ -190,12 +191,19 @@ def parse_pay(header: str | None) -> PayHeader:
 def paid_receiver_get_or_create(name: str) -> Receiver:
     """The receiver a paid API is paid to, created on first use (user ``name``, who has no
     usable password until an admin sets one), like ``add_pointer name``."""
-    receiver = receiver_get(name=name)
-    if receiver is not None:
-        return receiver
-    user, _ = user_ensure(username=name)
-    receiver, _ = receiver_ensure(user=user, name=name, description="Paid API")
-    return receiver
+    for attempt in range(3):
+        receiver = receiver_get(name=name)
+        if receiver is not None:
+            return receiver
+        try:
+            user, _ = user_ensure(username=name)
+            receiver, _ = receiver_ensure(user=user, name=name, description="Paid API")
+            return receiver
+        except (IntegrityError, PointerNameTaken):
+            if attempt == 2:
+                raise
+            # A concurrent first call is creating the user or the receiver: read again.
+    raise AssertionError("unreachable")
 
 
 def paid_token_credited(*, receiver: Receiver, token: PayToken) -> int:

@@ -14,7 +14,7 @@ from django.test import Client
 
 from ilp.packet import Fulfill
 from ilp.psk2 import b64url_encode
-from receivers.models import PaidToken
+from receivers.models import PaidToken, Receiver
 from receivers.paid import PayToken, paid_receiver_get_or_create, paid_token_charge
 from receivers.testing import ensure_payer, parse_pay, pay_draft1
 from tests.conftest import requires_postgres
@@ -91,3 +91,9 @@ def test_concurrent_http_calls_never_overspend() -> None:
     )
     assert sorted(statuses) == [200] * 2 + [402] * 8
     assert int(PaidToken.objects.get(token=token).charged) == 2 * PRICE
+
+
+def test_concurrent_first_calls_create_the_receiver_once() -> None:
+    statuses = in_threads(8, lambda: Client().get("/api/v1/demo/paid").status_code)
+    assert statuses == [402] * 8
+    assert Receiver.objects.filter(name="paidapi").count() == 1

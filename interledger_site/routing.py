@@ -14,10 +14,12 @@ from django.urls import path
 from dashboard.routing import websocket_urlpatterns as dashboard_websockets
 from links.consumers import BtpConsumer
 from links.supervisor import autostart
+from receivers.routing import websocket_urlpatterns as receivers_websockets
 
 websocket_urlpatterns = [
     path("btp", BtpConsumer.as_asgi()),
     *dashboard_websockets,  # ws/ops/: staff browsers (Origin and session checked)
+    *receivers_websockets,  # ws/pages/<slug>/<visitor>: monetized page visitors
 ]
 
 autostart()

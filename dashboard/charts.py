@@ -12,11 +12,11 @@ from html import escape
 from dashboard.selectors import Bucket, Range
 from receivers.templatetags.ilp_format import format_amount
 
-WIDTH = 720
-HEIGHT = 220
+WIDTH = 1000
+HEIGHT = 240
 PAD_LEFT = 64
 PAD_RIGHT = 12
-PAD_TOP = 14
+PAD_TOP = 26
 PAD_BOTTOM = 34
 
 
@@ -78,7 +78,7 @@ def volume_svg(series: Sequence[Bucket], *, range_: Range, scale: int, code: str
                 f'text-anchor="middle">{escape(_label(bucket, range_))}</text>'
             )
     parts.append(
-        f'<text class="axis unit" x="{PAD_LEFT - 6}" y="{PAD_TOP - 3}" text-anchor="end">{escape(code)}</text>'
+        f'<text class="axis unit" x="{PAD_LEFT - 6}" y="11" text-anchor="end">{escape(code)}</text>'
     )
     parts.append("</svg>")
     return "".join(parts)

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from django.contrib.auth.models import User
 
 Range = Literal["24h", "30d"]
+PeerStatus = Literal["connected", "down", "ready", "idle", "disabled"]
+HTTP_LINKS = frozenset({"http-sync", "http-async"})
 RANGES: tuple[Range, ...] = ("24h", "30d")
 BAR_WARN_PCT = 80.0
 
@@ -67,7 +69,7 @@ class PeerRow:
     link: str
     enabled: bool
     address: str
-    status: Literal["connected", "down", "disabled"]
+    status: PeerStatus
     connected_here: bool  # a live link in the process that answered
     connected_since: datetime | None
     last_packet_at: datetime | None
@@ -83,6 +85,21 @@ class PeerRow:
     rejected: int
 
 
+def peer_status(
+    *, enabled: bool, link: str, live_here: bool, connected_since: datetime | None
+) -> PeerStatus:
+    """``disabled``; for BTP links ``connected`` (a socket open in this process, or
+    ``Peer.connected_since`` set by the process that holds it) or ``down``; for HTTP-OER
+    links, which have no connection, ``ready`` (this process has an outgoing link: the
+    peer has a URL and the supervisor registered it) or ``idle`` (the peer only calls us,
+    or no supervisor runs here)."""
+    if not enabled:
+        return "disabled"
+    if link in HTTP_LINKS:
+        return "ready" if live_here else "idle"
+    return "connected" if live_here or connected_since is not None else "down"
+
+
 def _opt_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
@@ -93,9 +110,7 @@ def peer_rows(
     """Every peer with its balance, limits and status (one query).
 
     ``traffic`` is ``dashboard_stats()["peers"]`` and ``live`` the registry's live peers,
-    both of the calling process. A peer is *connected* when this process holds a link to
-    it or when ``Peer.connected_since`` is set (links in other processes, flushed every
-    few seconds by ``links.activity``).
+    both of the calling process. Status: see :func:`peer_status`.
     """
     traffic = traffic or {}
     live_here = set(live)
@@ -106,13 +121,12 @@ def peer_rows(
         balance = int(account.balance)
         lo, hi = _opt_int(account.min_balance), _opt_int(account.max_balance)
         here = peer.name in live_here
-        status: Literal["connected", "down", "disabled"]
-        if not peer.enabled:
-            status = "disabled"
-        elif here or peer.connected_since is not None:
-            status = "connected"
-        else:
-            status = "down"
+        status = peer_status(
+            enabled=peer.enabled,
+            link=peer.link,
+            live_here=here,
+            connected_since=peer.connected_since,
+        )
         counters = traffic.get(peer.name, {})
         rows.append(
             PeerRow(

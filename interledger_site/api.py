@@ -165,6 +165,7 @@ def validated_query(
 # --- root and token ----------------------------------------------------------------------------------
 
 
+@extend_schema(tags=["auth"])
 class ApiRootView(ApiView):
     """Where everything is: the endpoints this caller may use."""
 
@@ -218,6 +219,7 @@ class ApiRootView(ApiView):
         return Response(body)
 
 
+@extend_schema(tags=["auth"])
 class ObtainTokenView(ApiView):
     """Exchange a username and password for the user's API token."""
 

@@ -14,7 +14,7 @@ processes (flushed by ``links.activity`` every few seconds).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 from django.conf import settings
 from django.db.models import QuerySet
@@ -24,6 +24,7 @@ from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from dashboard.selectors import PeerStatus, peer_status
 from interledger_site.api import ApiError, ApiGenericView, error_responses, validated_query
 from links import registry
 from links.models import LinkKind, Peer, Relation
@@ -44,13 +45,23 @@ def _live_peers() -> set[str]:
     return set()
 
 
+def _status(peer: Peer, live: set[str]) -> str:
+    return peer_status(
+        enabled=peer.enabled,
+        link=peer.link,
+        live_here=peer.name in live,
+        connected_since=peer.connected_since,
+    )
+
+
 def _units(value: Any) -> str | None:
     return None if value is None else str(int(value))
 
 
 class PeerSerializer(serializers.ModelSerializer[Peer]):
     status = serializers.SerializerMethodField(
-        help_text="`connected` (a live link here or in another process), `down` or `disabled`."
+        help_text="BTP: `connected` (a socket here or in another process) or `down`; "
+        "HTTP-OER: `ready` (this process can send to the peer) or `idle`; or `disabled`."
     )
     balance = serializers.SerializerMethodField(
         help_text="Integer string. Positive: we owe the peer; negative: the peer owes us."
@@ -94,10 +105,7 @@ class PeerSerializer(serializers.ModelSerializer[Peer]):
         )
 
     def get_status(self, obj: Peer) -> str:
-        if not obj.enabled:
-            return "disabled"
-        live = self.context.get("live_peers", set())
-        return "connected" if obj.name in live or obj.connected_since else "down"
+        return _status(obj, self.context.get("live_peers", set()))
 
     def get_balance(self, obj: Peer) -> str:
         return str(int(obj.account.balance))
@@ -178,10 +186,7 @@ class PeerUpdateSerializer(serializers.Serializer[Any]):
 
 class PeerFilter(serializers.Serializer[Any]):
     relation = serializers.ChoiceField(choices=Relation.choices, required=False)
-    status = serializers.ChoiceField(
-        choices=[("connected", "connected"), ("down", "down"), ("disabled", "disabled")],
-        required=False,
-    )
+    status = serializers.ChoiceField(choices=list(get_args(PeerStatus)), required=False)
 
 
 class _PeerView(ApiGenericView):
@@ -202,6 +207,7 @@ def _peer_or_404(name: str) -> Peer:
     return peer
 
 
+@extend_schema(tags=["peers (staff)"])
 @extend_schema_view(
     get=extend_schema(
         operation_id="peers_list",
@@ -227,16 +233,9 @@ class PeerListView(_PeerView):
         if query.get("relation"):
             qs = qs.filter(relation=query["relation"])
         wanted = query.get("status")
-        if wanted == "disabled":
-            qs = qs.filter(enabled=False)
-        elif wanted == "connected":
+        if wanted:
             live = _live_peers()
-            qs = qs.filter(enabled=True).filter(
-                pk__in=[p.pk for p in qs if p.name in live or p.connected_since]
-            )
-        elif wanted == "down":
-            live = _live_peers()
-            qs = qs.filter(enabled=True, connected_since__isnull=True).exclude(name__in=live)
+            qs = qs.filter(pk__in=[p.pk for p in qs if _status(p, live) == wanted])
         return qs
 
     def get(self, request: Request) -> Response:
@@ -254,6 +253,7 @@ class PeerListView(_PeerView):
         return Response(body, status=status.HTTP_201_CREATED)
 
 
+@extend_schema(tags=["peers (staff)"])
 @extend_schema_view(
     get=extend_schema(
         operation_id="peers_retrieve",
@@ -342,6 +342,7 @@ def route_rows() -> tuple[bool, list[RouteRow]]:
     return live, rows
 
 
+@extend_schema(tags=["routing (staff)"])
 @extend_schema_view(
     get=extend_schema(
         operation_id="routes_list",

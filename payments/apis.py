@@ -96,6 +96,7 @@ class PostingFilter(serializers.Serializer[Any]):
     until = serializers.DateTimeField(required=False, help_text="Created before.")
 
 
+@extend_schema(tags=["ledger (staff)"])
 @extend_schema_view(
     get=extend_schema(
         operation_id="ledger_accounts_list",
@@ -120,6 +121,7 @@ class LedgerAccountListView(ApiGenericView):
         return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
 
+@extend_schema(tags=["ledger (staff)"])
 @extend_schema_view(
     get=extend_schema(
         operation_id="ledger_accounts_retrieve",
@@ -138,6 +140,7 @@ class LedgerAccountDetailView(ApiGenericView):
         return Response(self.get_serializer(account).data)
 
 
+@extend_schema(tags=["ledger (staff)"])
 @extend_schema_view(
     get=extend_schema(
         operation_id="ledger_postings_list",
@@ -171,6 +174,7 @@ class PostingListView(ApiGenericView):
 # --- /api/payments/... (payments.urls) ------------------------------------------------------------
 
 
+@extend_schema(tags=["ledger (staff)"])
 class AccountDetailApi(ApiGenericView):
     """One account with its balance, limits and receipts not yet applied (staff)."""
 
@@ -211,6 +215,7 @@ class AccountDetailApi(ApiGenericView):
         )
 
 
+@extend_schema(tags=["ledger (staff)"])
 class IncomingPaymentListApi(ApiGenericView):
     """The latest incoming payments of one account (staff)."""
 
@@ -252,6 +257,7 @@ class IncomingPaymentListApi(ApiGenericView):
         )
 
 
+@extend_schema(tags=["ledger (staff)"])
 class WebhookCreateApi(ApiGenericView):
     """Register a webhook on any account (staff)."""
 

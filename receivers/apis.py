@@ -219,6 +219,7 @@ def _user(request: Request) -> Any:
     return request.user
 
 
+@extend_schema(tags=["pointers"])
 @extend_schema_view(
     get=extend_schema(
         operation_id="receivers_list",
@@ -252,6 +253,7 @@ class ReceiverListView(ApiGenericView):
         return Response(self.get_serializer(receiver).data, status=status.HTTP_201_CREATED)
 
 
+@extend_schema(tags=["pointers"])
 @extend_schema_view(
     get=extend_schema(
         operation_id="receivers_retrieve",
@@ -294,6 +296,7 @@ def _incoming_for(user: Any) -> QuerySet[IncomingPayment]:
     )
 
 
+@extend_schema(tags=["incoming payments"])
 @extend_schema_view(
     get=extend_schema(
         operation_id="incoming_payments_list",
@@ -323,6 +326,7 @@ class IncomingPaymentListView(ApiGenericView):
         return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
 
+@extend_schema(tags=["incoming payments"])
 @extend_schema_view(
     get=extend_schema(
         operation_id="incoming_payments_retrieve",
@@ -340,6 +344,7 @@ class IncomingPaymentDetailView(ApiGenericView):
         return Response(self.get_serializer(self.get_object()).data)
 
 
+@extend_schema(tags=["webhooks"])
 @extend_schema_view(
     get=extend_schema(
         operation_id="webhooks_list",
@@ -377,6 +382,7 @@ class WebhookListView(ApiGenericView):
         return Response(self.get_serializer(hook).data, status=status.HTTP_201_CREATED)
 
 
+@extend_schema(tags=["webhooks"])
 @extend_schema_view(
     get=extend_schema(
         operation_id="webhooks_retrieve",
@@ -421,6 +427,7 @@ class WebhookDetailView(ApiGenericView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
+@extend_schema(tags=["paid APIs"])
 @extend_schema_view(
     get=extend_schema(
         operation_id="paid_tokens_list",

@@ -82,6 +82,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         "transaction_mode": "IMMEDIATE",
     }
+    # A file, not :memory:, for the test database: the ledger writer thread and the test's
+    # own thread share tables, which an in-memory database refuses ("table is locked").
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", 60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
@@ -110,6 +113,11 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Sweepers for work whose on-commit task was lost (a worker killed between commit and queue).
+CELERY_BEAT_SCHEDULE = {
+    "apply-pending-receipts": {"task": "payments.apply_pending_receipts", "schedule": 60.0},
+    "retry-webhooks": {"task": "payments.retry_webhooks", "schedule": 60.0},
+}
 
 # --- The node's identity ------------------------------------------------------------------
 ILP_ADDRESS = env.str("ILP_ADDRESS", default="test.local")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from django.apps import apps
 from django.conf import settings
+from django.db import connection
 from django.db.models import Count, Max, Q, QuerySet, Sum
 from django.db.models.functions import TruncDay, TruncHour
 from django.utils import timezone
@@ -318,53 +319,62 @@ class OutgoingRow:
     state: str
     sent: int | None
     target: int | None
+    scale: int | None  # of ``sent``/``target``; None when in the receiver's (unknown) units
     progress_pct: float | None
     created_at: datetime | None
 
 
-def _first_attr(obj: Any, names: tuple[str, ...]) -> Any:
-    for name in names:
-        value = getattr(obj, name, None)
-        if value is not None:
-            return value
-    return None
+_tables_seen: set[str] = set()
+
+
+def _table_exists(table: str) -> bool:
+    """Whether ``table`` exists (a positive answer is remembered for the process)."""
+    if table not in _tables_seen and table in connection.introspection.table_names():
+        _tables_seen.add(table)
+    return table in _tables_seen
+
+
+def _field(obj: Any, name: str) -> Any:
+    return getattr(obj, name, None)
 
 
 def outgoing_payments(*, limit: int = 10) -> list[OutgoingRow] | None:
     """The latest outgoing payments, or ``None`` while ``payments`` has no
-    ``OutgoingPayment`` model.
+    ``OutgoingPayment`` model (or its table is not migrated yet).
 
-    SLOT: sending is being built in ``payments``; until its field names are in
-    ARCHITECTURE.md this reads them defensively (destination/receiver, state/status,
-    sent/delivered amount against the target amount). Replace with a
-    ``payments.selectors`` call once it exists.
+    SLOT for sending (``payments.models_outgoing.OutgoingPayment``, being built): fields
+    ``receiver``, ``status``, ``mode`` (``source``: ``amount_sent`` of ``amount`` in the
+    source account's units; ``destination``: ``amount_delivered`` of ``amount`` in the
+    receiver's units). Read through ``apps.get_model`` and ``getattr`` until the model and
+    ``payments.outgoing_selectors`` are committed; then call the selector instead.
     """
     try:
         model = apps.get_model("payments", "OutgoingPayment")
     except LookupError:
         return None
-    order = "-created_at" if any(f.name == "created_at" for f in model._meta.fields) else "-pk"
+    if not _table_exists(model._meta.db_table):  # model present, migration not applied yet
+        return None
+    payments = list(model.objects.select_related("source_account").order_by("-pk")[:limit])
     rows = []
-    for p in model.objects.order_by(order)[:limit]:
-        sent = _first_attr(p, ("sent_amount", "delivered_amount", "amount_sent", "sent"))
-        target = _first_attr(
-            p, ("target_amount", "amount", "destination_amount", "source_amount", "max_amount")
-        )
+    for p in payments:
+        destination_mode = _field(p, "mode") == "destination"
+        sent = _field(p, "amount_delivered" if destination_mode else "amount_sent")
+        target = _field(p, "amount")
+        account = _field(p, "source_account")
+        scale = None if destination_mode or account is None else account.asset_scale
         pct = None
         if sent is not None and target:
             pct = round(min(100.0, int(sent) / int(target) * 100), 1)
         rows.append(
             OutgoingRow(
                 id=str(p.pk),
-                destination=str(
-                    _first_attr(p, ("destination", "receiver", "pointer", "destination_account"))
-                    or ""
-                ),
-                state=str(_first_attr(p, ("state", "status")) or ""),
+                destination=str(_field(p, "receiver") or ""),
+                state=str(_field(p, "status") or ""),
                 sent=None if sent is None else int(sent),
                 target=None if target is None else int(target),
+                scale=scale,
                 progress_pct=pct,
-                created_at=_first_attr(p, ("created_at",)),
+                created_at=_field(p, "created_at"),
             )
         )
     return rows

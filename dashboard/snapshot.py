@@ -80,6 +80,12 @@ def when(moment: datetime | None) -> str:
     return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _outgoing_amount(value: int | None, scale: int | None) -> str | None:
+    if value is None:
+        return None
+    return f"{value} units" if scale is None else format_amount(value, scale)
+
+
 def _opt_amount(value: int | None, scale: int) -> str | None:
     return None if value is None else format_amount(value, scale)
 
@@ -160,8 +166,8 @@ def build_snapshot(
                 "id": o.id,
                 "destination": o.destination,
                 "state": o.state,
-                "sent": None if o.sent is None else format_amount(o.sent, scale),
-                "target": None if o.target is None else format_amount(o.target, scale),
+                "sent": _outgoing_amount(o.sent, o.scale),
+                "target": _outgoing_amount(o.target, o.scale),
                 "progress": o.progress_pct,
                 "created_at": when(o.created_at),
             }

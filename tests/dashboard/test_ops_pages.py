@@ -46,7 +46,7 @@ def test_overview_shows_identity_health_peers_payments_and_chart(
     for check in ("Database", "Channel layer", "Celery", "Link supervisor", "Packet switch"):
         assert f'data-check="{check}"' in page
     assert f"{connection.vendor} reachable" in page
-    layer = settings.CHANNEL_LAYERS["default"]["BACKEND"].rsplit(".", 1)[-1]
+    layer = str(settings.CHANNEL_LAYERS["default"]["BACKEND"]).rsplit(".", 1)[-1]
     assert layer in page and "round trip in" in page
     if settings.CELERY_TASK_ALWAYS_EAGER:
         assert "eager (tasks run in the web process)" in page

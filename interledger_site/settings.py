@@ -35,6 +35,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
     "payments",
     "receivers",
@@ -154,11 +155,16 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "interledger_site.api.exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Interledger site API",
     "DESCRIPTION": "Payment pointers, incoming and outgoing payments, peers and paid APIs.",
     "VERSION": "1",
+    # Swagger UI served from our own static files: no CDN needed (or reachable) to read the docs.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 LOGGING = {

@@ -31,3 +31,18 @@ requires_postgres = pytest.mark.skipif(
 requires_redis = pytest.mark.skipif(
     not on_redis(), reason="needs Redis (runs in the Postgres+Redis pass of .ci/run)"
 )
+
+
+@pytest.fixture(autouse=True)
+def _eager_celery_by_default() -> Any:
+    """Tasks run in-process in tests on both passes; a test that wants a real worker says so.
+
+    The Redis pass would otherwise queue tasks for a worker no test starts, and a test that
+    checks what a task produced would wait for nothing.
+    """
+    from interledger_site.celery import app as celery_app
+
+    before = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True
+    yield
+    celery_app.conf.task_always_eager = before

@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 STAMP := $(VENV)/.installed
+export ILP_PUBLIC_URL ?= http://$(HOST):$(PORT)
 
 .PHONY: run test lint install migrate demo worker interop bench bench-codec clean
 
@@ -30,6 +31,7 @@ run: demo
 	@echo "  Interledger node on http://$(HOST):$(PORT)/"
 	@echo "  admin:          http://$(HOST):$(PORT)/admin/   (user demo, password demo)"
 	@echo "  demo pointer:   \$$$(HOST):$(PORT)/demo   (SPSP: http://$(HOST):$(PORT)/demo)"
+	@echo "  operations:     http://$(HOST):$(PORT)/ops/   your pages: http://$(HOST):$(PORT)/me/"
 	@echo "  BTP endpoint:   btp+ws://NAME:TOKEN@$(HOST):$(PORT)/btp   (python manage.py add_peer ...)"
 	@echo "  HTTP-OER:       http://$(HOST):$(PORT)/ilp"
 	@echo "  API docs:       http://$(HOST):$(PORT)/api/docs/"

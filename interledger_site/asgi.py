@@ -14,12 +14,15 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "interledger_site.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from interledger_site.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # Static files (admin, API docs) straight from the apps: Daphne has no static server
+        # of its own, and a node should be usable without a front proxy.
+        "http": ASGIStaticFilesHandler(django_asgi_app),
         "websocket": URLRouter(websocket_urlpatterns),
     }
 )

@@ -146,3 +146,6 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[WebhookDelivery]:
         return super().get_queryset(request).select_related("webhook")
+
+
+import payments.admin_outgoing  # noqa: E402,F401  (outgoing and circular payments)

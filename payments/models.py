@@ -251,3 +251,6 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} {self.key}"
+
+
+from payments.models_outgoing import *  # noqa: E402,F403

@@ -133,3 +133,6 @@ def wait_background_idle(timeout: float) -> bool:
     """Wait until no background task or scheduled eager retry is left (shutdown, tests)."""
     with _idle:
         return _idle.wait_for(lambda: _pending == 0, timeout=timeout)
+
+
+from payments.outgoing_tasks import *  # noqa: E402,F403  (sending tasks: autodiscovery)

@@ -1,0 +1,241 @@
+"""How ``payments`` sends a Prepare out without importing ``links`` (the glue of sending).
+
+The import direction is ``ilp`` ← ``payments`` ← ``receivers`` ← ``links``, so the
+payments runner (:mod:`payments.outgoing`) only knows a port: a *sender opener*,
+``open_sender(route) -> async context manager yielding a Sender``, looked up by dotted
+path on first use (``settings.ILP_SENDER_OPENER``, default this module's
+:func:`open_sender`; tests may ``payments.outgoing.set_sender_opener``).
+
+:func:`open_sender` gives one of two senders:
+
+* :class:`PeerSender` (``route.via_peer`` set): straight to that peer's link, bypassing
+  routing. The link is, in order: a live link in this process (``registry.local``); for
+  a ``btp-client`` peer with none, a :class:`~links.btp_client.BtpClient` dialled for the
+  duration of the payment (commands, Celery workers without the server's links); for an
+  ``http-sync`` peer, an :class:`~links.http_oer.HttpSyncLink`; else, with a Redis
+  channel layer, :class:`~links.registry.RemoteLink` to the process that holds it.
+  Otherwise opening fails with ``SendFailed`` (T01). The payments side books the money
+  on ``peer_account``.
+* :class:`SwitchSender` (no via peer): into this process's packet switch as the local
+  source ``payments.outgoing.SWITCH_SOURCE_NAME`` whose account is the payment's source
+  account. The switch routes (our own receivers, or the routing table) and books the
+  money itself; :meth:`SwitchSender.source_keys` names the posting keys it uses.
+
+Event loops: a sender works on the loop that calls it. A payment run from a sync view
+under Daphne runs on the server's loop (``async_to_sync`` picks it), where the live
+links are; Celery workers and commands run their own loop and dial what they need.
+
+Circular payments come back to ``<node>.circular.<token>``: :func:`local_destination`
+says whether a Prepare is one, and :func:`deliver_local` hands it to
+``payments.outgoing.circular_receive`` (the switch should call it for that prefix, the
+way it calls the PSK2 receiver for ``<node>.receivers.``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+
+from ilp.packet import Prepare, Reject, Reply
+from links import edge, registry
+from links.models import LinkKind
+from links.peers import PeerContext, aload_peer_context
+from payments.outgoing import (
+    SWITCH_SOURCE_NAME,
+    Route,
+    circular_prefix,
+    circular_receive,
+)
+from payments.outgoing_errors import SendFailed
+
+__all__ = ["PeerSender", "SwitchSender", "deliver_local", "local_destination", "open_sender"]
+
+log = logging.getLogger(__name__)
+
+UINT64_MAX = 2**64 - 1
+CONNECT_TIMEOUT_S = 10.0
+
+
+def _expiry_timeout(prepare: Prepare) -> float:
+    return (prepare.expires_at - datetime.now(UTC)).total_seconds()
+
+
+def _note_packet_out(peer_name: str) -> None:
+    """Count the Prepare on the switch's dashboard counters (when a switch exists)."""
+    from links.switch import peek_switch
+
+    switch = peek_switch()
+    if switch is not None:
+        switch.stats.peer(peer_name).packets_out += 1
+
+
+class PeerSender:
+    """Sends through one peer's link (see the module docstring)."""
+
+    def __init__(self, peer: PeerContext, link: registry.OutgoingLink) -> None:
+        self.peer = peer
+        self.link = link
+
+    @property
+    def peer_account(self) -> str:
+        return self.peer.account_code
+
+    @property
+    def max_packet_amount(self) -> int:
+        return self.peer.max_packet_amount
+
+    @property
+    def asset(self) -> tuple[str, int]:
+        return self.peer.asset_code, self.peer.asset_scale
+
+    def source_keys(self, prepare: Prepare) -> tuple[str, ...]:
+        return ()
+
+    async def send(self, prepare: Prepare) -> Reply:
+        timeout = _expiry_timeout(prepare)
+        if timeout <= 0:
+            return registry.expired()
+        _note_packet_out(self.peer.name)
+        try:
+            # Links answer R00 themselves at expiry; this bound is the safety net.
+            return await asyncio.wait_for(self.link.send_prepare(prepare), timeout + 1)
+        except TimeoutError:
+            return registry.expired()
+        except Exception as exc:
+            log.info("sender: sending to %s failed: %r", self.peer.name, exc)
+            return edge.reject("T01", f"failed to send packet: {str(exc)[:200]}")
+
+
+class SwitchSender:
+    """Sends into this process's packet switch as a local source."""
+
+    def __init__(self, route: Route) -> None:
+        self.route = route
+        self.source = PeerContext(
+            name=SWITCH_SOURCE_NAME,
+            relation="child",
+            account_code=route.source_account,
+            address=f"{settings.ILP_ADDRESS}.{SWITCH_SOURCE_NAME}",
+            asset_code=route.asset_code,
+            asset_scale=route.asset_scale,
+            max_packet_amount=UINT64_MAX,
+            send_routes=False,
+            receive_routes=False,
+        )
+
+    @property
+    def peer_account(self) -> None:
+        return None
+
+    @property
+    def max_packet_amount(self) -> int:
+        return UINT64_MAX
+
+    @property
+    def asset(self) -> tuple[str, int]:
+        return self.route.asset_code, self.route.asset_scale
+
+    def source_keys(self, prepare: Prepare) -> tuple[str, ...]:
+        """The keys of the switch's source posting: ``<key>`` when one of our receivers
+        takes it, ``<key>:in`` when it is forwarded."""
+        from links.switch import packet_key
+
+        key = packet_key(SWITCH_SOURCE_NAME, prepare)
+        return key, f"{key}:in"
+
+    async def send(self, prepare: Prepare) -> Reply:
+        return await edge.handle_prepare(self.source, prepare)
+
+
+async def _temporary_btp_link(peer: PeerContext, url: str) -> tuple[object, registry.OutgoingLink]:
+    from links.btp_client import BtpClient, InvalidBtpUrl
+
+    try:
+        client = BtpClient(peer.name, url)
+    except InvalidBtpUrl as exc:
+        raise SendFailed(f"peer {peer.name}: {exc}") from None
+    client.start()
+    try:
+        await asyncio.wait_for(client.connected.wait(), CONNECT_TIMEOUT_S)
+    except TimeoutError:
+        await client.stop()
+        raise SendFailed(f"cannot connect to peer {peer.name} at its BTP URL") from None
+    link = client.link
+    if link is None:
+        await client.stop()
+        raise SendFailed(f"the connection to peer {peer.name} closed at once")
+    return client, link
+
+
+def _peer_endpoint(name: str) -> tuple[str, str, str]:
+    from links.selectors import peer_get
+
+    row = peer_get(name=name)
+    if row is None:
+        return "", "", ""
+    return row.link, row.url, row.outgoing_token
+
+
+@contextlib.asynccontextmanager
+async def open_sender(route: Route) -> AsyncIterator[PeerSender | SwitchSender]:
+    """The sender for ``route`` (see the module docstring); closes what it opened.
+
+    A switch this call had to build (a command or worker process) is reset on exit when
+    no link is left in the process, like ``receivers.sending.LocalSwitchSender``.
+    """
+    from links.switch import peek_switch, reset_switch
+
+    had_switch = peek_switch() is not None
+    client: object | None = None
+    try:
+        if not route.via_peer:
+            yield SwitchSender(route)
+            return
+        peer = await aload_peer_context(route.via_peer)
+        if peer is None:
+            raise SendFailed(f"no enabled peer {route.via_peer!r}")
+        link = registry.local(peer.name)
+        if link is None:
+            kind, url, token = await database_sync_to_async(_peer_endpoint)(peer.name)
+            if kind == LinkKind.BTP_CLIENT and url:
+                client, link = await _temporary_btp_link(peer, url)
+            elif kind == LinkKind.HTTP_SYNC and url:
+                from links.http_oer import HttpSyncLink
+
+                link = HttpSyncLink(peer.name, url, token)
+            else:
+                link = registry.get(peer.name)  # RemoteLink with a Redis channel layer
+        if link is None:
+            raise SendFailed(
+                f"peer {peer.name} has no live link in this process (it dials us: send "
+                f"from the serving process, or run with a Redis channel layer)"
+            )
+        yield PeerSender(peer, link)
+    finally:
+        if client is not None:
+            await client.stop()  # type: ignore[attr-defined]
+        if not had_switch and not registry.live_peers():
+            reset_switch()
+
+
+def local_destination(destination: str) -> bool:
+    """Whether ``destination`` is one of this node's circular-payment addresses."""
+    return destination.startswith(circular_prefix() + ".")
+
+
+async def deliver_local(source: PeerContext, prepare: Prepare, *, packet_key: str) -> Reply:
+    """The incoming leg of a circular payment, for the switch: what it should return for
+    a Prepare from ``source`` to ``<node>.circular.…`` (holds, books and fulfills once)."""
+    from django.utils import timezone
+
+    if not local_destination(prepare.destination):
+        return Reject("F02", str(settings.ILP_ADDRESS), "no route found.")
+    return await circular_receive(
+        prepare, source_account=source.account_code, packet_key=packet_key, now=timezone.now()
+    )

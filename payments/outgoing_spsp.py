@@ -1,0 +1,177 @@
+"""The sender's side of SPSP: payment pointer → URL → ``destination_account`` + secret.
+
+Pointer resolution follows payment-pointers.md: ``$host/path`` → ``https://host/path``,
+``$host`` (or ``$host/``) → ``https://host/.well-known/pay``; no userinfo, query,
+fragment or (for real hosts) port; ASCII only. One deliberate exception for development
+nodes: a loopback host (``127.0.0.1``, ``localhost``, ``[::1]``) may carry a port and
+resolves to **http** (``$127.0.0.1:8000/alice`` → ``http://127.0.0.1:8000/alice``). Raw
+``https://`` SPSP URLs are accepted too (and ``http://`` for loopback hosts only).
+
+The query is ``GET`` with ``Accept: application/spsp+json`` (spsp.md §1). The answer must
+be 200 with a JSON object carrying an ILP address in ``destination_account`` and a
+32-byte ``shared_secret`` (base64, either alphabet, padding optional). ``balance``
+(``maximum``/``current`` integer strings < 2**64) and ``asset_info`` are read when present.
+Redirects are followed only to the same scheme (at most 3).
+
+The grammar is the one :mod:`receivers.pointers` parses (payments cannot import
+receivers); this one differs only in accepting loopback ports.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from ilp.address import is_valid_address
+from ilp.errors import DecodeError
+from ilp.psk2 import b64url_decode
+from payments.outgoing_errors import SpspError
+
+__all__ = ["SPSP_MEDIA_TYPE", "SpspDetails", "query_spsp", "resolve_receiver"]
+
+SPSP_MEDIA_TYPE = "application/spsp+json"
+WELL_KNOWN_PATH = "/.well-known/pay"
+SHARED_SECRET_LENGTH = 32
+UINT64_MAX = 2**64 - 1
+SPSP_TIMEOUT_S = 15.0
+MAX_BODY = 64 * 1024
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
+
+_UNRESERVED = r"A-Za-z0-9\-._~"
+_SUB_DELIMS = r"!$&'()*+,;="
+_PCT = r"%[0-9A-Fa-f]{2}"
+_PCHAR = rf"(?:[{_UNRESERVED}{_SUB_DELIMS}:@]|{_PCT})"
+_HOST = rf"(?:\[[0-9A-Fa-f:.]+\]|(?:[{_UNRESERVED}{_SUB_DELIMS}]|{_PCT})+)"
+_POINTER = re.compile(rf"\$(?P<host>{_HOST})(?::(?P<port>[0-9]{{1,5}}))?(?P<path>(?:/{_PCHAR}*)*)")
+
+
+def _is_loopback(host: str) -> bool:
+    return host.lower() in LOOPBACK_HOSTS
+
+
+def resolve_receiver(receiver: str) -> str:
+    """The SPSP URL of a payment pointer or raw SPSP URL; :class:`SpspError` if neither."""
+    text = receiver.strip()
+    if not text or not text.isascii():
+        raise SpspError("a payment pointer or SPSP URL is ASCII and not empty")
+    if text.startswith("$"):
+        match = _POINTER.fullmatch(text)
+        if match is None:
+            raise SpspError(f"not a payment pointer: {text!r} (no userinfo, query or fragment)")
+        host, port, path = match["host"], match["port"], match["path"]
+        loopback = _is_loopback(host)
+        if port is not None and not loopback:
+            raise SpspError("a payment pointer has no port (only loopback development hosts)")
+        if path in ("", "/"):
+            path = WELL_KNOWN_PATH
+        scheme = "http" if loopback else "https"
+        return f"{scheme}://{host}{f':{port}' if port else ''}{path}"
+    parts = urlsplit(text)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise SpspError("neither a payment pointer ($host/path) nor an https:// SPSP URL")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise SpspError("SPSP is queried over https (http only for loopback hosts)")
+    if parts.username or parts.password:
+        raise SpspError("an SPSP URL carries no userinfo")
+    if parts.path in ("", "/"):
+        return f"{parts.scheme}://{parts.netloc}{WELL_KNOWN_PATH}"
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class SpspDetails:
+    """A validated SPSP answer."""
+
+    destination_account: str
+    shared_secret: bytes
+    balance_maximum: int | None = None
+    balance_current: int | None = None
+    asset_code: str | None = None
+    asset_scale: int | None = None
+
+    @property
+    def remaining(self) -> int | None:
+        """``maximum - current`` when the receiver is an invoice (spsp.md §2.2)."""
+        if self.balance_maximum is None:
+            return None
+        return max(self.balance_maximum - (self.balance_current or 0), 0)
+
+
+def _uint64(value: Any, what: str) -> int:
+    if not isinstance(value, str) or not value.isdigit():
+        raise SpspError(f"{what} must be an integer string")
+    number = int(value)
+    if number > UINT64_MAX:
+        raise SpspError(f"{what} does not fit a UInt64")
+    return number
+
+
+def parse_spsp(body: Any) -> SpspDetails:
+    """Validate a decoded SPSP JSON body (spsp.md §2)."""
+    if not isinstance(body, dict):
+        raise SpspError("the SPSP answer is not a JSON object")
+    destination = body.get("destination_account")
+    if not isinstance(destination, str) or not is_valid_address(destination):
+        raise SpspError("the SPSP answer has no valid destination_account")
+    secret_text = body.get("shared_secret")
+    if not isinstance(secret_text, str):
+        raise SpspError("the SPSP answer has no shared_secret")
+    try:
+        secret = b64url_decode(secret_text)
+    except DecodeError:
+        raise SpspError("the SPSP shared_secret is not base64") from None
+    if len(secret) != SHARED_SECRET_LENGTH:
+        raise SpspError(f"the SPSP shared_secret is {len(secret)} bytes, not 32")
+    maximum = current = None
+    balance = body.get("balance")
+    if isinstance(balance, dict):
+        maximum = _uint64(balance.get("maximum"), "balance.maximum")
+        current = _uint64(balance.get("current", "0"), "balance.current")
+    asset_code: str | None = None
+    asset_scale: int | None = None
+    asset = body.get("asset_info")
+    if isinstance(asset, dict):
+        code, scale = asset.get("code"), asset.get("scale")
+        if isinstance(code, str) and isinstance(scale, int) and 0 <= scale <= 255:
+            asset_code, asset_scale = code, scale
+    return SpspDetails(destination, secret, maximum, current, asset_code, asset_scale)
+
+
+async def query_spsp(url: str, *, client: httpx.AsyncClient | None = None) -> SpspDetails:
+    """``GET url`` with ``Accept: application/spsp+json`` and validate the answer."""
+    own = client is None
+    http = client or httpx.AsyncClient(
+        timeout=SPSP_TIMEOUT_S, trust_env=False, follow_redirects=False
+    )
+    try:
+        current = url
+        for _ in range(4):
+            try:
+                response = await http.get(current, headers={"Accept": SPSP_MEDIA_TYPE})
+            except httpx.HTTPError as exc:
+                raise SpspError(f"SPSP query to {current} failed: {exc!r}") from None
+            if response.is_redirect and "location" in response.headers:
+                target = str(response.url.join(response.headers["location"]))
+                if urlsplit(target).scheme != urlsplit(current).scheme:
+                    raise SpspError("the SPSP endpoint redirected to another scheme")
+                current = target
+                continue
+            break
+        else:
+            raise SpspError("too many SPSP redirects")
+        if response.status_code != 200:
+            raise SpspError(f"the SPSP endpoint answered HTTP {response.status_code}")
+        if len(response.content) > MAX_BODY:
+            raise SpspError("the SPSP answer is too large")
+        try:
+            body = response.json()
+        except ValueError:
+            raise SpspError("the SPSP answer is not JSON") from None
+        return parse_spsp(body)
+    finally:
+        if own:
+            await http.aclose()

@@ -1,0 +1,74 @@
+"""Celery tasks of sending. Each takes ids, calls one service, has a stable ``name=``.
+
+Queued with ``transaction.on_commit`` by :mod:`payments.outgoing`. Idempotency lives in
+the services, in the three layers of the house style: a status check (a finished
+payment, or one whose lease another runner holds, returns at once), row locks (the
+source account, then the payment, in that order) and unique keys (``idempotency_key``,
+``(payment, sequence)`` of each chunk, the ledger's posting keys). So ``acks_late`` with
+``reject_on_worker_lost`` is safe: a worker killed mid-payment has its message delivered
+again and the next run resumes (chunks in flight are resolved, never re-sent).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from django.db import OperationalError
+
+from payments import outgoing
+from payments.outgoing_errors import BookingFailed
+
+__all__ = ["resume_outgoing_payments", "send_circular_payment", "send_outgoing_payment"]
+
+logger = logging.getLogger(__name__)
+
+# A retried run must wait for the lease of the run that failed only when that run could
+# not release it; it releases it on the errors below, so a short countdown is enough.
+RETRY_COUNTDOWN_S = 5
+
+
+@shared_task(  # type: ignore[untyped-decorator]
+    name="payments.send_outgoing_payment",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(OperationalError, BookingFailed),
+    retry_backoff=RETRY_COUNTDOWN_S,
+    max_retries=10,
+)
+def send_outgoing_payment(*, payment_id: int) -> str:
+    """Run or resume one outgoing payment (``outgoing.outgoing_payment_run``)."""
+    payment = outgoing.outgoing_payment_run_sync(payment_id=payment_id)
+    return payment.status if payment is not None else "skipped"
+
+
+@shared_task(  # type: ignore[untyped-decorator]
+    name="payments.send_circular_payment",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=RETRY_COUNTDOWN_S,
+    max_retries=5,
+)
+def send_circular_payment(*, circular_id: int) -> str:
+    """Send one circular payment (``outgoing.circular_payment_run``)."""
+    circular = outgoing.circular_payment_run_sync(circular_id=circular_id)
+    return circular.status if circular is not None else "skipped"
+
+
+@shared_task(name="payments.resume_outgoing_payments")  # type: ignore[untyped-decorator]
+def resume_outgoing_payments() -> int:
+    """Periodic sweep: re-queue active payments no runner holds (a worker died, a message
+    was lost) and settle circular payments whose runner died. Returns how many."""
+    due = outgoing.outgoing_payments_due()
+    for payment_id in due:
+        send_outgoing_payment.delay(payment_id=payment_id)
+    to_start, to_resolve = outgoing.circular_payments_due()
+    for circular_id in to_start:
+        send_circular_payment.delay(circular_id=circular_id)
+    for circular_id in to_resolve:
+        try:
+            outgoing.circular_payment_resolve(circular_id=circular_id)
+        except Exception:
+            logger.exception("payments: cannot resolve circular payment %s", circular_id)
+    return len(due) + len(to_start) + len(to_resolve)

@@ -42,8 +42,8 @@ import logging
 import threading
 import time
 import weakref
-from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections import OrderedDict, defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -248,83 +248,91 @@ def _in_running_loop() -> bool:
 
 
 class _LoopWriter:
-    """Queue and flusher coroutine bound to one event loop (pytest gives each test its own).
+    """The queue of one event loop's jobs, drained by the ledger-writer thread.
 
-    The flusher only ever awaits a plain ``Event`` or the batch in the writer thread, so
-    cancelling it (loop shutdown) is clean; the periodic refresh is a ``call_later`` timer.
+    Pipelined: the writer thread takes the next batch as soon as it has delivered the
+    previous one (everything queued while that one committed), without waiting for the
+    event loop to come round. When the writer is idle, the first job of a loop iteration
+    schedules the hand-over with ``call_soon``, so every job submitted in the same
+    iteration (a burst of packets) goes into one batch. Results go back with one
+    ``call_soon_threadsafe`` per batch. Nothing runs on the loop between batches, so
+    nothing can be cancelled mid-batch: a batch that was taken is always finished, and
+    its results are delivered if the loop is still alive. The periodic refresh is a
+    ``call_later`` timer.
     """
 
     def __init__(self, book: BalanceBook, loop: asyncio.AbstractEventLoop) -> None:
         self.book = book
         # Weak: the book's map of writers is keyed by the loop, and must not keep it alive.
         self._loop_ref = weakref.ref(loop)
-        self.queue: list[_Job] = []
-        self.wakeup = asyncio.Event()
+        self.queue: deque[_Job] = deque()
+        self._lock = threading.Lock()  # queue and state, shared with the writer thread
+        self._state = _IDLE
         self.closed = False
-        self.task: asyncio.Task[None] = loop.create_task(
-            self._run(), name="payments-ledger-flusher"
-        )
         self.timer: asyncio.TimerHandle | None = loop.call_later(book.refresh_interval, self._tick)
 
     def submit(self, job: _Job) -> None:
+        """Queue a job (on the loop's thread)."""
         if self.closed:
             raise BookClosed("the balance book is closed")
-        self.queue.append(job)
-        self.wakeup.set()
-
-    def _tick(self) -> None:
-        if self.closed:
-            return
-        if self.book.due_for_refresh() and not self.queue:
-            self.queue.append(_Job("refresh", None))
-            self.wakeup.set()
+        with self._lock:
+            self.queue.append(job)
+            if self._state != _IDLE:
+                return  # the writer takes it with its next batch
+            self._state = _KICKING
         loop = self._loop_ref()
         if loop is not None:
-            self.timer = loop.call_later(self.book.refresh_interval, self._tick)
+            loop.call_soon(self._kick)
 
-    async def _run(self) -> None:
-        book = self.book
-        while True:
-            if not self.queue:
-                if self.closed:
-                    return
-                await self.wakeup.wait()
-                self.wakeup.clear()
-                continue
-            jobs = self.queue[: book.max_batch]
-            del self.queue[: book.max_batch]
-            try:
-                cfut = book.executor_submit(book.process_jobs, jobs)
-            except RuntimeError:  # the writer thread was shut down (book closed)
-                self.closed = True
-                for job in jobs:
-                    if job.future is not None and not job.future.done():
-                        job.future.set_exception(BookClosed("the balance book is closed"))
-                self._fail_queue(BookClosed("the balance book is closed"))
-                return
-            afut = asyncio.wrap_future(cfut)
-            try:
-                await asyncio.shield(afut)
-            except asyncio.CancelledError:
-                # Never abandon a batch that may commit: wait for it, deliver, then stop.
-                with contextlib.suppress(BaseException):  # delivered below as a failure
-                    await asyncio.wait_for(asyncio.shield(afut), timeout=60)
-                self._deliver(jobs, afut)
-                self._fail_queue(BookClosed("the ledger flusher was cancelled"))
-                raise
-            except BaseException:
-                pass
-            self._deliver(jobs, afut)
+    def _kick(self) -> None:
+        """Hand the queue to the writer thread (on the loop, after this iteration's jobs)."""
+        try:
+            self.book.executor_submit(self._drain)
+        except RuntimeError:  # the writer thread was shut down (book closed)
+            with self._lock:
+                self._state = _IDLE
+            self._fail_queue(BookClosed("the balance book is closed"))
 
-    def _deliver(self, jobs: list[_Job], afut: asyncio.Future[Any]) -> None:
+    def _drain(self) -> None:
+        """One batch, in the writer thread; queues itself again while there is more."""
+        with self._lock:
+            n = min(len(self.queue), self.book.max_batch)
+            jobs = [self.queue.popleft() for _ in range(n)]
+            self._state = _RUNNING
         outer: BaseException | None = None
-        if not afut.done():
-            outer = CommitFailed("the ledger writer did not finish the batch")
-        elif afut.cancelled():
-            outer = CommitFailed("the ledger batch was cancelled")
-        elif afut.exception() is not None:
-            exc = afut.exception()
-            outer = exc if isinstance(exc, PaymentsError) else CommitFailed(str(exc))
+        if jobs and self.book.closed:
+            self._send_results(jobs, BookClosed("the balance book is closed"))
+        elif jobs:
+            try:
+                self.book.process_jobs(jobs)
+            except BaseException as exc:  # delivered to the waiters below
+                outer = exc if isinstance(exc, PaymentsError) else CommitFailed(str(exc))
+            self._send_results(jobs, outer)
+        with self._lock:
+            more = bool(self.queue)
+            if not more:
+                self._state = _IDLE
+        if more:
+            # Through the executor's queue, not a loop here: writers of other event
+            # loops (and synchronous callers) get their turn between batches.
+            try:
+                self.book.executor_submit(self._drain)
+            except RuntimeError:
+                with self._lock:
+                    self._state = _IDLE
+                    left = list(self.queue)
+                    self.queue.clear()
+                self._send_results(left, BookClosed("the balance book is closed"))
+
+    def _send_results(self, jobs: list[_Job], outer: BaseException | None) -> None:
+        loop = self._loop_ref()
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(self._deliver, jobs, outer)
+
+    @staticmethod
+    def _deliver(jobs: list[_Job], outer: BaseException | None) -> None:
         for job in jobs:
             fut = job.future
             if fut is None or fut.done():
@@ -335,18 +343,31 @@ class _LoopWriter:
             else:
                 fut.set_result(job.result)
 
+    def _tick(self) -> None:
+        if self.closed:
+            return
+        if self.book.due_for_refresh() and not self.queue:
+            with contextlib.suppress(BookClosed):
+                self.submit(_Job("refresh", None))
+        loop = self._loop_ref()
+        if loop is not None:
+            self.timer = loop.call_later(self.book.refresh_interval, self._tick)
+
     def _fail_queue(self, error: BaseException) -> None:
-        jobs, self.queue = self.queue, []
+        with self._lock:
+            jobs = list(self.queue)
+            self.queue.clear()
         for job in jobs:
             if job.future is not None and not job.future.done():
                 job.future.set_exception(error)
 
     def close(self) -> None:
-        """Stop taking jobs, fail the queued ones, let the flusher finish its batch and exit."""
+        """Stop taking jobs and fail the queued ones; a batch in the writer finishes."""
         self.closed = True
         loop = self._loop_ref()
         if loop is None or loop.is_closed():
-            self.queue.clear()
+            with self._lock:
+                self.queue.clear()
             return
         try:
             running = asyncio.get_running_loop()
@@ -363,7 +384,9 @@ class _LoopWriter:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.wakeup.set()
+
+
+_IDLE, _KICKING, _RUNNING = "idle", "kicking", "running"
 
 
 # --- the book ----------------------------------------------------------------------------
@@ -600,10 +623,10 @@ class BalanceBook:
         if self._closed:
             raise BookClosed("the balance book is closed")
         writer = self._writers.get(loop)
-        if writer is None or writer.closed or writer.task.done():
+        if writer is None or writer.closed:
             with self._writers_lock:
                 writer = self._writers.get(loop)
-                if writer is None or writer.closed or writer.task.done():
+                if writer is None or writer.closed:
                     writer = _LoopWriter(self, loop)
                     self._writers[loop] = writer
         return writer
@@ -616,6 +639,10 @@ class BalanceBook:
         """:meth:`commit` for synchronous callers (commands, Celery, threads). Not from a loop."""
         job = _Job("commit", None, postings=tuple(postings), receipts=tuple(receipts))
         self._run_sync(job)
+        if job.receipts:
+            # As the eager task did before it moved off the writer: a synchronous caller
+            # (a command, a test) finds its receipts applied when this returns.
+            wait_receipts_applied()
 
     def load_account_sync(self, account_code: str) -> None:
         """:meth:`load_account` for synchronous callers."""
@@ -699,6 +726,10 @@ class BalanceBook:
             acct.version = version
 
     # -- the writer thread ----------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def executor_submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         return self._executor.submit(fn, *args)
@@ -846,7 +877,7 @@ class BalanceBook:
         all_codes = posting_codes | {r.account_code for j in jobs for r in j.receipts}
         now = timezone.now()
         self.stats.transactions += 1
-        with transaction.atomic():
+        with _sqlite_write_lock(), transaction.atomic():
             cursor = _cursor()
             # 1. Lock the posting accounts in primary-key order (Postgres). SQLite has no
             #    row locks; its BEGIN IMMEDIATE already holds the database's write lock.
@@ -964,11 +995,16 @@ class BalanceBook:
             self._writers.clear()
         for writer in writers:
             writer.close()
+        # Last in the writer's queue: a batch already taken finishes first, anything
+        # queued later sees the book closed and does not touch the database, so the
+        # writer's connection stays closed (a test database can then be dropped).
         try:
-            self._executor.submit(connections.close_all).result(timeout=30)
-        except Exception:
-            logger.debug("ledger: closing writer connections failed", exc_info=True)
+            done = self._executor.submit(connections.close_all)
+        except RuntimeError:  # closed twice
+            return
         self._executor.shutdown(wait=True)
+        with contextlib.suppress(Exception):
+            done.result(timeout=0)
 
 
 @dataclass(slots=True)
@@ -1133,14 +1169,195 @@ def _max_balance() -> int:
 
 
 def _queue_apply_receipts(receipt_ids: list[int]) -> None:
-    """Queue ``payments.apply_receipts`` (runs in the writer thread, after COMMIT).
+    """Hand newly committed receipts to the :class:`ReceiptApplier` (called after COMMIT).
 
-    No publish retries: a broker outage must not stall the writer; receipts left
-    unapplied are picked up by ``payments.apply_pending_receipts``.
+    Never blocks the ledger writer: the applier thread applies them in bulk (eager
+    Celery, the embedded default) or publishes one ``payments.apply_receipts`` task per
+    batch (a real worker). Receipts left unapplied (a crash, a broker outage) are picked
+    up by ``payments.apply_pending_receipts``.
     """
-    from payments.tasks import apply_receipts
+    get_applier().submit(receipt_ids)
 
-    apply_receipts.apply_async(kwargs={"receipt_ids": receipt_ids}, retry=False)
+
+class ReceiptApplier:
+    """Applies committed receipts off the ledger writer's critical path, in bulk.
+
+    One daemon thread per process, started on first use. Receipt ids handed in by
+    :meth:`submit` are collected for up to ``delay`` seconds (or until ``max_batch`` are
+    waiting), then, with eager Celery, applied by ``services.apply_receipts`` in this
+    thread (one transaction for the lot; on SQLite under :data:`SQLITE_WRITE_LOCK`, so it
+    never makes the ledger writer wait on SQLite's busy handler), else sent to the worker
+    as one ``payments.apply_receipts`` task. With eager Celery it also sweeps, when idle
+    every ``sweep_interval`` seconds, receipts older than 30 s that are still unapplied
+    (``services.apply_pending_receipts``: there is no beat in the embedded mode).
+    :meth:`flush` waits until everything submitted so far is applied or sent.
+    """
+
+    def __init__(
+        self, *, delay: float = 0.02, max_batch: int = 2000, sweep_interval: float = 60.0
+    ) -> None:
+        self.delay = delay
+        self.max_batch = max_batch
+        self.sweep_interval = sweep_interval
+        self._cond = threading.Condition()
+        self._pending: list[int] = []
+        self._first_at = 0.0
+        self._submitted = 0
+        self._done = 0
+        self._urgent = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._last_sweep = time.monotonic()
+        self.batches = 0  # for tests and the benchmark
+        self.applied = 0
+
+    def submit(self, receipt_ids: Iterable[int]) -> None:
+        ids = list(receipt_ids)
+        if not ids:
+            return
+        with self._cond:
+            if self._closed:
+                logger.warning("ledger: applier closed; receipts %s left to the sweep", ids)
+                return
+            if not self._pending:
+                self._first_at = time.monotonic()
+            self._pending.extend(ids)
+            self._submitted += len(ids)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="payments-receipts", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify_all()
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until the receipts submitted so far are applied (or sent); ``False`` on timeout."""
+        if threading.current_thread() is self._thread:
+            return False
+        with self._cond:
+            target = self._submitted
+            self._urgent = True
+            self._cond.notify_all()
+            return self._cond.wait_for(lambda: self._done >= target or self._closed, timeout)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Apply what is pending, stop the thread and close its database connection."""
+        with self._cond:
+            self._closed = True
+            self._urgent = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _take(self) -> list[int] | None:
+        """The next ids to apply (``[]``: time to sweep; ``None``: closed and drained)."""
+        with self._cond:
+            while True:
+                if self._pending:
+                    wait = self._first_at + self.delay - time.monotonic()
+                    if self._urgent or wait <= 0 or len(self._pending) >= self.max_batch:
+                        ids = self._pending[: self.max_batch]
+                        del self._pending[: self.max_batch]
+                        self._first_at = time.monotonic()
+                        if not self._pending:
+                            self._urgent = False
+                        return ids
+                    self._cond.wait(wait)
+                    continue
+                if self._closed:
+                    return None
+                idle = self._last_sweep + self.sweep_interval - time.monotonic()
+                if idle <= 0:
+                    return []
+                self._cond.wait(idle)
+
+    def _run(self) -> None:
+        try:
+            while (ids := self._take()) is not None:
+                try:
+                    if ids:
+                        self._apply(ids)
+                    else:
+                        self._sweep()
+                except Exception:
+                    logger.exception("ledger: applying %d receipts failed", len(ids))
+                finally:
+                    with self._cond:
+                        self._done += len(ids)
+                        self._cond.notify_all()
+        finally:
+            with contextlib.suppress(Exception):
+                connections.close_all()  # this thread's connections
+
+    def _apply(self, ids: list[int]) -> None:
+        from payments import services
+        from payments.tasks import apply_receipts
+
+        self.batches += 1
+        if not apply_receipts.app.conf.task_always_eager:
+            # No publish retries: a broker outage must not stall us; the sweep catches up.
+            apply_receipts.apply_async(kwargs={"receipt_ids": ids}, retry=False)
+            return
+        for attempt in range(3):
+            try:
+                with _sqlite_write_lock():
+                    self.applied += services.apply_receipts(receipt_ids=ids)
+                return
+            except DatabaseError:
+                if attempt == 2:
+                    raise
+                logger.warning("ledger: applying receipts failed; retrying", exc_info=True)
+                _heal_connection()
+                time.sleep(0.05 * (attempt + 1))
+
+    def _sweep(self) -> None:
+        from payments import services
+        from payments.tasks import apply_receipts
+
+        self._last_sweep = time.monotonic()
+        if not apply_receipts.app.conf.task_always_eager:
+            return  # the worker's beat runs payments.apply_pending_receipts
+        with _sqlite_write_lock():
+            swept = services.apply_pending_receipts()
+        if swept:
+            logger.warning("ledger: the sweep applied %d forgotten receipts", swept)
+
+
+SQLITE_WRITE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _sqlite_write_lock() -> Iterator[None]:
+    """On SQLite, one in-process writer at a time (the ledger writer and the applier hand
+    the database over without SQLite's sleeping busy handler); elsewhere a no-op."""
+    if connection.vendor != "sqlite":
+        yield
+        return
+    with SQLITE_WRITE_LOCK:
+        yield
+
+
+_applier: ReceiptApplier | None = None
+
+
+def get_applier() -> ReceiptApplier:
+    """The process-wide :class:`ReceiptApplier` (created on first use)."""
+    global _applier
+    applier = _applier
+    if applier is None:
+        with _book_lock:
+            if _applier is None:
+                _applier = ReceiptApplier()
+            applier = _applier
+    return applier
+
+
+def wait_receipts_applied(timeout: float = 30.0) -> bool:
+    """Wait until every receipt committed so far in this process is applied (eager Celery)
+    or sent to the worker. For tests, commands and shutdown; ``True`` when done."""
+    applier = _applier
+    return True if applier is None else applier.flush(timeout)
 
 
 # --- process-wide instance -----------------------------------------------------------------
@@ -1173,6 +1390,11 @@ def reset_book() -> None:
         book, _book = _book, None
     if book is not None:
         book.close()
+    global _applier
+    with _book_lock:
+        applier, _applier = _applier, None
+    if applier is not None:
+        applier.close()
 
 
 # --- accounts -----------------------------------------------------------------------------

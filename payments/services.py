@@ -23,8 +23,7 @@ from typing import Any
 
 import httpx
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Q
+from django.db import connection, transaction
 from django.utils import timezone
 
 from payments.errors import InvalidAmount, UnknownAccount, WebhookError
@@ -32,6 +31,7 @@ from payments.ledger import (
     _ACCOUNT_FIELDS,
     MAX_KEY_LENGTH,
     UINT64_MAX,
+    _cursor,
     ensure_account,
     peek_book,
     post_in_transaction,
@@ -68,75 +68,113 @@ def _notify_book(rows: list[dict[str, Any]]) -> None:
 def apply_receipts(*, receipt_ids: Sequence[int]) -> int:
     """Credit the receiving accounts with the given receipts; returns how many were applied.
 
-    For each unapplied receipt: upsert its ``IncomingPayment`` (total, chunks, first/last
-    at), write the receiver's ``+amount`` posting (key ``"receipt:<receipt key>"``), add it
-    to the account balance, and mark the receipt applied. Then create one
+    For the unapplied ones among ``receipt_ids``, in one transaction per
+    :data:`APPLY_CHUNK` receipts and a fixed number of statements whatever their count:
+    write the receivers' ``+amount`` postings (key ``"receipt:<receipt key>"``) and add
+    them to the account balances (one ``UPDATE`` per account), upsert the
+    ``IncomingPayment`` rows (total, chunks, first/last at: one ``INSERT ... ON CONFLICT
+    DO UPDATE``), link and mark the receipts applied (one ``UPDATE``). Then create one
     ``WebhookDelivery`` per enabled webhook and touched payment, queued on commit.
 
     Idempotent on the receipt, three ways: applied receipts are skipped (status), receipts
-    then accounts then payments are locked in primary-key order (row locks), and the
-    posting key is unique in the database (``ON CONFLICT DO NOTHING``; only new postings
-    move balances and totals).
+    then accounts then payments are locked in primary-key / unique-key order (row locks),
+    and the posting key is unique in the database (``ON CONFLICT DO NOTHING``; only new
+    postings move balances and totals).
     """
     ids = sorted({int(i) for i in receipt_ids})
-    if not ids:
-        return 0
+    applied = 0
+    for start in range(0, len(ids), APPLY_CHUNK):
+        applied += _apply_receipt_chunk(ids[start : start + APPLY_CHUNK])
+    return applied
+
+
+APPLY_CHUNK = 2000  # receipts per transaction (and per IN list)
+
+
+def _apply_receipt_chunk(ids: list[int]) -> int:
     now = timezone.now()
+    qn = connection.ops.quote_name
+    receipt_table = qn(Receipt._meta.db_table)
+    payment_table = qn(IncomingPayment._meta.db_table)
+    account_table = qn(LedgerAccount._meta.db_table)
+    postgres = connection.vendor == "postgresql"
     with transaction.atomic():
-        receipts = list(
-            Receipt.objects.select_for_update()
-            .filter(id__in=ids, applied_at__isnull=True)
-            .order_by("id")
+        cursor = _cursor()
+        # 1. The receipts still unapplied, locked in primary-key order.
+        cursor.execute(
+            f"SELECT id, account_id, payment_id, sequence, amount, {qn('key')} "
+            f"FROM {receipt_table} WHERE id IN ({_params(ids)}) AND applied_at IS NULL "
+            f"ORDER BY id{' FOR UPDATE' if postgres else ''}",
+            ids,
         )
+        receipts = [
+            (int(rid), int(aid), str(pid), int(seq), int(amount), str(key))
+            for rid, aid, pid, seq, amount, key in cursor.fetchall()
+        ]
         if not receipts:
             return 0
-        account_ids = sorted({r.account_id for r in receipts})
-        list(
-            LedgerAccount.objects.select_for_update(no_key=True)
-            .filter(id__in=account_ids)
-            .order_by("id")
-            .values_list("id", flat=True)
-        )
+        # 2. Their accounts, locked in primary-key order (SQLite: the database lock).
+        account_ids = sorted({r[1] for r in receipts})
+        if postgres:
+            cursor.execute(
+                f"SELECT id FROM {account_table} WHERE id IN ({_params(account_ids)}) "
+                f"ORDER BY id FOR NO KEY UPDATE",
+                account_ids,
+            )
+        # 3. The receivers' postings; only new ones move balances.
         new_posting_keys = post_in_transaction(
             [
-                (
-                    r.account_id,
-                    int(r.amount),
-                    RECEIPT_POSTING_PREFIX + r.key,
-                    f"psk2 {r.payment_id} #{r.sequence}",
-                )
-                for r in receipts
+                (aid, amount, RECEIPT_POSTING_PREFIX + key, f"psk2 {pid} #{seq}")
+                for _rid, aid, pid, seq, amount, key in receipts
             ],
             now=now,
+            cursor=cursor,
         ).new_keys
-
-        def counts(r: Receipt) -> bool:
-            return r.amount == 0 or RECEIPT_POSTING_PREFIX + r.key in new_posting_keys
-
-        applied = [r for r in receipts if counts(r)]
-        groups: dict[tuple[int, str], list[Receipt]] = defaultdict(list)
-        for r in applied:
-            groups[(r.account_id, r.payment_id)].append(r)
-        payments = _lock_incoming_payments(groups, now=now)
-        touched: list[IncomingPayment] = []
-        for gkey, group in groups.items():
-            payment = payments[gkey]
-            payment.total = Decimal(int(payment.total) + sum(int(r.amount) for r in group))
-            payment.chunks += len(group)
-            payment.first_at = min([payment.first_at, *(r.created_at for r in group)])
-            payment.last_at = max([payment.last_at, *(r.created_at for r in group)])
-            payment.save(update_fields=["total", "chunks", "first_at", "last_at"])
-            Receipt.objects.filter(id__in=[r.id for r in group]).update(
-                applied_at=now, incoming_payment=payment
+        applied: list[int] = []
+        skipped: list[int] = []
+        for rid, _aid, _pid, _seq, amount, key in receipts:
+            if amount == 0 or RECEIPT_POSTING_PREFIX + key in new_posting_keys:
+                applied.append(rid)
+            else:
+                skipped.append(rid)
+        stamp = connection.ops.adapt_datetimefield_value(now)
+        payment_ids: list[int] = []
+        if applied:
+            # 4. One upsert for every touched payment, in unique-key order (concurrent
+            #    appliers lock the rows in the same order, so they cannot deadlock).
+            least, greatest = ("LEAST", "GREATEST") if postgres else ("min", "max")
+            cursor.execute(
+                f"INSERT INTO {payment_table} "
+                f"(account_id, payment_id, total, chunks, first_at, last_at) "
+                f"SELECT account_id, payment_id, SUM(amount), COUNT(*), MIN(created_at), "
+                f"MAX(created_at) FROM {receipt_table} WHERE id IN ({_params(applied)}) "
+                f"GROUP BY account_id, payment_id ORDER BY account_id, payment_id "
+                f"ON CONFLICT (account_id, payment_id) DO UPDATE SET "
+                f"total = {payment_table}.total + excluded.total, "
+                f"chunks = {payment_table}.chunks + excluded.chunks, "
+                f"first_at = {least}({payment_table}.first_at, excluded.first_at), "
+                f"last_at = {greatest}({payment_table}.last_at, excluded.last_at) "
+                f"RETURNING id",
+                applied,
             )
-            touched.append(payment)
-        # Receipts whose posting already existed (cannot happen through this service,
-        # which writes both in one transaction) are marked applied without counting twice.
-        skipped = [r.id for r in receipts if not counts(r)]
+            payment_ids = [int(row[0]) for row in cursor.fetchall()]
+            # 5. Link and mark the receipts, one statement.
+            cursor.execute(
+                f"UPDATE {receipt_table} SET applied_at = %s, incoming_payment_id = "
+                f"(SELECT p.id FROM {payment_table} p WHERE p.account_id = "
+                f"{receipt_table}.account_id AND p.payment_id = {receipt_table}.payment_id) "
+                f"WHERE id IN ({_params(applied)})",
+                [stamp, *applied],
+            )
         if skipped:
+            # Receipts whose posting already existed (cannot happen through this service,
+            # which writes both in one transaction) are marked applied without counting twice.
             logger.error("apply_receipts: receipts %s already had postings", skipped)
-            Receipt.objects.filter(id__in=skipped).update(applied_at=now)
-        delivery_ids = _create_deliveries(touched, now=now)
+            cursor.execute(
+                f"UPDATE {receipt_table} SET applied_at = %s WHERE id IN ({_params(skipped)})",
+                [stamp, *skipped],
+            )
+        delivery_ids = _create_deliveries_for(payment_ids, account_ids, now=now)
         rows = list(LedgerAccount.objects.filter(id__in=account_ids).values(*_ACCOUNT_FIELDS))
         transaction.on_commit(lambda: _notify_book(rows), robust=True)
         if delivery_ids:
@@ -144,36 +182,20 @@ def apply_receipts(*, receipt_ids: Sequence[int]) -> int:
     return len(applied)
 
 
-def _lock_incoming_payments(
-    groups: dict[tuple[int, str], list[Receipt]], *, now: datetime
-) -> dict[tuple[int, str], IncomingPayment]:
-    """Create the missing payments (the unique constraint settles races), then lock all."""
-    if not groups:
-        return {}
-    IncomingPayment.objects.bulk_create(
-        [
-            IncomingPayment(
-                account_id=account_id,
-                payment_id=payment_id,
-                total=Decimal(0),
-                chunks=0,
-                first_at=min(r.created_at for r in group),
-                last_at=min(r.created_at for r in group),
-            )
-            for (account_id, payment_id), group in groups.items()
-        ],
-        ignore_conflicts=True,
-    )
-    q = Q()
-    for account_id, payment_id in groups:
-        q |= Q(account_id=account_id, payment_id=payment_id)
-    locked = (
-        IncomingPayment.objects.select_for_update(of=("self",))
-        .select_related("account")
-        .filter(q)
-        .order_by("id")
-    )
-    return {(p.account_id, p.payment_id): p for p in locked}
+def _params(values: Sequence[Any]) -> str:
+    return ", ".join(["%s"] * len(values))
+
+
+def _create_deliveries_for(
+    payment_ids: list[int], account_ids: list[int], *, now: datetime
+) -> list[int]:
+    """Deliveries for the touched payments, if any of their accounts has a webhook."""
+    if not payment_ids or not (
+        Webhook.objects.filter(account_id__in=account_ids, enabled=True).exists()
+    ):
+        return []
+    payments = list(IncomingPayment.objects.select_related("account").filter(id__in=payment_ids))
+    return _create_deliveries(payments, now=now)
 
 
 def apply_pending_receipts(

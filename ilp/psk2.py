@@ -395,6 +395,40 @@ def _hmac(key: bytes, message: bytes) -> bytes:
     return hmac.digest(key, message, "sha256")
 
 
+_IPAD: Final = bytes(x ^ 0x36 for x in range(256))
+_OPAD: Final = bytes(x ^ 0x5C for x in range(256))
+
+
+class HmacKey:
+    """HMAC-SHA256 (RFC 2104) under one fixed key, for keys used once per packet.
+
+    The inner and outer SHA-256 states after the padded key are computed once; each MAC
+    is then two small ``copy``/``update``/``digest`` rounds. Same output as
+    ``hmac.digest(key, message, "sha256")``, about half the time, and it keeps the GIL
+    for messages under 2 KiB, where ``hmac.digest`` releases and re-takes it on every
+    call (on a busy multi-threaded server that round trip can cost milliseconds).
+    """
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > _SHA256_BLOCK:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(_SHA256_BLOCK, b"\0")
+        self._inner = hashlib.sha256(key.translate(_IPAD))
+        self._outer = hashlib.sha256(key.translate(_OPAD))
+
+    def digest(self, message: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
+_SHA256_BLOCK: Final = 64
+
+
 def _check_secret(secret: bytes) -> None:
     # lru_cache would happily key on a str or bytearray; refuse them before they get there.
     if not isinstance(secret, bytes):
@@ -404,9 +438,10 @@ def _check_secret(secret: bytes) -> None:
 
 
 @lru_cache(maxsize=_KEY_CACHE_SIZE)
-def _keys(secret: bytes) -> tuple[AESGCM, bytes, bytes]:
+def _keys(secret: bytes) -> tuple[AESGCM, bytes, bytes, HmacKey]:
     enc = _hmac(secret, ENCRYPTION_KEY_STRING)
-    return AESGCM(enc), enc, _hmac(secret, FULFILLMENT_KEY_STRING)
+    fulfillment = _hmac(secret, FULFILLMENT_KEY_STRING)
+    return AESGCM(enc), enc, fulfillment, HmacKey(fulfillment)
 
 
 def encryption_key(secret: bytes) -> bytes:
@@ -424,7 +459,7 @@ def fulfillment_key(secret: bytes) -> bytes:
 def fulfillment_for(secret: bytes, data: bytes) -> bytes:
     """The fulfillment of a Prepare whose ``data`` is the encrypted blob ``data``."""
     _check_secret(secret)
-    return _hmac(_keys(secret)[2], data)
+    return _keys(secret)[3].digest(data)
 
 
 def condition_for_data(secret: bytes, data: bytes) -> bytes:

@@ -59,6 +59,7 @@ from ilp.psk2 import (
     ChunkRejection,
     ChunkRequest,
     ChunkResponse,
+    HmacKey,
     Rejection,
     Request,
     Response,
@@ -121,12 +122,12 @@ class IssuedAddress(NamedTuple):
 
 
 @lru_cache(maxsize=16)
-def _address_key(receiver_secret: bytes) -> bytes:
-    return hmac.digest(receiver_secret, ADDRESS_SECRET_LABEL, "sha256")
+def _address_key(receiver_secret: bytes) -> HmacKey:
+    return HmacKey(hmac.digest(receiver_secret, ADDRESS_SECRET_LABEL, "sha256"))
 
 
 def _derive(receiver_secret: bytes, destination: str) -> bytes:
-    return hmac.digest(_address_key(receiver_secret), destination.encode("ascii"), "sha256")
+    return _address_key(receiver_secret).digest(destination.encode("ascii"))
 
 
 def _check_receiver_secret(receiver_secret: bytes) -> None:
@@ -161,8 +162,22 @@ def secret_for(receiver_secret: bytes, destination: str, prefix: str) -> bytes |
     canonical unpadded base64url token of the allowed size. A well-formed token that we
     never issued still yields a secret, but one nobody else knows: the data will not
     decrypt. That is what makes the scheme stateless.
+
+    Answers are cached (a pure function of its arguments; the most recent
+    :data:`SECRET_CACHE_SIZE` addresses), since every packet of a payment asks again.
     """
     _check_receiver_secret(receiver_secret)
+    if not isinstance(destination, str) or not isinstance(prefix, str):
+        raise TypeError("destination and prefix must be str")
+    return _secret_for(receiver_secret, destination, prefix)
+
+
+# Addresses whose secret is remembered: one per SPSP answer in use at a busy receiver.
+SECRET_CACHE_SIZE: Final = 4096
+
+
+@lru_cache(maxsize=SECRET_CACHE_SIZE)
+def _secret_for(receiver_secret: bytes, destination: str, prefix: str) -> bytes | None:
     n = len(prefix)
     if (
         len(destination) > MAX_ADDRESS_LENGTH

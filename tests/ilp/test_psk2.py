@@ -646,3 +646,31 @@ def test_frozen() -> None:
     r = Request(1, 2)
     with pytest.raises(AttributeError):
         r.amount = 3  # type: ignore[misc]
+
+
+# --- the precomputed HMAC used per packet --------------------------------------------------
+
+
+@given(st.binary(max_size=200), st.binary(max_size=3000))
+def test_hmac_key_equals_hmac_sha256(key: bytes, message: bytes) -> None:
+    import hmac
+
+    mac = psk2.HmacKey(key)
+    assert mac.digest(message) == hmac.digest(key, message, "sha256")
+    assert mac.digest(message) == mac.digest(message)  # the precomputed states are not consumed
+
+
+def test_secret_for_is_cached_and_still_strict() -> None:
+    from ilp import psk2_receiver
+
+    receiver_secret = bytes(range(32))
+    issued = psk2_receiver.issue(receiver_secret, "test.sut.receivers.bob", bytes(18))
+    first = psk2_receiver.secret_for(receiver_secret, issued.destination, "test.sut.receivers.bob")
+    again = psk2_receiver.secret_for(receiver_secret, issued.destination, "test.sut.receivers.bob")
+    assert first == again == issued.shared_secret
+    assert (
+        psk2_receiver.secret_for(receiver_secret, issued.destination, "test.sut.receivers.b")
+        is None
+    )
+    with pytest.raises(TypeError):
+        psk2_receiver.secret_for(bytearray(receiver_secret), issued.destination, "test.sut")  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ for the link to send back. It never raises: every failure becomes a Reject whose
 other ``peer.*``                       F01 ``unknown peer protocol.``
 our own address                        echo                            :mod:`links.echo`
 ``<node>.receivers.…``                 local PSK2 receiver             ``receivers.psk2_receiver``
+``<node>.<segment>.…``                 a registered local handler      :meth:`PacketSwitch.register_local`
 anything else                          forward by longest prefix       :mod:`links.routing`
 =====================================  ====================================================
 
@@ -63,6 +64,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
@@ -95,6 +97,7 @@ RATE_WINDOW_S = 10
 # How often sends past their expiry are looked for (links normally answer R00 first).
 SWEEP_INTERVAL_S = 0.05
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SEGMENT_RE = re.compile(r"[a-zA-Z0-9_~-]+")
 _MS = timedelta(milliseconds=1)
 
 
@@ -123,6 +126,8 @@ class Receiver(Protocol):
     ) -> Awaitable[Fulfill | Reject]: ...
 
 
+LocalHandler = Callable[[PeerContext, Prepare, str, datetime], Awaitable[Reply]]
+"""``async handler(source, prepare, packet_key, now) -> Reply`` (see :meth:`PacketSwitch.register_local`)."""
 LinkGetter = Callable[[str], OutgoingLink | None]
 PeerLoader = Callable[[], Awaitable[list[PeerContext]]]
 Clock = Callable[[], datetime]
@@ -288,6 +293,8 @@ class PacketSwitch:
         )
         self.peers: dict[str, PeerContext] = {}
         self._receivers_dot = receivers_prefix(node_address) + "."
+        self._node_dot = node_address + "."
+        self._locals: dict[str, LocalHandler] = {}  # segment -> handler
         self._inflight: dict[str, asyncio.Future[Reply]] = {}
         self._recent: OrderedDict[str, tuple[Fulfill, datetime]] = OrderedDict()
         self._housekeeping = housekeeping
@@ -402,6 +409,37 @@ class PacketSwitch:
         for task in list(self._background):
             task.cancel()
 
+    # --- local destinations -------------------------------------------------------------
+
+    def register_local(self, segment: str, handler: LocalHandler) -> None:
+        """Serve ``<node>.<segment>.…`` in this process with ``handler``.
+
+        Dispatched like the local receivers: after the F08 check and the duplicate-packet
+        check, the switch takes a debit hold of ``prepare.amount`` on the source's account
+        under ``packet_key`` (T04 if that exceeds its limit), then awaits
+        ``handler(source, prepare, packet_key, now)``. The handler must commit whatever it
+        books (the source posting under ``packet_key``, which releases the hold) before it
+        returns a Fulfill; on anything else the switch releases the hold. A handler that
+        raises gives T00. ``segment`` is one address segment; registering it again
+        replaces the handler; ``receivers`` is the built-in PSK2 receiver and cannot be
+        taken. A local segment hides a child peer of the same name.
+        """
+        if not segment or not _SEGMENT_RE.fullmatch(segment):
+            raise ValueError(f"not an ILP address segment: {segment!r}")
+        if self._receivers_dot == f"{self._node_dot}{segment}.":
+            raise ValueError(f"{segment!r} is the local receivers' segment")
+        self._locals[segment] = handler
+
+    def unregister_local(self, segment: str) -> None:
+        """Stop serving ``<node>.<segment>.…`` here (unknown segments are ignored)."""
+        self._locals.pop(segment, None)
+
+    def _local_handler(self, destination: str) -> LocalHandler | None:
+        if not destination.startswith(self._node_dot):
+            return None
+        segment, dot, _rest = destination[len(self._node_dot) :].partition(".")
+        return self._locals.get(segment) if dot else None
+
     # --- the entry point ----------------------------------------------------------------
 
     async def handle_prepare(self, source: PeerContext, prepare: Prepare) -> Reply:
@@ -478,6 +516,8 @@ class PacketSwitch:
                 reply = await self._echo(source, prepare, key)
             elif destination.startswith(self._receivers_dot):
                 reply = await self._receive(source, prepare, key)
+            elif self._locals and (handler := self._local_handler(destination)) is not None:
+                reply = await self._receive(source, prepare, key, handler)
             else:
                 reply = await self._forward(source, prepare, key)
         except RejectError as exc:
@@ -504,16 +544,22 @@ class PacketSwitch:
         while recent and next(iter(recent.values()))[1] <= now:
             recent.popitem(last=False)
 
-    async def _receive(self, source: PeerContext, prepare: Prepare, key: str) -> Reply:
-        """A Prepare for one of our receivers: hold, then let the receiver decide."""
+    async def _receive(
+        self, source: PeerContext, prepare: Prepare, key: str, handler: LocalHandler | None = None
+    ) -> Reply:
+        """A Prepare for one of our receivers (or a registered local ``handler``): hold,
+        then let the receiver decide."""
         amount = prepare.amount
         if amount:
             await self._hold(source.account_code, amount, key, "exceeded maximum balance.")
         reply: Reply | None = None
         try:
-            reply = await self.receiver(
-                prepare, source_account=source.account_code, packet_key=key, now=self.clock()
-            )
+            if handler is None:
+                reply = await self.receiver(
+                    prepare, source_account=source.account_code, packet_key=key, now=self.clock()
+                )
+            else:
+                reply = await handler(source, prepare, key, self.clock())
         except Exception:
             log.exception("switch: the local receiver failed on %s", prepare.destination)
             reply = Reject("T00", self.address, "internal error.")

@@ -21,6 +21,7 @@ from ilp.packet import (
     encode_packet,
 )
 from links.switch import FEE_ACCOUNT, convert_amount, dashboard_stats, packet_key
+from payments.ledger import PostingDraft
 
 try:
     from tests.links.test_switch_support import (
@@ -469,6 +470,68 @@ async def test_receiver_crash_is_t00() -> None:
     rig.switch.receiver = boom
     assert_reject(await rig.switch.handle_prepare(ALICE, prepare("test.conn.receivers.x.y")), "T00")
     assert rig.book.pending() == 0
+
+
+# --- registered local destinations (register_local) ------------------------------------------
+
+
+async def test_register_local_gets_the_hold_and_the_packet_key() -> None:
+    rig = make_rig([ALICE, CARL])
+    calls: list[tuple[str, Prepare, str, datetime]] = []
+
+    async def handler(source: object, p: Prepare, key: str, now: datetime) -> Fulfill:
+        calls.append((getattr(source, "name", ""), p, key, now))
+        assert rig.book.pending() == 1  # the switch held the amount first
+        await rig.book.commit([PostingDraft("peer:alice", -p.amount, key)])
+        return Fulfill(FULFILLMENT)
+
+    rig.switch.register_local("circular", handler)
+    p = prepare("test.conn.circular.tok", 40)
+    assert isinstance(await rig.switch.handle_prepare(ALICE, p), Fulfill)
+    ((name, seen, key, now),) = calls
+    assert (name, seen, key) == ("alice", p, packet_key("alice", p))
+    assert now.tzinfo is not None
+    assert rig.book.balance("peer:alice") == -40 and rig.book.pending() == 0
+    # A retransmission is answered from memory, not handed to the handler again.
+    assert isinstance(await rig.switch.handle_prepare(ALICE, p), Fulfill)
+    assert len(calls) == 1
+    # Only <node>.<segment>.…: the bare segment and other prefixes are not local.
+    assert_reject(await rig.switch.handle_prepare(ALICE, prepare("test.conn.circular", 1)), "F02")
+    assert_reject(
+        await rig.switch.handle_prepare(ALICE, prepare("test.conn.circularx.t", 1)), "F02"
+    )
+    assert len(calls) == 1
+
+
+async def test_register_local_reject_or_crash_releases_the_hold() -> None:
+    rig = make_rig([ALICE])
+
+    async def refuse(source: object, p: Prepare, key: str, now: datetime) -> Reject:
+        return Reject("F06", NODE, "unexpected payment")
+
+    async def boom(source: object, p: Prepare, key: str, now: datetime) -> Fulfill:
+        raise RuntimeError("bug")
+
+    rig.switch.register_local("circular", refuse)
+    assert_reject(await rig.switch.handle_prepare(ALICE, prepare("test.conn.circular.a", 5)), "F06")
+    rig.switch.register_local("circular", boom)  # replaces
+    assert_reject(await rig.switch.handle_prepare(ALICE, prepare("test.conn.circular.b", 5)), "T00")
+    assert rig.book.pending() == 0 and rig.book.commits == []
+    rig.book.account("peer:alice", min_balance=0)
+    assert_reject(await rig.switch.handle_prepare(ALICE, prepare("test.conn.circular.c", 5)), "T04")
+    rig.switch.unregister_local("circular")
+    assert_reject(await rig.switch.handle_prepare(ALICE, prepare("test.conn.circular.d", 5)), "F02")
+
+
+def test_register_local_refuses_bad_segments() -> None:
+    rig = make_rig([])
+
+    async def handler(source: object, p: Prepare, key: str, now: datetime) -> Fulfill:
+        return Fulfill(FULFILLMENT)
+
+    for bad in ("", "a.b", "sp ace", "receivers"):
+        with pytest.raises(ValueError):
+            rig.switch.register_local(bad, handler)
 
 
 # --- peer protocols ----------------------------------------------------------------------------

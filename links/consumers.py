@@ -6,77 +6,97 @@ the peer, serves its requests in their own tasks and registers itself as the pee
 frames. The route must not sit behind ``AllowedHostsOriginValidator`` (BTP clients send
 no ``Origin``).
 
-The consumer does not subscribe to the channel layer itself: cross-process sends
-reach the link through the per-peer bridge of :mod:`links.registry`, one listener per
-peer rather than one per socket.
+:class:`BtpConsumer` is a plain ASGI application, not a Channels ``AsyncConsumer``: the
+link needs nothing of a consumer but ``receive`` and ``send``, and Channels' generic
+dispatch costs a task, an ``asyncio.wait`` and a handler lookup per frame (and a thread
+hop for ``close_old_connections``). Here one coroutine per socket awaits the server's
+queue and hands each frame to the link. It does not subscribe to the channel layer:
+cross-process sends reach the link through the per-peer bridge of :mod:`links.registry`,
+one listener per peer rather than one per socket. It never touches the database itself
+(every query goes through ``database_sync_to_async``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-
-from channels.consumer import get_handler_name
-from channels.generic.websocket import AsyncWebsocketConsumer
 
 from links.btp_link import BtpLink
 
-# An alias that is never configured: ``get_channel_layer`` returns ``None`` for it, so
-# Channels does not create a channel and a receive loop per socket.
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# An alias that is never configured: ``get_channel_layer`` returns ``None`` for it (kept
+# for callers that look; this endpoint joins no channel-layer group).
 NO_CHANNEL_LAYER = "links.btp.no-channel-layer"
 
 
-class BtpConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
+class BtpConsumer:
+    """One BTP WebSocket connection (server side). Route it with ``BtpConsumer.as_asgi()``."""
+
     channel_layer_alias = NO_CHANNEL_LAYER
 
     link: BtpLink
 
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        """Channels' dispatch minus its per-message thread hop.
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.scope = scope
+        self._receive = receive
+        self._send = send
+        self._closed = False
 
-        ``AsyncConsumer.dispatch`` runs ``close_old_connections`` in a worker thread
-        before every handler; this consumer never touches the database itself (every
-        query goes through ``database_sync_to_async``, which does that cleanup), so
-        the hop would only cost a thread round trip per frame.
-        """
-        if message["type"] == "websocket.receive":
-            data = message.get("bytes")
-            if data is not None:
-                await self.link.receive(data)
-            elif message.get("text") is not None:
-                await self.link.receive_text(message["text"])
-            return
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"No handler for message type {message['type']}")
-        await handler(message)
+    @classmethod
+    def as_asgi(cls) -> Any:  # an AsgiApp; Any for django.urls.path() in URLRouter tables
+        """The ASGI application: one :class:`BtpConsumer` per connection."""
 
-    async def connect(self) -> None:
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            await cls(scope, receive, send).run()
+
+        asgi: AsgiApp = app
+        asgi.consumer_class = cls  # type: ignore[attr-defined]  # as Channels' as_asgi does
+        return asgi
+
+    async def run(self) -> None:
+        receive = self._receive
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return  # disconnected before connecting
         client = self.scope.get("client") or ("?", 0)
-        self.link = BtpLink(
+        link = self.link = BtpLink(
             send=self._send_frame,
             close=self._close_socket,
             role="server",
             label=f"{client[0]}:{client[1]}",
         )
-        await self.accept()
-        self.link.start()
-
-    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if bytes_data is not None:
-            await self.link.receive(bytes_data)
-        elif text_data is not None:
-            await self.link.receive_text(text_data)
-
-    async def disconnect(self, code: Any) -> None:
-        link = getattr(self, "link", None)
-        if link is not None:
+        await self._send({"type": "websocket.accept"})
+        link.start()
+        try:
+            while True:
+                message = await receive()
+                kind = message["type"]
+                if kind == "websocket.receive":
+                    data = message.get("bytes")
+                    if data is not None:
+                        await link.receive(data)
+                    elif message.get("text") is not None:
+                        await link.receive_text(message["text"])
+                elif kind == "websocket.disconnect":
+                    return
+        finally:
             link.connection_lost()
 
     async def _send_frame(self, frame: bytes) -> None:
-        await self.base_send({"type": "websocket.send", "bytes": frame})
+        if self._closed:
+            raise ConnectionError("socket closed")
+        await self._send({"type": "websocket.send", "bytes": frame})
 
     async def _close_socket(self, code: int) -> None:
-        await self.close(daphne_close_code(code))
+        if self._closed:
+            return
+        self._closed = True
+        await self._send({"type": "websocket.close", "code": daphne_close_code(code)})
 
 
 def daphne_close_code(code: int) -> int:

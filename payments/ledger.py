@@ -250,12 +250,15 @@ def _in_running_loop() -> bool:
 class _LoopWriter:
     """The queue of one event loop's jobs, drained by the ledger-writer thread.
 
-    Pipelined: the writer thread takes the next batch as soon as it has delivered the
+    Pipelined: the writer thread takes the next batch as soon as it has sent back the
     previous one (everything queued while that one committed), without waiting for the
     event loop to come round. When the writer is idle, the first job of a loop iteration
     schedules the hand-over with ``call_soon``, so every job submitted in the same
     iteration (a burst of packets) goes into one batch. Results go back with one
-    ``call_soon_threadsafe`` per batch. Nothing runs on the loop between batches, so
+    ``call_soon_threadsafe`` per batch, and the loop applies the batch's in-memory effect
+    (balances, released holds) before it resolves the futures. The queue is a ``deque``
+    and the hand-over a flag, both touched by single GIL-atomic operations: the loop never
+    waits for a lock the writer holds. Nothing runs on the loop between batches, so
     nothing can be cancelled mid-batch: a batch that was taken is always finished, and
     its results are delivered if the loop is still alive. The periodic refresh is a
     ``call_later`` timer.
@@ -266,8 +269,9 @@ class _LoopWriter:
         # Weak: the book's map of writers is keyed by the loop, and must not keep it alive.
         self._loop_ref = weakref.ref(loop)
         self.queue: deque[_Job] = deque()
-        self._lock = threading.Lock()  # queue and state, shared with the writer thread
-        self._state = _IDLE
+        # True while a drain is scheduled or running (it re-checks the queue before it
+        # stops). Set by the loop, cleared by the writer; a spurious extra drain is harmless.
+        self._scheduled = False
         self.closed = False
         self.timer: asyncio.TimerHandle | None = loop.call_later(book.refresh_interval, self._tick)
 
@@ -275,64 +279,67 @@ class _LoopWriter:
         """Queue a job (on the loop's thread)."""
         if self.closed:
             raise BookClosed("the balance book is closed")
-        with self._lock:
-            self.queue.append(job)
-            if self._state != _IDLE:
-                return  # the writer takes it with its next batch
-            self._state = _KICKING
-        loop = self._loop_ref()
-        if loop is not None:
-            loop.call_soon(self._kick)
+        self.queue.append(job)
+        if not self._scheduled:
+            self._scheduled = True
+            loop = self._loop_ref()
+            if loop is not None:
+                loop.call_soon(self._kick)
 
     def _kick(self) -> None:
         """Hand the queue to the writer thread (on the loop, after this iteration's jobs)."""
         try:
             self.book.executor_submit(self._drain)
         except RuntimeError:  # the writer thread was shut down (book closed)
-            with self._lock:
-                self._state = _IDLE
+            self._scheduled = False
             self._fail_queue(BookClosed("the balance book is closed"))
 
     def _drain(self) -> None:
         """One batch, in the writer thread; queues itself again while there is more."""
-        with self._lock:
-            n = min(len(self.queue), self.book.max_batch)
-            jobs = [self.queue.popleft() for _ in range(n)]
-            self._state = _RUNNING
-        outer: BaseException | None = None
+        queue = self.queue
+        jobs: list[_Job] = []
+        with contextlib.suppress(IndexError):  # emptied by close()
+            for _ in range(min(len(queue), self.book.max_batch)):
+                jobs.append(queue.popleft())
         if jobs and self.book.closed:
-            self._send_results(jobs, BookClosed("the balance book is closed"))
+            self._send_results(jobs, BookClosed("the balance book is closed"), None)
         elif jobs:
+            outer: BaseException | None = None
+            outcome: _Outcome | None = None
             try:
-                self.book.process_jobs(jobs)
+                outcome = self.book.process_jobs(jobs, defer_apply=True)
             except BaseException as exc:  # delivered to the waiters below
                 outer = exc if isinstance(exc, PaymentsError) else CommitFailed(str(exc))
-            self._send_results(jobs, outer)
-        with self._lock:
-            more = bool(self.queue)
-            if not more:
-                self._state = _IDLE
-        if more:
-            # Through the executor's queue, not a loop here: writers of other event
-            # loops (and synchronous callers) get their turn between batches.
+            self._send_results(jobs, outer, outcome)
+        self._scheduled = False
+        if queue and not self._scheduled:
+            # More came in meanwhile. Through the executor's queue, not a loop here:
+            # writers of other event loops (and synchronous callers) get their turn.
+            self._scheduled = True
             try:
                 self.book.executor_submit(self._drain)
             except RuntimeError:
-                with self._lock:
-                    self._state = _IDLE
-                    left = list(self.queue)
-                    self.queue.clear()
-                self._send_results(left, BookClosed("the balance book is closed"))
+                left = self._take_all()
+                self._send_results(left, BookClosed("the balance book is closed"), None)
 
-    def _send_results(self, jobs: list[_Job], outer: BaseException | None) -> None:
+    def _send_results(
+        self, jobs: list[_Job], outer: BaseException | None, outcome: _Outcome | None
+    ) -> None:
         loop = self._loop_ref()
-        if loop is None or loop.is_closed():
-            return
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            loop.call_soon_threadsafe(self._deliver, jobs, outer)
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self._deliver, jobs, outer, outcome)
+                return
+            except RuntimeError:  # the loop closed meanwhile
+                pass
+        if outcome is not None:  # nobody left to wait: still release holds, move balances
+            self.book.apply_outcome(outcome)
 
-    @staticmethod
-    def _deliver(jobs: list[_Job], outer: BaseException | None) -> None:
+    def _deliver(
+        self, jobs: list[_Job], outer: BaseException | None, outcome: _Outcome | None
+    ) -> None:
+        if outcome is not None:
+            self.book.apply_outcome(outcome)
         for job in jobs:
             fut = job.future
             if fut is None or fut.done():
@@ -354,20 +361,25 @@ class _LoopWriter:
             self.timer = loop.call_later(self.book.refresh_interval, self._tick)
 
     def _fail_queue(self, error: BaseException) -> None:
-        with self._lock:
-            jobs = list(self.queue)
-            self.queue.clear()
-        for job in jobs:
+        for job in self._take_all():
             if job.future is not None and not job.future.done():
                 job.future.set_exception(error)
+
+    def _take_all(self) -> list[_Job]:
+        """Empty the queue one ``popleft`` at a time: each job goes either to the writer
+        thread or to the caller, never to both."""
+        jobs: list[_Job] = []
+        with contextlib.suppress(IndexError):
+            while True:
+                jobs.append(self.queue.popleft())
+        return jobs
 
     def close(self) -> None:
         """Stop taking jobs and fail the queued ones; a batch in the writer finishes."""
         self.closed = True
         loop = self._loop_ref()
         if loop is None or loop.is_closed():
-            with self._lock:
-                self.queue.clear()
+            self._take_all()
             return
         try:
             running = asyncio.get_running_loop()
@@ -384,9 +396,6 @@ class _LoopWriter:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-
-
-_IDLE, _KICKING, _RUNNING = "idle", "kicking", "running"
 
 
 # --- the book ----------------------------------------------------------------------------
@@ -424,6 +433,7 @@ class BalanceBook:
         self._writers_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="payments-ledger")
         self._writer_thread_ident: int | None = None
+        self._deferred: _Outcome | None = None  # set by _do_commits(defer_apply=True)
         self._closed = False
         self._last_refresh = time.monotonic()
         self._query_counter = _QueryCounter(self.stats)
@@ -455,7 +465,8 @@ class BalanceBook:
             raise InvalidAmount("hold amount must be 0 to 2**64-1", amount=str(amount))
         if amount == 0:
             return
-        self._require_loaded(account_code)
+        if account_code not in self._accounts:  # lock-free fast check (GIL-atomic)
+            self._require_loaded(account_code)
         with self._lock:
             acct = self._accounts.get(account_code)
             if acct is None:  # forgotten between the check and the lock
@@ -735,13 +746,21 @@ class BalanceBook:
         return self._executor.submit(fn, *args)
 
     def due_for_refresh(self) -> bool:
-        with self._lock:
-            has_state = bool(self._accounts) or bool(self._holds)
+        # Lock-free reads (each is atomic under the GIL; a stale answer only shifts the
+        # refresh by one batch): the writer asks after every batch.
+        has_state = bool(self._accounts) or bool(self._holds)
         return has_state and time.monotonic() - self._last_refresh >= self.refresh_interval
 
-    def process_jobs(self, jobs: list[_Job]) -> None:
-        """Run one batch in the calling (writer) thread; results go into the jobs."""
+    def process_jobs(self, jobs: list[_Job], *, defer_apply: bool = False) -> _Outcome | None:
+        """Run one batch in the calling (writer) thread; results go into the jobs.
+
+        With ``defer_apply`` the in-memory effect of the commits (fresh balances, released
+        holds) is returned instead of applied: the event loop that waits for them applies
+        it with :meth:`apply_outcome` before it resolves their futures, so the loop's
+        hot path (``hold``) never waits for a lock the writer thread holds.
+        """
         self._writer_thread_ident = threading.get_ident()
+        self._deferred = None
         self.stats.batches += 1
         self.stats.max_batch_size = max(self.stats.max_batch_size, len(jobs))
         _heal_connection()
@@ -753,7 +772,7 @@ class BalanceBook:
             if loads:
                 self._guard(loads, lambda: self._do_loads(loads))
             if commits:
-                self._guard(commits, lambda: self._do_commits(commits))
+                self._guard(commits, lambda: self._do_commits(commits, defer_apply))
             if totals:
                 self._guard(totals, lambda: self._do_totals(totals))
             if refresh or self.due_for_refresh():
@@ -761,6 +780,8 @@ class BalanceBook:
                     self._do_refresh()
                 except Exception:
                     logger.exception("ledger: refresh failed")
+        deferred, self._deferred = self._deferred, None
+        return deferred
 
     def _guard(self, jobs: list[_Job], fn: Callable[[], None]) -> None:
         try:
@@ -844,7 +865,7 @@ class BalanceBook:
         while len(self._totals) > self.totals_cache_size:
             self._totals.popitem(last=False)
 
-    def _do_commits(self, jobs: list[_Job]) -> None:
+    def _do_commits(self, jobs: list[_Job], defer_apply: bool = False) -> None:
         on_sqlite = connection.vendor == "sqlite"
         live: list[_Job] = []
         for job in jobs:
@@ -866,7 +887,10 @@ class BalanceBook:
                 with self._lock:
                     self._ids.clear()  # in case an account id we cached is gone
                 _heal_connection()
-        self._apply(outcome)
+        if defer_apply:
+            self._deferred = outcome
+        else:
+            self._apply(outcome)
 
     def _write_batch(self, jobs: list[_Job]) -> _Outcome:
         """One transaction for the whole batch. Idempotent on the keys: safe to run twice."""
@@ -951,21 +975,27 @@ class BalanceBook:
                 ordered,
             )
             ids.update((str(code), int(pk)) for pk, code in cursor.fetchall())
-        with self._lock:
-            for code in codes - ids.keys():
-                pk = self._ids.get(code)
-                if pk is not None:
-                    ids[code] = pk
+        # The id cache is read and extended without the book's lock (single dict
+        # operations, atomic under the GIL): the writer must not contend with ``hold``.
+        known = self._ids
+        for code in codes - ids.keys():
+            pk = known.get(code)
+            if pk is not None:
+                ids[code] = pk
         missing = sorted(codes - ids.keys())
         if missing:
             cursor.execute(
                 f"SELECT id, code FROM {table} WHERE code IN ({', '.join(['%s'] * len(missing))})",
                 missing,
             )
-            ids.update((str(code), int(pk)) for pk, code in cursor.fetchall())
-        with self._lock:
-            self._ids.update(ids)
+            fetched = {str(code): int(pk) for pk, code in cursor.fetchall()}
+            ids.update(fetched)
+            known.update(fetched)
         return ids
+
+    def apply_outcome(self, outcome: _Outcome) -> None:
+        """Apply what :meth:`process_jobs` returned with ``defer_apply`` (any thread)."""
+        self._apply(outcome)
 
     def _apply(self, outcome: _Outcome) -> None:
         """After COMMIT: fresh balances and hold releases in one critical section."""

@@ -25,10 +25,12 @@ Event loops: a sender works on the loop that calls it. A payment run from a sync
 under Daphne runs on the server's loop (``async_to_sync`` picks it), where the live
 links are; Celery workers and commands run their own loop and dial what they need.
 
-Circular payments come back to ``<node>.circular.<token>``: :func:`local_destination`
-says whether a Prepare is one, and :func:`deliver_local` hands it to
-``payments.outgoing.circular_receive`` (the switch should call it for that prefix, the
-way it calls the PSK2 receiver for ``<node>.receivers.``).
+Circular payments come back to ``<node>.circular.<token>``:
+:func:`register_local_destinations` registers :func:`circular_handler` (which hands them to
+``payments.outgoing_circular.circular_receive``) as the switch's local handler of the
+``circular`` segment. ``links.switch.get_switch`` should call it on the switch it builds;
+:func:`open_sender` also does, on the process's switch, so a process that sends circular
+payments always takes them back.
 """
 
 from __future__ import annotations
@@ -42,19 +44,22 @@ from datetime import UTC, datetime
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from ilp.packet import Prepare, Reject, Reply
+from ilp.packet import Prepare, Reply
 from links import edge, registry
 from links.models import LinkKind
 from links.peers import PeerContext, aload_peer_context
-from payments.outgoing import (
-    SWITCH_SOURCE_NAME,
-    Route,
-    circular_prefix,
-    circular_receive,
-)
+from links.switch import PacketSwitch, packet_key, peek_switch, reset_switch
+from payments.outgoing import SWITCH_SOURCE_NAME, Route
+from payments.outgoing_circular import CIRCULAR_SEGMENT, circular_receive
 from payments.outgoing_errors import SendFailed
 
-__all__ = ["PeerSender", "SwitchSender", "deliver_local", "local_destination", "open_sender"]
+__all__ = [
+    "PeerSender",
+    "SwitchSender",
+    "circular_handler",
+    "open_sender",
+    "register_local_destinations",
+]
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +73,6 @@ def _expiry_timeout(prepare: Prepare) -> float:
 
 def _note_packet_out(peer_name: str) -> None:
     """Count the Prepare on the switch's dashboard counters (when a switch exists)."""
-    from links.switch import peek_switch
-
     switch = peek_switch()
     if switch is not None:
         switch.stats.peer(peer_name).packets_out += 1
@@ -144,8 +147,6 @@ class SwitchSender:
     def source_keys(self, prepare: Prepare) -> tuple[str, ...]:
         """The keys of the switch's source posting: ``<key>`` when one of our receivers
         takes it, ``<key>:in`` when it is forwarded."""
-        from links.switch import packet_key
-
         key = packet_key(SWITCH_SOURCE_NAME, prepare)
         return key, f"{key}:in"
 
@@ -189,8 +190,6 @@ async def open_sender(route: Route) -> AsyncIterator[PeerSender | SwitchSender]:
     A switch this call had to build (a command or worker process) is reset on exit when
     no link is left in the process, like ``receivers.sending.LocalSwitchSender``.
     """
-    from links.switch import peek_switch, reset_switch
-
     had_switch = peek_switch() is not None
     client: object | None = None
     try:
@@ -216,6 +215,9 @@ async def open_sender(route: Route) -> AsyncIterator[PeerSender | SwitchSender]:
                 f"peer {peer.name} has no live link in this process (it dials us: send "
                 f"from the serving process, or run with a Redis channel layer)"
             )
+        switch = peek_switch()
+        if switch is not None:  # a circular payment must come back to this switch too
+            register_local_destinations(switch)
         yield PeerSender(peer, link)
     finally:
         if client is not None:
@@ -224,18 +226,16 @@ async def open_sender(route: Route) -> AsyncIterator[PeerSender | SwitchSender]:
             reset_switch()
 
 
-def local_destination(destination: str) -> bool:
-    """Whether ``destination`` is one of this node's circular-payment addresses."""
-    return destination.startswith(circular_prefix() + ".")
-
-
-async def deliver_local(source: PeerContext, prepare: Prepare, *, packet_key: str) -> Reply:
-    """The incoming leg of a circular payment, for the switch: what it should return for
-    a Prepare from ``source`` to ``<node>.circular.…`` (holds, books and fulfills once)."""
-    from django.utils import timezone
-
-    if not local_destination(prepare.destination):
-        return Reject("F02", str(settings.ILP_ADDRESS), "no route found.")
+async def circular_handler(
+    source: PeerContext, prepare: Prepare, packet_key: str, now: datetime
+) -> Reply:
+    """``links.switch.LocalHandler`` of ``<node>.circular.…``: the incoming leg of a circular
+    payment (the switch has held ``prepare.amount`` on ``source`` under ``packet_key``)."""
     return await circular_receive(
-        prepare, source_account=source.account_code, packet_key=packet_key, now=timezone.now()
+        prepare, source_account=source.account_code, packet_key=packet_key, now=now
     )
+
+
+def register_local_destinations(switch: PacketSwitch) -> None:
+    """Register the local destinations sending needs on ``switch`` (idempotent)."""
+    switch.register_local(CIRCULAR_SEGMENT, circular_handler)

@@ -1,6 +1,6 @@
 """Money we send: outgoing SPSP/PSK2 payments, their chunks, and circular payments.
 
-Written only by :mod:`payments.outgoing` (services and the runner); read through
+Written only by :mod:`payments.outgoing` and :mod:`payments.outgoing_circular`; read through
 :mod:`payments.outgoing_selectors`. Amounts are :class:`~payments.models.MoneyField`
 integers in the **source account's** units, except ``amount_delivered`` /
 ``OutgoingChunk.delivered`` and a destination-fixed ``amount``, which are in the
@@ -176,7 +176,7 @@ class CircularPayment(models.Model):
 
     ``amount_out`` leaves through ``out_peer`` (charged to ``source_account``);
     ``amount_in`` is what arrived from ``in_peer`` (credited back to it). The fulfillment
-    is derived from the token (:func:`payments.outgoing.circular_fulfillment`), never
+    is derived from the token (:func:`payments.outgoing_circular.circular_fulfillment`), never
     stored.
     """
 

@@ -1,4 +1,5 @@
-"""Sending money: outgoing SPSP/PSK2 payments and circular payments (services + runner).
+"""Sending money: outgoing SPSP/PSK2 payments (services + runner; circular payments are in
+:mod:`payments.outgoing_circular`).
 
 Read ``docs/ARCHITECTURE.md`` ("payments: sending") for the full contract. In short:
 
@@ -48,7 +49,6 @@ import contextlib
 import logging
 import os
 import secrets
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -64,11 +64,8 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q, Sum
 from django.utils import timezone
-from django.utils.crypto import salted_hmac
 from django.utils.module_loading import import_string
 
-from ilp.address import is_valid_address
-from ilp.conditions import sha256
 from ilp.errors import DecodeError
 from ilp.packet import (
     Fulfill,
@@ -86,7 +83,7 @@ from ilp.psk2 import (
     decrypt_psk2,
     encrypt_psk2,
 )
-from ilp.psk2_sender import ChunkedPayment, Progress, build_quote, read_reply
+from ilp.psk2_sender import PROBE_AMOUNT, ChunkedPayment, Progress, build_quote, read_reply
 from payments.errors import BalanceLimitExceeded, PaymentsError
 from payments.ledger import UINT64_MAX, PostingDraft, ensure_account, get_book
 from payments.models import LedgerAccount, Posting
@@ -102,28 +99,28 @@ from payments.outgoing_errors import (
 from payments.outgoing_spsp import SpspDetails, query_spsp, resolve_receiver
 
 __all__ = [
-    "CIRCULAR_SEGMENT",
     "OPERATOR_ACCOUNT",
     "SUSPENSE_ACCOUNT",
     "SWITCH_SOURCE_NAME",
+    "RateProbe",
     "Route",
     "RunOptions",
     "Sender",
     "SenderOpener",
     "account_available",
-    "circular_fulfillment",
-    "circular_payment_create",
-    "circular_payment_resolve",
-    "circular_payment_run",
-    "circular_payment_run_sync",
-    "circular_payments_due",
-    "circular_prefix",
-    "circular_receive",
+    "check_amount",
+    "commit_booking",
+    "in_thread",
+    "lock_source_account",
     "outgoing_payment_create",
     "outgoing_payment_run",
     "outgoing_payment_run_sync",
     "outgoing_payments_due",
     "payment_summary",
+    "probe_rate",
+    "publish_event",
+    "reserve_on",
+    "sender_opener",
     "set_sender_opener",
 ]
 
@@ -134,7 +131,6 @@ SUSPENSE_ACCOUNT = "node:suspense"
 # The name the switch sees for Prepares this node originates (not a valid peer name, so
 # no peer can ever be mistaken for it).
 SWITCH_SOURCE_NAME = "_outgoing"
-CIRCULAR_SEGMENT = "circular"
 DEFAULT_SENDER_OPENER = "links.sender_link.open_sender"
 
 CHUNK_EXPIRY = timedelta(seconds=30)
@@ -147,7 +143,6 @@ MAX_F08_IN_A_ROW = 10
 COMMIT_ATTEMPTS = 5
 PROGRESS_EVENT = "outgoing.progress"
 ALL_PAYMENTS_GROUP = "payments.outgoing"
-CIRCULAR_EVENT = "circular.progress"
 
 
 # --- the way out: a port that links.sender_link implements -------------------------------
@@ -194,7 +189,7 @@ def set_sender_opener(opener: SenderOpener | None) -> None:
     _opener = opener
 
 
-def _sender_opener() -> SenderOpener:
+def sender_opener() -> SenderOpener:
     """The registered opener, else the one named by ``ILP_SENDER_OPENER`` (default
     ``links.sender_link.open_sender``), imported on first use: ``payments`` never
     imports ``links`` at module level (import direction ilp ← payments ← receivers ←
@@ -221,7 +216,7 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
-def _in_thread(fn: Callable[_P, _R]) -> Callable[_P, Awaitable[_R]]:
+def in_thread(fn: Callable[_P, _R]) -> Callable[_P, Awaitable[_R]]:
     """``database_sync_to_async`` with the types kept (channels' decorator is untyped)."""
     return cast(Callable[_P, Awaitable[_R]], database_sync_to_async(fn))
 
@@ -234,7 +229,7 @@ def _int(value: Decimal | int | None) -> int:
     return int(value or 0)
 
 
-def _check_amount(amount: object, what: str = "amount") -> int:
+def check_amount(amount: object, what: str = "amount") -> int:
     if not isinstance(amount, int) or isinstance(amount, bool) or not 0 < amount <= UINT64_MAX:
         raise OutgoingNotAllowed(f"{what} must be an integer from 1 to 2**64-1")
     return amount
@@ -274,14 +269,14 @@ def account_available(*, account: LedgerAccount, exclude_payment: int | None = N
     return int(account.balance) - floor - _outstanding(account.pk, exclude_payment=exclude_payment)
 
 
-def _lock_account(code: str) -> LedgerAccount:
+def lock_source_account(code: str) -> LedgerAccount:
     account = LedgerAccount.objects.select_for_update(no_key=True).filter(code=code).first()
     if account is None:
         raise OutgoingNotAllowed(f"no account {code!r}", account=code)
     return account
 
 
-def _reserve_on(account: LedgerAccount, amount: int, *, exclude_payment: int | None) -> None:
+def reserve_on(account: LedgerAccount, amount: int, *, exclude_payment: int | None) -> None:
     available = account_available(account=account, exclude_payment=exclude_payment)
     if available is not None and amount > available:
         raise InsufficientBalance(
@@ -323,7 +318,7 @@ def payment_summary(payment: OutgoingPayment) -> dict[str, Any]:
     }
 
 
-async def _publish(group: str, event: dict[str, Any]) -> None:
+async def publish_event(group: str, event: dict[str, Any]) -> None:
     """Fire-and-forget channel-layer event (a dashboard that is not listening is fine)."""
     layer = get_channel_layer()
     if layer is None:
@@ -337,8 +332,8 @@ async def _publish(group: str, event: dict[str, Any]) -> None:
 async def _progress(payment: OutgoingPayment, options: RunOptions) -> None:
     summary = payment_summary(payment)
     event = {"type": PROGRESS_EVENT, "payment": summary}
-    await _publish(payment.group_name, event)
-    await _publish(ALL_PAYMENTS_GROUP, event)
+    await publish_event(payment.group_name, event)
+    await publish_event(ALL_PAYMENTS_GROUP, event)
     if options.on_progress is not None:
         try:
             options.on_progress(payment)
@@ -378,11 +373,11 @@ def outgoing_payment_create(
     existing payment (and queues nothing), with another request raises
     :class:`IdempotencyKeyReused`.
     """
-    amount = _check_amount(amount)
+    amount = check_amount(amount)
     if mode not in OutgoingPayment.Mode.values:
         raise OutgoingNotAllowed(f"unknown mode {mode!r}")
     if max_source_amount is not None:
-        _check_amount(max_source_amount, "max_source_amount")
+        check_amount(max_source_amount, "max_source_amount")
         if mode != OutgoingPayment.Mode.DESTINATION:
             raise OutgoingNotAllowed("max_source_amount is for destination-fixed payments")
     spsp_url = resolve_receiver(receiver)
@@ -405,13 +400,13 @@ def outgoing_payment_create(
     reserve = amount if mode == OutgoingPayment.Mode.SOURCE else (max_source_amount or 0)
     try:
         with transaction.atomic():
-            account = _lock_account(source_account_code)
+            account = lock_source_account(source_account_code)
             if account.kind not in (LedgerAccount.Kind.RECEIVER, LedgerAccount.Kind.NODE):
                 raise OutgoingNotAllowed(
                     "payments are sent from receiver or node accounts", account=account.code
                 )
             if reserve:
-                _reserve_on(account, reserve, exclude_payment=None)
+                reserve_on(account, reserve, exclude_payment=None)
             now = _now()
             payment = OutgoingPayment.objects.create(
                 idempotency_key=key,
@@ -502,9 +497,9 @@ def _release_lease(payment_id: int, owner: str) -> None:
 def _reserve_after_quote(payment: OutgoingPayment, owner: str, amount: int) -> None:
     """Destination-fixed payments: reserve the quoted maximum (account lock, then payment)."""
     with transaction.atomic():
-        account = _lock_account(payment.source_account.code)
+        account = lock_source_account(payment.source_account.code)
         OutgoingPayment.objects.select_for_update().filter(pk=payment.pk).first()
-        _reserve_on(account, amount, exclude_payment=payment.pk)
+        reserve_on(account, amount, exclude_payment=payment.pk)
         _save(payment, owner, amount_reserved=amount)
 
 
@@ -589,17 +584,17 @@ def _posted(keys: Sequence[str]) -> bool:
     return Posting.objects.filter(key__in=list(keys)).exists()
 
 
-_db_acquire = _in_thread(_acquire)
-_db_save = _in_thread(_save)
-_db_release_lease = _in_thread(_release_lease)
-_db_reserve_after_quote = _in_thread(_reserve_after_quote)
-_db_finish = _in_thread(_finish)
-_db_insert_chunk = _in_thread(_insert_chunk)
-_db_settle_chunk = _in_thread(_settle_chunk)
-_db_posted = _in_thread(_posted)
+_db_acquire = in_thread(_acquire)
+_db_save = in_thread(_save)
+_db_release_lease = in_thread(_release_lease)
+_db_reserve_after_quote = in_thread(_reserve_after_quote)
+_db_finish = in_thread(_finish)
+_db_insert_chunk = in_thread(_insert_chunk)
+_db_settle_chunk = in_thread(_settle_chunk)
+_db_posted = in_thread(_posted)
 
 
-@_in_thread
+@in_thread
 def _db_chunks_in_doubt(payment_id: int) -> list[OutgoingChunk]:
     return list(
         OutgoingChunk.objects.filter(
@@ -608,7 +603,7 @@ def _db_chunks_in_doubt(payment_id: int) -> list[OutgoingChunk]:
     )
 
 
-@_in_thread
+@in_thread
 def _db_ensure_suspense() -> None:
     ensure_account(SUSPENSE_ACCOUNT, kind=LedgerAccount.Kind.NODE)
 
@@ -626,7 +621,7 @@ def _hold_keys(payment: OutgoingPayment, sequence: int) -> tuple[str, str]:
     return base, f"{base}:peer"
 
 
-async def _commit(postings: Sequence[PostingDraft]) -> None:
+async def commit_booking(postings: Sequence[PostingDraft]) -> None:
     """``book.commit`` retried (it is idempotent on the keys): money that moved must be
     booked. :class:`BookingFailed` when it still fails (never a payment failure)."""
     book = get_book()
@@ -686,7 +681,7 @@ async def outgoing_payment_run(
     account = payment.source_account
     route = Route(account.code, account.asset_code, int(account.asset_scale), payment.via_peer)
     try:
-        async with _sender_opener()(route) as sender:
+        async with sender_opener()(route) as sender:
             run = _Run(payment, owner, sender, options)
             if sender.asset != (account.asset_code, int(account.asset_scale)):
                 raise OutgoingNotAllowed(
@@ -761,6 +756,77 @@ def _f08_size(reply: Reject, sent: int) -> int:
     return max(1, min(size, sent - 1))
 
 
+@dataclass(frozen=True, slots=True)
+class RateProbe:
+    """What :func:`probe_rate` found: ``source_amount`` sent in the probe that answered,
+    ``delivered`` what arrived of it, ``max_packet`` the path's limit if an F08 told it."""
+
+    source_amount: int
+    delivered: int
+    max_packet: int | None = None
+
+
+async def probe_rate(
+    send: Callable[[Prepare], Awaitable[Reply]],
+    shared_secret: bytes,
+    destination: str,
+    *,
+    amount: int,
+    grow_until: int | None = None,
+    payment_id: bytes | None = None,
+    expiry: timedelta = CHUNK_EXPIRY,
+    max_wait_s: float = 30.0,
+    attempts: int = MAX_PROBES,
+) -> RateProbe:
+    """Learn the exchange rate to a PSK2 receiver with draft-1 quotes (sender.md §2.2, §3).
+
+    Sends an unfulfillable quote of ``amount`` through ``send``; the receiver answers F99
+    with a type-3 error whose Chunk Amount is what arrived. Adapts instead of giving up
+    (sender.md §3): F08 → the Reject's ``maximum/received`` scale the probe down; R01 or
+    nothing arriving → x10 (at most ``grow_until``, default ``amount``); other T/R → the
+    same again after a doubling back-off. :class:`SendFailed` on anything else (F02...),
+    after ``attempts`` probes, or when nothing ever arrives. Usable with any sender (the
+    paid-API client's too): it only needs ``send``.
+    """
+    limit = amount if grow_until is None else max(grow_until, amount)
+    probe = amount
+    max_packet: int | None = None
+    wait = 0.1
+    for _ in range(attempts):
+        prepare = build_quote(
+            shared_secret,
+            destination,
+            payment_id=payment_id or os.urandom(PAYMENT_ID_LENGTH),
+            source_amount=probe,
+            expires_at=_now() + expiry,
+            iv=os.urandom(IV_LENGTH),
+            condition=os.urandom(32),
+        )
+        reply = await send(prepare)
+        result = read_reply(shared_secret, reply, prepare=prepare)
+        code = reply.code if isinstance(reply, Reject) else ""
+        if result.is_quote_answer and result.delivered is not None:
+            if result.delivered > 0:
+                return RateProbe(probe, result.delivered, max_packet)
+            code = "R01"  # rounded to nothing along the path
+        if isinstance(reply, Reject) and code == "F08":
+            probe = max_packet = _f08_size(reply, probe)
+            limit = min(limit, max_packet)
+            continue
+        if code == "R01":
+            if probe >= limit:
+                break
+            probe = min(probe * 10, limit)
+            continue
+        if code[:1] in ("T", "R"):
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, max_wait_s)
+            continue
+        detail = reply.message if isinstance(reply, Reject) else result.problem or "fulfilled"
+        raise SendFailed(f"the quote failed: {code or 'no F99'} {detail}".strip(), code=code)
+    raise SendFailed("the quote failed: nothing arrives at the receiver")
+
+
 async def _quote(run: _Run) -> None:
     payment = run.payment
     payment = await _db_save(payment, run.owner, status=OutgoingPayment.Status.QUOTING)
@@ -774,41 +840,23 @@ async def _quote(run: _Run) -> None:
     if remaining is not None and destination_mode and amount > remaining:
         raise SpspError(f"the receiver accepts {remaining} more, not {amount}")
     cap = max(1, min(run.sender.max_packet_amount, UINT64_MAX))
-    probe = min(amount, cap) if not destination_mode else min(1000, cap)
-    arrived = None
-    wait = 0.1
-    for _ in range(MAX_PROBES):
-        prepare = build_quote(
-            run.secret,
-            destination,
-            payment_id=os.urandom(PAYMENT_ID_LENGTH),
-            source_amount=probe,
-            expires_at=_expiry(run.options),
-            iv=os.urandom(IV_LENGTH),
-            condition=os.urandom(32),
-        )
-        reply = await _send(run, prepare)
-        result = read_reply(run.secret, reply, prepare=prepare)
-        if result.is_quote_answer and result.delivered is not None:
-            if result.delivered > 0 or probe >= cap or (not destination_mode and probe >= amount):
-                arrived = result.delivered
-                break
-            probe = min(probe * 10, cap)  # rounded to nothing along the path: probe bigger
-            continue
-        if isinstance(reply, Reject) and reply.code == "F08":
-            probe = cap = run.max_chunk = _f08_size(reply, probe)
-            continue
-        if isinstance(reply, Reject) and reply.code[:1] in ("T", "R"):
-            await asyncio.sleep(wait)
-            wait = min(wait * 2, run.options.max_wait_ms / 1000)
-            continue
-        code = reply.code if isinstance(reply, Reject) else "fulfilled"
-        detail = reply.message if isinstance(reply, Reject) else result.problem
-        raise SendFailed(f"the quote failed: {code} {detail}".strip(), code=code)
-    if not arrived:
-        raise SendFailed("the quote failed: nothing arrives at the receiver")
+    # Source-fixed: probe the amount itself (a first chunk of that size is then proven);
+    # destination-fixed: the reference probe size.
+    first = min(amount, cap) if not destination_mode else min(PROBE_AMOUNT, cap)
+    probe = await probe_rate(
+        lambda prepare: _send(run, prepare),
+        run.secret,
+        destination,
+        amount=first,
+        grow_until=first if not destination_mode else cap,
+        expiry=run.options.chunk_expiry,
+        max_wait_s=run.options.max_wait_ms / 1000,
+    )
+    run.max_chunk = probe.max_packet
+    if probe.max_packet is not None:
+        cap = min(cap, probe.max_packet)
     if destination_mode:
-        quote_source = -(-amount * probe // arrived)
+        quote_source = -(-amount * probe.source_amount // probe.delivered)
         quote_destination = amount
         limit = payment.max_source_amount
         reserve = (
@@ -823,8 +871,8 @@ async def _quote(run: _Run) -> None:
         chunk_size = min(quote_source, cap)
     else:
         quote_source = amount
-        quote_destination = amount * arrived // probe
-        chunk_size = probe
+        quote_destination = amount * probe.delivered // probe.source_amount
+        chunk_size = probe.source_amount
     run.payment = await _db_save(
         payment,
         run.owner,
@@ -911,7 +959,7 @@ async def _book_fulfilled(run: _Run, amount: int, sequence: int) -> None:
     if peer_account is None:
         return  # the switch booked it before it returned the Fulfill
     source_key, peer_key = _hold_keys(run.payment, sequence)
-    await _commit(
+    await commit_booking(
         [
             PostingDraft(run.payment.source_account.code, -amount, source_key, "outgoing"),
             PostingDraft(peer_account, amount, peer_key, "outgoing"),
@@ -1113,7 +1161,7 @@ async def _resolve_chunk(run: _Run, chunk: OutgoingChunk) -> None:
             _release_holds(run, chunk.sequence)
         await _db_ensure_suspense()
         source_key = chunk.ledger_key.split()[0]
-        await _commit(
+        await commit_booking(
             [
                 PostingDraft(payment.source_account.code, -amount, source_key, "outgoing in doubt"),
                 PostingDraft(SUSPENSE_ACCOUNT, amount, f"{source_key}:suspense", "in doubt"),
@@ -1135,342 +1183,3 @@ async def _resolve_chunk(run: _Run, chunk: OutgoingChunk) -> None:
             f"{SUSPENSE_ACCOUNT} for reconciliation"
         )
     await _progress(payment, run.options)
-
-
-# --- circular payments -----------------------------------------------------------------------
-
-
-def circular_prefix() -> str:
-    """``<node>.circular``: the addresses circular payments come back to."""
-    return f"{settings.ILP_ADDRESS}.{CIRCULAR_SEGMENT}"
-
-
-def circular_fulfillment(token: str) -> bytes:
-    """The fulfillment of the circular payment ``token`` (derived: never stored)."""
-    return salted_hmac("payments.outgoing.circular", token, algorithm="sha256").digest()
-
-
-def circular_payment_create(
-    *,
-    out_peer: str,
-    amount: int,
-    source_account_code: str = OPERATOR_ACCOUNT,
-    idempotency_key: str | None = None,
-    start: bool = True,
-) -> CircularPayment:
-    """Create a circular payment of ``amount`` out through ``out_peer`` (queued with
-    ``payments.send_circular_payment`` on commit when ``start``). The source defaults to
-    the node's own ``node:operator`` account (created on demand). Locks the source
-    account and checks its available amount like :func:`outgoing_payment_create`.
-    Idempotent on ``idempotency_key``."""
-    amount = _check_amount(amount)
-    if not out_peer or len(out_peer) > 64:
-        raise OutgoingNotAllowed("name the peer to send through")
-    key = idempotency_key or f"auto:{uuid.uuid4().hex}"
-    existing = CircularPayment.objects.filter(idempotency_key=key).first()
-    if existing is not None:
-        if (existing.out_peer, _int(existing.amount_out)) != (out_peer, amount):
-            raise IdempotencyKeyReused("this idempotency key was used for another payment")
-        return existing
-    if source_account_code == OPERATOR_ACCOUNT:
-        ensure_account(OPERATOR_ACCOUNT, kind=LedgerAccount.Kind.NODE)
-    token = secrets.token_hex(16)
-    destination = f"{circular_prefix()}.{token}"
-    if not is_valid_address(destination):
-        raise OutgoingNotAllowed(f"{destination!r} is not a valid ILP address")
-    with transaction.atomic():
-        account = _lock_account(source_account_code)
-        if account.kind not in (LedgerAccount.Kind.RECEIVER, LedgerAccount.Kind.NODE):
-            raise OutgoingNotAllowed("payments are sent from receiver or node accounts")
-        _reserve_on(account, amount, exclude_payment=None)
-        circular = CircularPayment.objects.create(
-            idempotency_key=key,
-            token=token,
-            source_account=account,
-            out_peer=out_peer,
-            destination=destination,
-            amount_out=amount,
-        )
-        if start:
-            pk = circular.pk
-            transaction.on_commit(lambda: _queue_circular(pk))
-    return circular
-
-
-def _queue_circular(circular_id: int) -> None:
-    from payments.outgoing_tasks import send_circular_payment
-
-    send_circular_payment.delay(circular_id=circular_id)
-
-
-def _circular_claim(circular_id: int, expires_at: datetime) -> CircularPayment | None:
-    now = _now()
-    claimed = CircularPayment.objects.filter(
-        pk=circular_id, status=CircularPayment.Status.PENDING
-    ).update(status=CircularPayment.Status.SENDING, sent_at=now, expires_at=expires_at)
-    if not claimed:
-        return None
-    return CircularPayment.objects.select_related("source_account").get(pk=circular_id)
-
-
-def _circular_end(circular_id: int, **changes: Any) -> CircularPayment:
-    CircularPayment.objects.filter(pk=circular_id, status=CircularPayment.Status.SENDING).update(
-        finished_at=_now(), **changes
-    )
-    return CircularPayment.objects.select_related("source_account").get(pk=circular_id)
-
-
-def _circular_set(circular_id: int, **changes: Any) -> None:
-    CircularPayment.objects.filter(pk=circular_id).update(**changes)
-
-
-_db_circular_claim = _in_thread(_circular_claim)
-_db_circular_set = _in_thread(_circular_set)
-_db_circular_end = _in_thread(_circular_end)
-
-
-def _circular_keys(circular: CircularPayment) -> tuple[str, str, str]:
-    base = f"circular:{circular.pk}"
-    return f"{base}:out", f"{base}:out:peer", f"{base}:in"
-
-
-async def _circular_progress(circular: CircularPayment) -> None:
-    await _publish(
-        f"payments.circular.{circular.pk}",
-        {
-            "type": CIRCULAR_EVENT,
-            "circular": {
-                "id": circular.pk,
-                "status": circular.status,
-                "amount_out": str(_int(circular.amount_out)),
-                "amount_in": None if circular.amount_in is None else str(_int(circular.amount_in)),
-                "cost": circular.cost,
-                "rtt_ms": circular.rtt_ms,
-                "code": circular.code,
-            },
-        },
-    )
-
-
-async def circular_payment_run(
-    *, circular_id: int, expiry: timedelta = CHUNK_EXPIRY
-) -> CircularPayment | None:
-    """Send the circular Prepare and wait for it to come back (sender.md §1).
-
-    Status check first (``pending`` → ``sending`` by a conditional UPDATE: one runner).
-    Money like an outgoing chunk via a peer: holds, then on a valid Fulfill
-    ``source -out`` and ``out peer +out``; the incoming leg was booked by
-    :func:`circular_receive`. Returns ``None`` when there was nothing to do.
-    """
-    expires_at = _now() + expiry
-    circular = await _db_circular_claim(circular_id, expires_at)
-    if circular is None:
-        return None
-    account = circular.source_account
-    route = Route(account.code, account.asset_code, int(account.asset_scale), circular.out_peer)
-    source_key, peer_key, _ = _circular_keys(circular)
-    amount = _int(circular.amount_out)
-    book = get_book()
-    reply: Reply
-    started = time.monotonic()
-    try:
-        async with _sender_opener()(route) as sender:
-            peer_account = sender.peer_account
-            if peer_account is None:
-                raise OutgoingNotAllowed("a circular payment goes out through a peer")
-            await _db_circular_set(circular.pk, out_account=peer_account)
-            circular.out_account = peer_account
-            prepare = Prepare(
-                amount,
-                expires_at,
-                sha256(circular_fulfillment(circular.token)),
-                circular.destination,
-                b"",
-            )
-            try:
-                await book.ahold(account.code, amount, source_key)
-                if not book.is_loaded(peer_account):
-                    await book.load_account(peer_account)
-                book.hold_credit(peer_account, amount, peer_key)
-            except BalanceLimitExceeded as exc:
-                book.release(source_key)
-                reply = Reject("T04", str(settings.ILP_ADDRESS), exc.message)
-            else:
-                started = time.monotonic()
-                reply = await sender.send(prepare)
-            rtt_ms = (time.monotonic() - started) * 1000
-            if (
-                isinstance(reply, Fulfill)
-                and sha256(reply.fulfillment) == prepare.execution_condition
-            ):
-                await _commit(
-                    [
-                        PostingDraft(account.code, -amount, source_key, "circular out"),
-                        PostingDraft(peer_account, amount, peer_key, "circular out"),
-                    ]
-                )
-                circular = await _db_circular_end(
-                    circular.pk, status=CircularPayment.Status.COMPLETED, rtt_ms=rtt_ms
-                )
-            else:
-                book.release(source_key)
-                book.release(peer_key)
-                code = reply.code if isinstance(reply, Reject) else "F05"
-                message = reply.message if isinstance(reply, Reject) else "wrong fulfillment"
-                circular = await _db_circular_end(
-                    circular.pk,
-                    status=CircularPayment.Status.FAILED,
-                    code=code,
-                    last_error=message[:2000],
-                    rtt_ms=rtt_ms,
-                )
-    except PaymentsError as exc:
-        circular = await _db_circular_end(
-            circular.pk, status=CircularPayment.Status.FAILED, last_error=exc.message
-        )
-    await _circular_progress(circular)
-    return circular
-
-
-def circular_payment_run_sync(
-    *, circular_id: int, expiry: timedelta = CHUNK_EXPIRY
-) -> CircularPayment | None:
-    result: CircularPayment | None = async_to_sync(circular_payment_run)(
-        circular_id=circular_id, expiry=expiry
-    )
-    return result
-
-
-def circular_payment_resolve(*, circular_id: int, now: datetime | None = None) -> str:
-    """A circular payment left ``sending`` by a runner that died: once expired, it came
-    back (``amount_in`` recorded: our own incoming side fulfilled it) → book the out leg
-    and complete it; else fail it. Returns the status."""
-    now = now or _now()
-    circular = CircularPayment.objects.select_related("source_account").get(pk=circular_id)
-    if circular.status != CircularPayment.Status.SENDING:
-        return circular.status
-    if circular.expires_at is not None and circular.expires_at + RESOLVE_MARGIN > now:
-        return circular.status
-    if circular.amount_in is None:
-        _circular_end(
-            circular.pk,
-            status=CircularPayment.Status.FAILED,
-            last_error="expired while its runner was down",
-        )
-        return CircularPayment.Status.FAILED
-    source_key, peer_key, _ = _circular_keys(circular)
-    amount = _int(circular.amount_out)
-    get_book().commit_sync(
-        [
-            PostingDraft(circular.source_account.code, -amount, source_key, "circular out"),
-            PostingDraft(circular.out_account, amount, peer_key, "circular out"),
-        ]
-    )
-    _circular_end(circular.pk, status=CircularPayment.Status.COMPLETED)
-    return CircularPayment.Status.COMPLETED
-
-
-def circular_payments_due(
-    *, now: datetime | None = None, idle: timedelta = LEASE
-) -> tuple[list[int], list[int]]:
-    """``(to_start, to_resolve)``: pending circular payments nobody started within
-    ``idle``, and sending ones past their expiry (their runner died)."""
-    now = now or _now()
-    pending = CircularPayment.objects.filter(
-        status=CircularPayment.Status.PENDING, created_at__lt=now - idle
-    )
-    stuck = CircularPayment.objects.filter(
-        status=CircularPayment.Status.SENDING, expires_at__lt=now - RESOLVE_MARGIN
-    )
-    return (
-        list(pending.order_by("pk").values_list("pk", flat=True)),
-        list(stuck.order_by("pk").values_list("pk", flat=True)),
-    )
-
-
-def _circular_arrive(
-    token: str, amount: int, in_peer: str, now: datetime
-) -> CircularPayment | None:
-    """Record the arrival once (conditional UPDATE): ``None`` if unknown or not expected."""
-    arrived = CircularPayment.objects.filter(
-        token=token, status=CircularPayment.Status.SENDING, amount_in__isnull=True
-    ).update(amount_in=amount, in_peer=in_peer, arrived_at=now)
-    if not arrived:
-        return None
-    return CircularPayment.objects.select_related("source_account").get(token=token)
-
-
-def _circular_unarrive(circular_id: int) -> None:
-    CircularPayment.objects.filter(pk=circular_id).update(
-        amount_in=None, in_peer="", arrived_at=None
-    )
-
-
-_db_circular_arrive = _in_thread(_circular_arrive)
-_db_circular_unarrive = _in_thread(_circular_unarrive)
-
-
-def _circular_reject(code: str, message: str) -> Reject:
-    return Reject(code, str(settings.ILP_ADDRESS), message)
-
-
-async def circular_receive(
-    prepare: Prepare, *, source_account: str, packet_key: str, now: datetime
-) -> Fulfill | Reject:
-    """The incoming leg of a circular payment: a Prepare for ``<node>.circular.<token>``
-    from the peer whose account is ``source_account`` (same contract as
-    ``receivers.psk2_receiver.receive_prepare``, so the switch can call it for that
-    prefix). Holds ``prepare.amount`` on the source under ``packet_key`` (a no-op when the
-    switch already did), records the arrival once, commits ``source -in`` (key
-    ``packet_key``) and ``circular source +in`` before returning the Fulfill. R00 expired,
-    F06 unknown/finished/already arrived, F05 wrong condition, T04 no liquidity, T00
-    commit failed. Never raises.
-    """
-    try:
-        return await _circular_receive(prepare, source_account, packet_key, now)
-    except Exception:
-        log.exception("payments: circular receive failed")
-        get_book().release(packet_key)
-        return _circular_reject("T00", "internal error.")
-
-
-async def _circular_receive(
-    prepare: Prepare, source_account: str, packet_key: str, now: datetime
-) -> Fulfill | Reject:
-    prefix = circular_prefix() + "."
-    if not prepare.destination.startswith(prefix):
-        return _circular_reject("F02", "not a circular payment address.")
-    token = prepare.destination[len(prefix) :]
-    if prepare.expires_at <= now:
-        return _circular_reject("R00", "circular payment expired.")
-    if not token or len(token) > 64 or "." in token:
-        return _circular_reject("F06", "unexpected circular payment.")
-    fulfillment = circular_fulfillment(token)
-    if sha256(fulfillment) != prepare.execution_condition:
-        return _circular_reject("F05", "wrong condition for this circular payment.")
-    book = get_book()
-    amount = prepare.amount
-    if amount:
-        try:
-            await book.ahold(source_account, amount, packet_key)
-        except BalanceLimitExceeded:
-            return _circular_reject("T04", "exceeded maximum balance.")
-    in_peer = source_account.removeprefix("peer:")
-    circular = await _db_circular_arrive(token, amount, in_peer, now)
-    if circular is None:
-        book.release(packet_key)
-        return _circular_reject("F06", "unexpected circular payment.")
-    _, _, in_key = _circular_keys(circular)
-    try:
-        await book.commit(
-            [
-                PostingDraft(source_account, -amount, packet_key, "circular in"),
-                PostingDraft(circular.source_account.code, amount, in_key, "circular in"),
-            ]
-        )
-    except Exception:
-        log.exception("payments: circular %s: commit failed", circular.pk)
-        book.release(packet_key)
-        await _db_circular_unarrive(circular.pk)
-        return _circular_reject("T00", "could not record the payment.")
-    return Fulfill(fulfillment, b"")

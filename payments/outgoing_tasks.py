@@ -16,7 +16,7 @@ import logging
 from celery import shared_task
 from django.db import OperationalError
 
-from payments import outgoing
+from payments import outgoing, outgoing_circular
 from payments.outgoing_errors import BookingFailed
 
 __all__ = ["resume_outgoing_payments", "send_circular_payment", "send_outgoing_payment"]
@@ -52,7 +52,7 @@ def send_outgoing_payment(*, payment_id: int) -> str:
 )
 def send_circular_payment(*, circular_id: int) -> str:
     """Send one circular payment (``outgoing.circular_payment_run``)."""
-    circular = outgoing.circular_payment_run_sync(circular_id=circular_id)
+    circular = outgoing_circular.circular_payment_run_sync(circular_id=circular_id)
     return circular.status if circular is not None else "skipped"
 
 
@@ -63,12 +63,12 @@ def resume_outgoing_payments() -> int:
     due = outgoing.outgoing_payments_due()
     for payment_id in due:
         send_outgoing_payment.delay(payment_id=payment_id)
-    to_start, to_resolve = outgoing.circular_payments_due()
+    to_start, to_resolve = outgoing_circular.circular_payments_due()
     for circular_id in to_start:
         send_circular_payment.delay(circular_id=circular_id)
     for circular_id in to_resolve:
         try:
-            outgoing.circular_payment_resolve(circular_id=circular_id)
+            outgoing_circular.circular_payment_resolve(circular_id=circular_id)
         except Exception:
             logger.exception("payments: cannot resolve circular payment %s", circular_id)
     return len(due) + len(to_start) + len(to_resolve)

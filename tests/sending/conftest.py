@@ -21,9 +21,8 @@ from pytest_django.fixtures import Settings as SettingsWrapper
 from ilp.packet import Prepare, Reject, Reply
 from links import edge
 from links.btp_client import BtpClient
-from links.peers import PeerContext
-from links.sender_link import deliver_local, local_destination, open_sender
-from links.switch import get_switch, packet_key, reset_switch
+from links.sender_link import open_sender
+from links.switch import reset_switch
 from payments.ledger import ensure_account, reset_book
 from payments.models import LedgerAccount
 from payments.outgoing import Route, Sender, set_sender_opener
@@ -72,6 +71,14 @@ def _fresh_process_state() -> Iterator[None]:
     _reset()
     yield
     _reset()
+
+
+@pytest.fixture(autouse=True)
+async def _close_thread_connections() -> AsyncIterator[None]:
+    """Close the connection asgiref's thread-sensitive worker (``database_sync_to_async``
+    in the runner) keeps open, before the test database is dropped."""
+    yield
+    await sync_to_async(connections.close_all)()
 
 
 def _closing(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -155,25 +162,6 @@ async def btp_pair(
             yield Link(client, port)
         finally:
             await client.stop()
-
-
-# --- the switch with the circular hook the switch does not have yet -----------------------
-
-
-class CircularAwareSwitch:
-    """The real switch, plus what ``links/switch.py`` should do for ``<node>.circular.``
-    (requested from its author): hand those Prepares to ``links.sender_link.deliver_local``."""
-
-    async def handle_prepare(self, source: PeerContext, prepare: Prepare) -> Reply:
-        if local_destination(prepare.destination):
-            return await deliver_local(source, prepare, packet_key=packet_key(source.name, prepare))
-        return await get_switch().handle_prepare(source, prepare)
-
-    def link_up(self, source: PeerContext) -> None:
-        get_switch().link_up(source)
-
-    def link_down(self, peer_name: str) -> None:
-        get_switch().link_down(peer_name)
 
 
 # --- fault injection around the real sender ---------------------------------------------------

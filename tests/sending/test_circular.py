@@ -11,11 +11,12 @@ from django.utils import timezone
 
 from ilp.conditions import sha256
 from ilp.packet import Fulfill, Prepare, Reject
-from links import edge
+from links.sender_link import register_local_destinations
+from links.switch import get_switch
 from payments.ledger import get_book
 from payments.models_outgoing import CircularPayment
-from payments.outgoing import (
-    OPERATOR_ACCOUNT,
+from payments.outgoing import OPERATOR_ACCOUNT
+from payments.outgoing_circular import (
     circular_fulfillment,
     circular_payment_create,
     circular_payment_resolve,
@@ -23,13 +24,14 @@ from payments.outgoing import (
     circular_receive,
 )
 from payments.outgoing_errors import InsufficientBalance
-from tests.sending.conftest import NODE, CircularAwareSwitch, balance, btp_pair, in_thread
+from tests.sending.conftest import NODE, Faults, balance, btp_pair, in_thread, install_faults
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 async def test_circular_payment_goes_out_one_link_and_comes_back_the_other() -> None:
-    edge.override_switch(CircularAwareSwitch())
+    # What get_switch() should do (open_sender also does it on the process's switch).
+    register_local_destinations(get_switch())
     async with btp_pair():
         circular = await in_thread(circular_payment_create)(
             out_peer="hub", amount=1_000, start=False
@@ -50,10 +52,12 @@ async def test_circular_payment_goes_out_one_link_and_comes_back_the_other() -> 
 
 
 async def test_a_circular_payment_that_does_not_come_back_fails_and_books_nothing() -> None:
-    # Without the circular hook our switch has no route for <node>.circular: F02.
     async with btp_pair():
         circular = await in_thread(circular_payment_create)(out_peer="hub", amount=500, start=False)
+        # Somewhere on the way there is no route for it.
+        install_faults(faults := Faults(plan={1: Reject("F02", "test.x", "no route found.")}))
         done = await circular_payment_run(circular_id=circular.pk)
+    assert faults.count == 1
     assert done is not None and done.status == "failed" and done.code == "F02"
     assert done.amount_in is None
     assert await in_thread(balance)(OPERATOR_ACCOUNT) == 0

@@ -6,7 +6,7 @@ database, ILP address ``test.far``, a 1 % connector fee) reached over real BTP.
   the far node's switch and receiver.
 * A circular payment: out through ``far``, routed by the far node (1 % fee) to its peer
   ``back`` whose address is ``test.node.circular``, which is our second link to it, and in
-  again here.
+  again here (``open_sender`` registered the ``circular`` local handler on our switch).
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ import httpx
 import pytest
 from django.core.management import call_command
 
-from links import edge, registry
+from links import registry
 from links.btp_client import BtpClient
 from payments.models_outgoing import OutgoingPayment
-from payments.outgoing import OPERATOR_ACCOUNT, circular_payment_create, circular_payment_run
+from payments.outgoing import OPERATOR_ACCOUNT
+from payments.outgoing_circular import circular_payment_create, circular_payment_run
 from tests.sending.conftest import (
     NODE,
     RECEIVER_SECRET_HEX,
-    CircularAwareSwitch,
     balance,
     in_thread,
 )
@@ -194,7 +194,6 @@ def test_pay_command_pays_a_receiver_on_another_node_over_btp(far: FarNode) -> N
 async def test_circular_payment_through_another_node_measures_its_fee(far: FarNode) -> None:
     await in_thread(_peers)(far)
     before = await asyncio.to_thread(lambda: (far.balance("peer:near"), far.balance("peer:back")))
-    edge.override_switch(CircularAwareSwitch())
     clients = [
         BtpClient("far", far.btp("near", "neartok")),
         BtpClient("farback", far.btp("back", "backtok")),

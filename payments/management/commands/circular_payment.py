@@ -19,11 +19,8 @@ from interledger_site.celery import app as celery_app
 from payments.errors import PaymentsError
 from payments.ledger import reset_book
 from payments.models_outgoing import CircularPayment
-from payments.outgoing import (
-    OPERATOR_ACCOUNT,
-    circular_payment_create,
-    circular_payment_run_sync,
-)
+from payments.outgoing import OPERATOR_ACCOUNT
+from payments.outgoing_circular import circular_payment_create, circular_payment_run_sync
 from payments.outgoing_selectors import circular_payment_get
 
 

@@ -670,8 +670,9 @@ async def outgoing_payment_run(
     Returns the payment, or ``None`` when there is nothing to do (unknown, already over,
     or another runner holds its lease — the Saleor-style status check). Never raises for
     payment failures (they end in status ``failed`` with ``last_error``); raises only when
-    the process should retry later (the database or the ledger writer is down), leaving
-    the lease to expire.
+    the process should retry later (the database or the ledger writer is down), after
+    releasing its lease (a chunk it left in doubt is resolved by the next run). A process
+    that dies keeps the lease until ``lease_until``; the sweeper then re-queues it.
     """
     options = options or RunOptions()
     owner = f"{os.getpid()}:{uuid.uuid4().hex[:16]}"

@@ -202,3 +202,30 @@ async def test_a_quote_that_cannot_be_met_fails_before_any_chunk(live_server: An
     assert done is not None and done.status == "failed" and "more than the 2000" in done.last_error
     assert not await in_thread(OutgoingChunk.objects.exists)()
     assert await in_thread(balance)("receiver:alice") == 10_000
+
+
+async def test_pays_a_shop_order_invoice_exactly(live_server: Any) -> None:
+    """An SPSP answer with ``balance`` (an invoice): a destination amount over what is left
+    is refused before anything is sent; the exact amount pays the order."""
+    from receivers.shop import order_create, order_refresh
+
+    bob = await in_thread(make_receiver)("bob")
+    await in_thread(fund)("receiver:alice", 10_000)
+    order = await in_thread(order_create)(receiver=bob, amount=3_000, description="tea")
+    url = f"{live_server.url}/shop/{order.id}/spsp"
+    too_much = await in_thread(create)(
+        source_account_code="receiver:alice", receiver=url, amount=3_001, mode="destination"
+    )
+    refused = await outgoing_payment_run(payment_id=too_much.pk)
+    assert refused is not None and refused.status == "failed"
+    assert "accepts 3000 more" in refused.last_error
+    exact = await in_thread(create)(
+        source_account_code="receiver:alice", receiver=url, amount=3_000, mode="destination"
+    )
+    done = await outgoing_payment_run(payment_id=exact.pk)
+    assert done is not None
+    assert done.status == "completed", done.last_error
+    assert int(done.amount_delivered) == 3_000
+    paid = await in_thread(order_refresh)(order=order)
+    assert paid.status == "paid" and int(paid.received) == 3_000
+    assert await in_thread(balance)("receiver:alice") == 7_000

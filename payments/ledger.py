@@ -694,6 +694,15 @@ class BalanceBook:
             for row in rows:
                 self._observe_locked(row, add=False)
 
+    def observe_balances(self, balances: dict[int, tuple[int, int]]) -> None:
+        """Take ``{account id: (balance, version)}`` read inside a committed transaction
+        (what :func:`post_in_transaction` returns). Same rules as :meth:`observe`."""
+        with self._lock:
+            for pk, (balance, version) in balances.items():
+                acct = self._by_id.get(pk)
+                if acct is not None and version >= acct.version:
+                    acct.balance, acct.version = balance, version
+
     def forget(self, account_code: str) -> None:
         """Drop an account from memory (its holds stay accounted until released)."""
         with self._lock:
@@ -1224,7 +1233,7 @@ class ReceiptApplier:
     """
 
     def __init__(
-        self, *, delay: float = 0.02, max_batch: int = 2000, sweep_interval: float = 60.0
+        self, *, delay: float = 0.05, max_batch: int = 2000, sweep_interval: float = 60.0
     ) -> None:
         self.delay = delay
         self.max_batch = max_batch
@@ -1249,7 +1258,8 @@ class ReceiptApplier:
             if self._closed:
                 logger.warning("ledger: applier closed; receipts %s left to the sweep", ids)
                 return
-            if not self._pending:
+            was_empty = not self._pending
+            if was_empty:
                 self._first_at = time.monotonic()
             self._pending.extend(ids)
             self._submitted += len(ids)
@@ -1258,7 +1268,10 @@ class ReceiptApplier:
                     target=self._run, name="payments-receipts", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify_all()
+            # Waking the applier costs the writer a thread switch: only when it sleeps
+            # without a deadline (nothing was pending) or has enough to start now.
+            if was_empty or len(self._pending) >= self.max_batch:
+                self._cond.notify_all()
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until the receipts submitted so far are applied (or sent); ``False`` on timeout."""

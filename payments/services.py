@@ -62,6 +62,12 @@ def _notify_book(rows: list[dict[str, Any]]) -> None:
         book.observe(rows)
 
 
+def _notify_book_balances(balances: dict[int, tuple[int, int]]) -> None:
+    book = peek_book()
+    if book is not None and balances:
+        book.observe_balances(balances)
+
+
 # --- receipts -> incoming payments ---------------------------------------------------------
 
 
@@ -122,14 +128,15 @@ def _apply_receipt_chunk(ids: list[int]) -> int:
                 account_ids,
             )
         # 3. The receivers' postings; only new ones move balances.
-        new_posting_keys = post_in_transaction(
+        posted = post_in_transaction(
             [
                 (aid, amount, RECEIPT_POSTING_PREFIX + key, f"psk2 {pid} #{seq}")
                 for _rid, aid, pid, seq, amount, key in receipts
             ],
             now=now,
             cursor=cursor,
-        ).new_keys
+        )
+        new_posting_keys = posted.new_keys
         applied: list[int] = []
         skipped: list[int] = []
         for rid, _aid, _pid, _seq, amount, key in receipts:
@@ -174,9 +181,9 @@ def _apply_receipt_chunk(ids: list[int]) -> int:
                 f"UPDATE {receipt_table} SET applied_at = %s WHERE id IN ({_params(skipped)})",
                 [stamp, *skipped],
             )
-        delivery_ids = _create_deliveries_for(payment_ids, account_ids, now=now)
-        rows = list(LedgerAccount.objects.filter(id__in=account_ids).values(*_ACCOUNT_FIELDS))
-        transaction.on_commit(lambda: _notify_book(rows), robust=True)
+        delivery_ids = _create_deliveries_for(payment_ids, account_ids, cursor, now=now)
+        balances = posted.balances
+        transaction.on_commit(lambda: _notify_book_balances(balances), robust=True)
         if delivery_ids:
             transaction.on_commit(lambda: queue_webhook_deliveries(delivery_ids), robust=True)
     return len(applied)
@@ -187,12 +194,17 @@ def _params(values: Sequence[Any]) -> str:
 
 
 def _create_deliveries_for(
-    payment_ids: list[int], account_ids: list[int], *, now: datetime
+    payment_ids: list[int], account_ids: list[int], cursor: Any, *, now: datetime
 ) -> list[int]:
     """Deliveries for the touched payments, if any of their accounts has a webhook."""
-    if not payment_ids or not (
-        Webhook.objects.filter(account_id__in=account_ids, enabled=True).exists()
-    ):
+    if not payment_ids:
+        return []
+    cursor.execute(
+        f"SELECT 1 FROM {connection.ops.quote_name(Webhook._meta.db_table)} "
+        f"WHERE account_id IN ({_params(account_ids)}) AND enabled LIMIT 1",
+        account_ids,
+    )
+    if cursor.fetchone() is None:
         return []
     payments = list(IncomingPayment.objects.select_related("account").filter(id__in=payment_ids))
     return _create_deliveries(payments, now=now)

@@ -113,6 +113,7 @@ __all__ = [
     "in_thread",
     "lock_source_account",
     "outgoing_payment_create",
+    "outgoing_payment_lease_left",
     "outgoing_payment_run",
     "outgoing_payment_run_sync",
     "outgoing_payments_due",
@@ -452,6 +453,19 @@ def outgoing_payments_due(*, now: datetime | None = None, idle: timedelta = LEAS
         .order_by("pk")
         .values_list("pk", flat=True)
     )
+
+
+def outgoing_payment_lease_left(*, payment_id: int, now: datetime | None = None) -> float | None:
+    """Seconds until another runner's lease on an active payment runs out (``None`` when
+    the payment is over or nobody holds it): when a redelivered task should try again."""
+    row = (
+        OutgoingPayment.objects.filter(pk=payment_id, status__in=OutgoingPayment.ACTIVE)
+        .values_list("lease_until", flat=True)
+        .first()
+    )
+    if row is None:
+        return None
+    return max((row - (now or _now())).total_seconds(), 0.0)
 
 
 # --- leases and row updates (sync, run through database_sync_to_async) ---------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from celery import shared_task
+from celery import Task, shared_task
 from django.db import OperationalError
 
 from payments import outgoing, outgoing_circular
@@ -29,6 +29,7 @@ RETRY_COUNTDOWN_S = 5
 
 
 @shared_task(  # type: ignore[untyped-decorator]
+    bind=True,
     name="payments.send_outgoing_payment",
     acks_late=True,
     reject_on_worker_lost=True,
@@ -36,10 +37,20 @@ RETRY_COUNTDOWN_S = 5
     retry_backoff=RETRY_COUNTDOWN_S,
     max_retries=10,
 )
-def send_outgoing_payment(*, payment_id: int) -> str:
-    """Run or resume one outgoing payment (``outgoing.outgoing_payment_run``)."""
+def send_outgoing_payment(self: Task, *, payment_id: int) -> str:
+    """Run or resume one outgoing payment (``outgoing.outgoing_payment_run``).
+
+    When another runner holds the payment (e.g. this is the redelivery of a task whose
+    worker died mid-payment), try again once its lease has run out: the run that then
+    takes it resolves whatever the dead one left in flight.
+    """
     payment = outgoing.outgoing_payment_run_sync(payment_id=payment_id)
-    return payment.status if payment is not None else "skipped"
+    if payment is not None:
+        return str(payment.status)
+    wait = outgoing.outgoing_payment_lease_left(payment_id=payment_id)
+    if wait is not None and not self.request.is_eager:
+        raise self.retry(countdown=wait + 1)
+    return "skipped"
 
 
 @shared_task(  # type: ignore[untyped-decorator]

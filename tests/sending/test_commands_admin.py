@@ -140,3 +140,28 @@ def test_concurrent_reservations_never_overspend() -> None:
         t.join()
     assert sorted(outcomes) == ["ok"] * 3 + ["refused"] * 5
     assert sum(int(p.amount_reserved) for p in OutgoingPayment.objects.all()) == 900
+
+
+def test_the_sweeper_starts_payments_nobody_ran(live_server: Any) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from payments.outgoing_tasks import resume_outgoing_payments
+
+    make_receiver("bob")
+    fund("receiver:alice", 1_000)
+    payment = outgoing_payment_create(
+        source_account_code="receiver:alice",
+        receiver=f"{live_server.url}/bob",
+        amount=600,
+        start=False,  # as if the broker lost the task
+    )
+    assert resume_outgoing_payments() == 0  # too recent to be called lost
+    OutgoingPayment.objects.filter(pk=payment.pk).update(
+        created_at=timezone.now() - timedelta(minutes=5)
+    )
+    assert resume_outgoing_payments() == 1
+    payment.refresh_from_db()
+    assert payment.status == "completed" and balance("receiver:alice") == 400
+    assert resume_outgoing_payments() == 0

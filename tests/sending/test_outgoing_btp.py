@@ -17,9 +17,11 @@ from payments.outgoing import (
     SUSPENSE_ACCOUNT,
     RunOptions,
     outgoing_payment_create,
+    outgoing_payment_lease_left,
     outgoing_payment_run,
     outgoing_payments_due,
 )
+from payments.outgoing_tasks import send_outgoing_payment
 from tests.sending.conftest import (
     Crash,
     Faults,
@@ -174,8 +176,13 @@ async def test_a_runner_that_dies_mid_payment_is_resumed_without_resending(
         arrived = 1_500 if when == "crash-after" else 1_000
         assert view["received"] == arrived and view["alice"] == 1_000_000 - 1_000
 
-        # Another run cannot take it while the lease holds...
+        # Another run cannot take it while the lease holds (a redelivered task says when
+        # to try again)...
         assert await outgoing_payment_run(payment_id=payment.pk, options=SHORT) is None
+        left = await in_thread(outgoing_payment_lease_left)(payment_id=payment.pk)
+        assert left is not None and 60 < left <= 130
+        skipped = await in_thread(send_outgoing_payment.apply)(kwargs={"payment_id": payment.pk})
+        assert skipped.result == "skipped"
         assert await in_thread(outgoing_payments_due)() == []
         # ... and the sweeper hands it on once the lease has run out.
         await in_thread(OutgoingPayment.objects.filter(pk=payment.pk).update)(
@@ -183,10 +190,11 @@ async def test_a_runner_that_dies_mid_payment_is_resumed_without_resending(
         )
         assert await in_thread(outgoing_payments_due)() == [payment.pk]
 
+        # The redelivered task (or the sweeper's) resumes it.
         install_faults(resumed := Faults())
-        done = await outgoing_payment_run(payment_id=payment.pk, options=SHORT)
-        assert done is not None
-        assert done.status == "completed", done.last_error
+        result = await in_thread(send_outgoing_payment.apply)(kwargs={"payment_id": payment.pk})
+        assert result.result == "completed"
+        done = await in_thread(OutgoingPayment.objects.get)(pk=payment.pk)
         view = await in_thread(ledger_view)(payment)
     expected = "fulfilled" if when == "crash-after" else "lost"
     assert view["states"][:3] == ["fulfilled", "fulfilled", expected]

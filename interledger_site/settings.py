@@ -118,6 +118,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
     "apply-pending-receipts": {"task": "payments.apply_pending_receipts", "schedule": 60.0},
     "retry-webhooks": {"task": "payments.retry_webhooks", "schedule": 60.0},
+    "resume-outgoing-payments": {"task": "payments.resume_outgoing_payments", "schedule": 60.0},
 }
 
 # --- The node's identity ------------------------------------------------------------------

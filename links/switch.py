@@ -857,6 +857,10 @@ def get_switch() -> PacketSwitch:
             route_broadcast_interval_s=settings.ILP_ROUTE_BROADCAST_INTERVAL_S,
             housekeeping=True,
         )
+        # Local destinations other parts own (circular payments come back through here).
+        from links.sender_link import register_local_destinations
+
+        register_local_destinations(_switch)
     return _switch
 
 

@@ -6,7 +6,6 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 STAMP := $(VENV)/.installed
-export ILP_PUBLIC_URL ?= http://$(HOST):$(PORT)
 
 .PHONY: run test lint install migrate demo worker interop bench bench-codec clean
 
@@ -24,7 +23,7 @@ migrate: install
 	$(BIN)/python manage.py migrate --noinput
 
 demo: migrate
-	$(BIN)/python manage.py setup_demo
+	ILP_PUBLIC_URL=$${ILP_PUBLIC_URL:-http://$(HOST):$(PORT)} $(BIN)/python manage.py setup_demo
 
 run: demo
 	@echo ""
@@ -37,7 +36,7 @@ run: demo
 	@echo "  API docs:       http://$(HOST):$(PORT)/api/docs/"
 	@echo "  Celery worker (only with REDIS_URL set): $(BIN)/celery -A interledger_site worker"
 	@echo ""
-	$(BIN)/daphne -b $(HOST) -p $(PORT) interledger_site.asgi:application
+	ILP_PUBLIC_URL=$${ILP_PUBLIC_URL:-http://$(HOST):$(PORT)} $(BIN)/daphne -b $(HOST) -p $(PORT) interledger_site.asgi:application
 
 test: install
 	$(BIN)/python -m pytest -q -n 2

@@ -92,7 +92,7 @@ def live_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveNode]:
             "127.0.0.1",
             "-p",
             str(port),
-            "tests.browser.asgi_app:application",
+            "interledger_site.asgi:application",
         ],
         cwd=ROOT,
         env=env,

@@ -932,7 +932,12 @@ class BalanceBook:
                     job.error = UnknownAccount(f"no ledger account {bad!r}", account=bad)
                 else:
                     ok_jobs.append(job)
-            # 2.-3. Postings (only the new ones move balances), one UPDATE per account.
+            # 2.-4. Postings (only the new ones move balances) and receipts (first
+            #       occurrence of a key wins); one statement on Postgres.
+            receipt_rows: dict[str, ReceiptDraft] = {}
+            for job in ok_jobs:
+                for r in job.receipts:
+                    receipt_rows.setdefault(r.key, r)
             posted = post_in_transaction(
                 [
                     (ids[p.account_code], p.amount, p.key, p.memo)
@@ -941,25 +946,14 @@ class BalanceBook:
                 ],
                 now=now,
                 cursor=cursor,
+                receipts=[
+                    (ids[r.account_code], r.payment_id.hex(), r.sequence, r.amount, r.key)
+                    for r in sorted(receipt_rows.values(), key=lambda r: r.key)
+                ],
             )
             self.stats.postings_inserted += len(posted.new_keys)
             self.stats.postings_skipped += posted.submitted - len(posted.new_keys)
-            # 4. Receipts: first occurrence of a key wins.
-            receipt_rows: dict[str, ReceiptDraft] = {}
-            for job in ok_jobs:
-                for r in job.receipts:
-                    receipt_rows.setdefault(r.key, r)
-            stamp = _adapt_now(now)
-            new_receipts = _insert_returning(
-                cursor,
-                Receipt._meta.db_table,
-                RECEIPT_COLUMNS,
-                [
-                    (ids[r.account_code], r.payment_id.hex(), r.sequence, r.amount, r.key, stamp)
-                    for r in sorted(receipt_rows.values(), key=lambda r: r.key)
-                ],
-                returning="id, key",
-            )
+            new_receipts = posted.new_receipts
             self.stats.receipts_inserted += len(new_receipts)
             self.stats.receipts_skipped += len(receipt_rows) - len(new_receipts)
             if new_receipts:
@@ -1150,20 +1144,33 @@ class PostResult:
     new_keys: set[str]
     balances: dict[int, tuple[int, int]]  # account id -> (balance, version) after the update
     submitted: int  # distinct non-zero keys offered
+    new_receipts: list[tuple[int, str]] = field(default_factory=list)  # (id, key) inserted
 
 
 def post_in_transaction(
-    entries: Sequence[tuple[int, int, str, str]], *, now: datetime, cursor: Any = None
+    entries: Sequence[tuple[int, int, str, str]],
+    *,
+    now: datetime,
+    cursor: Any = None,
+    receipts: Sequence[tuple[int, str, int, int, str]] = (),
 ) -> PostResult:
     """Insert the postings ``(account_id, amount, key, memo)`` whose key is new; move balances.
 
     Must run inside ``transaction.atomic()`` with the accounts already locked in
     primary-key order. Zero amounts and repeated keys (the first wins) are dropped; rows
     are inserted in key order, so two writers inserting overlapping keys wait for each
-    other instead of deadlocking. Then, per account in primary-key order, one
-    ``UPDATE ... SET balance = balance + delta, version = version + 1 ... RETURNING`` (the
-    statement ``F("balance") + delta`` compiles to, written out: the ORM's per-update
-    overhead is ~1 ms) with the deltas of the **inserted** rows only.
+    other instead of deadlocking. Then, per account, ``balance = balance + delta, version
+    = version + 1`` with the deltas of the **inserted** rows only.
+
+    ``receipts`` (``(account_id, payment_id hex, sequence, amount, key)``, keys distinct,
+    in key order) are inserted in the same way (``ON CONFLICT (key) DO NOTHING``); their
+    new ``(id, key)`` rows are in :attr:`PostResult.new_receipts`.
+
+    On Postgres all of it is **one statement** (data-modifying CTEs: the inserts, then
+    the ``UPDATE ... FROM`` the sums of what was inserted), so a batch costs one round
+    trip to the server besides the lock and the COMMIT. On SQLite (an in-process library,
+    no round trips) one multi-row ``INSERT ... RETURNING`` per table and one ``UPDATE``
+    per account in primary-key order.
     """
     cursor = cursor or _cursor()
     rows: dict[str, tuple[int, int, str, str]] = {}
@@ -1171,15 +1178,15 @@ def post_in_transaction(
         if entry[1] != 0 and entry[2] not in rows:
             rows[entry[2]] = entry
     stamp = _adapt_now(now)
+    posting_rows = [
+        (aid, amount, key, memo, stamp)
+        for aid, amount, key, memo in (rows[k] for k in sorted(rows))
+    ]
+    receipt_rows = [(*r, stamp) for r in receipts]
+    if connection.vendor == "postgresql":
+        return _post_postgres(cursor, posting_rows, receipt_rows, len(rows))
     inserted = _insert_returning(
-        cursor,
-        Posting._meta.db_table,
-        POSTING_COLUMNS,
-        [
-            (aid, amount, key, memo, stamp)
-            for aid, amount, key, memo in (rows[k] for k in sorted(rows))
-        ],
-        returning="key",
+        cursor, Posting._meta.db_table, POSTING_COLUMNS, posting_rows, returning="key"
     )
     new_keys = {str(row[0]) for row in inserted}
     deltas: dict[int, int] = defaultdict(int)
@@ -1196,10 +1203,85 @@ def post_in_transaction(
             [deltas[pk], pk],
         )
         balance, version = cursor.fetchone()
-        if isinstance(balance, float) or abs(int(balance)) > _max_balance():
-            raise InvalidAmount(f"balance of account {pk} would leave the database's range")
-        balances[pk] = (int(balance), int(version))
-    return PostResult(new_keys, balances, len(rows))
+        balances[pk] = _checked_balance(pk, balance, version)
+    new_receipts = _insert_returning(
+        cursor, Receipt._meta.db_table, RECEIPT_COLUMNS, receipt_rows, returning="id, key"
+    )
+    return PostResult(new_keys, balances, len(rows), [(int(i), str(k)) for i, k in new_receipts])
+
+
+def _checked_balance(pk: int, balance: Any, version: Any) -> tuple[int, int]:
+    if isinstance(balance, float) or abs(int(balance)) > _max_balance():
+        raise InvalidAmount(f"balance of account {pk} would leave the database's range")
+    return int(balance), int(version)
+
+
+def _unnest(
+    columns: Sequence[tuple[str, str]], rows: Sequence[tuple[Any, ...]]
+) -> tuple[str, list[Any]]:
+    """``SELECT * FROM unnest(<one typed array per column>)`` and its parameters."""
+    arrays = ", ".join(f"%s::{type_}[]" for _name, type_ in columns)
+    params = [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in columns]
+    return f"SELECT * FROM unnest({arrays})", params
+
+
+def _post_postgres(
+    cursor: Any,
+    posting_rows: list[tuple[Any, ...]],
+    receipt_rows: list[tuple[Any, ...]],
+    submitted: int,
+) -> PostResult:
+    qn = connection.ops.quote_name
+    accounts = qn(LedgerAccount._meta.db_table)
+
+    def insert(
+        name: str, table: str, columns: Sequence[tuple[str, str]], rows: Any, returning: str
+    ) -> tuple[str, list[Any]]:
+        select, params = _unnest(columns, rows)
+        cols = ", ".join(qn(c) for c, _type in columns)
+        return (
+            f"{name} AS (INSERT INTO {qn(table)} ({cols}) {select} "
+            f"ON CONFLICT ({qn('key')}) DO NOTHING RETURNING {returning})",
+            params,
+        )
+
+    ctes: list[str] = []
+    params: list[Any] = []
+    sql, p = insert(
+        "p",
+        Posting._meta.db_table,
+        POSTING_COLUMNS,
+        posting_rows,
+        f"account_id, amount, {qn('key')}",
+    )
+    ctes.append(sql)
+    params += p
+    selects = [f"SELECT 1, {qn('key')}, NULL::bigint, NULL::numeric, NULL::bigint FROM p"]
+    if receipt_rows:
+        sql, p = insert(
+            "r", Receipt._meta.db_table, RECEIPT_COLUMNS, receipt_rows, f"id, {qn('key')}"
+        )
+        ctes.append(sql)
+        params += p
+        selects.append(f"SELECT 2, {qn('key')}, id, NULL, NULL FROM r")
+    ctes.append(
+        f"u AS (UPDATE {accounts} a SET balance = a.balance + d.delta, version = a.version + 1 "
+        f"FROM (SELECT account_id, SUM(amount) AS delta FROM p GROUP BY account_id) d "
+        f"WHERE a.id = d.account_id AND d.delta <> 0 RETURNING a.id, a.balance, a.version)"
+    )
+    selects.append("SELECT 3, NULL, id, balance, version FROM u")
+    cursor.execute(f"WITH {', '.join(ctes)} {' UNION ALL '.join(selects)}", params)
+    new_keys: set[str] = set()
+    new_receipts: list[tuple[int, str]] = []
+    balances: dict[int, tuple[int, int]] = {}
+    for kind, key, pk, balance, version in cursor.fetchall():
+        if kind == 1:
+            new_keys.add(str(key))
+        elif kind == 2:
+            new_receipts.append((int(pk), str(key)))
+        else:
+            balances[int(pk)] = _checked_balance(int(pk), balance, version)
+    return PostResult(new_keys, balances, submitted, new_receipts)
 
 
 def _max_balance() -> int:

@@ -200,6 +200,17 @@ class Receipt(models.Model):
                 name="payments_receipt_unapplied",
                 condition=Q(applied_at__isnull=True),
             ),
+            # Prefix lookups of tagged receipts (``key__startswith="tag:<hex>:"``). The
+            # opclass makes LIKE 'prefix%' an index range scan on Postgres whatever the
+            # collation; Django leaves opclasses out on SQLite (a plain partial index
+            # there). The planner uses a partial index only when the query repeats its
+            # condition: filter with ``key__startswith="tag:"`` as well.
+            models.Index(
+                fields=["key"],
+                name="payments_receipt_tag_key",
+                opclasses=["varchar_pattern_ops"],
+                condition=Q(key__startswith="tag:"),
+            ),
         ]
 
     def __str__(self) -> str:

@@ -181,3 +181,16 @@ def test_two_processes_commit_the_same_keys_once() -> None:
     payment = IncomingPayment.objects.get()
     assert (int(payment.total), payment.chunks) == (EXPECTED, N)
     call_command("check_ledger", stdout=io.StringIO())
+
+
+def test_tagged_receipt_prefix_lookup_uses_the_partial_pattern_index() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        plain = Receipt.objects.filter(key__startswith="tag:ab12:").explain()
+        both = (
+            Receipt.objects.filter(key__startswith="tag:")
+            .filter(key__startswith="tag:ab12:")
+            .explain()
+        )
+    assert "payments_receipt_tag_key" not in plain  # a partial index needs its condition
+    assert "payments_receipt_tag_key" in both

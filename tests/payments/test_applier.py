@@ -1,0 +1,150 @@
+"""The receipt applier: receipts are applied in bulk off the ledger writer's critical path."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+
+from payments import ledger, services
+from payments.ledger import BalanceBook, PostingDraft, ReceiptApplier, ReceiptDraft
+from payments.models import IncomingPayment, LedgerAccount, Posting, Receipt
+from tests.payments.conftest import PEER, RECEIVER, amake_accounts, db, make_accounts
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+PID = b"\x03" * 16
+
+
+def pay(i: int, amount: int = 2, pid: bytes = PID) -> tuple[list[PostingDraft], list[ReceiptDraft]]:
+    key = f"a{i}"
+    return [PostingDraft(PEER, -amount, key)], [ReceiptDraft(RECEIVER, pid, i, amount, key)]
+
+
+async def test_commit_returns_before_receipts_are_applied_then_they_are(
+    book: BalanceBook, eager_celery: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await amake_accounts()
+    await book.load_account(PEER)
+    applier = ReceiptApplier(delay=0.3)
+    monkeypatch.setattr(ledger, "_applier", applier)
+    try:
+        for i in range(5):
+            await book.commit(*pay(i))
+        # The commits are durable; applying waits for the applier's window.
+        assert await db(lambda: Receipt.objects.filter(applied_at__isnull=True).count()) == 5
+        assert await db(lambda: IncomingPayment.objects.count()) == 0
+        assert await db(lambda: ledger.wait_receipts_applied(10))
+        payment = await db(lambda: IncomingPayment.objects.get())
+        assert (int(payment.total), payment.chunks) == (10, 5)
+        assert await db(lambda: int(LedgerAccount.objects.get(code=RECEIVER).balance)) == 10
+        assert applier.batches == 1  # one bulk apply for the five commits
+        assert applier.applied == 5
+    finally:
+        applier.close()
+
+
+def test_bulk_apply_is_a_fixed_number_of_statements(
+    book: BalanceBook, captured_apply: list[list[int]]
+) -> None:
+    make_accounts()
+    for i in range(3):
+        book.commit_sync(*pay(i))
+    few = [i for batch in captured_apply for i in batch]
+    captured_apply.clear()
+    for i in range(3, 103):
+        book.commit_sync(*pay(i, pid=bytes([i + 100]) * 16))
+    many = [i for batch in captured_apply for i in batch]
+
+    def statements(ids: list[int]) -> int:
+        from django.test.utils import CaptureQueriesContext
+
+        with CaptureQueriesContext(connection) as ctx:
+            assert services.apply_receipts(receipt_ids=ids) == len(ids)
+        return len(ctx.captured_queries)
+
+    assert statements(many) == statements(few)  # 100 receipts, 100 payments: same count
+    assert IncomingPayment.objects.count() == 101
+    assert int(LedgerAccount.objects.get(code=RECEIVER).balance) == 206
+    assert Posting.objects.filter(key__startswith="receipt:").count() == 103
+    assert not Receipt.objects.filter(applied_at__isnull=True).exists()
+    linked = Receipt.objects.filter(incoming_payment__payment_id=PID.hex()).count()
+    assert linked == 3
+
+
+def test_apply_keeps_first_and_last_at_across_batches(
+    book: BalanceBook, captured_apply: list[list[int]]
+) -> None:
+    make_accounts()
+    book.commit_sync(*pay(0))
+    first = captured_apply.pop()
+    book.commit_sync(*pay(1))
+    second = captured_apply.pop()
+    Receipt.objects.filter(id__in=first).update(
+        created_at=Receipt.objects.get(id=first[0]).created_at - timedelta(hours=1)
+    )
+    services.apply_receipts(receipt_ids=second)
+    services.apply_receipts(receipt_ids=first)  # an older receipt applied later
+    payment = IncomingPayment.objects.get()
+    receipts = {r.id: r.created_at for r in Receipt.objects.all()}
+    assert payment.first_at == receipts[first[0]]
+    assert payment.last_at == receipts[second[0]]
+    assert (int(payment.total), payment.chunks) == (4, 2)
+
+
+def test_flush_from_many_threads_and_close_applies_what_is_pending(
+    book: BalanceBook, eager_celery: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_accounts()
+    applier = ReceiptApplier(delay=5.0)
+    monkeypatch.setattr(ledger, "_applier", applier)
+    book.commit_sync(*pay(0))  # commit_sync waits for its receipts: flushed at once
+    assert Receipt.objects.get().applied_at is not None
+    results: list[bool] = []
+    threads = [threading.Thread(target=lambda: results.append(applier.flush(5))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [True] * 4
+    applier.submit([])  # nothing: no wake-up
+    start = time.monotonic()
+    ids = list(Receipt.objects.values_list("id", flat=True))
+    Receipt.objects.update(applied_at=None, incoming_payment=None)  # never applied ...
+    IncomingPayment.objects.all().delete()
+    Posting.objects.filter(key__startswith="receipt:").delete()
+    LedgerAccount.objects.filter(code=RECEIVER).update(balance=0)
+    applier.submit(ids)
+    applier.close()  # ... close applies it without waiting for the 5 s window
+    assert time.monotonic() - start < 4
+    assert Receipt.objects.get().applied_at is not None
+    applier.submit(ids)  # closed: left to the sweep, no thread started again
+    assert applier.applied == 2
+
+
+def test_idle_sweep_applies_forgotten_receipts(
+    book: BalanceBook, eager_celery: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_accounts()
+    monkeypatch.setattr(ledger, "_queue_apply_receipts", lambda ids: None)  # "lost" task
+    book.commit_sync(*pay(0))
+    Receipt.objects.update(created_at=Receipt.objects.get().created_at - timedelta(minutes=5))
+    applier = ReceiptApplier(sweep_interval=0.05)
+    try:
+        applier.submit([-1])  # starts the thread (an unknown id is simply not applied)
+        deadline = time.monotonic() + 10
+        while Receipt.objects.filter(applied_at__isnull=True).exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        applier.close()
+    assert int(LedgerAccount.objects.get(code=RECEIVER).balance) == 2
+
+
+def test_tag_key_index_exists() -> None:
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(cursor, Receipt._meta.db_table)
+    assert constraints["payments_receipt_tag_key"]["columns"] == ["key"]

@@ -85,7 +85,7 @@ for round in $(seq 1 "$ROUNDS"); do
     sleep 0.5
   fi
   threads_cpu >"$OUT/cpu-before-$round.txt"
-  (cd "$HARNESS" && node scenarios/08-load.js 2>"$OUT/load-$round.stderr.log") \
+  (cd "$HARNESS" && TIMEFORMAT="%U %S" && { time node scenarios/08-load.js 2>"$OUT/load-$round.stderr.log"; } 2>"$OUT/harness-cpu-$round.txt") \
     | grep -E '^\{' | tail -1 | tee "$OUT/load-$round.json" \
     | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const r=JSON.parse(s),m=r.metrics,l=m.latency||{};
         console.log(`round ${process.argv[1]}: ${r.ok?"PASS":"FAIL"} ${m.fulfilled}/${m.n} c=${m.concurrency} ${m.payments_per_sec}/s p50 ${l.p50_ms} p90 ${l.p90_ms} p99 ${l.p99_ms} max ${l.max_ms} ms errors ${JSON.stringify(m.errors)}`)})' "$round"
@@ -99,6 +99,7 @@ for round in $(seq 1 "$ROUNDS"); do
     { d=$3-b[$1]; if (d>0) { printf "  cpu %-22s %7.3f ms/payment\n", $2, 1000*d/hz/n; t+=d } }
     END { printf "  cpu %-22s %7.3f ms/payment\n", "daphne total", 1000*t/hz/n }' \
     "$OUT/cpu-before-$round.txt" "$OUT/cpu-after-$round.txt"
+  awk -v n="${LOAD_N:-2000}" '{ printf "  cpu %-22s %7.3f ms/payment (whole scenario, warm-up and start included)\n", "harness (node)", 1000*($1+$2)/n }' "$OUT/harness-cpu-$round.txt"
   echo "rss_kb after round $round: $(rss)"
 done
 if [ "$DB" = sqlite ]; then

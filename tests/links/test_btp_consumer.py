@@ -421,3 +421,50 @@ def test_celery_prune_tasks() -> None:
 
     assert prune_btp_responses() == 0
     assert prune_http_async_requests() == 0
+
+
+# --- autobahn speed-ups (links.consumers.speed_up_autobahn) ----------------------------------
+
+
+@pytest.mark.parametrize("length", [0, 1, 3, 4, 5, 127, 128, 300, 70000])
+def test_fast_xor_masker_matches_autobahn_on_any_split(length: int) -> None:
+    from autobahn.nvx._xormasker import create_xor_masker as reference_masker
+
+    from links.consumers import FastXorMasker
+
+    mask = os.urandom(4)
+    data = os.urandom(length)
+    for cuts in ([], [1], [3, 7], [length // 2], [2, 5, 6, length - 1]):
+        ours, theirs = FastXorMasker(mask), reference_masker(mask, length)
+        cuts = sorted({min(cut, length) for cut in cuts})
+        bounds = zip([0, *cuts], [*cuts, length], strict=True)
+        pieces = [data[a:b] for a, b in bounds if b > a]  # autobahn never passes b"" in
+        assert b"".join(ours.process(p) for p in pieces) == b"".join(
+            theirs.process(p) for p in pieces
+        )
+        assert ours.pointer() == theirs.pointer() == length
+        ours.reset()
+        assert ours.pointer() == 0
+        assert FastXorMasker(mask).process(ours.process(data)) == data  # an involution
+
+
+def test_autobahn_speed_ups_are_installed() -> None:
+    from autobahn.twisted import websocket as tx_websocket
+    from autobahn.websocket import protocol
+
+    from links import consumers
+
+    assert consumers.speed_up_autobahn()
+    assert protocol.create_xor_masker is consumers.create_xor_masker
+    assert protocol.hlval(5) == "5" and tx_websocket.hltype is consumers._plain_type
+
+    class NotReady:
+        def __repr__(self) -> str:
+            raise AttributeError("not set up yet")
+
+        def method(self) -> None: ...
+
+    assert (
+        protocol.hltype(NotReady().method)
+        == "<test_autobahn_speed_ups_are_installed.<locals>.NotReady.method>"
+    )

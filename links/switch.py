@@ -93,6 +93,7 @@ log = logging.getLogger(__name__)
 FEE_ACCOUNT = "node:fees"
 PPM = 1_000_000
 RECENT_FULFILLS_MAX = 100_000
+RECENT_PURGE_EVERY = 1024
 RATE_WINDOW_S = 10
 # How often sends past their expiry are looked for (links normally answer R00 first).
 SWEEP_INTERVAL_S = 0.05
@@ -297,6 +298,7 @@ class PacketSwitch:
         self._locals: dict[str, LocalHandler] = {}  # segment -> handler
         self._inflight: dict[str, asyncio.Future[Reply]] = {}
         self._recent: OrderedDict[str, tuple[Fulfill, datetime]] = OrderedDict()
+        self._remembered = 0
         self._housekeeping = housekeeping
         self._housekeeping_task: asyncio.Task[None] | None = None
         self._started = False
@@ -536,6 +538,11 @@ class PacketSwitch:
         recent[key] = (fulfill, expires_at)
         if len(recent) > RECENT_FULFILLS_MAX:
             recent.popitem(last=False)
+            self._purge_recent(self.clock())
+        self._remembered += 1
+        if not self._remembered % RECENT_PURGE_EVERY:
+            # Drop what expired every so often, not only at housekeeping: the cache then
+            # holds about one Prepare lifetime of Fulfills, whatever the packet rate.
             self._purge_recent(self.clock())
 
     def _purge_recent(self, now: datetime) -> None:

@@ -472,6 +472,20 @@ async def test_receiver_crash_is_t00() -> None:
     assert rig.book.pending() == 0
 
 
+async def test_recent_fulfills_are_purged_as_they_expire() -> None:
+    from links.switch import RECENT_PURGE_EVERY
+
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    rig = make_rig([ALICE], clock=lambda: now[0])
+    half = RECENT_PURGE_EVERY // 2
+    for i in range(RECENT_PURGE_EVERY):
+        if i == half:
+            now[0] += timedelta(seconds=20)  # the first half has expired
+        p = prepare(f"test.conn.receivers.demo.t{i}", 1, expires_in=10, now=now[0])
+        assert isinstance(await rig.switch.handle_prepare(ALICE, p), Fulfill)
+    assert len(rig.switch._recent) == RECENT_PURGE_EVERY - half
+
+
 # --- registered local destinations (register_local) ------------------------------------------
 
 

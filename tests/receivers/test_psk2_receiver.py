@@ -389,3 +389,12 @@ async def test_receiver_cache_follows_deletes(setup: dict[str, Any]) -> None:
     assert isinstance(reply, Reject) and reply.code == "F02"
     account = await sync_to_async(LedgerAccount.objects.get)(code="receiver:bob")
     assert account.kind == "receiver"
+
+
+def test_iv_pool_gives_fresh_12_byte_ivs_across_refills() -> None:
+    from receivers.psk2_receiver import IV_POOL_BYTES, _IvPool
+
+    pool = _IvPool()
+    ivs = [pool.take() for _ in range(3 * IV_POOL_BYTES // 12 + 5)]
+    assert {len(iv) for iv in ivs} == {12}
+    assert len(set(ivs)) == len(ivs)

@@ -14,6 +14,7 @@ import pytest
 from ilp.packet import Fulfill, Prepare, Reject, Reply
 from links import services
 from links.peers import PeerContext
+from tests.payments.conftest import _close_thread_connections  # noqa: F401 (session fixture)
 
 FULFILLMENT = bytes(range(32))
 CONDITION = hashlib.sha256(FULFILLMENT).digest()

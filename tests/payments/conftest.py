@@ -18,6 +18,20 @@ RECEIVER = "receiver:carol"
 NODE = "node:equity:USD:9"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _close_thread_connections(django_db_setup: None) -> Iterator[None]:
+    """Before the session's test database is dropped, close the connections that threads
+    other than the test's still hold: the ledger's writer and receipt applier
+    (``reset_book``) and the one thread ``database_sync_to_async`` runs on (with
+    ``CONN_MAX_AGE`` on Postgres it keeps its connection between calls; left open, the
+    database cannot be dropped: "is being accessed by other users")."""
+    yield
+    from asgiref.sync import SyncToAsync
+
+    reset_book()
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)
+
+
 @pytest.fixture
 def book() -> Iterator[BalanceBook]:
     """A fresh process-wide book, closed at teardown (its writer thread and connection too)."""

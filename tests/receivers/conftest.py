@@ -10,6 +10,7 @@ from payments.ledger import reset_book
 from receivers.directory import get_directory
 from receivers.models import Receiver
 from receivers.services import receiver_create
+from tests.payments.conftest import _close_thread_connections  # noqa: F401 (session fixture)
 
 # 32 bytes, fixed, so that tests can derive what the node derives.
 RECEIVER_SECRET_HEX = "292ba2e94ae81fdcb9181fdc24ae1cfb7edb15462676a8813d1f916c8f085f0b"

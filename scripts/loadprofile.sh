@@ -52,10 +52,21 @@ fi
 "$BIN/python" manage.py add_peer alice --relation child --link btp-server --token alicetoken >/dev/null
 "$BIN/python" manage.py add_pointer bob >/dev/null
 
+CELERY=""
 if [ -n "${REDIS_URL:-}" ]; then
   "$BIN/celery" -A interledger_site worker -l warning --concurrency 2 >"$OUT/celery.log" 2>&1 &
-  PIDS+=("$!")
+  CELERY=$!
+  PIDS+=("$CELERY")
 fi
+# CPU ticks of the Celery worker and its pool processes (0 without one).
+celery_cpu() {
+  local total=0 p
+  [ -n "$CELERY" ] || { echo 0; return; }
+  for p in "$CELERY" $(pgrep -P "$CELERY" || true); do
+    total=$((total + $(sed -E 's/^.*\) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
+  done
+  echo "$total"
+}
 "$BIN/daphne" -b 127.0.0.1 -p "$PORT" interledger_site.asgi:application >"$OUT/daphne.log" 2>&1 &
 DAPHNE=$!
 PIDS+=("$DAPHNE")
@@ -63,7 +74,9 @@ for _ in $(seq 1 150); do curl -fs -o /dev/null "http://127.0.0.1:$PORT/" && bre
 curl -fs -o /dev/null "http://127.0.0.1:$PORT/" || { echo "node did not start"; tail -30 "$OUT/daphne.log"; exit 1; }
 
 rss() { awk '/VmRSS/ {print $2}' "/proc/$DAPHNE/status"; }
-# CPU ticks (utime+stime) per thread of Daphne: "tid name ticks" lines.
+# CPU ticks (utime+stime) per thread of Daphne: "tid name ticks" lines. The threads keep
+# their creation order: the event loop (main), asgiref's database_sync_to_async thread,
+# the ledger writer, the receipt applier.
 threads_cpu() {
   for t in /proc/"$DAPHNE"/task/*; do
     printf '%s %s %s\n' "${t##*/}" "$(tr ' ' '_' <"$t/comm")" \
@@ -85,6 +98,7 @@ for round in $(seq 1 "$ROUNDS"); do
     sleep 0.5
   fi
   threads_cpu >"$OUT/cpu-before-$round.txt"
+  celery_before=$(celery_cpu)
   (cd "$HARNESS" && TIMEFORMAT="%U %S" && { time node scenarios/08-load.js 2>"$OUT/load-$round.stderr.log"; } 2>"$OUT/harness-cpu-$round.txt") \
     | grep -E '^\{' | tail -1 | tee "$OUT/load-$round.json" \
     | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const r=JSON.parse(s),m=r.metrics,l=m.latency||{};
@@ -100,6 +114,11 @@ for round in $(seq 1 "$ROUNDS"); do
     END { printf "  cpu %-22s %7.3f ms/payment\n", "daphne total", 1000*t/hz/n }' \
     "$OUT/cpu-before-$round.txt" "$OUT/cpu-after-$round.txt"
   awk -v n="${LOAD_N:-2000}" '{ printf "  cpu %-22s %7.3f ms/payment (whole scenario, warm-up and start included)\n", "harness (node)", 1000*($1+$2)/n }' "$OUT/harness-cpu-$round.txt"
+  if [ -n "$CELERY" ]; then
+    sleep 1  # let the worker finish the last receipts
+    awk -v hz="$HZ" -v n="${LOAD_N:-2000}" -v d="$(( $(celery_cpu) - celery_before ))" \
+      'BEGIN { printf "  cpu %-22s %7.3f ms/payment\n", "celery worker", 1000*d/hz/n }'
+  fi
   echo "rss_kb after round $round: $(rss)"
 done
 if [ "$DB" = sqlite ]; then

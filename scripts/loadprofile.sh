@@ -6,6 +6,7 @@
 #   LOAD_N=10000 LOAD_C=50      load size and concurrency (harness defaults 2000 / 50)
 #   PROFILE=1                   py-spy record (flamegraph SVG + speedscope JSON) during the load
 #   PROFILE_IDLE=1              ... including idle/waiting threads (--idle)
+#   PROFILE_FLAGS="--gil"       more py-spy flags (--gil: only samples holding the GIL)
 #   PROFILE_RATE=200            py-spy samples per second
 #   ROUNDS=1                    run the load scenario this many times on the same node
 #   PORT=8791                   where the node listens
@@ -92,7 +93,8 @@ echo "rss_kb before: $(rss)"
 for round in $(seq 1 "$ROUNDS"); do
   SPY=""
   if [ "${PROFILE:-0}" = 1 ]; then
-    "$BIN/py-spy" record -p "$DAPHNE" -r "${PROFILE_RATE:-200}" ${PROFILE_IDLE:+--idle} \
+    # shellcheck disable=SC2086  # PROFILE_FLAGS: extra py-spy flags, e.g. "--gil"
+    "$BIN/py-spy" record -p "$DAPHNE" -r "${PROFILE_RATE:-200}" ${PROFILE_IDLE:+--idle} ${PROFILE_FLAGS:-} \
       -f speedscope -o "$OUT/profile-$round.speedscope.json" >"$OUT/py-spy-$round.log" 2>&1 &
     SPY=$!
     sleep 0.5

@@ -7,6 +7,7 @@ can put a double in with :func:`override_switch` (restored with ``override_switc
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 from django.conf import settings
@@ -36,9 +37,15 @@ def override_switch(switch: Switch | None) -> None:
 def current_switch() -> Switch:
     if _override is not None:
         return _override
-    from links.switch import get_switch
+    global _get_switch
+    if _get_switch is None:  # imported on first use (links.switch imports the ledger)
+        from links.switch import get_switch
 
-    return get_switch()
+        _get_switch = get_switch
+    return _get_switch()
+
+
+_get_switch: Callable[[], Switch] | None = None
 
 
 def our_address() -> str:

@@ -110,6 +110,65 @@ async def test_btp_peer_token_is_not_an_http_token(
     assert response.status_code == 401
 
 
+async def test_real_peer_name_with_wrong_token_is_401(
+    make_peer: Callable[..., Any], switch: FakeSwitch
+) -> None:
+    """``ILP-Peer-Name`` is only a hint: the token alone decides who is calling."""
+    await database_sync_to_async(make_peer)("one", link="http-sync", token="t1")
+    await database_sync_to_async(make_peer)("two", link="http-sync", token="t2")
+    # "one" authenticates once, so a cached success exists that must not leak to others
+    response = await post("/ilp", encode_packet(prepare_to()), **js_headers("t1"))
+    assert response.status_code == 200
+    for headers in (
+        js_headers("wrong", **{"ILP-Peer-Name": "one"}),
+        {"authorization": "wrong", "ILP-Peer-Name": "one"},
+        js_headers("t1x", **{"ILP-Peer-Name": "two"}),
+        js_headers("wrong", **{"ILP-Peer-Name": "two"}),
+    ):
+        response = await post("/ilp", encode_packet(prepare_to()), **headers)
+        assert response.status_code == 401, headers
+        assert response.content == b"invalid authorization"
+    assert [name for name, *_ in switch.calls] == ["one"]
+    # a right token under another peer's name is that token's peer, never the named one
+    for _ in range(2):  # the first verifies against the database, the second hits the cache
+        response = await post(
+            "/ilp", encode_packet(prepare_to()), **js_headers("t1", **{"ILP-Peer-Name": "two"})
+        )
+        assert response.status_code == 200
+    assert [name for name, *_ in switch.calls] == ["one", "one", "one"]
+
+
+async def test_peer_without_a_token_refuses_every_token(
+    make_peer: Callable[..., Any], switch: FakeSwitch
+) -> None:
+    await database_sync_to_async(make_peer)("notoken", link="http-sync", token="")
+    await database_sync_to_async(make_peer)("other", link="http-sync", token="t2")
+    for token in ("anything", "t2x", "x" * 64):
+        for headers in (
+            js_headers(token),
+            js_headers(token, **{"ILP-Peer-Name": "notoken"}),
+            {"authorization": token, "ILP-Peer-Name": "notoken"},
+        ):
+            response = await post("/ilp", encode_packet(prepare_to()), **headers)
+            assert response.status_code == 401, headers
+    assert switch.calls == []
+
+
+async def test_rfc35_token_only_identifies_the_peer(
+    make_peer: Callable[..., Any], switch: FakeSwitch
+) -> None:
+    """RFC 35 sends no ``ILP-Peer-Name``: the bearer token alone names the peer."""
+    for name in ("first", "second", "third"):
+        await database_sync_to_async(make_peer)(name, link="http-sync", token=f"tok-{name}")
+    for name in ("second", "third", "first", "second"):
+        response = await post(
+            "/ilp", encode_packet(prepare_to()), authorization=f"Bearer tok-{name}"
+        )
+        assert response.status_code == 200
+        assert switch.calls[-1][0] == name
+    assert [name for name, *_ in switch.calls] == ["second", "third", "first", "second"]
+
+
 async def test_malformed_body_is_400(oer: None, switch: FakeSwitch) -> None:
     for body in (b"", b"\x0c\x05abc", encode_packet(Fulfill(bytes(32)))):
         response = await post("/ilp", body, **js_headers())

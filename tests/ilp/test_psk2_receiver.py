@@ -612,6 +612,41 @@ def test_draft2_paths() -> None:
     assert isinstance(receive(_request(0), paid=10**6, closed=True), Accept)
 
 
+def test_draft2_amount_exactly_at_the_minimum_is_accepted() -> None:
+    """The boundary: ``min_destination_amount == amount`` is enough (draft 2, 0.3.1 ``<``)."""
+    token = bytes(range(16))
+    prepare = _request(1000, data=token)  # source_amount 1000 arrives as 1000
+    result = accepted(receive(prepare, paid=7))
+    assert (result.total, result.sequence) == (1007, 42)
+    answer = read_reply(ADDRESS.shared_secret, result.to_fulfill(), prepare=prepare)
+    assert answer.fulfilled and answer.delivered == 1000
+    # One more is too low, refused with what arrived.
+    low = refused(receive(_request(1001, data=token), paid=7))
+    assert (low.code, low.reason) == ("F99", RefuseReason.AMOUNT_TOO_LOW)
+    assert decrypt_psk2(ADDRESS.shared_secret, low.data) == Rejection(42, 1000)
+
+
+@given(st.integers(0, 2**40), st.integers(-3, 3), st.integers(0, 2**40))
+def test_draft2_minimum_boundary_properties(amount: int, delta: int, paid: int) -> None:
+    """A draft-2 request is accepted iff its minimum is at most what arrived."""
+    minimum = max(0, amount + delta)
+    prepare = build_request(
+        ADDRESS.shared_secret,
+        ADDRESS.destination,
+        request_id=7,
+        min_destination_amount=minimum,
+        source_amount=amount,
+        expires_at=EXPIRES,
+        iv=bytes(12),
+    )
+    result = receive(prepare, paid=paid)
+    if minimum <= amount:
+        assert isinstance(result, Accept) and result.total == paid + amount
+    else:
+        assert isinstance(result, Refuse) and result.reason is RefuseReason.AMOUNT_TOO_LOW
+        assert decrypt_psk2(ADDRESS.shared_secret, result.data) == Rejection(7, amount)
+
+
 def test_refuse_in_kind() -> None:
     opened = open_prepare(chunk(amount=70), ADDRESS.shared_secret, now=NOW)
     assert isinstance(opened, Opened)

@@ -268,6 +268,41 @@ async def test_amount_below_the_minimum_is_f99_with_what_arrived(setup: dict[str
     assert QUOTE_AMOUNT != 500  # the error is about this chunk, not a quote
 
 
+async def test_amount_exactly_at_the_minimum_is_fulfilled_and_recorded(
+    setup: dict[str, Any],
+) -> None:
+    """Both drafts: a minimum equal to what arrived is enough; one more is F99, unrecorded."""
+    exact_d1 = chunk(setup, amount=500, chunk_amount=500)
+    assert isinstance(await receive(exact_d1, "d1-exact"), Fulfill)
+    token = os.urandom(16)
+
+    def request(request_id: int, minimum: int) -> Prepare:
+        return build_request(
+            setup["secret"],
+            setup["destination"],
+            request_id=request_id,
+            min_destination_amount=minimum,
+            source_amount=250,
+            expires_at=now() + timedelta(seconds=30),
+            iv=os.urandom(12),
+            data=token,
+        )
+
+    exact_d2 = request(1, 250)
+    reply = await receive(exact_d2, "d2-exact")
+    result = read_reply(setup["secret"], reply, prepare=exact_d2)
+    assert isinstance(reply, Fulfill) and result.fulfilled and result.delivered == 250
+    over_d2 = request(2, 251)
+    reply = await receive(over_d2, "d2-over")
+    result = read_reply(setup["secret"], reply, prepare=over_d2)
+    assert isinstance(reply, Reject) and reply.code == "F99"
+    assert isinstance(result.response, Rejection) and result.delivered == 250
+    rows = await receipts()
+    assert [(r.sequence, int(r.amount)) for r in rows] == [(0, 500), (1, 250)]
+    assert rows[1].payment_id == token.hex()
+    assert await peer_postings() == [("d1-exact", -500), ("d2-exact", -250)]
+
+
 async def test_unknown_receiver_is_f02(setup: dict[str, Any]) -> None:
     token = setup["destination"].rsplit(".", 1)[1]
     for destination in (f"test.node.receivers.nobody.{token}", "test.node.receivers.Bob"):

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from django.core.validators import RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
+
+from links import limits
 
 PEER_NAME_PATTERN = r"^[a-z0-9][a-z0-9_~-]*\Z"
 DEFAULT_MAX_PACKET_AMOUNT = Decimal(10**12)
@@ -74,6 +76,38 @@ class Peer(models.Model):
     enabled = models.BooleanField(default=True)
     idempotent = models.BooleanField(
         default=False, help_text="Speak BTP/2.0-I (or retry HTTP-OER-ASYNC) on this link."
+    )
+    # Abuse limits (links.limits; enforced per process at the edge, in CCP and BTP/2.0-I).
+    packets_per_second = models.PositiveIntegerField(
+        default=limits.DEFAULT_PACKETS_PER_SECOND,
+        validators=[MinValueValidator(1)],
+        help_text="Token bucket refill: Prepares per second (more → T05).",
+    )
+    burst = models.PositiveIntegerField(
+        default=limits.DEFAULT_BURST,
+        validators=[MinValueValidator(1)],
+        help_text="Token bucket capacity: Prepares the peer may send at once.",
+    )
+    throughput_per_second = models.DecimalField(
+        max_digits=20,
+        decimal_places=0,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(2**64 - 1)],
+        help_text="Amount per second the peer may send (more → T04); empty = unbounded.",
+    )
+    max_in_flight = models.PositiveIntegerField(
+        default=limits.DEFAULT_MAX_IN_FLIGHT,
+        validators=[MinValueValidator(1)],
+        help_text="Prepares of this peer in progress at once (more → T05).",
+    )
+    replay_quota = models.PositiveIntegerField(
+        default=limits.DEFAULT_REPLAY_QUOTA,
+        help_text="Entries of the BTP/2.0-I replay memory this peer may fill.",
+    )
+    max_routes = models.PositiveIntegerField(
+        default=limits.DEFAULT_MAX_ROUTES,
+        help_text="CCP routes accepted from this peer; more are ignored.",
     )
     connected_since = models.DateTimeField(null=True, blank=True)
     last_packet_at = models.DateTimeField(null=True, blank=True)

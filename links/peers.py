@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from links.limits import DEFAULT_LIMITS, PeerLimits
+
 if TYPE_CHECKING:
     from links.models import Peer
 
@@ -68,7 +70,8 @@ class PeerContext:
 
     ``address`` is the peer's ILP address: ``<node>.<name>`` for a child, the
     configured ``Peer.ilp_address`` otherwise (may be empty when unknown).
-    ``link`` and ``idempotent`` are additive extensions for the transports.
+    ``link`` and ``idempotent`` are additive extensions for the transports; ``limits``
+    the peer's abuse limits (:mod:`links.limits`; the defaults for a built-in source).
     """
 
     name: str
@@ -82,6 +85,7 @@ class PeerContext:
     receive_routes: bool
     link: str = ""
     idempotent: bool = False
+    limits: PeerLimits = DEFAULT_LIMITS
 
 
 def account_code_for(name: str) -> str:
@@ -90,6 +94,19 @@ def account_code_for(name: str) -> str:
 
 def child_address(name: str) -> str:
     return f"{settings.ILP_ADDRESS}.{name}"
+
+
+def limits_of(peer: Peer) -> PeerLimits:
+    """The limits stored on a ``Peer`` row."""
+    tput = peer.throughput_per_second
+    return PeerLimits(
+        packets_per_second=int(peer.packets_per_second),
+        burst=int(peer.burst),
+        throughput_per_second=None if tput is None else int(tput),
+        max_in_flight=int(peer.max_in_flight),
+        replay_quota=int(peer.replay_quota),
+        max_routes=int(peer.max_routes),
+    )
 
 
 def context_from_peer(peer: Peer) -> PeerContext:
@@ -106,6 +123,7 @@ def context_from_peer(peer: Peer) -> PeerContext:
         receive_routes=peer.receive_routes,
         link=peer.link,
         idempotent=peer.idempotent,
+        limits=limits_of(peer),
     )
 
 

@@ -13,7 +13,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -22,6 +23,7 @@ from django.conf import settings
 from django.db import transaction
 
 from links import peers as peer_cache
+from links.limits import LIMIT_FIELDS, InvalidLimits, PeerLimits
 from links.models import (
     DEFAULT_MAX_PACKET_AMOUNT,
     BtpStoredResponse,
@@ -36,6 +38,7 @@ from links.peers import (
     account_code_for,
     context_from_peer,
     invalidate_peer,
+    limits_of,
     store_peer_context,
     validate_peer_name,
 )
@@ -233,6 +236,31 @@ def peer_update(
     _set_limits(peer.account, min_balance=min_balance, max_balance=max_balance)
     transaction.on_commit(lambda: invalidate_peer(name))
     return PeerSaved(peer=peer, created=False, token=token)
+
+
+@transaction.atomic
+def peer_set_limits(*, name: str, changes: Mapping[str, int | None]) -> PeerLimits:
+    """Change some of a peer's abuse limits (:class:`links.limits.PeerLimits` field names;
+    ``throughput_per_second=None`` means unbounded). Returns the limits now in force.
+
+    Validated as a whole (:class:`~links.limits.InvalidLimits` → :class:`PeerError`);
+    idempotent. Processes see the change within ``links.peers.CONTEXT_TTL_S``.
+    """
+    unknown = set(changes) - set(LIMIT_FIELDS)
+    if unknown:
+        raise PeerError(f"unknown limits: {', '.join(sorted(unknown))}")
+    peer = Peer.objects.select_for_update().filter(name=name).first()
+    if peer is None:
+        raise PeerNotFound(f"no peer named {name!r}")
+    try:
+        limits = replace(limits_of(peer), **changes)  # type: ignore[arg-type]  # validated
+    except (InvalidLimits, TypeError) as exc:
+        raise PeerError(str(exc)) from exc
+    for field in LIMIT_FIELDS:
+        setattr(peer, field, getattr(limits, field))
+    peer.save(update_fields=[*LIMIT_FIELDS, "updated_at"])
+    transaction.on_commit(lambda: invalidate_peer(name))
+    return limits
 
 
 def peer_remove(*, name: str) -> bool:

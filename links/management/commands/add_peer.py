@@ -4,6 +4,11 @@ Prints the URL to give the peer (``btp+ws://NAME:TOKEN@host/btp`` for a BTP serv
 link, the ``/ilp`` endpoint and token for HTTP links). A token is generated when none
 is given on creation; a re-run with the same arguments updates the peer in place and
 keeps its token unless ``--token`` is given. Names and flags are a stable interface.
+
+Then it prints the limits in force (credit and ``links.limits``: ``--packets-per-second``,
+``--burst``, ``--throughput``, ``--max-in-flight``, ``--replay-quota``, ``--max-routes``;
+a flag not given keeps the current value, or the default on creation) and warns on
+stderr when the peer has no ``--min-balance``: it may then owe the node without bound.
 """
 
 from __future__ import annotations
@@ -13,11 +18,24 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import transaction
 
-from links.models import LinkKind, Relation
-from links.peers import InvalidPeerName
+from links.limits import PeerLimits
+from links.models import LinkKind, Peer, Relation
+from links.peers import InvalidPeerName, limits_of
 from links.selectors import peer_get
-from links.services import PeerError, PeerSaved, peer_create, peer_update
+from links.services import PeerError, PeerSaved, peer_create, peer_set_limits, peer_update
+
+UNBOUNDED = "none"
+# flag dest -> PeerLimits field
+_LIMIT_FLAGS = {
+    "packets_per_second": "packets_per_second",
+    "burst": "burst",
+    "throughput": "throughput_per_second",
+    "max_in_flight": "max_in_flight",
+    "replay_quota": "replay_quota",
+    "max_routes": "max_routes",
+}
 
 
 def _uint(value: str) -> int:
@@ -25,6 +43,19 @@ def _uint(value: str) -> int:
     if n < 0:
         raise argparse.ArgumentTypeError("must be >= 0")
     return n
+
+
+def _positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return n
+
+
+def _throughput(value: str) -> int | str:
+    if value.strip().lower() in (UNBOUNDED, "unbounded"):
+        return UNBOUNDED
+    return _positive(value)
 
 
 class Command(BaseCommand):
@@ -49,6 +80,23 @@ class Command(BaseCommand):
         parser.add_argument("--send-routes", action=argparse.BooleanOptionalAction, default=None)
         parser.add_argument("--receive-routes", action=argparse.BooleanOptionalAction, default=None)
         parser.add_argument("--enabled", action=argparse.BooleanOptionalAction, default=None)
+        limits = parser.add_argument_group("abuse limits (default: keep, or links.limits defaults)")
+        limits.add_argument(
+            "--packets-per-second", type=_positive, help="Prepares per second (more: T05)"
+        )
+        limits.add_argument("--burst", type=_positive, help="Prepares at once (bucket capacity)")
+        limits.add_argument(
+            "--throughput",
+            type=_throughput,
+            help="amount per second the peer may send (more: T04), or 'none' for unbounded",
+        )
+        limits.add_argument(
+            "--max-in-flight", type=_positive, help="Prepares in progress at once (more: T05)"
+        )
+        limits.add_argument(
+            "--replay-quota", type=_uint, help="its entries of the BTP/2.0-I replay memory"
+        )
+        limits.add_argument("--max-routes", type=_uint, help="CCP routes accepted from it")
         parser.add_argument(
             "--public-url",
             default=None,
@@ -72,15 +120,26 @@ class Command(BaseCommand):
             "idempotent": opts["idempotent"],
             "enabled": opts["enabled"],
         }
+        changes: dict[str, int | None] = {}
+        for dest, field in _LIMIT_FLAGS.items():
+            value = opts.get(dest)
+            if value is not None:
+                changes[field] = None if value == UNBOUNDED else value
         try:
-            if peer_get(name=name) is None:
-                created = {k: v for k, v in common.items() if v is not None}
-                saved = peer_create(name=name, **created)
-            else:
-                saved = peer_update(name=name, **common)
+            with transaction.atomic():
+                if peer_get(name=name) is None:
+                    created = {k: v for k, v in common.items() if v is not None}
+                    saved = peer_create(name=name, **created)
+                else:
+                    saved = peer_update(name=name, **common)
+                if changes:
+                    peer_set_limits(name=name, changes=changes)
         except (PeerError, InvalidPeerName) as exc:
             raise CommandError(str(exc)) from exc
         self._report(saved, opts["public_url"])
+        peer = peer_get(name=name)
+        assert peer is not None
+        self._report_limits(peer)
 
     def _report(self, saved: PeerSaved, public_url: str | None) -> None:
         peer = saved.peer
@@ -98,6 +157,31 @@ class Command(BaseCommand):
             self.stdout.write(f"token: {token}")
         else:
             self.stdout.write(f"dialling {_mask(peer.url)}")
+
+    def _report_limits(self, peer: Peer) -> None:
+        lo, hi = peer.account.min_balance, peer.account.max_balance
+        limits: PeerLimits = limits_of(peer)
+        tput = limits.throughput_per_second
+        self.stdout.write("limits in force:")
+        owes = "without bound" if lo is None else f"at most {-int(lo)} (min balance {int(lo)})"
+        owed = "without bound" if hi is None else f"at most {int(hi)} (max balance {int(hi)})"
+        self.stdout.write(f"  credit: it may owe us {owes}; we may owe it {owed}")
+        self.stdout.write(f"  max packet amount: {int(peer.max_packet_amount)}")
+        self.stdout.write(
+            f"  packets: {limits.packets_per_second}/s, burst {limits.burst}, "
+            f"in flight {limits.max_in_flight}; "
+            f"throughput: {'unbounded' if tput is None else f'{tput}/s'}"
+        )
+        self.stdout.write(f"  replay quota: {limits.replay_quota}; CCP routes: {limits.max_routes}")
+        if lo is None:
+            self.stderr.write(
+                self.style.WARNING(
+                    f"WARNING: peer {peer.name} has no --min-balance: it may owe this node "
+                    f"without bound (the node pays on what the peer sends before the peer "
+                    f"settles). Set a limit, e.g. --min-balance -1000000 (units of "
+                    f"{peer.asset_code} at scale {peer.asset_scale}; 0 = the peer must prepay)."
+                )
+            )
 
 
 def _mask(url: str) -> str:

@@ -18,7 +18,9 @@ Three parts, all in memory and on the event loop:
   (ccp.md §5.3) with the recommended fixes over 21.3.0: a gap re-sends our route control
   so the speaker rewinds, a routing table id change drops that peer's old routes, routes
   expire after the hold-down time, and routes looping through us (our address in the
-  path) or claiming our own address space are ignored.
+  path) or claiming our own address space are ignored. At most ``limits.max_routes``
+  prefixes are held from one peer: further new ones are ignored (logged once per
+  receiver) and the update is still answered with a Fulfill, so the session goes on.
 
 Relation rules (ccp.md §4): a control is served only if ``send_routes`` is set for the
 peer and an update applied only if ``receive_routes`` is; otherwise the 21.3.0 F00
@@ -34,7 +36,7 @@ import hmac
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from ilp.ccp import (
@@ -182,6 +184,9 @@ class CcpReceiver:
     expires_at: float = 0.0  # time.monotonic() when the peer's routes lapse; 0 = never set
     control_task: asyncio.Task[None] | None = None
     updates_applied: int = 0
+    # Prefixes held from this peer, for its max_routes cap (a set: O(1) per route).
+    prefixes: set[str] = field(default_factory=set)
+    routes_ignored: int = 0
 
 
 # --- the service ---------------------------------------------------------------------------
@@ -303,6 +308,7 @@ class CcpService:
             if receiver.routing_table_id != NO_TABLE:
                 log.info("ccp: %s has a new routing table; dropping its old routes", source.name)
                 self.routing.drop_learned(source.name)
+                receiver.prefixes.clear()
             receiver.routing_table_id = update.routing_table_id
             receiver.epoch = 0
         if update.from_epoch_index > receiver.epoch:
@@ -317,19 +323,39 @@ class CcpService:
         if update.to_epoch_index < receiver.epoch:
             return  # stale
         if not update.is_heartbeat:
-            add = [
-                RouteEntry(
-                    route.prefix,
-                    source.name,
-                    RouteOrigin.CCP,
-                    source.relation,
-                    path=route.path,
-                    auth=route.auth,
-                    epoch=update.to_epoch_index,
+            held = receiver.prefixes
+            held.difference_update(update.withdrawn_routes)
+            cap = source.limits.max_routes
+            add: list[RouteEntry] = []
+            ignored = 0
+            for route in update.new_routes:
+                if not self._importable(route):
+                    continue
+                if route.prefix not in held:
+                    if len(held) >= cap:
+                        ignored += 1
+                        continue
+                    held.add(route.prefix)
+                add.append(
+                    RouteEntry(
+                        route.prefix,
+                        source.name,
+                        RouteOrigin.CCP,
+                        source.relation,
+                        path=route.path,
+                        auth=route.auth,
+                        epoch=update.to_epoch_index,
+                    )
                 )
-                for route in update.new_routes
-                if self._importable(route)
-            ]
+            if ignored:
+                if not receiver.routes_ignored:
+                    log.warning(
+                        "ccp: %s advertises more than its %d routes (max_routes); ignoring "
+                        "the new ones beyond (logged once)",
+                        source.name,
+                        cap,
+                    )
+                receiver.routes_ignored += ignored
             self.routing.update_learned(source.name, add=add, withdraw=update.withdrawn_routes)
             receiver.updates_applied += 1
         receiver.epoch = update.to_epoch_index
@@ -568,6 +594,7 @@ class CcpService:
         for receiver in lapsed:
             log.info("ccp: routes from %s expired (no update within hold-down)", receiver.peer.name)
             self.routing.drop_learned(receiver.peer.name)
+            receiver.prefixes.clear()
             receiver.routing_table_id = NO_TABLE
             receiver.epoch = 0
             receiver.expires_at = 0.0
@@ -602,6 +629,8 @@ class CcpService:
                     "table": r.routing_table_id.hex(),
                     "epoch": r.epoch,
                     "applied": r.updates_applied,
+                    "routes": len(r.prefixes),
+                    "ignored": r.routes_ignored,
                 }
                 for n, r in sorted(self.receivers.copy().items())
             },

@@ -456,7 +456,8 @@ class BtpLink:
             reply: Reply = edge.reject("F01", f"invalid packet: {exc.reason}")
             deadline = None
         else:
-            reply = await edge.handle_prepare(peer, prepare)
+            # This task is the link's (never cancelled, it outlives the socket): no shield.
+            reply = await edge.handle_prepare(peer, prepare, owned=True)
             deadline = prepare.expires_at
         try:
             frame = self.session.respond_ilp(

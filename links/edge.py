@@ -6,9 +6,10 @@ can put a double in with :func:`override_switch` (restored with ``override_switc
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from django.conf import settings
 
@@ -57,13 +58,55 @@ def reject(code: str, message: str, data: bytes = b"") -> Reject:
     return Reject(code, our_address(), message[:8191], data)
 
 
-async def handle_prepare(source: PeerContext, prepare: Prepare) -> Reply:
-    """``switch.handle_prepare`` that never raises (a crash becomes T00)."""
+async def handle_prepare(source: PeerContext, prepare: Prepare, *, owned: bool = False) -> Reply:
+    """``switch.handle_prepare`` that never raises (a crash becomes T00).
+
+    A forward is the node's, not the caller's: once the switch has the Prepare, its
+    outcome is recorded (Fulfill: postings committed; Reject or expiry: holds released)
+    even if the caller is cancelled, e.g. Django cancelling the view of an HTTP client
+    that hung up. The switch call then runs in a task of its own that the caller's
+    cancellation does not reach (:func:`in_flight` lists them). ``owned=True`` skips that
+    task (~10 us per packet) for a caller that already runs in a task the node owns and
+    never cancels (a BTP link's per-request task, HTTP-OER async's background task).
+    """
+    if owned:
+        current = asyncio.current_task()
+        if current is None:  # not in a task (cannot be cancelled either)
+            return await _call_switch(source, prepare)
+        _in_flight.add(current)
+        try:
+            return await _call_switch(source, prepare)
+        finally:
+            _in_flight.discard(current)
+    task = asyncio.get_running_loop().create_task(_call_switch(source, prepare))
+    _in_flight.add(task)
+    task.add_done_callback(_in_flight.discard)
+    return await asyncio.shield(task)
+
+
+async def _call_switch(source: PeerContext, prepare: Prepare) -> Reply:
     try:
         return await current_switch().handle_prepare(source, prepare)
     except Exception:
         log.exception("switch failed on a Prepare from %s", source.name)
         return reject("T00", "internal error")
+
+
+# The tasks running a switch call: the shielded ones and the owned callers.
+_in_flight: set[asyncio.Task[Any]] = set()
+
+
+def in_flight() -> set[asyncio.Task[Any]]:
+    """The tasks with a switch call in progress (whether or not their caller still waits)."""
+    return set(_in_flight)
+
+
+async def drain() -> None:
+    """Wait until every switch call in progress has finished (shutdown, tests); an owned
+    caller's task is waited for to its end (its reply sent)."""
+    loop = asyncio.get_running_loop()
+    while mine := {t for t in _in_flight if t.get_loop() is loop and not t.done()}:
+        await asyncio.wait(mine)
 
 
 def link_up(source: PeerContext) -> None:

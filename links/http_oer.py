@@ -83,6 +83,8 @@ OCTETS = "application/octet-stream"
 JS_CONTENT_TYPE = "application/ilp+octet-stream"
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 KEEP_AFTER_EXPIRY = timedelta(seconds=60)
+# A Prepare's reply is known within ILP_MAX_HOLD_TIME_MS; an hour bounds its callback retries.
+MAX_CALLBACK_LIFETIME = timedelta(hours=1)
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 8.0
 PREPARE, FULFILL, REJECT = 12, 13, 14
@@ -167,6 +169,7 @@ async def ilp_endpoint(request: HttpRequest) -> HttpResponse:
     except DecodeError as exc:
         return _text(400, f"invalid ILP Prepare: {exc.reason}")
     activity.note_packet(ctx.name)
+    # Shielded: a client hanging up cancels this view, not the forward (see edge).
     reply = await edge.handle_prepare(ctx, prepare)
     return HttpResponse(encode_packet(reply), content_type=OCTETS)
 
@@ -222,27 +225,58 @@ async def _accept_async(
         callback_url = f"{base}/ilp" if header_form else f"{base}/ilp/{request_id}"
     else:
         return _text(400, "no callback URL: send Callback-Url or configure the peer's url")
+    # Shielded: once the id is stored, its processing must start even if the client hangs
+    # up now (a repeat of the id is answered 202 but never processed again).
+    receipt = await asyncio.shield(
+        _receive_async(ctx, request_id, body, prepare, callback_url, header_form)
+    )
+    if receipt.conflict:
+        return _text(409, "request id already used with a different body")
+    return HttpResponse(status=202 if header_form else 200)
+
+
+async def _receive_async(
+    ctx: PeerContext,
+    request_id: str,
+    body: bytes,
+    prepare: Prepare,
+    callback_url: str,
+    header_form: bool,
+) -> services.AsyncReceipt:
+    """Store the request id (a repeat is recognised) and start processing a new one."""
     now = datetime.now(UTC)
-    receipt = await database_sync_to_async(services.http_async_receive)(
+    receipt: services.AsyncReceipt = await database_sync_to_async(services.http_async_receive)(
         peer_name=ctx.name,
         request_id=request_id,
         digest=hashlib.sha256(body).digest(),
         callback_url=callback_url,
         received_at=now,
-        expires_at=max(prepare.expires_at, now) + KEEP_AFTER_EXPIRY,
+        expires_at=_give_up_at(prepare, now),
     )
-    if receipt.conflict:
-        return _text(409, "request id already used with a different body")
     if receipt.new:
         activity.note_packet(ctx.name)
-        _spawn(_process_async(ctx, request_id, prepare, callback_url, header_form))
-    return HttpResponse(status=202 if header_form else 200)
+        _spawn(_process_async(ctx, request_id, prepare, callback_url, header_form, now))
+    return receipt
+
+
+def _give_up_at(prepare: Prepare, received_at: datetime) -> datetime:
+    """When the callback of an async request stops being retried (and its row may go):
+    :data:`KEEP_AFTER_EXPIRY` after the Prepare's expiry, which counts for at most
+    :data:`MAX_CALLBACK_LIFETIME` after receipt (a peer's far-future expiry must neither
+    overflow the date arithmetic nor keep us retrying for years)."""
+    horizon = min(max(prepare.expires_at, received_at), received_at + MAX_CALLBACK_LIFETIME)
+    return horizon + KEEP_AFTER_EXPIRY
 
 
 async def _process_async(
-    ctx: PeerContext, request_id: str, prepare: Prepare, callback_url: str, header_form: bool
+    ctx: PeerContext,
+    request_id: str,
+    prepare: Prepare,
+    callback_url: str,
+    header_form: bool,
+    received_at: datetime,
 ) -> None:
-    reply = await edge.handle_prepare(ctx, prepare)
+    reply = await edge.handle_prepare(ctx, prepare, owned=True)  # a background task of ours
     raw = encode_packet(reply)
     try:
         await database_sync_to_async(services.http_async_complete)(
@@ -250,7 +284,7 @@ async def _process_async(
         )
     except Exception:
         log.exception("could not store the outcome of %s/%s", ctx.name, request_id)
-    await _deliver(ctx.name, request_id, raw, callback_url, prepare.expires_at + KEEP_AFTER_EXPIRY)
+    await _deliver(ctx.name, request_id, raw, callback_url, _give_up_at(prepare, received_at))
 
 
 async def _deliver(

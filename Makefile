@@ -36,7 +36,7 @@ run: demo
 	@echo "  API docs:       http://$(HOST):$(PORT)/api/docs/"
 	@echo "  Celery worker (only with REDIS_URL set): $(BIN)/celery -A interledger_site worker"
 	@echo ""
-	ILP_PUBLIC_URL=$${ILP_PUBLIC_URL:-http://$(HOST):$(PORT)} $(BIN)/daphne -b $(HOST) -p $(PORT) interledger_site.asgi:application
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} ILP_PUBLIC_URL=$${ILP_PUBLIC_URL:-http://$(HOST):$(PORT)} $(BIN)/daphne -b $(HOST) -p $(PORT) interledger_site.asgi:application
 
 test: install
 	$(BIN)/python -m pytest -q -n 2

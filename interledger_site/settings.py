@@ -20,9 +20,29 @@ VAR_DIR = Path(env.str("ILP_VAR_DIR", default=str(BASE_DIR / "var")))
 _local_secrets = load_or_create(VAR_DIR / "secrets.json")
 
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default=_local_secrets["SECRET_KEY"])
-DEBUG = env.bool("DJANGO_DEBUG", default=True)
+# Off unless asked for (``make run`` asks): a debug 500 page shows settings and locals.
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+# --- HTTPS (``check --deploy``) ---------------------------------------------------------------
+# ``DJANGO_SECURE=1`` (default: on when ILP_PUBLIC_URL is https) says the site is served over
+# HTTPS by a proxy in front of Daphne: secure cookies, HSTS, the redirect to https, and the
+# proxy's ``X-Forwarded-Proto`` trusted. Each part can be turned off on its own.
+_PUBLIC_URL = env.str("ILP_PUBLIC_URL", default="")
+_https = env.bool("DJANGO_SECURE", default=_PUBLIC_URL.lower().startswith("https://"))
+SESSION_COOKIE_SECURE = _https
+CSRF_COOKIE_SECURE = _https
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=_https)
+if env.bool("DJANGO_SECURE_PROXY_SSL_HEADER", default=_https):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_HSTS_SECONDS = env.int("DJANGO_HSTS_SECONDS", default=31536000 if _https else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", default=_https)
+SECURE_HSTS_PRELOAD = env.bool("DJANGO_HSTS_PRELOAD", default=_https)
+# Paths (regexes, no leading slash) still served over plain HTTP, e.g. a health check.
+SECURE_REDIRECT_EXEMPT = env.list("DJANGO_SECURE_REDIRECT_EXEMPT", default=[])
+# Even with DEBUG on, the error page hides settings that carry credentials in a URL.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "interledger_site.reporting.SettingsFilter"
 
 INSTALLED_APPS = [
     "daphne",
@@ -132,11 +152,19 @@ ILP_MIN_MESSAGE_WINDOW_MS = env.int("ILP_MIN_MESSAGE_WINDOW_MS", default=1000)
 ILP_MAX_HOLD_TIME_MS = env.int("ILP_MAX_HOLD_TIME_MS", default=30000)
 ILP_ROUTE_BROADCAST_INTERVAL_S = env.float("ILP_ROUTE_BROADCAST_INTERVAL_S", default=30.0)
 ILP_PAID_API_PRICE = env.int("ILP_PAID_API_PRICE", default=100)
-ILP_PUBLIC_URL = env.str("ILP_PUBLIC_URL", default="")
+ILP_PUBLIC_URL = _PUBLIC_URL
+# Outgoing HTTP to URLs users and peers give (webhooks, HTTP-OER callbacks, SPSP queries) may
+# reach private, loopback and link-local addresses only when this is on (development, tests).
+ILP_ALLOW_PRIVATE_URLS = env.bool("ILP_ALLOW_PRIVATE_URLS", default=DEBUG)
 
 # --- Auth, i18n, static -----------------------------------------------------------------------
+# Django's four validators (forms and ``changepassword``; ``setup_demo`` sets its demo/demo
+# password directly, without validation).
 AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/me/"

@@ -9,6 +9,18 @@ import pytest
 
 VECTORS = Path(__file__).resolve().parent / "vectors"  # copied from ../shared/vectors
 
+# Tests post webhooks and callbacks to 127.0.0.1 (and so do the nodes they start as
+# subprocesses): private addresses are allowed here, refused by default (DEBUG off). The
+# guard's own tests turn it off again.
+os.environ.setdefault("ILP_ALLOW_PRIVATE_URLS", "1")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from django.conf import settings
+
+    # pytest-django loaded the settings before this file: set the flag there too.
+    settings.ILP_ALLOW_PRIVATE_URLS = True
+
 
 def load_vectors(name: str) -> dict[str, Any]:
     """A vector file from ``../shared/vectors`` (``receiver/psk2.json`` for the receiver ones)."""

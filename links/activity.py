@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 from channels.db import database_sync_to_async
 
+from interledger_site import metrics
 from links import services
 
 log = logging.getLogger(__name__)
@@ -36,11 +37,13 @@ def note_packet(peer_name: str) -> None:
 
 def note_connected(peer_name: str) -> None:
     _connection[peer_name] = datetime.now(UTC)
+    metrics.link_state(peer_name, True)
     _schedule()
 
 
 def note_disconnected(peer_name: str) -> None:
     _connection[peer_name] = None
+    metrics.link_state(peer_name, False)
     _schedule()
 
 

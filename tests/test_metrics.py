@@ -1,0 +1,164 @@
+"""``/metrics``: Prometheus text, counting what happened; the whole node in multi-process mode."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from channels.db import database_sync_to_async
+from django.test import AsyncClient
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from ilp.btp import BtpResponse
+from ilp.packet import Fulfill, Reject
+from interledger_site import metrics
+from links import activity, registry, services
+from tests.links.btp_helpers import RawBtp
+from tests.payments.conftest import _close_thread_connections  # noqa: F401 (session fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sample(name: str, **labels: str) -> float:
+    value = REGISTRY.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+@pytest.fixture
+def _links_clean() -> Iterator[None]:
+    registry._links.clear()
+    activity.cancel()
+    yield
+    registry._links.clear()
+    activity.cancel()
+    activity._connection.clear()
+    activity._last_packet.clear()
+
+
+def test_packet_outcomes_are_counted_by_peer_and_code() -> None:
+    before_ok = sample("ilp_packets_total", peer="m-alice", outcome="fulfilled", code="")
+    before_f02 = sample("ilp_packets_total", peer="m-alice", outcome="rejected", code="F02")
+    before_other = sample("ilp_packets_total", peer="m-alice", outcome="rejected", code="other")
+    before_amount = sample("ilp_fulfilled_amount_total", peer="m-alice")
+    metrics.packet_handled("m-alice", 1500, Fulfill(bytes(32), b""))
+    metrics.packet_handled("m-alice", 2500, Fulfill(bytes(32), b""))
+    metrics.packet_handled("m-alice", 700, Reject("F02", "test.x", "unreachable", b""))
+    metrics.packet_handled("m-alice", 700, Reject("X!?", "test.x", "odd code", b""))
+    assert sample("ilp_packets_total", peer="m-alice", outcome="fulfilled", code="") == (
+        before_ok + 2
+    )
+    assert sample("ilp_packets_total", peer="m-alice", outcome="rejected", code="F02") == (
+        before_f02 + 1
+    )
+    # A next hop's made-up code does not grow the label set.
+    assert sample("ilp_packets_total", peer="m-alice", outcome="rejected", code="other") == (
+        before_other + 1
+    )
+    # Only fulfilled amounts count.
+    assert sample("ilp_fulfilled_amount_total", peer="m-alice") == before_amount + 4000
+
+
+def test_ledger_batches_and_forwarded_amounts() -> None:
+    count = sample("ilp_ledger_batch_size_count")
+    total = sample("ilp_ledger_batch_size_sum")
+    failures = sample("ilp_ledger_batch_failures_total")
+    forwarded = sample("ilp_forwarded_amount_total", peer="m-bob")
+    metrics.ledger_batch(40, 0.003)
+    metrics.ledger_batch(2, 0.001, failed=True)
+    metrics.packet_forwarded("m-bob", 990)
+    metrics.packet_forwarded("m-bob", 0)
+    assert sample("ilp_ledger_batch_size_count") == count + 2
+    assert sample("ilp_ledger_batch_size_sum") == total + 42
+    assert sample("ilp_ledger_batch_seconds_count") >= 2
+    assert sample("ilp_ledger_batch_failures_total") == failures + 1
+    assert sample("ilp_forwarded_amount_total", peer="m-bob") == forwarded + 990
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("_links_clean")
+async def test_a_btp_link_shows_as_connected_while_it_is_up() -> None:
+    await database_sync_to_async(services.peer_create)(
+        name="m-carol", relation="child", link="btp-server", token="caroltoken"
+    )
+    client = AsyncClient()
+
+    async def connected() -> float:
+        response = await client.get("/metrics")
+        assert response.status_code == 200
+        assert response["Content-Type"].startswith("text/plain")
+        got = parse(response.content.decode())
+        return got.get(("ilp_links_connected", (("peer", "m-carol"),)), 0.0)
+
+    raw = await RawBtp().open()
+    reply = await raw.auth("m-carol", "caroltoken")
+    assert isinstance(reply, BtpResponse)  # authenticated
+    assert await connected() == 1.0
+    await raw.close()
+    # The consumer's disconnect runs when the communicator closes.
+    assert registry.links_of("m-carol") == ()
+    assert await connected() == 0.0
+
+
+def test_metrics_refuses_post(client: object) -> None:
+    response = client.post("/metrics")  # type: ignore[attr-defined]
+    assert response.status_code == 405
+
+
+def test_multiprocess_sums_processes_and_forgets_dead_links(tmp_path: Path) -> None:
+    """Two processes record, a third renders: counters summed, the gauges of the
+    processes that are gone dropped (their links went with them)."""
+    prom_dir = tmp_path / "prom"
+    prom_dir.mkdir()
+    env = {
+        **os.environ,
+        "PROMETHEUS_MULTIPROC_DIR": str(prom_dir),
+        "DJANGO_SETTINGS_MODULE": "interledger_site.settings",
+        "PYTHONPATH": str(ROOT),
+    }
+    record = textwrap.dedent(
+        """
+        import sys
+        from ilp.packet import Fulfill
+        from interledger_site import metrics
+        metrics.packet_handled("alice", int(sys.argv[1]), Fulfill(bytes(32), b""))
+        metrics.link_state("alice", True)
+        metrics.ledger_batch(3, 0.002)
+        """
+    )
+    for amount in ("100", "250"):
+        done = subprocess.run(
+            [sys.executable, "-c", record, amount], env=env, capture_output=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+    render = textwrap.dedent(
+        """
+        import sys
+        from interledger_site import metrics
+        sys.stdout.write(metrics.render()[0].decode())
+        """
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", render], env=env, capture_output=True, timeout=60, text=True
+    )
+    assert shown.returncode == 0, shown.stderr
+    got = parse(shown.stdout)
+    key = (("code", ""), ("outcome", "fulfilled"), ("peer", "alice"))
+    assert got[("ilp_packets_total", key)] == 2.0
+    assert got[("ilp_fulfilled_amount_total", (("peer", "alice"),))] == 350.0
+    assert got[("ilp_ledger_batch_size_count", ())] == 2.0
+    assert ("ilp_links_connected", (("peer", "alice"),)) not in got
+    assert not list(prom_dir.glob("gauge_live*"))

@@ -21,7 +21,8 @@ __all__ = ["CircularPayment", "OutgoingChunk", "OutgoingPayment"]
 
 
 class OutgoingPayment(models.Model):
-    """One payment to a payment pointer (or SPSP URL), sent as PSK2 draft-1 chunks.
+    """One payment to a payment pointer (or SPSP URL), sent as STREAM packets (RFC 0029)
+    when the receiver's SPSP answer is SPSP4, else as PSK2 draft-1 chunks (``protocol``).
 
     ``status``: ``pending`` (created, money reserved for a source-fixed amount) →
     ``quoting`` (SPSP query and rate probe) → ``sending`` (chunks) → ``completed`` or
@@ -47,6 +48,10 @@ class OutgoingPayment(models.Model):
         SOURCE = "source", "Fixed source amount"
         DESTINATION = "destination", "Fixed destination amount"
 
+    class Protocol(models.TextChoices):
+        PSK2 = "psk2", "PSK2 (SPSP)"
+        STREAM = "stream", "STREAM (SPSP4)"
+
     ACTIVE = (Status.PENDING, Status.QUOTING, Status.SENDING)
 
     idempotency_key = models.CharField(max_length=255, unique=True)
@@ -66,6 +71,13 @@ class OutgoingPayment(models.Model):
     # The PSK2 shared secret while the payment is active (needed to resume); wiped at the end.
     shared_secret = models.CharField(max_length=64, blank=True, default="", editable=False)
     payment_id = models.CharField(max_length=32, help_text="PSK2 Payment ID, hex")
+    protocol = models.CharField(
+        max_length=8,
+        choices=Protocol.choices,
+        blank=True,
+        default="",
+        help_text="empty: the receiver's SPSP answer chooses (set by the quote)",
+    )
     mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.SOURCE)
     amount = MoneyField(help_text="source units (source mode) or destination units")
     max_source_amount = MoneyField(null=True, blank=True)

@@ -359,9 +359,13 @@ def outgoing_payment_create(
     idempotency_key: str | None = None,
     max_source_amount: int | None = None,
     requested_by: Any = None,
+    protocol: str = "",
     start: bool = True,
 ) -> OutgoingPayment:
     """Create an outgoing payment and (``start``) queue ``payments.send_outgoing_payment``.
+
+    ``protocol`` ``""`` lets the receiver's SPSP answer choose (STREAM when it offers
+    SPSP4, else PSK2); ``"stream"`` or ``"psk2"`` insists on one.
 
     ``amount`` is in source units (``mode="source"``) or in the receiver's units
     (``mode="destination"``, spending at most ``max_source_amount`` when given, else the
@@ -381,6 +385,8 @@ def outgoing_payment_create(
         check_amount(max_source_amount, "max_source_amount")
         if mode != OutgoingPayment.Mode.DESTINATION:
             raise OutgoingNotAllowed("max_source_amount is for destination-fixed payments")
+    if protocol not in ("", *OutgoingPayment.Protocol.values):
+        raise OutgoingNotAllowed(f"unknown protocol {protocol!r} (psk2 or stream)")
     spsp_url = resolve_receiver(receiver)
     if via_peer and len(via_peer) > 64:
         raise OutgoingNotAllowed("peer names are at most 64 characters")
@@ -393,6 +399,8 @@ def outgoing_payment_create(
         "mode": mode,
         "via_peer": via_peer,
     }
+    if protocol:  # "" matches whatever the receiver chose for the existing payment
+        request["protocol"] = protocol
     existing = OutgoingPayment.objects.filter(idempotency_key=key).first()
     if existing is not None:
         if not _same_request(existing, **request):
@@ -846,7 +854,9 @@ async def _quote(run: _Run) -> None:
     payment = run.payment
     payment = await _db_save(payment, run.owner, status=OutgoingPayment.Status.QUOTING)
     await _progress(payment, run.options)
-    details: SpspDetails = await query_spsp(payment.spsp_url or resolve_receiver(payment.receiver))
+    details: SpspDetails = await query_spsp(
+        payment.spsp_url or resolve_receiver(payment.receiver), protocol="psk2"
+    )
     run.secret = details.shared_secret
     destination = details.destination_account
     destination_mode = payment.mode == OutgoingPayment.Mode.DESTINATION

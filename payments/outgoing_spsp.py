@@ -7,8 +7,13 @@ nodes: a loopback host (``127.0.0.1``, ``localhost``, ``[::1]``) may carry a por
 resolves to **http** (``$127.0.0.1:8000/alice`` → ``http://127.0.0.1:8000/alice``). Raw
 ``https://`` SPSP URLs are accepted too (and ``http://`` for loopback hosts only).
 
-The query is ``GET`` with ``Accept: application/spsp+json`` (spsp.md §1). The answer must
-be 200 with a JSON object carrying an ILP address in ``destination_account`` and a
+The query is ``GET`` with an ``Accept`` naming the protocols the sender will speak
+(spsp.md §1, RFC 0009 SPSP4): ``application/spsp4+json, application/spsp+json`` lets the
+receiver choose, and the ``Content-Type`` of its answer says what it chose:
+``application/spsp4+json`` is STREAM (RFC 0029), anything else PSK2 as before (servers of
+the PSK2 era answer ``application/spsp+json``, some plain ``application/json``). Asking for
+one protocol only sends only its media type and refuses an answer of the other. The answer
+must be 200 with a JSON object carrying an ILP address in ``destination_account`` and a
 32-byte ``shared_secret`` (base64, either alphabet, padding optional). ``balance``
 (``maximum``/``current`` integer strings < 2**64) and ``asset_info`` are read when present.
 Redirects are followed only to the same scheme (at most 3).
@@ -20,7 +25,7 @@ receivers); this one differs only in accepting loopback ports.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,9 +36,25 @@ from ilp.errors import DecodeError
 from ilp.psk2 import b64url_decode
 from payments.outgoing_errors import SpspError
 
-__all__ = ["SPSP_MEDIA_TYPE", "SpspDetails", "query_spsp", "resolve_receiver"]
+__all__ = [
+    "PROTOCOL_PSK2",
+    "PROTOCOL_STREAM",
+    "SPSP4_MEDIA_TYPE",
+    "SPSP_MEDIA_TYPE",
+    "SpspDetails",
+    "query_spsp",
+    "resolve_receiver",
+]
 
 SPSP_MEDIA_TYPE = "application/spsp+json"
+SPSP4_MEDIA_TYPE = "application/spsp4+json"
+PROTOCOL_PSK2 = "psk2"
+PROTOCOL_STREAM = "stream"
+_ACCEPT: dict[str | None, str] = {
+    None: f"{SPSP4_MEDIA_TYPE}, {SPSP_MEDIA_TYPE}",
+    PROTOCOL_STREAM: SPSP4_MEDIA_TYPE,
+    PROTOCOL_PSK2: SPSP_MEDIA_TYPE,
+}
 WELL_KNOWN_PATH = "/.well-known/pay"
 SHARED_SECRET_LENGTH = 32
 UINT64_MAX = 2**64 - 1
@@ -84,7 +105,8 @@ def resolve_receiver(receiver: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class SpspDetails:
-    """A validated SPSP answer."""
+    """A validated SPSP answer; ``protocol`` is what the receiver chose (``psk2`` or
+    ``stream``, from the answer's ``Content-Type``)."""
 
     destination_account: str
     shared_secret: bytes
@@ -92,6 +114,7 @@ class SpspDetails:
     balance_current: int | None = None
     asset_code: str | None = None
     asset_scale: int | None = None
+    protocol: str = PROTOCOL_PSK2
 
     @property
     def remaining(self) -> int | None:
@@ -141,8 +164,17 @@ def parse_spsp(body: Any) -> SpspDetails:
     return SpspDetails(destination, secret, maximum, current, asset_code, asset_scale)
 
 
-async def query_spsp(url: str, *, client: httpx.AsyncClient | None = None) -> SpspDetails:
-    """``GET url`` with ``Accept: application/spsp+json`` and validate the answer."""
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+async def query_spsp(
+    url: str, *, protocol: str | None = None, client: httpx.AsyncClient | None = None
+) -> SpspDetails:
+    """``GET url`` asking for ``protocol`` (``None``: STREAM or PSK2, the receiver's
+    choice; ``"stream"``; ``"psk2"``) and validate the answer (see the module docstring)."""
+    if protocol not in _ACCEPT:
+        raise SpspError(f"unknown protocol {protocol!r} (psk2 or stream)")
     own = client is None
     http = client or httpx.AsyncClient(
         timeout=SPSP_TIMEOUT_S, trust_env=False, follow_redirects=False
@@ -151,7 +183,7 @@ async def query_spsp(url: str, *, client: httpx.AsyncClient | None = None) -> Sp
         current = url
         for _ in range(4):
             try:
-                response = await http.get(current, headers={"Accept": SPSP_MEDIA_TYPE})
+                response = await http.get(current, headers={"Accept": _ACCEPT[protocol]})
             except httpx.HTTPError as exc:
                 raise SpspError(f"SPSP query to {current} failed: {exc!r}") from None
             if response.is_redirect and "location" in response.headers:
@@ -163,6 +195,8 @@ async def query_spsp(url: str, *, client: httpx.AsyncClient | None = None) -> Sp
             break
         else:
             raise SpspError("too many SPSP redirects")
+        if response.status_code == 406 and protocol is not None:
+            raise SpspError(f"the receiver does not offer {protocol.upper()} (HTTP 406)")
         if response.status_code != 200:
             raise SpspError(f"the SPSP endpoint answered HTTP {response.status_code}")
         if len(response.content) > MAX_BODY:
@@ -171,7 +205,14 @@ async def query_spsp(url: str, *, client: httpx.AsyncClient | None = None) -> Sp
             body = response.json()
         except ValueError:
             raise SpspError("the SPSP answer is not JSON") from None
-        return parse_spsp(body)
+        chosen = (
+            PROTOCOL_STREAM
+            if _media_type(response.headers.get("content-type", "")) == SPSP4_MEDIA_TYPE
+            else PROTOCOL_PSK2
+        )
+        if protocol is not None and chosen != protocol:
+            raise SpspError(f"asked for {protocol.upper()}, the receiver answered {chosen.upper()}")
+        return replace(parse_spsp(body), protocol=chosen)
     finally:
         if own:
             await http.aclose()

@@ -156,6 +156,8 @@ ILP_PUBLIC_URL = _PUBLIC_URL
 # Outgoing HTTP to URLs users and peers give (webhooks, HTTP-OER callbacks, SPSP queries) may
 # reach private, loopback and link-local addresses only when this is on (development, tests).
 ILP_ALLOW_PRIVATE_URLS = env.bool("ILP_ALLOW_PRIVATE_URLS", default=DEBUG)
+# Pointer names no user may take, besides the site's own (receivers.names.SITE_NAMES).
+ILP_RESERVED_NAMES = env.list("ILP_RESERVED_NAMES", default=[])
 
 # --- Auth, i18n, static -----------------------------------------------------------------------
 # Django's four validators (forms and ``changepassword``; ``setup_demo`` sets its demo/demo

@@ -12,7 +12,7 @@ from django.http import HttpRequest
 
 from receivers.errors import ReceiverError
 from receivers.models import Receiver
-from receivers.names import route_conflict
+from receivers.names import route_conflict, site_name_problem
 from receivers.services import receiver_create, receiver_update
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ class ReceiverAddForm(_Form):
 
     def clean_name(self) -> str:
         name: str = self.cleaned_data["name"]
-        conflict = route_conflict(name)
+        conflict = site_name_problem(name) or route_conflict(name)
         if conflict is not None:
             raise ValidationError(conflict)
         return name

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django import forms
 
 from receivers.models import Receiver
-from receivers.names import name_problem, route_conflict
+from receivers.names import claim_problem, route_conflict
 
 
 class ReceiverCreateForm(forms.Form):
@@ -18,7 +18,7 @@ class ReceiverCreateForm(forms.Form):
 
     def clean_name(self) -> str:
         name: str = self.cleaned_data["name"].strip()
-        problem = name_problem(name) or route_conflict(name)
+        problem = claim_problem(name) or route_conflict(name)
         if problem is not None:
             raise forms.ValidationError(problem)
         if Receiver.objects.filter(name=name).exists():

@@ -3,14 +3,25 @@
 A name is the last segment of a path pointer (``$host/<name>``) and a segment of the
 receiver's ILP address (``<node>.receivers.<name>.<token>``), so it must be valid in
 both: lowercase ASCII letters and digits, ``_`` and ``-``, 1 to 63 characters, starting
-with a letter or digit. Names that would shadow a route of the site (or one it may grow)
-are reserved.
+with a letter or digit.
+
+Two lists of names no user may take:
+
+* :data:`RESERVED_NAMES`: names that would shadow a route of the site (or one it may grow).
+  Nobody has them, the site included (:func:`name_problem`).
+* :data:`SITE_NAMES`: pointers the site issues for itself (``demo``, which also answers the
+  bare host at ``/.well-known/pay``; ``paidapi``, which the paid API's revenue goes to) and
+  names that would pass for the operator's. Only the node's own code creates them
+  (``receiver_ensure``: ``setup_demo``, ``add_pointer``, the paid API);
+  :func:`claim_problem` refuses them to users (forms, API, admin, ``receiver_create``).
+  ``ILP_RESERVED_NAMES`` (a list setting) adds more.
 """
 
 from __future__ import annotations
 
 import re
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 
 NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,62}"
@@ -32,6 +43,7 @@ RESERVED_NAMES: frozenset[str] = frozenset(
         "dashboard",
         "docs",
         "favicon.ico",
+        "healthz",
         "help",
         "http-ilp",
         "ilp",
@@ -41,6 +53,7 @@ RESERVED_NAMES: frozenset[str] = frozenset(
         "logout",
         "me",
         "media",
+        "metrics",
         "pages",
         "paid",
         "pay",
@@ -48,6 +61,7 @@ RESERVED_NAMES: frozenset[str] = frozenset(
         "peer",
         "peers",
         "pointers",
+        "readyz",
         "receivers",
         "robots.txt",
         "settings",
@@ -58,6 +72,29 @@ RESERVED_NAMES: frozenset[str] = frozenset(
         "well-known",
         "wm",
         "ws",
+    }
+)
+
+
+# Pointers the site issues for itself, and names that would pass for the operator's.
+SITE_NAMES: frozenset[str] = frozenset(
+    {
+        "abuse",
+        "administrator",
+        "connector",
+        "demo",
+        "hostmaster",
+        "node",
+        "noreply",
+        "operator",
+        "paidapi",
+        "postmaster",
+        "root",
+        "security",
+        "staff",
+        "support",
+        "system",
+        "webmaster",
     }
 )
 
@@ -82,6 +119,19 @@ def name_problem(name: str) -> str | None:
     if name in RESERVED_NAMES:
         return f"'{name}' is reserved by the site"
     return None
+
+
+def site_name_problem(name: str) -> str | None:
+    """Why a user may not take ``name`` although the site may, or ``None``."""
+    extra = getattr(settings, "ILP_RESERVED_NAMES", ())
+    if name in SITE_NAMES or name in extra:
+        return f"'{name}' is reserved for the site's own use"
+    return None
+
+
+def claim_problem(name: str) -> str | None:
+    """Why a user cannot take ``name`` (bad, route-reserved or site-reserved), or ``None``."""
+    return name_problem(name) or site_name_problem(name)
 
 
 def is_valid_name(name: str) -> bool:

@@ -10,7 +10,7 @@ from django.db import IntegrityError, transaction
 from payments.ledger import ensure_account
 from receivers.errors import InvalidPointerName, PointerNameTaken
 from receivers.models import Receiver
-from receivers.names import name_problem, route_conflict
+from receivers.names import claim_problem, name_problem, route_conflict
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -23,14 +23,18 @@ def receiver_account_code(name: str) -> str:
     return f"receiver:{name}"
 
 
-def receiver_create(*, user: User, name: str, description: str = "") -> Receiver:
+def receiver_create(
+    *, user: User, name: str, description: str = "", site: bool = False
+) -> Receiver:
     """Issue the payment pointer ``name`` to ``user``, with its ledger account.
 
     Raises :class:`InvalidPointerName` (bad or reserved name) or :class:`PointerNameTaken`.
+    The site's own names (``receivers.names.SITE_NAMES``) only with ``site=True``: the
+    node's code issuing them, never a user's request.
     The account ``receiver:<name>`` is created if missing (``ensure_account`` is
     idempotent), so a name freed by a deleted receiver comes back with its old balance.
     """
-    problem = name_problem(name) or route_conflict(name)
+    problem = (name_problem(name) if site else claim_problem(name)) or route_conflict(name)
     if problem is not None:
         raise InvalidPointerName(problem)
     with transaction.atomic():
@@ -58,13 +62,15 @@ def receiver_ensure(*, user: User, name: str, description: str = "") -> tuple[Re
     """The receiver ``name`` of ``user``, created if missing: ``(receiver, created)``.
 
     Idempotent for the same user; :class:`PointerNameTaken` if another user has the name.
+    For the node's own code (``setup_demo``, ``add_pointer``, the paid API): it may issue
+    the site's reserved names (see :func:`receiver_create`).
     """
     existing = Receiver.objects.select_related("account").filter(name=name).first()
     if existing is not None:
         if existing.user_id != user.pk:
             raise PointerNameTaken(f"the pointer name '{name}' belongs to another user")
         return existing, False
-    return receiver_create(user=user, name=name, description=description), True
+    return receiver_create(user=user, name=name, description=description, site=True), True
 
 
 def user_ensure(

@@ -179,7 +179,7 @@ def test_well_known_pay_prefers_demo_else_the_oldest(
     receiver_create(user=alice_user, name="zed")
     body = json.loads(spsp_get(client, "/.well-known/pay").content)
     assert body["destination_account"].startswith("test.node.receivers.bob.")
-    receiver_create(user=alice_user, name="demo")
+    receiver_create(user=alice_user, name="demo", site=True)
     response = spsp_get(client, "/.well-known/pay")
     assert response.status_code == 200
     assert response["Content-Type"] == SPSP

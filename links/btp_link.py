@@ -73,7 +73,8 @@ from ilp.btp_session import (
 from ilp.errors import DecodeError
 from ilp.packet import Prepare, Reply, decode_prepare, decode_reply, encode_packet, encode_prepare
 from links import activity, edge, idempotency, registry, side_protocols
-from links.peers import PeerContext
+from links.limits import auth_refusal
+from links.peers import MAX_PEER_NAME_LENGTH, PeerContext
 
 log = logging.getLogger(__name__)
 
@@ -392,6 +393,11 @@ class BtpLink:
     async def _on_auth_requested(self, event: AuthRequested) -> None:
         session = self.session
         assert isinstance(session, BtpServerSession)
+        auth = event.auth
+        refusal = auth_refusal(auth.username, auth.token, max_username=MAX_PEER_NAME_LENGTH)
+        if refusal is not None:  # refused before any hashing or query
+            await self._act(session.reject_auth(datetime.now(UTC), refusal))
+            return
         ctx = await _authenticate(event.auth.username, event.auth.token)
         if session.state is not State.AUTHENTICATING or self._lost:
             return  # closed while we checked

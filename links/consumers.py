@@ -14,14 +14,24 @@ queue and hands each frame to the link. It does not subscribe to the channel lay
 cross-process sends reach the link through the per-peer bridge of :mod:`links.registry`,
 one listener per peer rather than one per socket. It never touches the database itself
 (every query goes through ``database_sync_to_async``).
+
+Before the peer is authenticated the consumer keeps reading while the first frame (the
+auth Message) is looked up, so nothing queues unbounded in the server: what arrives
+meanwhile is held, at most :data:`~links.limits.MAX_PREAUTH_FRAMES` frames and
+:data:`~links.limits.MAX_PREAUTH_BYTES` bytes (beyond: BTP Error F00, then close), and
+handed to the link in order once the auth is decided.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
 from typing import Any
 
-from links.btp_link import BtpLink
+from ilp.btp import BtpErrorCode, btp_error, encode_btp
+from links.btp_link import CLOSE_POLICY, BtpLink
+from links.limits import MAX_PREAUTH_BYTES, MAX_PREAUTH_FRAMES
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -40,6 +50,7 @@ class BtpConsumer:
     channel_layer_alias = NO_CHANNEL_LAYER
 
     link: BtpLink
+    _auth_task: asyncio.Task[None] | None = None
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.scope = scope
@@ -73,8 +84,14 @@ class BtpConsumer:
         await self._send({"type": "websocket.accept"})
         link.start()
         try:
+            open_, ahead = await self._authenticate()
+            if not open_:
+                return
             while True:
-                message = await receive()
+                if ahead is not None:
+                    message, ahead = await ahead, None
+                else:
+                    message = await receive()
                 kind = message["type"]
                 if kind == "websocket.receive":
                     data = message.get("bytes")
@@ -86,6 +103,71 @@ class BtpConsumer:
                     return
         finally:
             link.connection_lost()
+
+    async def _authenticate(self) -> tuple[bool, asyncio.Future[Message] | None]:
+        """Serve the first frame (the auth) while reading on, holding what arrives meanwhile
+        (bounded, see the module docstring); then hand the held frames to the link in order.
+
+        Returns ``(False, None)`` when the socket is done with (disconnected, or closed for
+        too much pre-auth data), else ``(True, ahead)``: ``ahead`` is a read already under
+        way, to be awaited before the next one.
+        """
+        receive = self._receive
+        auth: asyncio.Task[None] | None = None
+        ahead: asyncio.Future[Message] | None = None
+        held: list[Message] = []
+        held_bytes = 0
+        while True:
+            if auth is None:
+                message = await receive()
+            else:
+                if not auth.done():
+                    if ahead is None:
+                        ahead = asyncio.ensure_future(receive())
+                    await asyncio.wait((auth, ahead), return_when=asyncio.FIRST_COMPLETED)
+                if auth.done():
+                    break  # decided: a read under way goes on in the main loop
+                assert ahead is not None
+                message, ahead = ahead.result(), None
+            kind = message["type"]
+            if kind == "websocket.disconnect":
+                return False, None
+            if kind != "websocket.receive":
+                continue
+            if auth is None:
+                auth = self._auth_task = asyncio.ensure_future(self._hand_over(message))
+                continue
+            held.append(message)
+            data = message.get("bytes")
+            held_bytes += len(data) if data is not None else len(message.get("text") or "")
+            if len(held) > MAX_PREAUTH_FRAMES or held_bytes > MAX_PREAUTH_BYTES:
+                await self._refuse_early(data)
+                return False, None
+        await auth
+        for message in held:
+            await self._hand_over(message)
+        return True, ahead
+
+    async def _hand_over(self, message: Message) -> None:
+        data = message.get("bytes")
+        if data is not None:
+            await self.link.receive(data)
+        elif message.get("text") is not None:
+            await self.link.receive_text(message["text"])
+
+    async def _refuse_early(self, data: bytes | None) -> None:
+        """Too much before the auth was decided: BTP Error F00 on the last frame's request
+        id (0 when unreadable), then close. The session is closed first, so the auth
+        lookup still under way changes nothing when it returns."""
+        reason = (
+            f"too much data before authentication completed (at most {MAX_PREAUTH_FRAMES} "
+            f"frames, {MAX_PREAUTH_BYTES} bytes)"
+        )
+        request_id = int.from_bytes(data[1:5], "big") if data is not None and len(data) >= 5 else 0
+        self.link.session.close(reason)
+        error = btp_error(request_id, BtpErrorCode.F00, None, reason, datetime.now(UTC))
+        await self.link.transmit(encode_btp(error))
+        await self.link.close(CLOSE_POLICY)
 
     async def _send_frame(self, frame: bytes) -> None:
         if self._closed:

@@ -121,7 +121,9 @@ CHILD = textwrap.dedent(
     import asyncio, os, sys, time
     import django
     django.setup()
-    from payments.ledger import PostingDraft, ReceiptDraft, get_book
+    from payments.ledger import (
+        PostingDraft, ReceiptDraft, get_book, reset_book, wait_receipts_applied,
+    )
 
     N, PID = int(os.environ["N"]), bytes.fromhex(os.environ["PID"])
     order = list(range(N)) if os.environ["ORDER"] == "up" else list(reversed(range(N)))
@@ -138,9 +140,15 @@ CHILD = textwrap.dedent(
                 )
                 for i in order[chunk:chunk + 20]
             ))
+        # commit() returns once the rows are durable; the receipts it recorded are
+        # applied later by this process's applier thread (a daemon, killed at exit).
+        # Exit only once they are applied, then close the book and the applier.
+        if not wait_receipts_applied(60):
+            sys.exit("receipts still unapplied after 60 s")
         print(book.stats.postings_inserted, book.stats.postings_skipped)
 
     asyncio.run(main())
+    reset_book()
     """
 )
 

@@ -70,6 +70,7 @@ from ilp.btp import (
     read_auth,
 )
 from ilp.errors import DecodeError, IlpError
+from ilp.times import saturating_add
 
 __all__ = [
     "CLIENT_TABLE",
@@ -305,7 +306,8 @@ class ResponderMemory:
         record.reply = reply
         keep_until = max(record.received_at, now) + self.retention
         if deadline is not None:
-            keep_until = max(keep_until, deadline + self.grace)
+            # The deadline may be a peer's far-future expiry: saturate, never overflow.
+            keep_until = max(keep_until, saturating_add(deadline, self.grace))
         record.keep_until = keep_until
         # Re-queue at the back so that the front stays roughly the oldest to expire.
         self._records.move_to_end((account, request_id))

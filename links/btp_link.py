@@ -51,7 +51,9 @@ from ilp.btp import (
     BtpMessage,
     BtpResponse,
     BtpTransfer,
+    BtpType,
     ProtocolData,
+    encode_ilp_frame,
 )
 from ilp.btp_session import (
     Authenticated,
@@ -465,13 +467,18 @@ class BtpLink:
             # This task is the link's (never cancelled, it outlives the socket): no shield.
             reply = await edge.handle_prepare(peer, prepare, owned=True)
             deadline = prepare.expires_at
+        ilp = encode_packet(reply)
         try:
             frame = self.session.respond_ilp(
-                event.request_id, encode_packet(reply), datetime.now(UTC), deadline=deadline
+                event.request_id, ilp, datetime.now(UTC), deadline=deadline
             )
-        except Exception:
+        except BtpStateError:
             log.exception("BTP %s: could not answer request %d", self.label, event.request_id)
             return
+        except Exception:
+            # Every request gets an answer: the reply unremembered rather than none.
+            log.exception("BTP %s: could not record reply %d", self.label, event.request_id)
+            frame = encode_ilp_frame(BtpType.RESPONSE, event.request_id, ilp)
         await self._deliver(event.request_id, frame)
 
     async def _serve_side(self, event: SideProtocolRequest | TransferRequest) -> None:

@@ -57,14 +57,14 @@ def echo_prepare(
     ``amount`` is the ping's amount in the next hop's units (the same number when both
     links share an asset, which is 21.3.0's only case: echo bypasses FX there).
     """
-    expires_at = ping.expires_at - window
-    if expires_at <= now:
+    # Compared as durations: ``ping.expires_at - window`` overflows for a year-1 expiry.
+    if ping.expires_at - now <= window:
         raise RejectError(
             "R02",
             "source transfer expires too soon to send the echo. "
             f"sourceExpiry={_iso(ping.expires_at)} currentTime={_iso(now)}",
         )
-    echo = echo_response_prepare(ping, request, expires_at)
+    echo = echo_response_prepare(ping, request, ping.expires_at - window)
     return echo if amount == ping.amount else replace(echo, amount=amount)
 
 

@@ -5,7 +5,8 @@ binary as lowercase hex, times as ISO-8601 UTC with milliseconds, and a ``type``
 field. On bad input it prints one line ``error: at offset N: reason`` to stderr and
 exits 2; ``N`` is a byte offset into the decoded input.
 
-``ildcp``, ``echo``, ``ccp``, ``balance`` and ``psk2`` accept either the ILP packet
+``ildcp``, ``echo``, ``ccp``, ``balance``, ``psk2`` and ``stream`` (with ``--secret``;
+without it a STREAM plaintext) accept either the ILP packet
 that carries the payload or the bare payload (the packet's ``data``). Each kind is
 one entry of :data:`KINDS`.
 """
@@ -321,6 +322,52 @@ def decode_psk2_kind(raw: bytes, options: Options) -> JsonObject:
     return _carried(raw, payload, wrapped_types=(Prepare, Fulfill, Reject))
 
 
+def stream_packet_json(packet: Any) -> JsonObject:
+    """A STREAM packet in the vector file's form (``stream/stream.json``): JS field names,
+    VarUInts as decimal strings, UInt8 fields as numbers, binary as hex."""
+    from dataclasses import fields
+
+    frames: list[JsonObject] = []
+    for frame in packet.frames:
+        item: JsonObject = {"type": int(frame.TYPE), "name": type(frame).__name__[: -len("Frame")]}
+        for f in fields(frame):
+            value = getattr(frame, f.name)
+            head, *rest = f.name.split("_")
+            key = head + "".join(word.title() for word in rest)
+            if isinstance(value, bytes):
+                item[key] = value.hex()
+            elif isinstance(value, int) and f.name not in ("error_code", "source_asset_scale"):
+                item[key] = str(value)
+            else:
+                item[key] = value
+        frames.append(item)
+    return {
+        "version": 1,
+        "ilp_packet_type": int(packet.packet_type),
+        "sequence": str(packet.sequence),
+        "prepare_amount": str(packet.prepare_amount),
+        "frames": frames,
+    }
+
+
+def decode_stream_kind(raw: bytes, options: Options) -> JsonObject:
+    """With ``--secret``: the encrypted data (or the ILP packet carrying it) is decrypted
+    first; without: ``raw`` is a STREAM plaintext."""
+    from ilp import stream
+
+    secret = options.secret
+    if secret is None:
+        return stream_packet_json(stream.decode_stream_packet(raw))
+
+    def payload(data: bytes) -> JsonObject:
+        result = stream_packet_json(stream.decode_stream_packet(stream.decrypt(secret, data)))
+        result["fulfillment"] = stream.fulfillment_for(secret, data).hex()
+        result["condition"] = stream.condition_for_data(secret, data).hex()
+        return result
+
+    return _carried(raw, payload, wrapped_types=(Prepare, Fulfill, Reject))
+
+
 Decoder = Callable[[bytes, Options], JsonObject]
 
 #: ``--kind`` name → decoder. Adding a kind is adding a line here.
@@ -331,6 +378,7 @@ KINDS: dict[str, Decoder] = {
     "ccp": decode_ccp_kind,
     "echo": decode_echo_kind,
     "psk2": decode_psk2_kind,
+    "stream": decode_stream_kind,
     "balance": decode_balance_kind,
 }
 
@@ -354,7 +402,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command", required=True)
     decode = commands.add_parser("decode", help="print a wire message as JSON")
     decode.add_argument("--kind", choices=sorted(KINDS), default="ilp")
-    decode.add_argument("--secret", help="PSK2 shared secret (hex), for --kind psk2")
+    decode.add_argument("--secret", help="shared secret (hex): --kind psk2, --kind stream")
     decode.add_argument("hex", help="the message in hex, or - to read it from stdin")
     return parser.parse_args(argv)
 

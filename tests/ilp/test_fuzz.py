@@ -56,9 +56,19 @@ VECTOR_FILES = [
     "oer.json",
     "receiver/psk2.json",
 ]
+_STREAM = load_vectors("stream/stream.json")
+# STREAM plaintexts, ciphertexts (under their own secrets) and receipts.
+STREAM_SEEDS = {
+    bytes.fromhex(v[key])
+    for group in ("packets", "invalid", "receipts")
+    for v in _STREAM[group]
+    for key in ("plaintext", "ciphertext", "receipt")
+    if v.get(key)
+}
 # Short seeds only: mutating a 32 KiB packet a byte at a time finds nothing new and is slow.
 CORPUS = sorted(
     {raw for name in VECTOR_FILES for raw in _hexes(load_vectors(name)) if 0 < len(raw) <= 600}
+    | STREAM_SEEDS
 )
 
 
@@ -102,7 +112,21 @@ DECODERS: list[tuple[str, str, str | None, Callable[[Callable[..., Any], bytes],
     ("ilp.psk2", "decode_psk2", None, lambda f, raw: f(raw)),
     ("ilp.psk2", "decrypt", None, lambda f, raw: f(SECRET, raw)),
     ("ilp.psk2", "decrypt_psk2", None, lambda f, raw: f(SECRET, raw)),
+    # STREAM reads junk, unknown frames and leading-zero VarUInts as JS does: no round trip.
+    ("ilp.stream.packet", "decode_stream_packet", None, lambda f, raw: f(raw)),
+    ("ilp.stream.crypto", "decrypt", None, lambda f, raw: f(SECRET, raw)),
+    ("ilp.stream.crypto", "decrypt_packet", None, lambda f, raw: f(SECRET, raw)),
+    ("ilp.stream.receipts", "decode_receipt", "encode_receipt", lambda f, raw: f(raw)),
+    ("ilp.stream.receipts", "verify_receipt", None, lambda f, raw: _verify_receipt(f, raw)),
 ]
+
+
+def _verify_receipt(verify: Callable[..., Any], raw: bytes) -> Any:
+    # A receipt that does not verify is InvalidReceipt, the one other outcome allowed here.
+    receipts = importlib.import_module("ilp.stream.receipts")
+    with contextlib.suppress(receipts.InvalidReceipt):
+        return verify(raw, SECRET)
+    return None
 
 
 def _lossy(value: Any) -> bool:
@@ -308,3 +332,29 @@ def test_psk2_receiver_and_sender_take_any_data(data: bytes) -> None:
     receiver.open_prepare(prepare, SECRET, now=datetime(2017, 1, 1, tzinfo=UTC))
     sender.read_reply(SECRET, packet.Fulfill(bytes(32), data), prepare=prepare)
     sender.read_reply(SECRET, packet.Reject("F99", "test.sut", "", data), prepare=prepare)
+
+
+@FUZZ
+@given(data=mutated() | st.binary(max_size=300), amount=st.integers(0, 2**64 - 1))
+def test_stream_receiver_takes_any_data(data: bytes, amount: int) -> None:
+    receiver = pytest.importorskip("ilp.stream.receiver")
+    stream = importlib.import_module("ilp.stream")
+    packet = importlib.import_module("ilp.packet")
+    data = data[: packet.MAX_DATA_LENGTH]
+    prepare = packet.Prepare(amount, NOW, bytes(32), "test.sut.receivers.bob.~x", data)
+    opened = receiver.open_prepare(prepare, SECRET, now=datetime(2017, 1, 1, tzinfo=UTC))
+    assert isinstance(opened, receiver.Refusal)  # random bytes never decrypt
+    # Plaintexts straight into the state machine, as if they had decrypted.
+    try:
+        request = stream.decode_stream_packet(data)
+    except DecodeError:
+        return
+    limits = receiver.ReceiverLimits("XRP", 9, receive_max=1000)
+    for fulfillable in (True, False):
+        receiver.handle_request(
+            receiver.new_connection(limits),
+            request,
+            amount=amount,
+            fulfillable=fulfillable,
+            limits=limits,
+        )

@@ -19,7 +19,8 @@ events come out, and this class acts on them:
 * ``IlpRequest``: decode the Prepare and call the switch in a task of its own (so 50 in
   flight run at once); malformed ILP → Reject F01 inside the Response (never a BTP
   Error); a switch crash → Reject T00. ``SideProtocolRequest`` / ``TransferRequest`` go
-  to :mod:`links.side_protocols` (no handler → empty Response).
+  to :mod:`links.side_protocols` (no handler: a Message gets an empty Response, a
+  Transfer Error F00, never a Response, since nothing credits it).
 * Replies to our requests resolve the :class:`Outbox`.
 
 Our requests (:meth:`send_prepare`) use fresh random request ids, wait until the

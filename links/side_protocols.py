@@ -13,9 +13,10 @@ settlement module registers a handler for its protocol name::
 
 Dispatch (done by ``links.btp_link``): a Message without an ``ilp`` entry, or a
 Transfer, goes to the handler of its **primary** (first) entry's name. With no handler
-the Message is answered with an empty Response (btp.md §5) and a Transfer is logged and
-answered with an empty Response (the Transfer hook, :func:`register_transfer`, is the
-place for a settlement engine). A handler raising :class:`SideProtocolError` makes the
+the Message is answered with an empty Response (btp.md §5) and a Transfer with Error F00
+``NotAcceptedError`` (:data:`TRANSFER_REFUSED`): RFC 23 reads a Response to a Transfer
+as "the balance was updated", and without a settlement module nothing is credited (the
+Transfer hook, :func:`register_transfer`, is the place for a settlement engine). A handler raising :class:`SideProtocolError` makes the
 link answer a BTP Error with its code; any other exception becomes Error ``T00``. A
 handler runs in its own task and should not block: use ``database_sync_to_async`` for
 database work.
@@ -72,17 +73,20 @@ def handler_for(packet: BtpMessage | BtpTransfer) -> Handler | None:
     if primary is not None and primary in _handlers:
         return _handlers[primary]
     if isinstance(packet, BtpTransfer):
-        return _transfer_handler or _log_transfer
+        return _transfer_handler or _refuse_transfer
     return None
 
 
-async def _log_transfer(peer: PeerContext, packet: BtpMessage | BtpTransfer) -> Entries:
+TRANSFER_REFUSED = "no settlement module handles transfers on this node: nothing was credited"
+
+
+async def _refuse_transfer(peer: PeerContext, packet: BtpMessage | BtpTransfer) -> Entries:
     amount = packet.amount if isinstance(packet, BtpTransfer) else 0
     names = [e.protocol_name for e in packet.protocol_data]
     log.info(
-        "BTP Transfer from %s: amount %d, protocols %s (no settlement hook)",
+        "BTP Transfer from %s refused: amount %d, protocols %s (no settlement module)",
         peer.name,
         amount,
         names,
     )
-    return ()
+    raise SideProtocolError("F00", TRANSFER_REFUSED, "NotAcceptedError")

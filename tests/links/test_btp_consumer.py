@@ -274,8 +274,12 @@ async def test_side_protocols_and_transfer(alice: None, switch: FakeSwitch) -> N
         await raw.send(encode_btp(BtpTransfer(13, 500, (ProtocolData("claim", 2, b"{}"),))))
         assert isinstance(await raw.next(), BtpResponse)
         assert seen[1][1].amount == 500
+        # no settlement module for a plain Transfer: an Error, never a Response
         await raw.send(encode_btp(BtpTransfer(14, 5)))
-        assert await raw.next() == BtpResponse(14, ())
+        refused = await raw.next()
+        assert isinstance(refused, BtpError) and refused.request_id == 14
+        assert (refused.code, refused.name) == ("F00", "NotAcceptedError")
+        assert refused.data.decode() == side_protocols.TRANSFER_REFUSED
         await raw.send(encode_btp(BtpMessage(15, (ProtocolData("refuse", 0, b""),))))
         error = await raw.next()
         assert isinstance(error, BtpError) and error.code == "F08"

@@ -14,8 +14,10 @@ from ilp.btp import (
     BtpError,
     BtpMessage,
     BtpResponse,
+    BtpTransfer,
     BtpType,
     ProtocolData,
+    decode_btp,
     encode_btp,
     encode_ilp_frame,
     find_entry,
@@ -117,6 +119,22 @@ async def test_side_protocol_replayed_too(alice: None, switch: FakeSwitch) -> No
     first = await raw.next_raw()
     await raw.send(frame)
     assert await raw.next_raw() == first
+
+
+async def test_transfer_is_refused_and_the_refusal_replayed(
+    alice: None, switch: FakeSwitch
+) -> None:
+    raw = await authed()
+    frame = encode_btp(BtpTransfer(83, 1000))
+    await raw.send(frame)
+    first = await raw.next_raw()
+    assert first is not None
+    error = decode_btp(first)
+    assert isinstance(error, BtpError) and (error.code, error.request_id) == ("F00", 83)
+    await raw.send(frame)
+    assert await raw.next_raw() == first
+    row = await BtpStoredResponse.objects.aget(peer_name="alice", request_id=83)
+    assert bytes(row.response) == first
 
 
 async def test_plain_peer_is_not_deduplicated(alice: None, switch: FakeSwitch) -> None:

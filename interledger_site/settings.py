@@ -134,7 +134,11 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# Sweepers for work whose on-commit task was lost (a worker killed between commit and queue).
+# Recovery: every serving process (Daphne) applies unapplied receipts, queues due webhook
+# deliveries and resumes stuck outgoing payments at start-up and every this many seconds,
+# in both modes (payments.recovery); no beat is needed.
+PAYMENTS_RECOVERY_INTERVAL_S = env.float("PAYMENTS_RECOVERY_INTERVAL_S", default=5.0)
+# The same sweeps as Celery tasks, for a deployment that also runs beat (optional).
 CELERY_BEAT_SCHEDULE = {
     "apply-pending-receipts": {"task": "payments.apply_pending_receipts", "schedule": 60.0},
     "retry-webhooks": {"task": "payments.retry_webhooks", "schedule": 60.0},

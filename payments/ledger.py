@@ -46,7 +46,7 @@ from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -1294,10 +1294,15 @@ def _queue_apply_receipts(receipt_ids: list[int]) -> None:
 
     Never blocks the ledger writer: the applier thread applies them in bulk (eager
     Celery, the embedded default) or publishes one ``payments.apply_receipts`` task per
-    batch (a real worker). Receipts left unapplied (a crash, a broker outage) are picked
-    up by ``payments.apply_pending_receipts``.
+    batch (a real worker). Receipts left unapplied (a crash, a lost message) are applied
+    by the recovery sweep (:mod:`payments.recovery`), at start-up and periodically.
     """
     get_applier().submit(receipt_ids)
+
+
+# Publishing one ``payments.apply_receipts``: a few quick retries of the broker, then the
+# applier applies the receipts itself (a broker outage never leaves them waiting).
+APPLY_PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.4}
 
 
 class ReceiptApplier:
@@ -1308,18 +1313,15 @@ class ReceiptApplier:
     waiting), then, with eager Celery, applied by ``services.apply_receipts`` in this
     thread (one transaction for the lot; on SQLite under :data:`SQLITE_WRITE_LOCK`, so it
     never makes the ledger writer wait on SQLite's busy handler), else sent to the worker
-    as one ``payments.apply_receipts`` task. With eager Celery it also sweeps, when idle
-    every ``sweep_interval`` seconds, receipts older than 30 s that are still unapplied
-    (``services.apply_pending_receipts``: there is no beat in the embedded mode).
-    :meth:`flush` waits until everything submitted so far is applied or sent.
+    as one ``payments.apply_receipts`` task; a publish that still fails after
+    :data:`APPLY_PUBLISH_RETRY` is applied here instead. :meth:`flush` waits until
+    everything submitted so far is applied or sent. :meth:`sweep` (the recovery's, any
+    thread) applies, here, every receipt left unapplied for a while.
     """
 
-    def __init__(
-        self, *, delay: float = 0.05, max_batch: int = 2000, sweep_interval: float = 60.0
-    ) -> None:
+    def __init__(self, *, delay: float = 0.05, max_batch: int = 2000) -> None:
         self.delay = delay
         self.max_batch = max_batch
-        self.sweep_interval = sweep_interval
         self._cond = threading.Condition()
         self._pending: list[int] = []
         self._first_at = 0.0
@@ -1328,9 +1330,9 @@ class ReceiptApplier:
         self._urgent = False
         self._closed = False
         self._thread: threading.Thread | None = None
-        self._last_sweep = time.monotonic()
         self.batches = 0  # for tests and the benchmark
         self.applied = 0
+        self.publish_failures = 0
 
     def submit(self, receipt_ids: Iterable[int]) -> None:
         ids = list(receipt_ids)
@@ -1376,7 +1378,7 @@ class ReceiptApplier:
             thread.join(timeout)
 
     def _take(self) -> list[int] | None:
-        """The next ids to apply (``[]``: time to sweep; ``None``: closed and drained)."""
+        """The next ids to apply (``None``: closed and drained)."""
         with self._cond:
             while True:
                 if self._pending:
@@ -1392,19 +1394,13 @@ class ReceiptApplier:
                     continue
                 if self._closed:
                     return None
-                idle = self._last_sweep + self.sweep_interval - time.monotonic()
-                if idle <= 0:
-                    return []
-                self._cond.wait(idle)
+                self._cond.wait()
 
     def _run(self) -> None:
         try:
             while (ids := self._take()) is not None:
                 try:
-                    if ids:
-                        self._apply(ids)
-                    else:
-                        self._sweep()
+                    self._apply(ids)
                 except Exception:
                     logger.exception("ledger: applying %d receipts failed", len(ids))
                 finally:
@@ -1416,37 +1412,70 @@ class ReceiptApplier:
                 connections.close_all()  # this thread's connections
 
     def _apply(self, ids: list[int]) -> None:
-        from payments import services
         from payments.tasks import apply_receipts
 
         self.batches += 1
         if not apply_receipts.app.conf.task_always_eager:
-            # No publish retries: a broker outage must not stall us; the sweep catches up.
-            apply_receipts.apply_async(kwargs={"receipt_ids": ids}, retry=False)
-            return
+            try:
+                apply_receipts.apply_async(
+                    kwargs={"receipt_ids": ids}, retry=True, retry_policy=APPLY_PUBLISH_RETRY
+                )
+                return
+            except Exception:
+                # The task's idempotency makes a late duplicate (a publish that did get
+                # through after all) harmless.
+                self.publish_failures += 1
+                logger.warning(
+                    "ledger: could not publish payments.apply_receipts; applying %d receipts here",
+                    len(ids),
+                    exc_info=True,
+                )
+        self.applied += self._apply_here(ids)
+
+    def _apply_here(self, ids: list[int]) -> int:
+        """``services.apply_receipts`` in this thread (SQLite: under the write lock), with
+        two retries on database errors."""
+        from payments import services
+
         for attempt in range(3):
             try:
                 with _sqlite_write_lock():
-                    self.applied += services.apply_receipts(receipt_ids=ids)
-                return
+                    return services.apply_receipts(receipt_ids=ids)
             except DatabaseError:
                 if attempt == 2:
                     raise
                 logger.warning("ledger: applying receipts failed; retrying", exc_info=True)
                 _heal_connection()
                 time.sleep(0.05 * (attempt + 1))
+        return 0  # not reached
 
-    def _sweep(self) -> None:
-        from payments import services
-        from payments.tasks import apply_receipts
+    def sweep(self, *, older_than: timedelta, limit: int = 50_000) -> int:
+        """Apply, in the calling thread, receipts unapplied for at least ``older_than``
+        (a crash between COMMIT and the apply, a task lost with its worker); returns how
+        many were applied. In both modes: the sweep never depends on the broker.
 
-        self._last_sweep = time.monotonic()
-        if not apply_receipts.app.conf.task_always_eager:
-            return  # the worker's beat runs payments.apply_pending_receipts
+        Idempotent like ``services.apply_receipts`` (applied receipts are skipped under
+        row locks), so it may overlap the applier thread, a worker or another process.
+        """
+        cutoff = timezone.now() - older_than
         with _sqlite_write_lock():
-            swept = services.apply_pending_receipts()
-        if swept:
-            logger.warning("ledger: the sweep applied %d forgotten receipts", swept)
+            ids = list(
+                Receipt.objects.filter(applied_at__isnull=True, created_at__lte=cutoff)
+                .order_by("id")
+                .values_list("id", flat=True)[:limit]
+            )
+        applied = 0
+        # One transaction (and, on SQLite, one hold of the write lock) per chunk: the
+        # ledger writer gets its turn between them.
+        for start in range(0, len(ids), SWEEP_CHUNK):
+            applied += self._apply_here(ids[start : start + SWEEP_CHUNK])
+        if applied:
+            self.applied += applied
+            logger.warning("ledger: the recovery sweep applied %d receipts", applied)
+        return applied
+
+
+SWEEP_CHUNK = 500
 
 
 SQLITE_WRITE_LOCK = threading.Lock()

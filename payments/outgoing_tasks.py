@@ -19,7 +19,12 @@ from django.db import OperationalError
 from payments import outgoing, outgoing_circular
 from payments.outgoing_errors import BookingFailed
 
-__all__ = ["resume_outgoing_payments", "send_circular_payment", "send_outgoing_payment"]
+__all__ = [
+    "resolve_circular_payments",
+    "resume_outgoing_payments",
+    "send_circular_payment",
+    "send_outgoing_payment",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -69,17 +74,42 @@ def send_circular_payment(*, circular_id: int) -> str:
 
 @shared_task(name="payments.resume_outgoing_payments")  # type: ignore[untyped-decorator]
 def resume_outgoing_payments() -> int:
-    """Periodic sweep: re-queue active payments no runner holds (a worker died, a message
-    was lost) and settle circular payments whose runner died. Returns how many."""
+    """Sweep: re-queue active payments no runner holds (a worker died, a message was lost)
+    and settle circular payments whose runner died. Returns how many were handled.
+
+    With eager Celery each queued payment runs in the calling thread; a serving process
+    resumes them on its own event loop instead (:mod:`payments.recovery`). A publish that
+    fails is logged and left to the next sweep (the payment stays due).
+    """
     due = outgoing.outgoing_payments_due()
-    for payment_id in due:
-        send_outgoing_payment.delay(payment_id=payment_id)
     to_start, to_resolve = outgoing_circular.circular_payments_due()
+    handled = 0
+    for payment_id in due:
+        handled += _publish(send_outgoing_payment, payment_id=payment_id)
     for circular_id in to_start:
-        send_circular_payment.delay(circular_id=circular_id)
-    for circular_id in to_resolve:
+        handled += _publish(send_circular_payment, circular_id=circular_id)
+    return handled + resolve_circular_payments(to_resolve)
+
+
+def resolve_circular_payments(circular_ids: list[int]) -> int:
+    """Settle circular payments whose runner died (``circular_payment_resolve`` each)."""
+    done = 0
+    for circular_id in circular_ids:
         try:
             outgoing_circular.circular_payment_resolve(circular_id=circular_id)
+            done += 1
         except Exception:
             logger.exception("payments: cannot resolve circular payment %s", circular_id)
-    return len(due) + len(to_start) + len(to_resolve)
+    return done
+
+
+def _publish(task: Task, **kwargs: int) -> int:
+    try:
+        task.delay(**kwargs)
+    except Exception:
+        # A broker outage (or, eager, a run that failed): the row stays due.
+        logger.warning(
+            "payments: %s%s failed; left to the next sweep", task.name, kwargs, exc_info=True
+        )
+        return 0
+    return 1

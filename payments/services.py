@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from payments.errors import InvalidAmount, UnknownAccount, WebhookError
@@ -400,19 +401,33 @@ def _create_deliveries(payments: list[IncomingPayment], *, now: datetime) -> lis
     )
 
 
-def queue_webhook_deliveries(delivery_ids: Sequence[int]) -> None:
-    """Queue ``payments.deliver_webhook`` for each id (call after commit).
+def queue_webhook_deliveries(delivery_ids: Sequence[int]) -> int:
+    """Queue ``payments.deliver_webhook`` for each id (call after commit); returns how many
+    were queued.
 
     With eager Celery (the embedded default) the deliveries run on a small background
     thread pool, so a slow endpoint never blocks the ledger writer that committed them.
+    A publish that fails (Celery's own publish retries exhausted) is only logged: the
+    delivery row is pending and due, so the recovery sweep queues it again.
     """
     from payments.tasks import deliver_webhook, run_in_background
 
+    queued = 0
     for delivery_id in delivery_ids:
         if deliver_webhook.app.conf.task_always_eager:
             run_in_background(deliver_webhook.apply, kwargs={"delivery_id": delivery_id})
         else:
-            deliver_webhook.delay(delivery_id=delivery_id)
+            try:
+                deliver_webhook.delay(delivery_id=delivery_id)
+            except Exception:
+                logger.warning(
+                    "payments: could not queue webhook delivery %s; the sweep will",
+                    delivery_id,
+                    exc_info=True,
+                )
+                continue
+        queued += 1
+    return queued
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,11 +457,15 @@ def webhook_deliver(
     ``UPDATE ... WHERE status = 'pending' AND attempts = <attempt>`` that also sets a lease
     (``next_attempt_at``), so a replayed, duplicated or stale task finds the counter moved
     on and returns ``skipped`` without sending. ``attempt=None`` claims whatever attempt is
-    next (the sweeper). No transaction or lock is held while the HTTP request runs.
-    Delivered means a 2xx answer; anything else is retried up to
-    ``WEBHOOK_MAX_ATTEMPTS`` with exponential backoff, then ``failed``.
+    next, and only once it is due (``next_attempt_at`` passed): what the queued task and
+    the recovery sweep use, so two sweeps queueing the same row send it once. No
+    transaction or lock is held while the HTTP request runs. Delivered means a 2xx answer;
+    anything else sets ``next_attempt_at`` to now + :func:`webhook_backoff` (the durable
+    retry: the recovery sweep makes the next attempt once it is due, whatever restarted
+    meanwhile) up to ``WEBHOOK_MAX_ATTEMPTS``, then ``failed``.
     """
     now = timezone.now()
+    due = Q()
     if attempt is None:
         current = (
             WebhookDelivery.objects.filter(pk=delivery_id)
@@ -456,8 +475,9 @@ def webhook_deliver(
         if current is None:
             return WebhookAttempt("skipped")
         attempt = current
+        due = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
     claimed = WebhookDelivery.objects.filter(
-        pk=delivery_id, status=WebhookDelivery.Status.PENDING, attempts=attempt
+        due, pk=delivery_id, status=WebhookDelivery.Status.PENDING, attempts=attempt
     ).update(attempts=attempt + 1, next_attempt_at=now + WEBHOOK_LEASE)
     if not claimed:
         return WebhookAttempt("skipped")

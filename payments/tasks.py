@@ -13,7 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from celery import Task, shared_task
+from celery import shared_task
 from django.db import OperationalError, connections
 
 from payments import services
@@ -35,60 +35,29 @@ def apply_receipts(*, receipt_ids: list[int]) -> int:
 
 @shared_task(name="payments.apply_pending_receipts", acks_late=True)  # type: ignore[untyped-decorator]
 def apply_pending_receipts() -> int:
-    """Periodic sweep for receipts whose task was lost."""
+    """Sweep for receipts whose task was lost (the recovery sweep does the same in every
+    serving process; this task is for a deployment that also runs beat)."""
     return services.apply_pending_receipts()
 
 
-@shared_task(  # type: ignore[untyped-decorator]
-    bind=True, name="payments.deliver_webhook", acks_late=True, max_retries=None
-)
-def deliver_webhook(self: Task, *, delivery_id: int, attempt: int = 0) -> str:
-    """One attempt of one webhook delivery; retried through Celery with exponential backoff.
+@shared_task(name="payments.deliver_webhook", acks_late=True)  # type: ignore[untyped-decorator]
+def deliver_webhook(*, delivery_id: int, attempt: int | None = None) -> str:
+    """One attempt of one webhook delivery (``services.webhook_deliver``).
 
-    The service claims attempt ``attempt`` atomically, so a replayed task is a no-op.
+    A failed attempt is not retried through Celery (a countdown lives in the broker or
+    the worker's memory and dies with them): the service writes the next attempt's time
+    into the durable row (``next_attempt_at``) and the recovery sweep
+    (:mod:`payments.recovery`, or ``payments.retry_webhooks``) queues it once due. The
+    service claims each attempt atomically, so a replayed task is a no-op.
     """
-    result = services.webhook_deliver(delivery_id=delivery_id, attempt=attempt)
-    if result.retry_in is None:
-        return result.status
-    kwargs = {"delivery_id": delivery_id, "attempt": attempt + 1}
-    if self.request.is_eager:
-        # Eager Celery (the embedded default) cannot delay a retry, and with
-        # task_eager_propagates its Retry escapes to the caller: wait on a timer instead.
-        _retry_later(result.retry_in, kwargs)
-        return "retry"
-    raise self.retry(kwargs=kwargs, countdown=result.retry_in)
-
-
-def _retry_later(countdown: float, kwargs: dict[str, Any]) -> None:
-    _track(+1)
-
-    def fire() -> None:
-        try:
-            run_in_background(deliver_webhook.apply, kwargs=kwargs)
-        finally:
-            _track(-1)
-
-    timer = threading.Timer(countdown, fire)
-    timer.daemon = True
-    timer.start()
+    return services.webhook_deliver(delivery_id=delivery_id, attempt=attempt).status
 
 
 @shared_task(name="payments.retry_webhooks")  # type: ignore[untyped-decorator]
 def retry_webhooks() -> int:
-    """Periodic sweep: re-queue pending deliveries that are due (lost tasks, expired leases)."""
-    ids = services.due_webhook_deliveries()
-    for delivery_id in ids:
-        deliver_webhook.delay(delivery_id=delivery_id, attempt=_attempts(delivery_id))
-    return len(ids)
-
-
-def _attempts(delivery_id: int) -> int:
-    from payments.models import WebhookDelivery
-
-    value = (
-        WebhookDelivery.objects.filter(pk=delivery_id).values_list("attempts", flat=True).first()
-    )
-    return value or 0
+    """Sweep: queue the pending deliveries that are due (a failed attempt's backoff has run
+    out, a task was lost, a claimed attempt's lease expired). Returns how many."""
+    return services.queue_webhook_deliveries(services.due_webhook_deliveries())
 
 
 # --- background runner for the embedded (eager) mode -----------------------------------------
@@ -130,7 +99,7 @@ def run_in_background(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 
 def wait_background_idle(timeout: float) -> bool:
-    """Wait until no background task or scheduled eager retry is left (shutdown, tests)."""
+    """Wait until no background task is left (shutdown, tests)."""
     with _idle:
         return _idle.wait_for(lambda: _pending == 0, timeout=timeout)
 

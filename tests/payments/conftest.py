@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -88,3 +92,49 @@ amake_accounts: Callable[..., Any] = sync_to_async(_closing(make_accounts))
 def db(fn: Callable[[], Any]) -> Any:
     """Run a synchronous ORM call from an async test (on a connection other than the writer's)."""
     return fn()
+
+
+@dataclass
+class Hook:
+    """A loopback HTTP server answering with ``statuses`` in turn (then 200).
+
+    ``answered`` is released once per request, after the answer was sent: wait on it
+    instead of the database (the sender writes the outcome right after)."""
+
+    url: str
+    statuses: list[int] = field(default_factory=list)
+    requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    delay: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    answered: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
+
+
+@pytest.fixture
+def hook() -> Iterator[Hook]:
+    state = Hook(url="")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            with state.lock:
+                state.requests.append((dict(self.headers.items()), body))
+                status = state.statuses.pop(0) if state.statuses else 200
+            if state.delay:
+                time.sleep(state.delay)
+            self.send_response(status)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+            self.wfile.flush()
+            state.answered.release()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()

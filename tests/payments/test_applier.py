@@ -125,23 +125,28 @@ def test_flush_from_many_threads_and_close_applies_what_is_pending(
     assert applier.applied == 2
 
 
-def test_idle_sweep_applies_forgotten_receipts(
+def test_sweep_applies_forgotten_receipts_once(
     book: BalanceBook, eager_celery: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     make_accounts()
     monkeypatch.setattr(ledger, "_queue_apply_receipts", lambda ids: None)  # "lost" task
     book.commit_sync(*pay(0))
-    Receipt.objects.update(created_at=Receipt.objects.get().created_at - timedelta(minutes=5))
-    applier = ReceiptApplier(sweep_interval=0.05)
+    book.commit_sync(*pay(1))
+    Receipt.objects.filter(key="a0").update(
+        created_at=Receipt.objects.get(key="a0").created_at - timedelta(minutes=5)
+    )
+    applier = ReceiptApplier()
     try:
-        applier.submit([-1])  # starts the thread (an unknown id is simply not applied)
-        deadline = time.monotonic() + 10
-        while Receipt.objects.filter(applied_at__isnull=True).exists():
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        assert applier.sweep(older_than=timedelta(minutes=1)) == 1  # the old one only
+        assert list(
+            Receipt.objects.filter(applied_at__isnull=True).values_list("key", flat=True)
+        ) == ["a1"]
+        assert applier.sweep(older_than=timedelta(0)) == 1
+        assert applier.sweep(older_than=timedelta(0)) == 0  # nothing counted twice
     finally:
         applier.close()
-    assert int(LedgerAccount.objects.get(code=RECEIVER).balance) == 2
+    assert int(LedgerAccount.objects.get(code=RECEIVER).balance) == 4
+    assert IncomingPayment.objects.get().chunks == 2
 
 
 def test_tag_key_index_exists() -> None:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
-from hypothesis import given
+from channels.db import database_sync_to_async
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ilp.btp import BtpResponse, find_entry
 from ilp.conditions import PEER_CONDITION, sha256
 from ilp.errors import DecodeError
 from ilp.oer import UINT64_MAX, encode_var_octets
@@ -18,6 +22,7 @@ from ilp.packet import (
     Reject,
     decode_amount_too_large_data,
     decode_prepare,
+    decode_reply,
     encode_packet,
 )
 from links.switch import FEE_ACCOUNT, convert_amount, dashboard_stats, packet_key
@@ -28,7 +33,6 @@ try:
         CONDITION,
         FULFILLMENT,
         NODE,
-        FakeLink,
         fixed_clock,
         fulfill_with,
         make_rig,
@@ -42,7 +46,6 @@ except ImportError:  # rootdir-less import mode: tests/links is on sys.path itse
         CONDITION,
         FULFILLMENT,
         NODE,
-        FakeLink,
         fixed_clock,
         fulfill_with,
         make_rig,
@@ -53,6 +56,8 @@ except ImportError:  # rootdir-less import mode: tests/links is on sys.path itse
     )
 
 from tests.conftest import load_vectors
+from tests.links.btp_helpers import RawBtp
+from tests.links.conftest import FakeSwitch
 
 ALICE = peer("alice")
 CARL = peer("carl")
@@ -686,13 +691,37 @@ def _raw_prepare(
     [b"test.sut.has space!", b"", b"nosuchscheme.foo.bar", b"test." + b"a" * 1100],
     ids=["bad-chars", "empty", "unknown-scheme", "too-long"],
 )
-def test_bad_addresses_never_reach_the_switch(destination: bytes) -> None:
-    """The edge decodes before the switch; these fail decoding, which the edge answers F01."""
-    raw = _raw_prepare(destination)
-    with pytest.raises(DecodeError):
-        decode_prepare(raw)
-    with pytest.raises(ValueError):
-        Prepare(1, datetime.now(UTC), CONDITION, destination.decode())
+@pytest.mark.django_db(transaction=True)
+async def test_bad_addresses_never_reach_the_switch(
+    destination: bytes, make_peer: Callable[..., Any], switch: FakeSwitch
+) -> None:
+    """A Prepare whose address a JS encoder wrote but ILP forbids, over a real BTP link:
+    the edge answers F01 triggered by us and the switch never sees it; the link serves on."""
+    from links.edge import our_address
+
+    await database_sync_to_async(make_peer)("alice", token="alicetoken")
+    raw = await RawBtp().open()
+    assert isinstance(await raw.auth(), BtpResponse)
+    try:
+        rid = await raw.send_prepare(_raw_prepare(destination))
+        frame = await raw.next(timeout=5)
+        assert isinstance(frame, BtpResponse) and frame.request_id == rid, frame
+        entry = find_entry(frame, "ilp")
+        assert entry is not None
+        reply = decode_reply(entry.data)
+        assert isinstance(reply, Reject) and reply.code == "F01", reply
+        assert reply.triggered_by == our_address()
+        assert reply.message.startswith("invalid packet: ")
+        assert switch.calls == []
+        # The same bytes with a legal address do reach the switch, on the same link.
+        rid = await raw.send_prepare(_raw_prepare(b"test.conn.carl"))
+        frame = await raw.next(timeout=5)
+        assert isinstance(frame, BtpResponse) and frame.request_id == rid, frame
+        entry = find_entry(frame, "ilp")
+        assert entry is not None and isinstance(decode_reply(entry.data), Fulfill)
+        assert [(name, p.destination) for name, p in switch.calls] == [("alice", "test.conn.carl")]
+    finally:
+        await raw.close()
 
 
 async def test_uint64_max_amount_is_f08() -> None:
@@ -737,6 +766,32 @@ async def test_counters() -> None:
     assert "packets_per_second" in dashboard_stats()
 
 
-def test_fulfillment_constant_is_consistent() -> None:
-    assert sha256(FULFILLMENT) == CONDITION
-    assert isinstance(FakeLink().handler, object)
+@settings(max_examples=50, deadline=None)
+@given(st.binary(min_size=32, max_size=32), st.integers(0, 255))
+def test_a_fulfill_passes_only_when_its_fulfillment_hashes_to_the_condition(
+    fulfillment: bytes, bit: int
+) -> None:
+    """The switch checks every Fulfill: sha256(fulfillment) must be the Prepare's
+    condition. The right preimage is relayed and booked; the same with one bit flipped
+    is F05 from us, nothing booked, no hold left."""
+    condition = sha256(fulfillment)
+    wrong = bytearray(fulfillment)
+    wrong[bit // 8] ^= 1 << (bit % 8)
+
+    async def run() -> None:
+        rig = make_rig([ALICE, CARL])
+        rig.link("carl", fulfill_with(bytes(wrong)))
+        bad = await rig.switch.handle_prepare(
+            ALICE, prepare("test.conn.carl", 5, condition=condition)
+        )
+        assert_reject(bad, "F05", "fulfillment did not match expected value.")
+        assert rig.book.commits == [] and rig.book.pending() == 0
+        rig.link("carl", fulfill_with(fulfillment, b"ok"))
+        good = await rig.switch.handle_prepare(
+            ALICE, prepare("test.conn.carl", 5, condition=condition, data=b"2")
+        )
+        assert good == Fulfill(fulfillment, b"ok")
+        assert rig.book.balance("peer:alice") == -5 and rig.book.balance("peer:carl") == 5
+        assert rig.book.pending() == 0
+
+    asyncio.run(run())

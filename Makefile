@@ -8,6 +8,7 @@ PORT ?= 8000
 STAMP := $(VENV)/.installed
 
 .PHONY: run test lint install migrate demo worker interop bench bench-codec clean
+.PHONY: cluster cluster-stop cluster-status cluster-interop
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +52,20 @@ worker: install
 
 interop: install
 	bash scripts/interop.sh
+
+# The production shape on loopback (docs/DEPLOY.md): nginx, N Daphnes (CLUSTER_DAPHNES=3),
+# a Celery worker and beat, PostgreSQL + Redis.
+cluster: install
+	bash scripts/cluster.sh start
+
+cluster-stop:
+	bash scripts/cluster.sh stop
+
+cluster-status:
+	bash scripts/cluster.sh status
+
+cluster-interop: install
+	bash scripts/cluster.sh interop
 
 bench: install
 	INTEROP_ONLY=load bash scripts/interop.sh

@@ -44,7 +44,14 @@ export ILP_ASSET_CODE=XRP ILP_ASSET_SCALE=9
 export ILP_VAR_DIR="$WORK/var"
 export DJANGO_DEBUG=0 LOG_LEVEL=WARNING
 mkdir -p "$ILP_VAR_DIR"
-if [[ "${DATABASE_URL:-}" == postgres* ]]; then
+# External node (`scripts/cluster.sh interop`): INTEROP_EXTERNAL=1 runs the suite against a
+# node already serving on 127.0.0.1:$INTEROP_PORT, on the DATABASE_URL of this environment
+# (its own, not reset) and with the ILP_* identity exported above. The peers and pointers
+# below are set up in it (idempotent); no node or worker of ours is started.
+EXTERNAL="${INTEROP_EXTERNAL:-0}"
+if [ "$EXTERNAL" = 1 ]; then
+  [ -n "${DATABASE_URL:-}" ] || { echo "INTEROP_EXTERNAL=1 needs the node's DATABASE_URL"; exit 2; }
+elif [[ "${DATABASE_URL:-}" == postgres* ]]; then
   base="${DATABASE_URL%/*}"
   psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS ilp_interop" -c "CREATE DATABASE ilp_interop" >/dev/null
   export DATABASE_URL="$base/ilp_interop"
@@ -52,7 +59,7 @@ else
   rm -f "$ILP_VAR_DIR/interop.sqlite3"*
   export DATABASE_URL="sqlite:///$ILP_VAR_DIR/interop.sqlite3"
 fi
-if [ -n "${REDIS_URL:-}" ]; then
+if [ -n "${REDIS_URL:-}" ] && [ "$EXTERNAL" != 1 ]; then
   redis-cli -u "$REDIS_URL" flushdb >/dev/null 2>&1 || true
 fi
 
@@ -68,12 +75,14 @@ if [ "${INTEROP_MODE_A:-1}" = 1 ]; then
     --url "btp+ws://sut:sutsecret@127.0.0.1:$MODE_A_PORT" >/dev/null
 fi
 
-if [ -n "${REDIS_URL:-}" ]; then
+if [ -n "${REDIS_URL:-}" ] && [ "$EXTERNAL" != 1 ]; then
   "$BIN/celery" -A interledger_site worker -l warning --concurrency 2 >"$OUT/celery.log" 2>&1 &
   PIDS+=("$!")
 fi
-"$BIN/daphne" -b 127.0.0.1 -p "$PORT" interledger_site.asgi:application >"$OUT/daphne.log" 2>&1 &
-PIDS+=("$!")
+if [ "$EXTERNAL" != 1 ]; then
+  "$BIN/daphne" -b 127.0.0.1 -p "$PORT" interledger_site.asgi:application >"$OUT/daphne.log" 2>&1 &
+  PIDS+=("$!")
+fi
 for _ in $(seq 1 150); do
   curl -fs -o /dev/null "http://127.0.0.1:$PORT/" && break
   sleep 0.2

@@ -17,6 +17,7 @@ from django.db import transaction
 from rest_framework.authtoken.models import Token
 
 from dashboard.errors import InvalidWebhook, WebhookNotFound
+from payments import outbound
 from payments.models import Webhook, WebhookDelivery
 from payments.services import webhook_create
 from receivers.errors import ReceiverNotFound
@@ -54,6 +55,9 @@ def _check_url(url: str) -> str:
     url = (url or "").strip()
     if not url.startswith(WEBHOOK_SCHEMES):
         raise InvalidWebhook("a webhook url must start with https:// or http://")
+    problem = outbound.url_problem(url)  # the rule deliveries follow, told now
+    if problem is not None:
+        raise InvalidWebhook(f"webhook url refused: {problem}")
     return url
 
 

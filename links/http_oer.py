@@ -73,6 +73,7 @@ from ilp.packet import (
 from links import activity, edge, registry, services
 from links.models import LinkKind
 from links.peers import PeerContext, aload_peer_context
+from payments import outbound
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +221,12 @@ async def _accept_async(
     if callback:
         if base and not _same_origin(callback, base):
             return _text(400, "Callback-Url must be on the peer's configured origin")
+        if not base:
+            # The peer's own choice of URL: public addresses only (payments.outbound).
+            try:
+                await outbound.acheck_url(callback)
+            except outbound.UrlRefused as exc:
+                return _text(400, f"Callback-Url refused: {exc.message}")
         callback_url = callback
     elif base:
         callback_url = f"{base}/ilp" if header_form else f"{base}/ilp/{request_id}"
@@ -290,24 +297,32 @@ async def _process_async(
 async def _deliver(
     peer_name: str, request_id: str, reply: bytes, callback_url: str, give_up_at: datetime
 ) -> bool:
-    """POST the reply until a 2xx (delivered), a 4xx (refused) or ``give_up_at``."""
-    _, token = await _endpoint_of(peer_name)
+    """POST the reply until a 2xx (delivered), a 4xx (refused) or ``give_up_at``.
+
+    Each POST goes through :mod:`payments.outbound` (10 s in all, 64 KiB of answer read).
+    The peer's configured origin is the operator's choice, trusted like the Prepares we
+    send there; a Callback-Url the peer chose (no configured url) may reach public
+    addresses only, unless ``ILP_ALLOW_PRIVATE_URLS``.
+    """
+    base, token = await _endpoint_of(peer_name)
+    trusted = bool(base) and _same_origin(callback_url, base)
     headers = {"Content-Type": OCTETS, "Request-Id": request_id}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     delay = RETRY_FIRST_S
     while True:
         status = 0
+        address_refused = False
         try:
-            response = await _client().post(
-                callback_url, content=reply, headers=headers, timeout=10
+            status = await outbound.apost(
+                callback_url, content=reply, headers=headers, allow=True if trusted else None
             )
-            status = response.status_code
         except httpx.HTTPError as exc:
+            address_refused = outbound.refused(exc)
             log.info("callback %s/%s failed: %s", peer_name, request_id, exc)
         now = datetime.now(UTC)
         delivered = 200 <= status < 300
-        refused = 400 <= status < 500
+        refused = 400 <= status < 500 or address_refused
         give_up = refused or now + timedelta(seconds=delay) > give_up_at
         with contextlib.suppress(Exception):
             await database_sync_to_async(services.http_async_attempted)(

@@ -27,6 +27,7 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from payments import outbound
 from payments.errors import InvalidAmount, UnknownAccount, WebhookError
 from payments.ledger import (
     _ACCOUNT_FIELDS,
@@ -332,6 +333,9 @@ def webhook_create(*, account_code: str, url: str, secret: str | None = None) ->
     """
     if not url.startswith(("https://", "http://")):
         raise WebhookError("webhook url must be http(s)")
+    problem = outbound.url_problem(url)
+    if problem is not None:
+        raise WebhookError(f"webhook url refused: {problem}")
     account = LedgerAccount.objects.filter(code=account_code).first()
     if account is None:
         raise UnknownAccount(f"no ledger account {account_code!r}", account=account_code)
@@ -497,9 +501,10 @@ def webhook_deliver(
     }
     status_code: int | None = None
     try:
-        with httpx.Client(timeout=timeout, follow_redirects=False) as client:
-            response = client.post(webhook.url, content=body, headers=headers)
-        status_code = response.status_code
+        # The user's URL: public addresses only, a time limit for the whole request.
+        status_code = outbound.post(
+            webhook.url, content=body, headers=headers, total_timeout=timeout
+        )
         error = "" if 200 <= status_code < 300 else f"HTTP {status_code}"
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc}"[:2000]

@@ -26,6 +26,13 @@ from django.conf import settings
 from ilp.errors import DecodeError
 from ilp.psk2 import b64url_decode, b64url_encode
 from ilp.psk2_receiver import IssuedAddress, issue, secret_for
+from ilp.stream import (
+    IssuedStreamAddress,
+    OpenedAddress,
+    ReceiptSetup,
+    issue_stream_address,
+    open_stream_address,
+)
 
 LOCAL_PREFIX_SEGMENT = "receivers"
 # The reference receivers' token size; 24 base64url characters in the address.
@@ -123,6 +130,28 @@ def tagged_receipt_key(tag: bytes, packet_key: str) -> str:
     if len(key) > _MAX_RECEIPT_KEY:
         key = f"{TAG_KEY_PREFIX}{tag.hex()}:{hashlib.sha256(packet_key.encode()).hexdigest()}"
     return key
+
+
+# --- STREAM addresses ----------------------------------------------------------------------
+# ``<node>.receivers.<name>[.<tag>].~<token>`` (``ilp.stream.addresses``): the ``~`` keeps
+# them apart from PSK2 tokens and tags; the same receiver secret, other labels.
+
+STREAM_IV_LENGTH = 12
+
+
+def issue_stream(
+    name: str, iv: bytes, *, tag: bytes | None = None, receipt: ReceiptSetup | None = None
+) -> IssuedStreamAddress:
+    """A STREAM address (and its secret) for receiver ``name``, tagged with ``tag`` when
+    given; ``iv`` is 12 fresh random bytes (drawn at the view edge). With ``receipt`` the
+    connection issues RFC 0039 receipts."""
+    prefix = receiver_prefix(name) if tag is None else tagged_prefix(name, tag)
+    return issue_stream_address(receiver_secret(), prefix, iv, receipt=receipt)
+
+
+def open_stream(destination: str, prefix: str) -> OpenedAddress | None:
+    """What a STREAM ``destination`` issued under ``prefix`` carries, else ``None``."""
+    return open_stream_address(receiver_secret(), destination, prefix)
 
 
 def tag_key_prefix(tag: bytes) -> str:

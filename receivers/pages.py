@@ -26,7 +26,13 @@ from django.utils import timezone
 
 from ilp.errors import DecodeError
 from ilp.psk2 import b64url_decode, b64url_encode
-from receivers.addresses import TAG_LENGTH, TOKEN_LENGTH, issue_tagged_address
+from receivers.addresses import (
+    STREAM_IV_LENGTH,
+    TAG_LENGTH,
+    TOKEN_LENGTH,
+    issue_stream,
+    issue_tagged_address,
+)
 from receivers.errors import ReceiverError
 from receivers.models import MonetizedPage, Receiver
 from receivers.pointers import public_base_url
@@ -152,6 +158,19 @@ def paid_html(page: MonetizedPage) -> str:
 def visitor_spsp_answer(*, page: MonetizedPage, visitor: bytes) -> SpspAnswer:
     """A fresh SPSP answer whose address is tagged with ``visitor`` (no database access)."""
     issued = issue_tagged_address(page.receiver.name, visitor, secrets.token_bytes(TOKEN_LENGTH))
+    return SpspAnswer(
+        destination_account=issued.destination,
+        shared_secret=issued.shared_secret,
+        asset_code=page.receiver.account.asset_code,
+        asset_scale=page.receiver.account.asset_scale,
+        receiver_name=page.title[:100] or page.receiver.name,
+    )
+
+
+def visitor_stream_answer(*, page: MonetizedPage, visitor: bytes) -> SpspAnswer:
+    """The SPSP4 (STREAM) twin of :func:`visitor_spsp_answer`: a STREAM address tagged with
+    ``visitor``, so STREAM payments count for the visitor the same way."""
+    issued = issue_stream(page.receiver.name, secrets.token_bytes(STREAM_IV_LENGTH), tag=visitor)
     return SpspAnswer(
         destination_account=issued.destination,
         shared_secret=issued.shared_secret,

@@ -34,6 +34,7 @@ from receivers.pages import (
     visitor_pointer,
     visitor_spsp_answer,
     visitor_spsp_url,
+    visitor_stream_answer,
     visitor_text,
 )
 from receivers.selling_forms import PageCreateForm, PageEditForm
@@ -43,6 +44,7 @@ from receivers.spsp import (
     not_acceptable,
     preflight,
     receiver_not_found,
+    spsp4_response,
     spsp_response,
 )
 
@@ -104,6 +106,8 @@ def page_spsp(request: HttpRequest, slug: str, visitor: str) -> HttpResponse:
         return receiver_not_found(reason)
     if representation is Representation.SPSP:
         return spsp_response(visitor_spsp_answer(page=page, visitor=raw))
+    if representation is Representation.STREAM:
+        return spsp4_response(visitor_stream_answer(page=page, visitor=raw))
     if representation is Representation.HTML:
         return HttpResponseRedirect(page.get_absolute_url())
     return not_acceptable(representation)

@@ -58,6 +58,7 @@ from receivers.addresses import (
 )
 from receivers.directory import get_directory
 from receivers.live import notify_tag
+from receivers.stream_receiver import is_stream_destination, receive_stream
 
 __all__ = ["LOCAL_PREFIX_SEGMENT", "ReceiverStats", "receive_prepare", "stats"]
 
@@ -172,6 +173,16 @@ async def _receive(
         segment = rest.partition(".")[0]
         tag = parse_tag_segment(segment)
         prefix = f"{prefix}.{segment}"
+    if is_stream_destination(rest):
+        return await receive_stream(
+            prepare,
+            account_code=account_code,
+            prefix=prefix,
+            tag=tag,
+            source_account=source_account,
+            packet_key=packet_key,
+            now=now,
+        )
     secret = (
         secret_for(receiver_secret(), destination, prefix)
         if dot and (tag is not None or "." not in rest)

@@ -1,12 +1,14 @@
-"""SPSP for PSK2 (RFC 0009 draft 4/5, ``shared/spec/receiver/spsp.md``): negotiation,
-the response body and the HTTP responses, kept apart from the views.
+"""SPSP for PSK2 (RFC 0009 draft 4/5, ``shared/spec/receiver/spsp.md``) and SPSP4 for
+STREAM (RFC 0009 draft 12, ``docs/STREAM.md`` section 6): negotiation, the response bodies
+and the HTTP responses, kept apart from the views.
 
 Negotiation on ``Accept`` (a parsed version of the reference servers' substring test):
 
-- ``application/spsp+json`` listed (q > 0) → the SPSP JSON, even next to
-  ``application/spsp4+json`` (ilp-protocol-spsp 2.2 sends both and falls back to PSK2);
-- else ``application/spsp4+json`` listed → 406: that is SPSP over STREAM, which a PSK2
-  receiver cannot serve;
+- ``application/spsp4+json`` listed with a higher q than ``application/spsp+json`` (or
+  alone) → SPSP4, STREAM credentials (``@interledger/pay``, ilp-protocol-stream clients,
+  Web Monetization wallets);
+- else ``application/spsp+json`` listed (q > 0) → the SPSP JSON for PSK2, also next to an
+  equal ``application/spsp4+json`` (ilp-protocol-spsp 2.2 sends both and takes either);
 - else HTML acceptable (no ``Accept``, ``text/html``, ``application/xhtml+xml``,
   ``text/*``, ``*/*``) → the pointer's web page;
 - else → 406.
@@ -16,11 +18,16 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 from django.http import HttpResponse
+
+from ilp.errors import DecodeError, EncodeError
+from ilp.psk2 import b64url_decode
+from ilp.stream import ReceiptSetup
 
 SPSP_MEDIA_TYPE = "application/spsp+json"
 SPSP4_MEDIA_TYPE = "application/spsp4+json"
@@ -36,8 +43,8 @@ CACHE_CONTROL_WITH_BALANCE = "no-cache, private"
 
 class Representation(Enum):
     SPSP = "spsp"
+    STREAM = "stream"
     HTML = "html"
-    STREAM_ONLY = "stream-only"
     NONE = "none"
 
 
@@ -65,10 +72,11 @@ def negotiate(accept: str | None) -> Representation:
     if accept is None or not accept.strip():
         return Representation.HTML
     ranges = _media_ranges(accept)
-    if ranges.get(SPSP_MEDIA_TYPE, 0.0) > 0:
+    psk2, stream = ranges.get(SPSP_MEDIA_TYPE, 0.0), ranges.get(SPSP4_MEDIA_TYPE, 0.0)
+    if stream > 0 and stream > psk2:
+        return Representation.STREAM
+    if psk2 > 0:
         return Representation.SPSP
-    if ranges.get(SPSP4_MEDIA_TYPE, 0.0) > 0:
-        return Representation.STREAM_ONLY
     if any(ranges.get(media, 0.0) > 0 for media in _HTML_RANGES):
         return Representation.HTML
     return Representation.NONE
@@ -94,6 +102,7 @@ class SpspAnswer:
     receiver_name: str
     image_url: str | None = None
     balance: SpspBalance | None = None
+    receipts_enabled: bool = False
 
     def __post_init__(self) -> None:
         if len(self.shared_secret) != 32:
@@ -120,6 +129,22 @@ class SpspAnswer:
         body["receiver_info"] = receiver_info
         return body
 
+    def to_spsp4_json(self) -> dict[str, Any]:
+        """The SPSP4 body: RFC 0009 draft 12's fields, then the informative extras (clients
+        ignore fields they do not know)."""
+        body: dict[str, Any] = {
+            "destination_account": self.destination_account,
+            "shared_secret": base64.b64encode(self.shared_secret).decode("ascii"),
+        }
+        if self.receipts_enabled:
+            body["receipts_enabled"] = True
+        body["asset_info"] = {"code": self.asset_code, "scale": self.asset_scale}
+        receiver_info: dict[str, str] = {"name": self.receiver_name}
+        if self.image_url:
+            receiver_info["image_url"] = self.image_url
+        body["receiver_info"] = receiver_info
+        return body
+
 
 def _cors(response: HttpResponse) -> HttpResponse:
     response["Access-Control-Allow-Origin"] = "*"
@@ -136,6 +161,32 @@ def spsp_response(answer: SpspAnswer) -> HttpResponse:
         CACHE_CONTROL if answer.balance is None else CACHE_CONTROL_WITH_BALANCE
     )
     return _cors(response)
+
+
+def spsp4_response(answer: SpspAnswer) -> HttpResponse:
+    """200 ``application/spsp4+json`` (STREAM credentials) with Cache-Control and CORS."""
+    response = HttpResponse(
+        json.dumps(answer.to_spsp4_json(), separators=(",", ":")), content_type=SPSP4_MEDIA_TYPE
+    )
+    response["Cache-Control"] = CACHE_CONTROL
+    return _cors(response)
+
+
+def receipt_setup_from_headers(headers: Mapping[str, str]) -> ReceiptSetup | None:
+    """RFC 0039 / RFC 0009: ``Receipt-Nonce`` (16 bytes) and ``Receipt-Secret`` (32 bytes),
+    base64 (either alphabet), set by a receipt verifier proxying the query. ``None`` when
+    neither is there; :class:`ValueError` with the reason when they are incomplete or bad."""
+    nonce, secret = headers.get("Receipt-Nonce"), headers.get("Receipt-Secret")
+    if nonce is None and secret is None:
+        return None
+    if nonce is None or secret is None:
+        raise ValueError("Receipt-Nonce and Receipt-Secret go together")
+    try:
+        return ReceiptSetup(b64url_decode(nonce.strip()), b64url_decode(secret.strip()))
+    except (DecodeError, EncodeError) as exc:
+        raise ValueError(
+            f"Receipt-Nonce must be 16 and Receipt-Secret 32 bytes of base64 ({exc})"
+        ) from None
 
 
 def spsp_error(status: int, error: str, *, error_id: str, message: str) -> HttpResponse:
@@ -155,13 +206,16 @@ def receiver_not_found(reason: str) -> HttpResponse:
 
 
 def not_acceptable(representation: Representation) -> HttpResponse:
-    if representation is Representation.STREAM_ONLY:
+    if representation is Representation.STREAM:
         reason = (
-            "application/spsp4+json is SPSP over STREAM, which this node does not support; "
+            "application/spsp4+json is SPSP over STREAM, which this URL does not serve; "
             "it speaks SPSP for PSK2: ask for application/spsp+json"
         )
     else:
-        reason = "this URL serves application/spsp+json (SPSP for PSK2) or text/html"
+        reason = (
+            "this URL serves application/spsp4+json (SPSP for STREAM), "
+            "application/spsp+json (SPSP for PSK2) or text/html"
+        )
     return spsp_error(406, reason, error_id="NotAcceptableError", message=reason)
 
 
@@ -170,7 +224,9 @@ def preflight() -> HttpResponse:
     ``Web-Monetization-Id``)."""
     response = HttpResponse(status=204)
     response["Access-Control-Allow-Methods"] = "GET, HEAD, OPTIONS"
-    response["Access-Control-Allow-Headers"] = "Accept, Web-Monetization-Id"
+    response["Access-Control-Allow-Headers"] = (
+        "Accept, Web-Monetization-Id, Receipt-Nonce, Receipt-Secret"
+    )
     response["Access-Control-Max-Age"] = "86400"
     response["Allow"] = "GET, HEAD, OPTIONS"
     return _cors(response)

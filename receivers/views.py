@@ -21,7 +21,13 @@ from django.urls import Resolver404, resolve
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
-from receivers.addresses import TOKEN_LENGTH, issue_address, receivers_prefix
+from receivers.addresses import (
+    STREAM_IV_LENGTH,
+    TOKEN_LENGTH,
+    issue_address,
+    issue_stream,
+    receivers_prefix,
+)
 from receivers.errors import ReceiverError
 from receivers.forms import ReceiverCreateForm, ReceiverUpdateForm
 from receivers.models import Receiver
@@ -50,7 +56,10 @@ from receivers.spsp import (
     negotiate,
     not_acceptable,
     preflight,
+    receipt_setup_from_headers,
     receiver_not_found,
+    spsp4_response,
+    spsp_error,
     spsp_response,
 )
 
@@ -62,7 +71,8 @@ _SPSP_METHODS = ("GET", "HEAD", "OPTIONS")
 
 @csrf_exempt  # never changes state; a POST gets a clear 405 rather than a CSRF 403
 def pointer(request: HttpRequest, name: str) -> HttpResponse:
-    """``GET /<name>``: SPSP for ``application/spsp+json``, the pointer's page for HTML."""
+    """``GET /<name>``: SPSP4 (STREAM) for ``application/spsp4+json``, SPSP (PSK2) for
+    ``application/spsp+json``, the pointer's page for HTML."""
     early = _method_check(request)
     if early is not None:
         return early
@@ -149,6 +159,8 @@ def _answer(
             receiver_name=receiver.name,
         )
         return spsp_response(answer)
+    if representation is Representation.STREAM:
+        return _stream_answer(request, receiver)
     if representation is Representation.HTML:
         response = render(
             request, "receivers/pointer.html", _pointer_context(request, receiver, path)
@@ -156,6 +168,26 @@ def _answer(
         response["Vary"] = "Accept"
         return response
     return not_acceptable(representation)
+
+
+def _stream_answer(request: HttpRequest, receiver: Receiver) -> HttpResponse:
+    """SPSP4: a fresh STREAM address and secret per query; receipts (RFC 0039) when a
+    verifier sent ``Receipt-Nonce``/``Receipt-Secret``."""
+    try:
+        receipt = receipt_setup_from_headers(request.headers)
+    except ValueError as exc:
+        return spsp_error(400, str(exc), error_id="InvalidReceiptError", message=str(exc))
+    issued = issue_stream(receiver.name, secrets.token_bytes(STREAM_IV_LENGTH), receipt=receipt)
+    return spsp4_response(
+        SpspAnswer(
+            destination_account=issued.destination,
+            shared_secret=issued.shared_secret,
+            asset_code=receiver.account.asset_code,
+            asset_scale=receiver.account.asset_scale,
+            receiver_name=receiver.name,
+            receipts_enabled=issued.receipts_enabled,
+        )
+    )
 
 
 def _not_found(request: HttpRequest, representation: Representation, reason: str) -> HttpResponse:

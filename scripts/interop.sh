@@ -91,6 +91,8 @@ curl -fs -o /dev/null "http://127.0.0.1:$PORT/" || { echo "node did not start"; 
 
 export SUT_BTP_URL="btp+ws://alice:alicetoken@127.0.0.1:$PORT/btp"
 export SUT_SPSP_URL="http://127.0.0.1:$PORT/bob"
+# The same pointer answers SPSP4 (STREAM) to Accept: application/spsp4+json (scenario 10).
+export SUT_STREAM_SPSP_URL="http://127.0.0.1:$PORT/bob"
 export SUT_HTTP_OER_URL="http://127.0.0.1:$PORT/ilp"
 export SUT_HTTP_OER_TOKEN=oertoken
 export SUT_PAID_API_URL="http://127.0.0.1:$PORT/api/v1/demo/paid"

@@ -117,11 +117,12 @@ def test_impossible_names_are_404_with_the_reason(
     assert reason in json.loads(response.content)["error"]
 
 
-def test_spsp4_only_is_406_with_a_reason(client: Client, bob: Receiver) -> None:
+def test_spsp4_gets_stream_credentials(client: Client, bob: Receiver) -> None:
+    # More in tests/receivers/test_stream_receiver.py.
     response = spsp_get(client, "/bob", "application/spsp4+json")
-    assert response.status_code == 406
-    assert response["Content-Type"] == "application/json"
-    assert "STREAM" in json.loads(response.content)["error"]
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/spsp4+json"
+    assert ".~" in json.loads(response.content)["destination_account"]
 
 
 @pytest.mark.parametrize("accept", ["application/json", "image/png", "application/spsp+json;q=0"])

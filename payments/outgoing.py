@@ -1,4 +1,5 @@
-"""Sending money: outgoing SPSP/PSK2 payments (services + runner; circular payments are in
+"""Sending money: outgoing SPSP payments over STREAM or PSK2 (services + runner; what is
+STREAM's own is in :mod:`payments.outgoing_stream`, circular payments are in
 :mod:`payments.outgoing_circular`).
 
 Read ``docs/ARCHITECTURE.md`` ("payments: sending") for the full contract. In short:
@@ -12,8 +13,12 @@ in-memory book holds). Idempotent on ``idempotency_key`` (unique). The Celery ta
 
 **Running** (:func:`outgoing_payment_run`, async): one runner per payment at a time, by a
 **lease** (``lease_owner``/``lease_until``, taken and renewed with conditional UPDATEs;
-it always covers the Prepare in flight plus :data:`LEASE_GRACE`). Then SPSP query, a rate
-probe (draft-1 quote, F99 answer), and chunks planned by
+it always covers the Prepare in flight plus :data:`LEASE_GRACE`). Then the SPSP query,
+which offers both protocols: a receiver that answers SPSP4 is paid over STREAM
+(:mod:`payments.outgoing_stream`: a STREAM rate probe, then ``StreamMoney`` packets, each
+an :class:`~payments.models_outgoing.OutgoingChunk` like a PSK2 chunk, with the same money,
+lease and resume rules), one that answers SPSP over PSK2: a rate probe (draft-1 quote, F99
+answer), and chunks planned by
 :class:`ilp.psk2_sender.ChunkedPayment` (x1.1 on success, x0.5 and back-off on T/R, capped
 F99 retries) plus F08 shrinking from the Reject's data. Every chunk is an
 :class:`~payments.models_outgoing.OutgoingChunk` row written **before** it is sent
@@ -84,6 +89,7 @@ from ilp.psk2 import (
     encrypt_psk2,
 )
 from ilp.psk2_sender import PROBE_AMOUNT, ChunkedPayment, Progress, build_quote, read_reply
+from payments import outgoing_stream
 from payments.errors import BalanceLimitExceeded, PaymentsError
 from payments.ledger import UINT64_MAX, PostingDraft, ensure_account, get_book
 from payments.models import LedgerAccount, Posting
@@ -295,6 +301,7 @@ def payment_summary(payment: OutgoingPayment) -> dict[str, Any]:
         "status": payment.status,
         "receiver": payment.receiver,
         "mode": payment.mode,
+        "protocol": payment.protocol,
         "amount": str(_int(payment.amount)),
         "source_account": payment.source_account.code
         if OutgoingPayment._meta.get_field("source_account").is_cached(payment)
@@ -683,6 +690,10 @@ class _Run:
     def via(self) -> bool:
         return self.sender.peer_account is not None
 
+    @property
+    def stream(self) -> bool:
+        return self.payment.protocol == OutgoingPayment.Protocol.STREAM
+
 
 async def outgoing_payment_run(
     *, payment_id: int, options: RunOptions | None = None
@@ -717,7 +728,10 @@ async def outgoing_payment_run(
                 run.secret = bytes.fromhex(payment.shared_secret)
                 await _resolve_in_doubt(run)
             if run.payment.status == OutgoingPayment.Status.SENDING:
-                await _send_chunks(run)
+                if run.stream:
+                    await outgoing_stream.stream_send(run)
+                else:
+                    await _send_chunks(run)
     except LeaseLost:
         log.warning("payments: lost the lease of outgoing payment %s; stopping", payment_id)
         return None
@@ -855,8 +869,11 @@ async def _quote(run: _Run) -> None:
     payment = await _db_save(payment, run.owner, status=OutgoingPayment.Status.QUOTING)
     await _progress(payment, run.options)
     details: SpspDetails = await query_spsp(
-        payment.spsp_url or resolve_receiver(payment.receiver), protocol="psk2"
+        payment.spsp_url or resolve_receiver(payment.receiver), protocol=payment.protocol or None
     )
+    if details.protocol == OutgoingPayment.Protocol.STREAM:
+        await outgoing_stream.stream_quote(run, details)
+        return
     run.secret = details.shared_secret
     destination = details.destination_account
     destination_mode = payment.mode == OutgoingPayment.Mode.DESTINATION
@@ -902,6 +919,7 @@ async def _quote(run: _Run) -> None:
         payment,
         run.owner,
         status=OutgoingPayment.Status.SENDING,
+        protocol=OutgoingPayment.Protocol.PSK2,
         destination_address=destination,
         shared_secret=run.secret.hex(),
         quote_source_amount=quote_source,
@@ -1079,7 +1097,10 @@ async def _send_chunks(run: _Run) -> None:
 async def _probe_total(run: _Run, sequence: int, amount: int) -> int | None:
     """The receiver's running total for our Payment ID, from an unfulfillable draft-1
     request whose minimum cannot be met (it answers F99 + type-3 error with the total
-    before any condition check). ``None`` when it would not say."""
+    before any condition check); STREAM: :func:`payments.outgoing_stream.stream_total`.
+    ``None`` when it would not say."""
+    if run.stream:
+        return await outgoing_stream.stream_total(run, sequence)
     p = run.payment
     destination_mode = p.mode == OutgoingPayment.Mode.DESTINATION
     request = ChunkRequest(
@@ -1132,7 +1153,6 @@ async def _resolve_chunk(run: _Run, chunk: OutgoingChunk) -> None:
         await asyncio.sleep(wait)
     debited = _int(payment.amount_debited)
     known = _int(payment.amount_delivered)
-    base: dict[str, Any] = {"next_sequence": max(payment.next_sequence, chunk.sequence + 1)}
     total: int | None = None
     if await _db_posted(chunk.ledger_key.split()):
         state = OutgoingChunk.State.FULFILLED
@@ -1147,6 +1167,8 @@ async def _resolve_chunk(run: _Run, chunk: OutgoingChunk) -> None:
             state = OutgoingChunk.State.LOST
         else:
             state = OutgoingChunk.State.UNKNOWN
+    # After the probe: a STREAM total probe used (and stored) a sequence of its own.
+    base: dict[str, Any] = {"next_sequence": max(payment.next_sequence, chunk.sequence + 1)}
     log.warning(
         "payments: outgoing %s chunk %s was in flight when its runner stopped: %s",
         payment.pk,

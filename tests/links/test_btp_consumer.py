@@ -293,23 +293,42 @@ async def test_side_protocols_and_transfer(alice: None, switch: FakeSwitch) -> N
 
 
 async def test_fifty_requests_in_flight_run_concurrently(alice: None, switch: FakeSwitch) -> None:
-    async def slow(source: PeerContext, prepare: Prepare) -> Fulfill:
-        await asyncio.sleep(0.3)
-        return Fulfill(FULFILLMENT)
+    """Structural, not timed: the switch holds every Prepare until all 50 are inside it
+    at once. A consumer that served them one by one (or fewer than 50 at a time) would
+    never get there and no reply would come."""
+    n = 50
+    inside = 0
+    most_inside = 0
+    all_inside = asyncio.Event()
 
-    switch.handler = slow
+    async def gate(source: PeerContext, prepare: Prepare) -> Fulfill:
+        nonlocal inside, most_inside
+        inside += 1
+        most_inside = max(most_inside, inside)
+        if inside == n:
+            all_inside.set()
+        try:
+            await all_inside.wait()
+        finally:
+            inside -= 1
+        return Fulfill(FULFILLMENT, prepare.data)
+
+    switch.handler = gate
     raw = await authed()
-    ids = {await raw.send_prepare(prepare_to()) for _ in range(50)}
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    got = set()
-    for _ in range(50):
-        reply = await raw.next(timeout=5)
-        assert reply is not None
-        assert isinstance(ilp_reply(reply), Fulfill)
-        got.add(reply.request_id)
-    assert got == ids
-    assert loop.time() - start < 1.5  # 50 x 0.3 s serially would be 15 s
+    ids = {await raw.send_prepare(prepare_to(data=bytes([i]))): i for i in range(n)}
+    got: dict[int, bytes] = {}
+    for _ in range(n):
+        try:
+            reply = await raw.next(timeout=10)
+        except TimeoutError:
+            reply = None
+        assert reply is not None, f"no reply: at most {most_inside} of {n} were in the switch"
+        fulfill = ilp_reply(reply)
+        assert isinstance(fulfill, Fulfill)
+        got[reply.request_id] = fulfill.data
+    assert all_inside.is_set() and most_inside == n
+    # each answer went to its own request
+    assert got == {rid: bytes([i]) for rid, i in ids.items()}
 
 
 async def test_outgoing_prepare_round_trip(alice: None, switch: FakeSwitch) -> None:

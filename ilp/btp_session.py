@@ -232,15 +232,31 @@ class MemoryRecord:
     reply: bytes | None = None
 
 
+@dataclass(slots=True)
+class _AccountMemory:
+    """One account's share of a :class:`ResponderMemory`, oldest first."""
+
+    quota: int
+    records: OrderedDict[int, MemoryRecord]
+    swept_at: datetime | None = None
+
+
 class ResponderMemory:
     """The dedupe table of a BTP/2.0-I responder (btp.md §7.3-§7.4), in memory.
 
     Keyed by ``(account, request id)`` and holding the sha256 of the request frame, so
     that a repeat is recognised and a reused id with other content is refused. A done
     entry is kept at least ``retention`` after it was received and ``grace`` after its
-    deadline (a Prepare's expiry; a Transfer passes ``now + transfer_retention``). At
-    most ``max_entries`` are held: when full, expired entries are swept; entries still
-    inside their window are never dropped, the new request gets ``Verdict.FULL``.
+    deadline (a Prepare's expiry; a Transfer passes ``now + transfer_retention``), and
+    never more than ``max_retention`` after it was answered: a peer's far-future
+    deadline neither overflows nor keeps an entry for ever.
+
+    **Quotas.** Each account has its own share: at most its quota of entries (in
+    progress or done; :meth:`set_quota`, else ``default_quota``). An account at its
+    quota first loses its own entries past their window; entries still inside their
+    window are never dropped, and its new request gets ``Verdict.FULL``. One account
+    filling its share never affects another's.
+
     An entry still in progress after ``abandon_after`` is taken as abandoned (its
     connection died before the application answered) and forgotten, so that a retry
     is processed instead of waiting forever; keep it well above any Prepare's lifetime.
@@ -252,31 +268,62 @@ class ResponderMemory:
     def __init__(
         self,
         *,
-        max_entries: int = 100_000,
+        default_quota: int = 100_000,
         retention: timedelta = timedelta(seconds=120),
         grace: timedelta = timedelta(seconds=60),
         transfer_retention: timedelta = timedelta(hours=24),
+        max_retention: timedelta | None = None,
         abandon_after: timedelta = timedelta(minutes=10),
+        sweep_interval: timedelta = timedelta(seconds=1),
     ) -> None:
-        if max_entries < 1:
-            raise ValueError("max_entries must be at least 1")
-        self.max_entries = max_entries
+        if default_quota < 1:
+            raise ValueError("default_quota must be at least 1")
+        if max_retention is None:
+            max_retention = transfer_retention + grace
+        if max_retention < retention:
+            raise ValueError("max_retention must be at least retention")
+        self.default_quota = default_quota
         self.abandon_after = abandon_after
         self.retention = retention
         self.grace = grace
         self.transfer_retention = transfer_retention
-        self._records: OrderedDict[tuple[str, int], MemoryRecord] = OrderedDict()
+        self.max_retention = max_retention
+        self.sweep_interval = sweep_interval
+        self._accounts: dict[str, _AccountMemory] = {}
 
     def __len__(self) -> int:
-        return len(self._records)
+        return sum(len(a.records) for a in self._accounts.values())
+
+    def count(self, account: str) -> int:
+        """How many entries ``account`` holds."""
+        held = self._accounts.get(account)
+        return 0 if held is None else len(held.records)
+
+    def set_quota(self, account: str, quota: int) -> None:
+        """``account``'s share from now on (entries it holds beyond it stay until they
+        expire; meanwhile its new requests are ``FULL``)."""
+        if quota < 0:
+            raise ValueError("a quota is at least 0")
+        self._account(account).quota = quota
+
+    def quota(self, account: str) -> int:
+        held = self._accounts.get(account)
+        return self.default_quota if held is None else held.quota
+
+    def _account(self, account: str) -> _AccountMemory:
+        held = self._accounts.get(account)
+        if held is None:
+            held = self._accounts[account] = _AccountMemory(self.default_quota, OrderedDict())
+        return held
 
     def admit(self, account: str, request_id: int, frame: bytes, now: datetime) -> Admission:
         """What to do with request ``frame``; a NEW request is recorded as in progress."""
-        key = (account, request_id)
+        held = self._account(account)
+        records = held.records
         digest = hashlib.sha256(frame).digest()
-        record = self._records.get(key)
+        record = records.get(request_id)
         if record is not None and self._is_stale(record, now):
-            del self._records[key]  # past its window: the id may be used afresh
+            del records[request_id]  # past its window: the id may be used afresh
             record = None
         if record is not None:
             if record.digest != digest:
@@ -284,12 +331,30 @@ class ResponderMemory:
             if record.reply is None:
                 return Admission(Verdict.IN_PROGRESS)
             return Admission(Verdict.REPLAY, record.reply)
-        if len(self._records) >= self.max_entries:
-            self.expire(now)
-            if len(self._records) >= self.max_entries:
+        if len(records) >= held.quota:
+            self._make_room(held, now)
+            if len(records) >= held.quota:
                 return Admission(Verdict.FULL)
-        self._records[key] = MemoryRecord(account, request_id, digest, now, now + self.retention)
+        records[request_id] = MemoryRecord(account, request_id, digest, now, now + self.retention)
         return Admission(Verdict.NEW)
+
+    def _make_room(self, held: _AccountMemory, now: datetime) -> None:
+        """Forget the account's entries past their window: from the front (roughly the
+        oldest) at once, all of them at most once per ``sweep_interval`` (a full sweep
+        costs O(quota), so a peer hammering a full share cannot make every frame pay it)."""
+        records = held.records
+        while records:
+            first = next(iter(records.values()))
+            if not self._is_stale(first, now):
+                break
+            records.popitem(last=False)
+        if len(records) < held.quota:
+            return
+        if held.swept_at is not None and now - held.swept_at < self.sweep_interval:
+            return
+        held.swept_at = now
+        for request_id in [k for k, r in records.items() if self._is_stale(r, now)]:
+            del records[request_id]
 
     def complete(
         self,
@@ -300,24 +365,28 @@ class ResponderMemory:
         deadline: datetime | None = None,
     ) -> None:
         """Store the reply of an admitted request; it is replayed from now on."""
-        record = self._records.get((account, request_id))
-        if record is None or record.reply is not None:
+        held = self._accounts.get(account)
+        record = None if held is None else held.records.get(request_id)
+        if held is None or record is None or record.reply is not None:
             raise BtpStateError(f"request {request_id} of {account!r} is not in progress")
         record.reply = reply
         keep_until = max(record.received_at, now) + self.retention
         if deadline is not None:
             # The deadline may be a peer's far-future expiry: saturate, never overflow.
             keep_until = max(keep_until, saturating_add(deadline, self.grace))
-        record.keep_until = keep_until
+        record.keep_until = min(keep_until, saturating_add(now, self.max_retention))
         # Re-queue at the back so that the front stays roughly the oldest to expire.
-        self._records.move_to_end((account, request_id))
+        held.records.move_to_end(request_id)
 
     def expire(self, now: datetime) -> int:
         """Forget every entry past its window (or abandoned); returns how many."""
-        stale = [key for key, record in self._records.items() if self._is_stale(record, now)]
-        for key in stale:
-            del self._records[key]
-        return len(stale)
+        forgotten = 0
+        for held in self._accounts.values():
+            stale = [k for k, r in held.records.items() if self._is_stale(r, now)]
+            for request_id in stale:
+                del held.records[request_id]
+            forgotten += len(stale)
+        return forgotten
 
     def _is_stale(self, record: MemoryRecord, now: datetime) -> bool:
         if record.reply is None:
@@ -326,15 +395,16 @@ class ResponderMemory:
 
     def get(self, account: str, request_id: int) -> MemoryRecord | None:
         """The entry for a key, if any (e.g. to persist a reply just completed)."""
-        return self._records.get((account, request_id))
+        held = self._accounts.get(account)
+        return None if held is None else held.records.get(request_id)
 
     def records(self) -> Iterator[MemoryRecord]:
-        """Every entry, oldest first (for persisting)."""
-        return iter(list(self._records.values()))
+        """Every entry, each account's oldest first (for persisting)."""
+        return iter([r for held in self._accounts.values() for r in held.records.values()])
 
     def restore(self, record: MemoryRecord) -> None:
-        """Load a persisted entry (e.g. after a restart)."""
-        self._records[(record.account, record.request_id)] = record
+        """Load a persisted entry (e.g. after a restart; the quota is not checked)."""
+        self._account(record.account).records[record.request_id] = record
 
 
 # --- the state machine -----------------------------------------------------------------
@@ -651,11 +721,8 @@ class _Session:
                         )
                     ]
                 case Verdict.FULL:
-                    return [
-                        self._error_frame(
-                            request_id, BtpErrorCode.T00, "replay memory full, retry later", now
-                        )
-                    ]
+                    message = "this account's share of the replay memory is full, retry later"
+                    return [self._error_frame(request_id, BtpErrorCode.T00, message, now)]
         if request_id in self._unanswered:
             # Plain BTP/2.0: the peer broke rule 4 (two of its requests with one id).
             return [

@@ -269,8 +269,12 @@ class BtpLink:
         else:
             if peer is None:
                 raise ValueError("a client link needs its peer")
+            # A replay quota of 0 means no BTP/2.0-I with this peer.
             self.session = BtpClientSession(
-                username, token, idempotent=True, memory=idempotency.client_memory(peer.name)
+                username,
+                token,
+                idempotent=peer.limits.replay_quota > 0,
+                memory=idempotency.client_memory(peer.name),
             )
 
     # --- lifecycle --------------------------------------------------------------------
@@ -409,10 +413,13 @@ class BtpLink:
             await self._act(session.reject_auth(now))
             return
         self.peer = ctx
-        # BTP/2.0-I needs a username to key the replay memory on.
-        allow = bool(event.auth.username)
+        # BTP/2.0-I needs a username to key the replay memory on, and a share of it.
+        quota = ctx.limits.replay_quota
+        allow = bool(event.auth.username) and quota > 0
         if allow and (event.auth.idempotent or ctx.idempotent):
-            await idempotency.restore(ctx.name, idempotency.server_memory(), event.auth.username)
+            memory = idempotency.server_memory()
+            memory.set_quota(event.auth.username, quota)
+            await idempotency.restore(ctx.name, memory, event.auth.username)
         await self._act(session.accept_auth(now, allow_idempotent=allow))
 
     def _on_authenticated(self) -> None:
@@ -420,7 +427,12 @@ class BtpLink:
         assert peer is not None
         if self._auth_timer is not None:
             self._auth_timer.cancel()
-        if peer.idempotent and self.session.username and not self.session.idempotent:
+        if (
+            peer.idempotent
+            and self.session.username
+            and not self.session.idempotent
+            and peer.limits.replay_quota > 0
+        ):
             # The operator declared this peer BTP/2.0-I (per-peer flag): on even if the
             # handshake did not negotiate it.
             self.session.idempotent = True
@@ -444,9 +456,9 @@ class BtpLink:
         session = self.session
         assert isinstance(session, BtpClientSession) and self.peer is not None
         self._auth_done = asyncio.get_running_loop().create_future()
-        await idempotency.restore(
-            self.peer.name, idempotency.client_memory(self.peer.name), session.username
-        )
+        memory = idempotency.client_memory(self.peer.name)
+        memory.set_quota(session.username, self.peer.limits.replay_quota)
+        await idempotency.restore(self.peer.name, memory, session.username)
         if not await self.transmit(session.start(random.getrandbits(32))):
             return False
         try:
@@ -469,10 +481,11 @@ class BtpLink:
             reply = await edge.handle_prepare(peer, prepare, owned=True)
             deadline = prepare.expires_at
         ilp = encode_packet(reply)
+        now = datetime.now(UTC)
+        if deadline is not None:  # a far-future expiry must not keep the replay for ever
+            deadline = min(deadline, now + idempotency.PREPARE_HORIZON)
         try:
-            frame = self.session.respond_ilp(
-                event.request_id, ilp, datetime.now(UTC), deadline=deadline
-            )
+            frame = self.session.respond_ilp(event.request_id, ilp, now, deadline=deadline)
         except BtpStateError:
             log.exception("BTP %s: could not answer request %d", self.label, event.request_id)
             return

@@ -22,10 +22,16 @@ owns the process-wide memories and makes them durable:
   and the ledger's idempotency keys keep its money effects single.
 * **Retention (bounded):** an entry is kept at least 120 s after it was received and
   60 s after its deadline (a Prepare's ``expiresAt``; a Transfer: 24 h; other
-  Messages: 30 s), at most :data:`MAX_ENTRIES` per memory (when full of live entries
-  a request gets Error T00, never a forgotten replay). Rows past ``expires_at`` are
-  deleted by the writer at most every :data:`PRUNE_INTERVAL_S` and by the Celery task
-  ``links.prune_btp_responses``.
+  Messages: 30 s). A Prepare's expiry counts for at most :data:`PREPARE_HORIZON` after
+  the reply (the node answers every Prepare within ``ILP_MAX_HOLD_TIME_MS``; a
+  far-future expiry must not keep an entry, or its row, for ever), and no entry is
+  kept more than 24 h + 60 s. Rows past ``expires_at`` are deleted by the writer at
+  most every :data:`PRUNE_INTERVAL_S` and by the Celery task ``links.prune_btp_responses``.
+* **Quota per peer:** each peer (account) has its own share of a memory, the peer's
+  ``limits.replay_quota`` (``links.limits``; set when it authenticates, 0 = no
+  BTP/2.0-I for that peer). A peer at its quota with every entry still inside its
+  window gets Error T00 for its *new* requests (never a forgotten replay); other
+  peers are not affected.
 """
 
 from __future__ import annotations
@@ -39,13 +45,14 @@ from channels.db import database_sync_to_async
 from django.db import transaction
 
 from ilp.btp_session import MemoryRecord, ResponderMemory
+from links.limits import DEFAULT_REPLAY_QUOTA
 from links.models import BtpStoredResponse
 
 log = logging.getLogger(__name__)
 
 TRANSFER_DEADLINE = timedelta(hours=24)
 MESSAGE_DEADLINE = timedelta(seconds=30)
-MAX_ENTRIES = 100_000
+PREPARE_HORIZON = timedelta(hours=1)
 PRUNE_INTERVAL_S = 60.0
 
 _server_memory: ResponderMemory | None = None
@@ -54,7 +61,7 @@ _restored: set[str] = set()
 
 
 def _new_memory() -> ResponderMemory:
-    return ResponderMemory(max_entries=MAX_ENTRIES, transfer_retention=TRANSFER_DEADLINE)
+    return ResponderMemory(default_quota=DEFAULT_REPLAY_QUOTA, transfer_retention=TRANSFER_DEADLINE)
 
 
 def server_memory() -> ResponderMemory:
@@ -74,15 +81,8 @@ def client_memory(peer_name: str) -> ResponderMemory:
 
 
 def find_record(memory: ResponderMemory, account: str, request_id: int) -> MemoryRecord | None:
-    """The memory's entry for a key (O(1); ``ResponderMemory`` has no public lookup yet)."""
-    records = getattr(memory, "_records", None)
-    if isinstance(records, dict):
-        found = records.get((account, request_id))
-        return found if isinstance(found, MemoryRecord) else None
-    for record in memory.records():
-        if record.account == account and record.request_id == request_id:
-            return record
-    return None
+    """The memory's entry for a key."""
+    return memory.get(account, request_id)
 
 
 async def restore(peer_name: str, memory: ResponderMemory, account: str) -> None:

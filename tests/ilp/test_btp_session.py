@@ -617,7 +617,7 @@ def test_idempotent_errors_are_replayed_too() -> None:
 
 
 def test_full_memory_answers_t00() -> None:
-    memory = ResponderMemory(max_entries=1)
+    memory = ResponderMemory(default_quota=1)
     _, srv = idempotent_pair(memory)
     pump([encode_btp(ilp_message(1, PREPARE))], srv)
     events = pump([encode_btp(ilp_message(2, PREPARE))], srv)
@@ -656,7 +656,7 @@ def test_memory_retention_and_deadline() -> None:
 
 
 def test_memory_never_drops_a_live_entry_when_full() -> None:
-    memory = ResponderMemory(max_entries=2, retention=timedelta(seconds=120))
+    memory = ResponderMemory(default_quota=2, retention=timedelta(seconds=120))
     for request_id in (1, 2):
         memory.admit("a", request_id, b"f", NOW)
         memory.complete("a", request_id, b"r", NOW)
@@ -665,6 +665,52 @@ def test_memory_never_drops_a_live_entry_when_full() -> None:
     # once their window is over, room is made
     assert memory.admit("a", 3, b"f", NOW + timedelta(seconds=121)).verdict is Verdict.NEW
     assert len(memory) == 1
+
+
+def test_each_account_has_its_own_quota() -> None:
+    memory = ResponderMemory(default_quota=2)
+    memory.set_quota("flood", 3)
+    for request_id in (1, 2, 3):
+        assert memory.admit("flood", request_id, b"f", NOW).verdict is Verdict.NEW
+        memory.complete("flood", request_id, b"r", NOW)
+    assert memory.admit("flood", 4, b"f", NOW).verdict is Verdict.FULL
+    # another account is not affected by the full one
+    assert memory.admit("other", 1, b"f", NOW).verdict is Verdict.NEW
+    assert memory.admit("other", 2, b"f", NOW).verdict is Verdict.NEW
+    assert memory.admit("other", 3, b"f", NOW).verdict is Verdict.FULL  # its own default
+    assert (memory.count("flood"), memory.count("other"), len(memory)) == (3, 2, 5)
+    assert memory.quota("flood") == 3 and memory.quota("nobody") == 2
+    # a full account still replays what it already holds
+    assert memory.admit("flood", 2, b"f", NOW).verdict is Verdict.REPLAY
+
+
+def test_a_full_account_finds_its_stale_entries_behind_a_live_one() -> None:
+    memory = ResponderMemory(default_quota=2, sweep_interval=timedelta(seconds=1))
+    memory.admit("a", 1, b"f", NOW)
+    memory.complete("a", 1, b"r", NOW, deadline=NOW + timedelta(minutes=30))  # long-lived
+    memory.admit("a", 2, b"f", NOW)
+    memory.complete("a", 2, b"r", NOW)  # 120 s
+    later = NOW + timedelta(seconds=121)
+    # entry 1 (in front) is live, entry 2 behind it is stale: the full sweep finds it
+    assert memory.admit("a", 3, b"f", later).verdict is Verdict.NEW
+    assert memory.get("a", 2) is None and memory.get("a", 1) is not None
+    # full again with live entries: FULL, and the sweep is not repeated within the interval
+    assert memory.admit("a", 4, b"f", later).verdict is Verdict.FULL
+    assert memory.admit("a", 4, b"f", later + timedelta(milliseconds=10)).verdict is Verdict.FULL
+
+
+def test_retention_is_capped_whatever_the_deadline() -> None:
+    memory = ResponderMemory(retention=timedelta(seconds=120), max_retention=timedelta(hours=1))
+    memory.admit("a", 1, b"f", NOW)
+    memory.complete("a", 1, b"r", NOW, deadline=datetime.max.replace(tzinfo=UTC))
+    record = memory.get("a", 1)
+    assert record is not None and record.keep_until == NOW + timedelta(hours=1)
+    assert memory.admit("a", 1, b"f", NOW + timedelta(minutes=59)).verdict is Verdict.REPLAY
+    assert memory.admit("a", 1, b"new", NOW + timedelta(hours=1)).verdict is Verdict.NEW
+    with pytest.raises(ValueError):
+        ResponderMemory(retention=timedelta(hours=2), max_retention=timedelta(hours=1))
+    with pytest.raises(ValueError):
+        memory.set_quota("a", -1)
 
 
 def test_memory_abandons_stuck_entries() -> None:

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from django.conf import settings
 
 from ilp.packet import Prepare, Reject, Reply
+from links.limits import edge_limiter
 from links.peers import PeerContext
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,12 @@ async def handle_prepare(source: PeerContext, prepare: Prepare, *, owned: bool =
     cancellation does not reach (:func:`in_flight` lists them). ``owned=True`` skips that
     task (~10 us per packet) for a caller that already runs in a task the node owns and
     never cancels (a BTP link's per-request task, HTTP-OER async's background task).
+
+    First the peer's limits (:mod:`links.limits`): over one, the T05/T04 Reject at once.
     """
+    refused = _limiter.admit(source.name, source.limits, prepare.amount)
+    if refused is not None:
+        return reject(*refused)
     if owned:
         current = asyncio.current_task()
         if current is None:  # not in a task (cannot be cancelled either)
@@ -90,7 +96,11 @@ async def _call_switch(source: PeerContext, prepare: Prepare) -> Reply:
     except Exception:
         log.exception("switch failed on a Prepare from %s", source.name)
         return reject("T00", "internal error")
+    finally:
+        _limiter.release(source.name)  # the reply is known: its in-flight slot is free
 
+
+_limiter = edge_limiter()
 
 # The tasks running a switch call: the shielded ones and the owned callers.
 _in_flight: set[asyncio.Task[Any]] = set()

@@ -141,6 +141,11 @@ class EdgeLimiter:
         self._clock = clock
         self._peers: dict[str, _PeerState] = {}
 
+    def reset(self, clock: Callable[[], int] = time.monotonic_ns) -> None:
+        """Forget every peer's state and use ``clock`` (tests; in nanoseconds)."""
+        self._clock = clock
+        self._peers.clear()
+
     def admit(self, name: str, limits: PeerLimits, amount: int) -> Refusal | None:
         """Take a packet (and ``amount``) from ``name``'s buckets and an in-flight slot;
         the refusal instead when a limit is reached (nothing is taken then, except the
@@ -199,12 +204,11 @@ _limiter = EdgeLimiter()
 
 
 def edge_limiter() -> EdgeLimiter:
-    """The process's limiter (the edge's)."""
+    """The process's limiter (the edge binds it once: reset it, never replace it)."""
     return _limiter
 
 
 def reset_edge_limiter(clock: Callable[[], int] = time.monotonic_ns) -> EdgeLimiter:
-    """A fresh limiter for the process (tests; ``clock`` in nanoseconds)."""
-    global _limiter
-    _limiter = EdgeLimiter(clock)
+    """The process's limiter, emptied and on ``clock`` (tests; nanoseconds)."""
+    _limiter.reset(clock)
     return _limiter

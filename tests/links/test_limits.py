@@ -3,9 +3,10 @@ switch, in-flight slots released when the reply is known), the CCP route cap, ad
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from io import StringIO
 from typing import Any
@@ -16,7 +17,7 @@ from django.core.management.base import CommandError
 
 from ilp.ccp import Route, RouteUpdateRequest, encode_route_update_request
 from ilp.conditions import PEER_CONDITION
-from ilp.packet import Fulfill, Prepare
+from ilp.packet import Fulfill, Prepare, Reject
 from links import limits
 from links.limits import (
     BANDWIDTH_EXCEEDED,
@@ -29,9 +30,15 @@ from links.limits import (
 from links.peers import PeerContext
 
 try:
-    from tests.links.test_switch_support import Rig, make_rig, peer
+    from tests.links.test_switch_support import FULFILLMENT, Rig, make_rig, peer, prepare
 except ImportError:  # rootdir-less import mode
-    from test_switch_support import Rig, make_rig, peer  # type: ignore[no-redef]
+    from test_switch_support import (  # type: ignore[no-redef]
+        FULFILLMENT,
+        Rig,
+        make_rig,
+        peer,
+        prepare,
+    )
 
 S = 1_000_000_000  # nanoseconds
 
@@ -379,3 +386,215 @@ def test_peer_set_limits_service_validates_as_a_whole() -> None:
         peer_set_limits(name="dave", changes={"burst": 0})
     with pytest.raises(PeerError):
         peer_set_limits(name="dave", changes={"nonsense": 1})
+
+
+# --- at the edge: before the switch, slots released when the reply is known --------------------
+
+
+@pytest.fixture
+def clock() -> Iterator[Clock]:
+    fake = Clock()
+    limits.reset_edge_limiter(fake)
+    yield fake
+    limits.reset_edge_limiter()
+
+
+@pytest.fixture
+def edge_rig(rigs: list[Rig]) -> Iterator[tuple[Rig, PeerContext]]:
+    from links import edge
+
+    kid = peer("kid")
+    bob = peer("bob", "peer", address="test.bob")
+    rig = make_rig([kid, bob])
+    rigs.append(rig)
+    edge.override_switch(rig.switch)
+    yield rig, kid
+    edge.override_switch(None)
+
+
+def with_limits(ctx: PeerContext, **kw: Any) -> PeerContext:
+    return dataclasses.replace(ctx, limits=lim(**kw))
+
+
+_serial = iter(range(10**9))
+
+
+def to_bob(amount: int = 100) -> Prepare:
+    """A distinct Prepare each time (the switch answers a repeat of the very same packet
+    from its own memory)."""
+    return prepare("test.bob.x", amount, data=next(_serial).to_bytes(8, "big"))
+
+
+async def test_t05_under_a_burst_then_served_again_after_the_refill(
+    clock: Clock, edge_rig: tuple[Rig, PeerContext]
+) -> None:
+    from links import edge
+
+    rig, kid = edge_rig
+    bob_link = rig.link("bob")
+    kid = with_limits(kid, packets_per_second=2, burst=3)
+    replies = [await edge.handle_prepare(kid, to_bob()) for _ in range(5)]
+    assert [type(r) for r in replies] == [Fulfill, Fulfill, Fulfill, Reject, Reject]
+    refused = replies[3]
+    assert isinstance(refused, Reject)
+    assert (refused.code, refused.message) == ("T05", "too many requests, throttling.")
+    assert refused.triggered_by == edge.our_address()
+    assert len(bob_link.seen) == 3  # refused ones never reached the switch
+    assert rig.book.pending() == 0
+    clock.advance(0.5)  # one packet's worth
+    assert isinstance(await edge.handle_prepare(kid, to_bob()), Fulfill)
+    assert isinstance(await edge.handle_prepare(kid, to_bob()), Reject)
+
+
+async def test_zero_amount_prepares_count_against_the_rate(
+    clock: Clock, edge_rig: tuple[Rig, PeerContext]
+) -> None:
+    from links import edge
+
+    rig, kid = edge_rig
+    rig.link("bob")
+    kid = with_limits(kid, packets_per_second=1, burst=2)
+    for _ in range(2):
+        assert isinstance(await edge.handle_prepare(kid, to_bob(0)), Fulfill)
+    reply = await edge.handle_prepare(kid, to_bob(0))
+    assert isinstance(reply, Reject) and reply.code == "T05"
+    # peer protocols too (21.3.0's rate limit sees all incoming data)
+    ildcp = Prepare(
+        0, datetime.now(UTC) + timedelta(seconds=30), PEER_CONDITION, "peer.config", b""
+    )
+    reply = await edge.handle_prepare(kid, ildcp)
+    assert isinstance(reply, Reject) and reply.code == "T05"
+
+
+async def test_throughput_over_the_limit_gets_t04_and_holds_nothing(
+    clock: Clock, edge_rig: tuple[Rig, PeerContext]
+) -> None:
+    from links import edge
+
+    rig, kid = edge_rig
+    bob_link = rig.link("bob")
+    kid = with_limits(kid, throughput_per_second=1000)
+    assert isinstance(await edge.handle_prepare(kid, to_bob(700)), Fulfill)
+    reply = await edge.handle_prepare(kid, to_bob(301))
+    assert isinstance(reply, Reject)
+    assert (reply.code, reply.message) == ("T04", "exceeded money bandwidth, throttling.")
+    assert isinstance(await edge.handle_prepare(kid, to_bob(300)), Fulfill)
+    assert [p.amount for p in bob_link.seen] == [700, 300]
+    assert rig.book.pending() == 0
+    assert rig.book.balance("peer:kid") == -1000
+    clock.advance(1)
+    assert isinstance(await edge.handle_prepare(kid, to_bob(1000)), Fulfill)
+
+
+async def test_in_flight_cap_with_a_slow_next_hop(
+    clock: Clock, edge_rig: tuple[Rig, PeerContext]
+) -> None:
+    from links import edge
+
+    rig, kid = edge_rig
+    gate = asyncio.Event()
+    arrived = asyncio.Queue[Prepare]()
+
+    async def slow(p: Prepare) -> Fulfill:
+        arrived.put_nowait(p)
+        await gate.wait()
+        return Fulfill(FULFILLMENT)
+
+    bob_link = rig.link("bob", slow)
+    n = 4
+    kid = with_limits(kid, max_in_flight=n)
+    # zero-amount Prepares take no hold in the switch, but they do take a slot
+    tasks = [
+        asyncio.ensure_future(edge.handle_prepare(kid, to_bob(0 if i % 2 else 10)))
+        for i in range(n)
+    ]
+    for _ in range(n):
+        await asyncio.wait_for(arrived.get(), 5)
+    assert limits.edge_limiter().in_flight("kid") == n
+    extra = await edge.handle_prepare(kid, to_bob(10))
+    assert isinstance(extra, Reject)
+    assert (extra.code, extra.message) == ("T05", "too many packets in flight, throttling.")
+    assert len(bob_link.seen) == n
+    gate.set()
+    assert all(isinstance(r, Fulfill) for r in await asyncio.gather(*tasks))
+    assert limits.edge_limiter().in_flight("kid") == 0
+    assert isinstance(await edge.handle_prepare(kid, to_bob(10)), Fulfill)
+    assert limits.edge_limiter().in_flight("kid") == 0
+
+
+async def test_a_slot_is_released_whatever_the_reply(
+    clock: Clock, edge_rig: tuple[Rig, PeerContext]
+) -> None:
+    from links import edge
+
+    rig, kid = edge_rig
+    kid = with_limits(kid, max_in_flight=1)
+
+    async def boom(p: Prepare) -> Fulfill:
+        raise RuntimeError("link fell over")
+
+    rig.link("bob", boom)
+    for _ in range(3):  # T01 from the switch each time: the slot comes back each time
+        reply = await edge.handle_prepare(kid, to_bob())
+        assert isinstance(reply, Reject) and reply.code == "T01"
+    reply = await edge.handle_prepare(kid, prepare("test.nowhere.x"))
+    assert isinstance(reply, Reject) and reply.code == "F02"
+    assert limits.edge_limiter().in_flight("kid") == 0
+
+
+async def test_a_hung_up_caller_keeps_the_slot_until_the_forward_ends(
+    clock: Clock, edge_rig: tuple[Rig, PeerContext]
+) -> None:
+    from links import edge
+
+    rig, kid = edge_rig
+    gate = asyncio.Event()
+    arrived = asyncio.Event()
+
+    async def slow(p: Prepare) -> Fulfill:
+        arrived.set()
+        await gate.wait()
+        return Fulfill(FULFILLMENT)
+
+    rig.link("bob", slow)
+    kid = with_limits(kid, max_in_flight=1)
+    caller = asyncio.ensure_future(edge.handle_prepare(kid, to_bob()))
+    await asyncio.wait_for(arrived.wait(), 5)
+    caller.cancel()  # e.g. an HTTP client hanging up: the forward goes on
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert limits.edge_limiter().in_flight("kid") == 1
+    reply = await edge.handle_prepare(kid, to_bob())
+    assert isinstance(reply, Reject) and reply.code == "T05"
+    gate.set()
+    await edge.drain()
+    assert limits.edge_limiter().in_flight("kid") == 0
+    assert rig.book.balance("peer:kid") == -100  # the forward was recorded
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_t05_over_btp_for_a_peer_with_a_small_burst(
+    clock: Clock, switch: Any, make_peer: Callable[..., Any]
+) -> None:
+    from channels.db import database_sync_to_async
+
+    from links.services import peer_set_limits
+    from tests.links.btp_helpers import RawBtp
+    from tests.links.test_btp_consumer import ilp_reply
+
+    def setup() -> None:
+        make_peer("alice", token="alicetoken")
+        peer_set_limits(name="alice", changes={"packets_per_second": 1, "burst": 2})
+
+    await database_sync_to_async(setup)()
+    raw = await RawBtp().open()
+    assert (await raw.auth()) is not None
+    codes = []
+    for i in range(4):
+        rid = await raw.send_prepare(prepare("test.local.bob", 10), request_id=100 + i)
+        reply = ilp_reply(await raw.next(5))
+        codes.append(reply.code if isinstance(reply, Reject) else "fulfilled")
+        assert rid == 100 + i
+    assert codes == ["fulfilled", "fulfilled", "T05", "T05"]
+    assert len(switch.calls) == 2
+    await raw.close()

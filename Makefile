@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install migrate demo worker interop bench bench-codec clean
+.PHONY: run test lint install migrate demo worker interop bench bench-codec clean faults
 .PHONY: cluster cluster-stop cluster-status cluster-interop
 
 $(BIN)/python:
@@ -53,6 +53,10 @@ worker: install
 interop: install
 	bash scripts/interop.sh
 
+# kill -9 the node mid-load, restart, check nothing was lost (DATABASE_URL/REDIS_URL as set).
+faults: install
+	bash scripts/faults.sh
+
 # The production shape on loopback (docs/DEPLOY.md): nginx, N Daphnes (CLUSTER_DAPHNES=3),
 # a Celery worker and beat, PostgreSQL + Redis.
 cluster: install
@@ -74,4 +78,4 @@ bench-codec: install
 	$(BIN)/python -m ilp.bench
 
 clean:
-	rm -rf $(VENV) var .interop
+	rm -rf $(VENV) var .interop .faults

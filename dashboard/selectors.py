@@ -80,6 +80,7 @@ class PeerRow:
     min_balance: int | None
     max_balance: int | None
     bar: BalanceBar
+    unbounded_credit: bool  # no min_balance: the peer may owe the node without bound
     packets_in: int
     packets_out: int
     fulfilled: int
@@ -147,6 +148,7 @@ def peer_rows(
                 min_balance=lo,
                 max_balance=hi,
                 bar=balance_bar(balance, lo, hi),
+                unbounded_credit=lo is None,
                 packets_in=int(counters.get("packets_in", 0)),
                 packets_out=int(counters.get("packets_out", 0)),
                 fulfilled=int(counters.get("fulfilled", 0)),

@@ -14,7 +14,7 @@ Shape (``type`` is ``"snapshot"``)::
      "totals": {"receivers", "peers", "payments_24h", "received_24h"},
      "peers": [{"name", "relation", "link", "status", "connected_here", "connected_since",
                 "last_packet_at", "balance", "balance_units", "min_balance", "max_balance",
-                "asset_code", "bar": {"left", "right", "unbounded", "warn"},
+                "unbounded_credit", "asset_code", "bar": {"left", "right", "unbounded", "warn"},
                 "packets_in", "packets_out", "fulfilled", "rejected"}],
      "recent": [{"id", "receiver", "owner", "payment_id", "amount", "amount_units",
                  "asset_code", "chunks", "last_at"}],
@@ -143,6 +143,7 @@ def build_snapshot(
                 "balance_units": str(p.balance),
                 "min_balance": _opt_amount(p.min_balance, p.asset_scale),
                 "max_balance": _opt_amount(p.max_balance, p.asset_scale),
+                "unbounded_credit": p.unbounded_credit,
                 "asset_code": p.asset_code,
                 "bar": {
                     "left": p.bar.owed_to_us_pct,

@@ -82,6 +82,13 @@ def test_peers_page_lists_every_peer_with_details(operator: User) -> None:
     assert 'data-peer="kid"' in page and 'data-peer="old"' in page
     assert '<span class="dot disabled">' in page and '<span class="dot down">' in page
     assert "no min" in page and "no max" in page
+    # neither has a min balance: both marked as possibly owing without bound
+    assert page.count('class="credit-unbounded"') == 2
+    peer_create(name="paid", relation="child", link="btp-server", token="p" * 20, min_balance=0)
+    page = logged_in(operator).get("/ops/peers/").content.decode()
+    paid_row = page.split('data-peer="paid"')[1].split("</tr>")[0]
+    assert "credit-unbounded" not in paid_row
+    assert page.count('class="credit-unbounded"') == 2
 
 
 def test_receivers_page_search(operator: User, alice: User, bob: User) -> None:
@@ -159,6 +166,7 @@ def test_snapshot_json_shape(operator: User, alice: User) -> None:
     }
     assert snap["traffic"]["live"] is False
     assert [p["name"] for p in snap["peers"]] == ["kid"] and snap["peers"][0]["status"] == "down"
+    assert snap["peers"][0]["unbounded_credit"] is True
     assert [(r["receiver"], r["owner"], r["amount_units"]) for r in snap["recent"]] == [
         ("tips", "alice", "7")
     ]

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
+from django.conf import settings
 
 from ilp.packet import Fulfill, Prepare, Reject
 from links import registry
 from links.btp_client import BtpClient, BtpUrl, InvalidBtpUrl
-from links.peers import PeerContext
+from links.peers import PeerContext, aload_peer_context
 from links.supervisor import Supervisor, _serving_process, autostart
+from links.switch import PacketSwitch, get_switch, reset_switch
+from payments.ledger import get_book, reset_book
 from tests.links.conftest import FULFILLMENT, FakeSwitch, prepare_to
 from tests.links.ws_server import serve_btp
 
@@ -50,6 +53,50 @@ async def two_nodes(
     client = BtpClient("hub", url)
     client.start()
     return client
+
+
+class CountingEvent(asyncio.Event):
+    """An :class:`asyncio.Event` that remembers how often it was set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times_set = 0
+
+    def set(self) -> None:
+        self.times_set += 1
+        super().set()
+
+
+class ObservedClient(BtpClient):
+    """A real :class:`BtpClient` that counts its finished connection attempts and how
+    often its link came up."""
+
+    def __init__(self, peer_name: str, url: str) -> None:
+        super().__init__(peer_name, url)
+        self.connected = CountingEvent()
+        self.attempts = 0
+        self.errors: list[BaseException] = []
+        self._attempt_done = asyncio.Event()
+
+    async def _connect_once(self) -> None:
+        try:
+            await super()._connect_once()
+        except BaseException as exc:
+            self.errors.append(exc)
+            raise
+        finally:
+            self.attempts += 1
+            self._attempt_done.set()
+
+    async def attempts_finished(self, n: int, timeout: float = 10.0) -> None:
+        """Wait until ``n`` connection attempts have ended (each failed or was closed)."""
+
+        async def until() -> None:
+            while self.attempts < n:
+                self._attempt_done.clear()
+                await self._attempt_done.wait()
+
+        await asyncio.wait_for(until(), timeout)
 
 
 async def test_client_and_server_exchange_prepares_both_ways(
@@ -109,12 +156,22 @@ async def test_client_with_wrong_token_never_connects(
     make_peer: Callable[..., Any], switch: FakeSwitch
 ) -> None:
     async with serve_btp() as port:
-        client = await two_nodes(make_peer, port, token="wrong")
+        await database_sync_to_async(make_peer)("leaf", token="tok")
+        url = f"btp+ws://leaf:wrong@127.0.0.1:{port}/btp"
+        await database_sync_to_async(make_peer)(
+            "hub", relation="parent", link="btp-client", url=url
+        )
+        client = ObservedClient("hub", url)
+        client.start()
         try:
-            await asyncio.sleep(0.5)
-            assert not client.connected.is_set()
-            assert switch.ups == []
-            assert registry.local("hub") is None
+            # Three full attempts: each one reaches the server, is refused and ends
+            # (a server that never answered the auth would hold the first for 10 s).
+            await client.attempts_finished(3)
+            assert client.errors == []  # refused by the server, not a network failure
+            assert isinstance(client.connected, CountingEvent)
+            assert client.connected.times_set == 0  # never up, not even for a moment
+            assert switch.ups == [] and switch.calls == []
+            assert registry.local("hub") is None and registry.local("leaf") is None
         finally:
             await client.stop()
 
@@ -135,17 +192,42 @@ async def test_idempotent_link_over_real_socket(
             await client.stop()
 
 
+@pytest.fixture
+def real_switch() -> Iterator[PacketSwitch]:
+    """The process-wide switch with the real book and registry (no double)."""
+    reset_switch()
+    reset_book()
+    yield get_switch()
+    reset_switch()
+    reset_book()
+
+
 async def test_unreachable_server_gives_t01(
-    make_peer: Callable[..., Any], switch: FakeSwitch
+    make_peer: Callable[..., Any], real_switch: PacketSwitch
 ) -> None:
-    await database_sync_to_async(make_peer)(
-        "hub", relation="parent", link="btp-client", url="btp+ws://a:b@127.0.0.1:9/btp"
-    )
-    client = BtpClient("hub", "btp+ws://a:b@127.0.0.1:9/btp")
+    """While the parent's server cannot be reached, the client keeps retrying and a
+    Prepare routed to that parent gets T01 from us at once (not a timeout, no money held)."""
+    await database_sync_to_async(make_peer)("kid", relation="child", token="kidtoken")
+    url = "btp+ws://a:b@127.0.0.1:9/btp"  # port 9 (discard): nothing listens
+    await database_sync_to_async(make_peer)("hub", relation="parent", link="btp-client", url=url)
+    kid = await aload_peer_context("kid")
+    assert kid is not None
+    client = ObservedClient("hub", url)
     client.start()
-    await asyncio.sleep(0.3)
-    assert registry.local("hub") is None
-    await client.stop()
+    try:
+        await client.attempts_finished(3)
+        assert len(client.errors) == 3
+        assert all(isinstance(e, OSError) for e in client.errors), client.errors
+        assert not client.connected.is_set() and registry.local("hub") is None
+        reply = await real_switch.handle_prepare(kid, prepare_to("test.elsewhere.bob", amount=5))
+        assert isinstance(reply, Reject), reply
+        assert reply.code == "T01"
+        assert reply.triggered_by == settings.ILP_ADDRESS
+        assert reply.message == "no connection to account. account=hub"
+        assert get_book().snapshot("peer:kid").pending_debits == 0  # the switch's book
+        assert get_book().balance("peer:kid") == 0
+    finally:
+        await client.stop()
 
 
 async def test_supervisor_starts_and_stops_clients(

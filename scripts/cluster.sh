@@ -42,6 +42,9 @@ _pid_of() {  # the pid in $RUN/$1.pid if that process is alive, else nothing
   [ -f "$f" ] || return 1
   pid=$(cat "$f" 2>/dev/null) || return 1
   [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+  # Ours, not a process that got the number of one that is gone.
+  local cmd; cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+  [[ "$cmd" == *interledger_site* || "$cmd" == *"$RUN/nginx.conf"* ]] || return 1
   echo "$pid"
 }
 
@@ -59,16 +62,28 @@ _spawn() {  # _spawn NAME CMD...: start in the background, stdio to logs/NAME.lo
   echo $! >"$RUN/$name.pid"
 }
 
-_stop_one() {
-  local name=$1 pid
-  pid=$(_pid_of "$name") || { rm -f "$RUN/$name.pid"; return 0; }
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "$name ($pid) did not stop in 15 s: KILL"
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  rm -f "$RUN/$name.pid"
+_stop() {  # _stop NAME...: TERM them all, wait up to 15 s, then KILL what is left
+  local name pid pids=() names=()
+  for name in "$@"; do
+    if pid=$(_pid_of "$name"); then
+      kill -TERM "$pid" 2>/dev/null || true
+      pids+=("$pid"); names+=("$name")
+    fi
+    rm -f "$RUN/$name.pid"
+  done
+  local i
+  for _ in $(seq 1 150); do
+    local alive=0
+    for pid in "${pids[@]:-}"; do [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && return 0
+    sleep 0.1
+  done
+  for i in "${!pids[@]}"; do
+    if kill -0 "${pids[$i]}" 2>/dev/null; then
+      log "${names[$i]} (${pids[$i]}) did not stop in 15 s: KILL"
+      kill -KILL "${pids[$i]}" 2>/dev/null || true
+    fi
+  done
 }
 
 _wait_http() {  # _wait_http URL SECONDS NAME: until URL answers 2xx
@@ -280,15 +295,14 @@ cluster_start() {
 }
 
 cluster_stop() {
-  local names=() name i
-  while read -r name; do names=("$name" "${names[@]}"); done < <(_names)
-  # Reverse order: nginx first (no new requests), then beat, the worker, the Daphnes.
-  for name in "${names[@]}"; do _stop_one "$name"; done
-  # Daphnes beyond the current CLUSTER_DAPHNES, from a start with more of them.
-  for f in "$RUN"/daphne-*.pid; do
-    [ -e "$f" ] || continue
-    name=$(basename "$f" .pid); _stop_one "$name"
+  local others=() f
+  # nginx first (no new requests), then the rest together: beat, the worker, the Daphnes
+  # (also those beyond the current CLUSTER_DAPHNES, from a start with more of them).
+  _stop nginx
+  for f in "$RUN"/*.pid; do
+    [ -e "$f" ] && others+=("$(basename "$f" .pid)")
   done
+  [ ${#others[@]} -eq 0 ] || _stop "${others[@]}"
   log "stopped"
 }
 

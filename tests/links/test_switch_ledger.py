@@ -7,7 +7,7 @@ import asyncio
 import base64
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,7 +24,8 @@ from links import registry
 from links.peers import PeerContext, load_peer_context
 from links.services import peer_create
 from links.switch import FEE_ACCOUNT, get_switch, packet_key, reset_switch
-from payments.ledger import reset_book
+from payments.errors import BalanceLimitExceeded
+from payments.ledger import get_book, reset_book
 from payments.models import LedgerAccount, Posting
 from receivers.services import receiver_create
 
@@ -170,9 +171,49 @@ async def test_ildcp_through_the_real_switch(node: dict[str, Any]) -> None:
     )
 
 
+async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until ``predicate()`` holds (checked each loop turn); fail after ``timeout``."""
+
+    async def until() -> None:
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(until(), timeout)
+
+
 async def test_link_up_loads_the_peer_and_its_account(node: dict[str, Any]) -> None:
+    """A link coming up makes the switch load the peers (routes) and the peer's account
+    with its stored balance and limit, before any Prepare arrives."""
+    await sync_to_async(
+        lambda: LedgerAccount.objects.filter(code="peer:alice").update(balance=-9_000)
+    )()
     switch = get_switch()
+    book = get_book()
+    assert not book.is_loaded("peer:alice")
+    assert switch.routing.get("test.local.carl") is None
     switch.link_up(node["alice"])
-    await asyncio.sleep(0.2)
-    assert switch.book.is_loaded("peer:alice")
-    assert "alice" in switch.peers and switch.routing.get("test.local.carl") is not None
+    await eventually(
+        lambda: book.is_loaded("peer:alice") and switch.routing.get("test.local.carl") is not None
+    )
+    assert switch.peers["alice"] == node["alice"]
+    assert book.balance("peer:alice") == -9_000  # the stored balance, not a fresh zero
+    # its min_balance (-10 000) came with it: 1 000 more may be held, not 1 001
+    with pytest.raises(BalanceLimitExceeded):
+        book.hold("peer:alice", 1_001, "over")
+    book.hold("peer:alice", 1_000, "at-limit")
+    book.release("at-limit")
+
+    # A peer added while the switch runs: its link coming up loads it and its account.
+    await sync_to_async(peer_create)(
+        name="dave", relation="child", link="btp-server", token="d" * 20, min_balance=-50
+    )
+    dave = await sync_to_async(load_peer_context)("dave")
+    assert dave is not None and not book.is_loaded("peer:dave")
+    switch.link_up(dave)
+    await eventually(lambda: book.is_loaded("peer:dave"))
+    assert switch.peers["dave"] == dave
+    assert switch.routing.get("test.local.dave") is not None
+    with pytest.raises(BalanceLimitExceeded):
+        book.hold("peer:dave", 51, "over")
+    book.hold("peer:dave", 50, "at-limit")
+    book.release("at-limit")

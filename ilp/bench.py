@@ -102,13 +102,15 @@ def python_operations(work: Workload) -> dict[str, Operation]:
     return ops
 
 
-def ops_per_second(operation: Operation, seconds: float) -> float:
+def ops_per_second(
+    operation: Operation, seconds: float, *, clock: Callable[[], float] = time.process_time
+) -> float:
     """Warm up, then call ``operation`` in batches until ``seconds`` of CPU time have passed.
 
     CPU time of this process, not wall time, on both sides: the figures then hold up on
     a machine that is busy with other work (node's side uses ``process.cpuUsage()``).
+    ``clock`` is that CPU clock (tests pass a fake one).
     """
-    clock = time.process_time
     warm_until = clock() + seconds * WARM_UP_SHARE
     while clock() < warm_until:
         for _ in range(100):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from ilp.bench import (
@@ -42,11 +44,38 @@ def test_each_decode_reads_what_its_encode_wrote() -> None:
             assert encode_packet(decoded) == written  # type: ignore[arg-type]
 
 
+class CpuClock:
+    """A fake CPU clock that only the measured operation moves: each call costs ``step``."""
+
+    def __init__(self, step: float) -> None:
+        self.now = 0.0
+        self.step = step
+        self.calls = 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def operation(self) -> None:
+        self.calls += 1
+        self.now += self.step
+
+
 def test_ops_per_second_counts_calls() -> None:
-    calls: list[int] = []
-    rate = ops_per_second(lambda: calls.append(1), 0.01)
-    assert rate > 0
-    assert len(calls) >= 1000
+    # Steps are powers of two, so every sum is exact. A 0.5 s budget keeps the test
+    # short even if the fake clock were ignored (it would then fail on the rate).
+    fake = CpuClock(2**-12)
+    assert ops_per_second(fake.operation, 0.5, clock=fake) == 4096.0
+    # Warm-up: 20 % of 0.5 s in batches of 100 calls = 500 calls (0.122 s); then batches
+    # of 1000 until 0.5 s have passed: 3000 calls (0.732 s). The rate counts only those,
+    # over the time they took, the last batch whole.
+    assert fake.calls == 500 + 3000
+    fake = CpuClock(2**-8)
+    assert ops_per_second(fake.operation, 0.5, clock=fake) == 256.0
+    assert fake.calls == 100 + 1000  # one batch already overshoots the budget
+
+
+def test_ops_per_second_measures_cpu_time_by_default() -> None:
+    assert inspect.signature(ops_per_second).parameters["clock"].default is time.process_time
 
 
 def test_report_with_and_without_node() -> None:

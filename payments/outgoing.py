@@ -868,8 +868,11 @@ async def _quote(run: _Run) -> None:
     payment = run.payment
     payment = await _db_save(payment, run.owner, status=OutgoingPayment.Status.QUOTING)
     await _progress(payment, run.options)
+    stream_allowed = payment.protocol != OutgoingPayment.Protocol.PSK2
     details: SpspDetails = await query_spsp(
-        payment.spsp_url or resolve_receiver(payment.receiver), protocol=payment.protocol or None
+        payment.spsp_url or resolve_receiver(payment.receiver),
+        protocol=payment.protocol or None,
+        receipts=outgoing_stream.receipt_setup(payment) if stream_allowed else None,
     )
     if details.protocol == OutgoingPayment.Protocol.STREAM:
         await outgoing_stream.stream_quote(run, details)

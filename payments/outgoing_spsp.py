@@ -12,7 +12,10 @@ The query is ``GET`` with an ``Accept`` naming the protocols the sender will spe
 receiver choose, and the ``Content-Type`` of its answer says what it chose:
 ``application/spsp4+json`` is STREAM (RFC 0029), anything else PSK2 as before (servers of
 the PSK2 era answer ``application/spsp+json``, some plain ``application/json``). Asking for
-one protocol only sends only its media type and refuses an answer of the other. The answer
+one protocol only sends only its media type and refuses an answer of the other; a receiver
+that answers the offer of both with 406 is asked once more for PSK2 alone. With
+``receipts`` (RFC 0039) the query carries ``Receipt-Nonce`` and ``Receipt-Secret``, so that a
+STREAM receiver's Fulfills carry receipts of its running total. The answer
 must be 200 with a JSON object carrying an ILP address in ``destination_account`` and a
 32-byte ``shared_secret`` (base64, either alphabet, padding optional). ``balance``
 (``maximum``/``current`` integer strings < 2**64) and ``asset_info`` are read when present.
@@ -24,6 +27,7 @@ receivers); this one differs only in accepting loopback ports.
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass, replace
 from typing import Any
@@ -34,6 +38,7 @@ import httpx
 from ilp.address import is_valid_address
 from ilp.errors import DecodeError
 from ilp.psk2 import b64url_decode
+from ilp.stream import ReceiptSetup
 from payments.outgoing_errors import SpspError
 
 __all__ = [
@@ -51,7 +56,7 @@ SPSP4_MEDIA_TYPE = "application/spsp4+json"
 PROTOCOL_PSK2 = "psk2"
 PROTOCOL_STREAM = "stream"
 _ACCEPT: dict[str | None, str] = {
-    None: f"{SPSP4_MEDIA_TYPE}, {SPSP_MEDIA_TYPE}",
+    None: f"{SPSP4_MEDIA_TYPE}, {SPSP_MEDIA_TYPE};q=0.9",
     PROTOCOL_STREAM: SPSP4_MEDIA_TYPE,
     PROTOCOL_PSK2: SPSP_MEDIA_TYPE,
 }
@@ -169,23 +174,38 @@ def _media_type(content_type: str) -> str:
 
 
 async def query_spsp(
-    url: str, *, protocol: str | None = None, client: httpx.AsyncClient | None = None
+    url: str,
+    *,
+    protocol: str | None = None,
+    receipts: ReceiptSetup | None = None,
+    client: httpx.AsyncClient | None = None,
 ) -> SpspDetails:
     """``GET url`` asking for ``protocol`` (``None``: STREAM or PSK2, the receiver's
     choice; ``"stream"``; ``"psk2"``) and validate the answer (see the module docstring)."""
     if protocol not in _ACCEPT:
         raise SpspError(f"unknown protocol {protocol!r} (psk2 or stream)")
+    headers = {"Accept": _ACCEPT[protocol]}
+    if receipts is not None:
+        headers["Receipt-Nonce"] = base64.b64encode(receipts.nonce).decode()
+        headers["Receipt-Secret"] = base64.b64encode(receipts.secret).decode()
     own = client is None
     http = client or httpx.AsyncClient(
         timeout=SPSP_TIMEOUT_S, trust_env=False, follow_redirects=False
     )
     try:
         current = url
-        for _ in range(4):
+        asked_again = False
+        for _ in range(5):
             try:
-                response = await http.get(current, headers={"Accept": _ACCEPT[protocol]})
+                response = await http.get(current, headers=headers)
             except httpx.HTTPError as exc:
                 raise SpspError(f"SPSP query to {current} failed: {exc!r}") from None
+            if response.status_code == 406 and protocol is None and not asked_again:
+                # It cannot weigh the offer (a PSK2-only endpoint refusing any mention of
+                # SPSP4): ask for what it has.
+                protocol, asked_again = PROTOCOL_PSK2, True
+                headers["Accept"] = _ACCEPT[protocol]
+                continue
             if response.is_redirect and "location" in response.headers:
                 target = str(response.url.join(response.headers["location"]))
                 if urlsplit(target).scheme != urlsplit(current).scheme:

@@ -33,8 +33,11 @@ import os
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
+from django.utils.crypto import salted_hmac
+
 from ilp.oer import UINT64_MAX
 from ilp.packet import Fulfill, Reject
+from ilp.stream import ReceiptSetup
 from ilp.stream.sender import (
     MAX_PROBE_AMOUNT,
     Progress,
@@ -50,10 +53,11 @@ from payments.outgoing_spsp import SpspDetails
 if TYPE_CHECKING:
     from payments.outgoing import _Run
 
-__all__ = ["stream_quote", "stream_send", "stream_total"]
+__all__ = ["receipt_setup", "stream_quote", "stream_send", "stream_total"]
 
 log = logging.getLogger(__name__)
 
+RECEIPT_SALT = "payments.outgoing.stream.receipts"
 IV_LENGTH = 12
 CONDITION_LENGTH = 32
 TOTAL_PROBES = 6
@@ -63,8 +67,17 @@ def _int(value: Any) -> int:
     return int(value or 0)
 
 
+def receipt_setup(payment: OutgoingPayment) -> ReceiptSetup:
+    """The RFC 0039 nonce and secret this payment gives its receiver in the SPSP query
+    (derived from the payment, never stored): receipts on its Fulfills then tell the
+    receiver's running total, which a resumed run can trust."""
+    nonce = salted_hmac(RECEIPT_SALT, f"nonce:{payment.payment_id}", algorithm="sha256")
+    secret = salted_hmac(RECEIPT_SALT, f"secret:{payment.payment_id}", algorithm="sha256")
+    return ReceiptSetup(nonce.digest()[:16], secret.digest())
+
+
 def _connection(run: _Run) -> StreamConnection:
-    return StreamConnection(run.secret, run.payment.destination_address)
+    return StreamConnection(run.secret, run.payment.destination_address, receipt_setup(run.payment))
 
 
 # --- the quote ------------------------------------------------------------------------------
@@ -75,7 +88,9 @@ async def stream_quote(run: _Run, details: SpspDetails) -> None:
     ``sending`` (``quoting`` → ``sending``; reserves a destination-fixed payment's quote)."""
     payment = run.payment
     run.secret = details.shared_secret
-    connection = StreamConnection(details.shared_secret, details.destination_account)
+    connection = StreamConnection(
+        details.shared_secret, details.destination_account, receipt_setup(payment)
+    )
     destination_mode = payment.mode == OutgoingPayment.Mode.DESTINATION
     amount = _int(payment.amount)
     cap = max(1, min(run.sender.max_packet_amount, UINT64_MAX))

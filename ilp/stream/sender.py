@@ -52,6 +52,8 @@ from ilp.stream import (
     ConnectionNewAddressFrame,
     ErrorCode,
     Frame,
+    InvalidReceipt,
+    ReceiptSetup,
     StreamCloseFrame,
     StreamMaxMoneyFrame,
     StreamMoneyFrame,
@@ -61,6 +63,7 @@ from ilp.stream import (
     condition_for_data,
     decrypt_packet,
     encrypt_packet,
+    verify_receipt,
 )
 
 __all__ = [
@@ -114,6 +117,7 @@ class StreamReply:
     delivered: int | None = None
     frames: tuple[Frame, ...] = ()
     problem: str = ""
+    receipt_total: int | None = None
 
     @property
     def is_fulfill(self) -> bool:
@@ -139,8 +143,10 @@ class StreamReply:
 
     @property
     def total_received(self) -> int | None:
+        """The receiver's running total: its ``StreamMaxMoney`` for our stream, else the
+        total of a STREAM receipt that verified under the connection's receipt secret."""
         frame = self.receive_max
-        return None if frame is None else frame.total_received
+        return self.receipt_total if frame is None else frame.total_received
 
     @property
     def asset(self) -> tuple[str, int] | None:
@@ -200,10 +206,14 @@ def f08_limit(reject: Reject, sent: int) -> tuple[int, bool]:
 
 @dataclass(frozen=True, slots=True)
 class StreamConnection:
-    """One STREAM connection as a send-only client sees it: builds Prepares, reads replies."""
+    """One STREAM connection as a send-only client sees it: builds Prepares, reads replies.
+
+    ``receipts``: the RFC 0039 nonce and secret the sender gave the receiver (in the SPSP
+    query); its receipts then tell the receiver's running total, verified."""
 
     shared_secret: bytes = field(repr=False)
     destination: str
+    receipts: ReceiptSetup | None = field(default=None, repr=False)
 
     def prepare(
         self,
@@ -263,8 +273,25 @@ class StreamConnection:
             # The receiver says it rejected, yet we hold a Fulfill: do not trust its frames.
             return _with(result, problem="a Fulfill whose STREAM reply says Reject")
         return _with(
-            result, authentic=True, delivered=answer.prepare_amount, frames=tuple(answer.frames)
+            result,
+            authentic=True,
+            delivered=answer.prepare_amount,
+            frames=tuple(answer.frames),
+            receipt_total=self._receipt_total(answer.frames),
         )
+
+    def _receipt_total(self, frames: Sequence[Frame]) -> int | None:
+        if self.receipts is None:
+            return None
+        for frame in frames:
+            if isinstance(frame, StreamReceiptFrame) and frame.stream_id == STREAM_ID:
+                try:
+                    receipt = verify_receipt(frame.receipt, self.receipts.secret)
+                except (DecodeError, InvalidReceipt):
+                    return None
+                if receipt.nonce == self.receipts.nonce and receipt.stream_id == STREAM_ID:
+                    return receipt.total_received
+        return None
 
     def setup_frames(self, *, ask_asset: bool) -> tuple[Frame, ...]:
         """What a packet carries until the receiver has answered authentically: only

@@ -22,6 +22,7 @@ from ilp.stream import (
     ConnectionMaxStreamIdFrame,
     ConnectionNewAddressFrame,
     ErrorCode,
+    ReceiptSetup,
     StreamMoneyFrame,
     StreamPacket,
     StreamPacketType,
@@ -36,6 +37,7 @@ from ilp.stream.receiver import (
     handle_request,
     new_connection,
     open_prepare,
+    receipt_frame,
     settle,
 )
 from ilp.stream.sender import (
@@ -440,3 +442,23 @@ def test_any_source_payment_sends_exactly_its_amount_and_the_receiver_agrees(
     assert pay.done and not pay.failure
     assert pay.amount_sent == amount and pay.amount_delivered == receiver.received
     assert receiver.fulfilled_sequences == sorted(set(receiver.fulfilled_sequences))
+
+
+def test_receipts_tell_the_total_when_they_verify() -> None:
+    setup = ReceiptSetup(bytes(16), bytes(range(32)))
+    receiver = Receiver()
+    pay = StreamPayment(StreamConnection(SECRET, DEST, setup), source_amount=1_000, chunk_size=600)
+    for _ in range(2):
+        prepare = pay.next_packet(expires_at=EXPIRES, iv=iv())
+        assert prepare is not None
+        reply = receiver.answer(prepare)
+        assert isinstance(reply, Fulfill)
+        # The node's receiver adds a receipt of the durable total after recording.
+        packet = decrypt_packet(SECRET, reply.data)
+        frames = (*packet.frames, receipt_frame(setup, receiver.received))
+        signed = StreamPacket(packet.sequence, packet.packet_type, packet.prepare_amount, frames)
+        pay.on_reply(prepare, Fulfill(reply.fulfillment, encrypt_packet(SECRET, signed, iv())))
+        assert pay.total_received == receiver.received
+    assert pay.done and pay.receipt is not None
+    forged = receipt_frame(ReceiptSetup(bytes(16), bytes(32)), 10**9)
+    assert StreamConnection(SECRET, DEST, setup)._receipt_total((forged,)) is None

@@ -1,6 +1,6 @@
 """Outgoing payments through a chosen peer: our BTP client ``hub`` dials our own /btp as
 ``leaf`` over a real WebSocket, and the far end's real switch hands the chunks to our
-receiver ``bob``. Faults are injected around the real sender where a real one cannot be
+receiver ``bob``, over PSK2 (the same over STREAM: ``tests/sending/test_stream_e2e.py``). Faults are injected around the real sender where a real one cannot be
 provoked on demand (a process dying mid-payment, a transient or final Reject)."""
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ async def start(live_server: Any, amount: int, **kwargs: Any) -> OutgoingPayment
         amount=amount,
         via_peer="hub",
         start=False,
-        **kwargs,
+        **{"protocol": "psk2", **kwargs},
     )
     return payment
 

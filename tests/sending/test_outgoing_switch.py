@@ -40,6 +40,7 @@ async def test_pays_our_own_receiver_through_the_switch(live_server: Any) -> Non
         source_account_code="receiver:alice",
         receiver=f"{live_server.url}/bob",
         amount=25_000,
+        protocol="psk2",  # checks PSK2's Payment ID; STREAM: tests/sending/test_stream_e2e.py
     )
     layer = get_channel_layer()
     channel = await layer.new_channel()

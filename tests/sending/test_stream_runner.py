@@ -164,9 +164,9 @@ def spsp4(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
             200, content=json.dumps(body).encode(), headers={"Content-Type": "application/spsp4+json"}
         )  # fmt: skip
 
-    async def query(url: str, *, protocol: str | None = None) -> Any:
+    async def query(url: str, **kwargs: Any) -> Any:
         async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as client:
-            return await query_spsp(url, protocol=protocol, client=client)
+            return await query_spsp(url, client=client, **kwargs)
 
     monkeypatch.setattr(outgoing, "query_spsp", query)
     yield seen
@@ -217,7 +217,7 @@ async def test_pays_a_stream_receiver_with_the_same_reservation_rows_and_books(
     )
     done = await outgoing_payment_run(payment_id=payment.pk, options=options)
     assert done is not None and done.status == "completed", done.last_error
-    assert spsp4 == ["application/spsp4+json, application/spsp+json"]
+    assert spsp4 == ["application/spsp4+json, application/spsp+json;q=0.9"]
     assert done.protocol == "stream" and done.shared_secret == ""
     assert int(done.amount_sent) == 10_000 and int(done.amount_delivered) == 5_000 == far.received
     assert int(done.quote_destination_amount or 0) == 5_000

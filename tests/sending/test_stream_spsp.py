@@ -9,6 +9,7 @@ import json
 import httpx
 import pytest
 
+from ilp.stream import ReceiptSetup
 from payments.outgoing_errors import SpspError
 from payments.outgoing_spsp import query_spsp
 
@@ -44,7 +45,7 @@ async def test_the_answer_content_type_chooses_the_protocol(
     seen: list[str] = []
     async with _server(content_type, seen) as client:
         details = await query_spsp("http://127.0.0.1:9/carol", client=client)
-    assert seen == ["application/spsp4+json, application/spsp+json"]
+    assert seen == ["application/spsp4+json, application/spsp+json;q=0.9"]
     assert details.protocol == protocol
     assert details.shared_secret == SECRET and details.destination_account.endswith(".abc")
 
@@ -65,3 +66,40 @@ async def test_asking_for_one_protocol_refuses_the_other() -> None:
             await query_spsp("http://127.0.0.1:9/bob", protocol="stream", client=client)
     with pytest.raises(SpspError, match="unknown protocol"):
         await query_spsp("http://127.0.0.1:9/bob", protocol="psk3")
+
+
+async def test_a_psk2_endpoint_that_refuses_the_offer_is_asked_for_psk2_alone() -> None:
+    seen: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["accept"])
+        if "spsp4" in request.headers["accept"]:
+            return httpx.Response(406)
+        return httpx.Response(
+            200,
+            content=json.dumps(BODY).encode(),
+            headers={"Content-Type": "application/spsp+json"},
+        )
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as client:
+        details = await query_spsp("http://127.0.0.1:9/shop", client=client)
+    assert details.protocol == "psk2"
+    assert seen == ["application/spsp4+json, application/spsp+json;q=0.9", "application/spsp+json"]
+
+
+async def test_receipt_details_go_with_the_query() -> None:
+    setup = ReceiptSetup(bytes(range(16)), bytes(range(32)))
+    headers: list[httpx.Headers] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        headers.append(request.headers)
+        return httpx.Response(
+            200,
+            content=json.dumps(BODY).encode(),
+            headers={"Content-Type": "application/spsp4+json"},
+        )
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as client:
+        await query_spsp("http://127.0.0.1:9/carol", receipts=setup, client=client)
+    assert base64.b64decode(headers[0]["receipt-nonce"]) == setup.nonce
+    assert base64.b64decode(headers[0]["receipt-secret"]) == setup.secret

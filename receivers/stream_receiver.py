@@ -40,6 +40,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Final
 
 from django.conf import settings
@@ -150,11 +151,12 @@ def is_stream_destination(rest: str) -> bool:
 
 def _limits() -> ReceiverLimits:
     # Receiver accounts are in the node's asset (receivers.services creates them so).
-    return ReceiverLimits(
-        str(settings.ILP_ASSET_CODE),
-        int(settings.ILP_ASSET_SCALE),
-        max_buffered_data=NODE_MAX_BUFFERED_DATA,
-    )
+    return _limits_for(str(settings.ILP_ASSET_CODE), int(settings.ILP_ASSET_SCALE))
+
+
+@lru_cache(maxsize=4)
+def _limits_for(asset_code: str, asset_scale: int) -> ReceiverLimits:
+    return ReceiverLimits(asset_code, asset_scale, max_buffered_data=NODE_MAX_BUFFERED_DATA)
 
 
 async def receive_stream(

@@ -9,6 +9,7 @@ when the client disconnects) and the ``/btp`` consumer for the BTP peers.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import random
 from collections.abc import Iterator
@@ -202,5 +203,49 @@ async def test_btp_source_drops_then_next_hop_fulfils(node: None) -> None:
         [("peer:alice", -1000, f"{key}:in"), ("peer:carl", 1000, f"{key}:out")]
     )
     assert await book_holds("peer:alice") == (0, 0)
+    await check_ledger()
+    await carl.close()
+
+
+async def test_btp_client_link_drops_then_next_hop_fulfils(node: None) -> None:
+    """The peer we dial (btp-client) sends a Prepare and closes the connection at once."""
+    import websockets
+
+    from ilp.btp import decode_btp, encode_btp
+    from links.btp_client import BtpClient
+
+    p = prepare(1000)
+    closed = asyncio.Event()
+
+    async def remote(ws: Any) -> None:
+        auth = decode_btp(await ws.recv())
+        await ws.send(encode_btp(BtpResponse(auth.request_id, ())))
+        if closed.is_set():  # the client's reconnection: stay quiet
+            await ws.wait_closed()
+            return
+        await ws.send(encode_ilp_frame(BtpType.MESSAGE, 7, encode_packet(p)))
+        await ws.close()
+        closed.set()
+
+    carl = await connect("carl")
+    async with websockets.serve(remote, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        url = f"btp+ws://us:tok@127.0.0.1:{port}/"
+        await sync_to_async(peer_create)(
+            name="remote", relation="child", link="btp-client", url=url, min_balance=-10_000
+        )
+        client = BtpClient("remote", url)
+        client.start()
+        try:
+            request_id, _ = await next_prepare(carl)
+            await asyncio.wait_for(closed.wait(), 5)
+            await answer(carl, request_id, Fulfill(FULFILLMENT))
+            await edge.drain()
+        finally:
+            await client.stop()
+    key = packet_key("remote", p)
+    assert await postings() == sorted(
+        [("peer:carl", 1000, f"{key}:out"), ("peer:remote", -1000, f"{key}:in")]
+    )
     await check_ledger()
     await carl.close()

@@ -37,6 +37,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from interledger_site.throttles import (
+    TokenAddressThrottle,
+    TokenUsernameThrottle,
+    cooloff_seconds,
+    lockout_message,
+)
+
 # --- errors ----------------------------------------------------------------------------------------
 
 
@@ -120,6 +127,7 @@ def error_responses(*statuses: int) -> dict[int, OpenApiResponse]:
         403: "Not allowed (`permission_denied`): staff only, or not yours",
         404: "Not found, or not yours (`not_found` or a specific code)",
         409: "Conflicts with the current state (e.g. `pointer_name_taken`, `peer_exists`)",
+        429: "Too many requests (`throttled`): the detail says why, `Retry-After` when",
     }
     return {s: OpenApiResponse(ErrorSerializer, description=text.get(s, "Error")) for s in statuses}
 
@@ -225,7 +233,9 @@ class ObtainTokenView(ApiView):
 
     authentication_classes = []
     permission_classes = [AllowAny]
-    throttle_classes = []
+    # Per client address and per username asked for; failed logins also count towards
+    # django-axes' lock-out (interledger_site.throttles).
+    throttle_classes = [TokenAddressThrottle, TokenUsernameThrottle]
 
     @extend_schema(
         operation_id="auth_token_obtain",
@@ -235,13 +245,15 @@ class ObtainTokenView(ApiView):
         request=AuthTokenSerializer,
         responses={
             200: inline_serializer("AuthTokenResponse", {"token": serializers.CharField()}),
-            **error_responses(400),
+            **error_responses(400, 429),
         },
         auth=[],
     )
     def post(self, request: Request) -> Response:
         serializer = AuthTokenSerializer(data=request.data, context={"request": request})
         if not serializer.is_valid():
+            if getattr(request, "axes_locked_out", False):
+                raise exceptions.Throttled(wait=cooloff_seconds(), detail=lockout_message())
             if "non_field_errors" in serializer.errors:
                 raise ApiError("invalid_credentials", "unable to log in with these credentials")
             raise exceptions.ValidationError(serializer.errors)

@@ -7,6 +7,7 @@ and real Celery workers.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -48,6 +49,7 @@ INSTALLED_APPS = [
     "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
+    "axes",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
@@ -71,6 +73,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: turns a login refused by django-axes into the 429 (AXES_LOCKOUT_CALLABLE).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "interledger_site.urls"
@@ -127,6 +131,8 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    # One process without Redis: its own memory is the shared cache django-axes wants.
+    SILENCED_SYSTEM_CHECKS = ["axes.W001"]
     CELERY_BROKER_URL = "memory://"
     CELERY_TASK_ALWAYS_EAGER = True
 CELERY_TASK_EAGER_PROPAGATES = True
@@ -172,6 +178,21 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Failed logins (the login page, the admin's, the API token endpoint: every authenticate()
+# call with a request) are counted by django-axes in the cache (Redis with REDIS_URL, so all
+# processes share them): after ILP_LOGIN_FAILURE_LIMIT failures from one client address or
+# for one username, logins from it / to it get 429 for ILP_LOGIN_COOLOFF_MINUTES. Behind a
+# proxy, run Daphne with --proxy-headers so the client address is the real one.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"
+AXES_FAILURE_LIMIT = env.int("ILP_LOGIN_FAILURE_LIMIT", default=10)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("ILP_LOGIN_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "interledger_site.throttles.login_lockout_response"
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/me/"
 LANGUAGE_CODE = "en-us"
@@ -191,7 +212,14 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "interledger_site.api.exception_handler",
+    # Throttles keep their counts in the cache (shared through Redis). The client address is
+    # REMOTE_ADDR, never a client-sent X-Forwarded-For (see --proxy-headers above).
+    "NUM_PROXIES": 0,
 }
+# The API token endpoint's throttles (interledger_site.throttles): per client address and per
+# username asked for.
+ILP_TOKEN_RATE_PER_ADDRESS = env.str("ILP_TOKEN_RATE_PER_ADDRESS", default="10/min")
+ILP_TOKEN_RATE_PER_USERNAME = env.str("ILP_TOKEN_RATE_PER_USERNAME", default="20/hour")
 SPECTACULAR_SETTINGS = {
     "TITLE": "Interledger site API",
     "DESCRIPTION": "Payment pointers, incoming and outgoing payments, peers and paid APIs.",
@@ -208,5 +236,10 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"daphne": {"level": "WARNING"}, "django.channels.server": {"level": "WARNING"}},
+    "loggers": {
+        "daphne": {"level": "WARNING"},
+        "django.channels.server": {"level": "WARNING"},
+        # Lock-outs are warnings; every failed login at INFO would be noise.
+        "axes": {"level": "WARNING"},
+    },
 }

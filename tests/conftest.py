@@ -20,6 +20,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
     # pytest-django loaded the settings before this file: set the flag there too.
     settings.ILP_ALLOW_PRIVATE_URLS = True
+    # Login throttles keep counts in the cache, which outlives a test (and, on Redis, a
+    # run): off here; tests/site/test_throttles.py turns them on with its own clients.
+    settings.AXES_ENABLED = False  # also: Client.login() passes no request, axes needs one
+    settings.ILP_TOKEN_RATE_PER_ADDRESS = None
+    settings.ILP_TOKEN_RATE_PER_USERNAME = None
 
 
 def load_vectors(name: str) -> dict[str, Any]:

@@ -140,12 +140,13 @@ EOF
   # A location with proxy_set_header of its own inherits none from the server: every
   # proxied location includes these. nginx is the edge: the client is $remote_addr,
   # whatever X-Forwarded-For it sent. Daphne runs with --proxy-headers and takes the client
-  # address, the port and the scheme (request.is_secure()) from these headers.
+  # address and port (Daphne reads X-Forwarded-Port as the client's) and the scheme
+  # (request.is_secure()) from these headers.
   cat >"$RUN/proxy_headers.conf" <<'EOF'
 proxy_set_header Host $http_host;
 proxy_set_header X-Forwarded-For $remote_addr;
 proxy_set_header X-Forwarded-Proto $scheme;
-proxy_set_header X-Forwarded-Port $server_port;
+proxy_set_header X-Forwarded-Port $remote_port;
 EOF
   # As root, nginx would switch its workers to "nobody", who cannot read this tree.
   if [ "$(id -u)" = 0 ]; then echo "user root;"; fi

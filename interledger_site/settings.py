@@ -149,6 +149,8 @@ CELERY_BEAT_SCHEDULE = {
     "apply-pending-receipts": {"task": "payments.apply_pending_receipts", "schedule": 60.0},
     "retry-webhooks": {"task": "payments.retry_webhooks", "schedule": 60.0},
     "resume-outgoing-payments": {"task": "payments.resume_outgoing_payments", "schedule": 60.0},
+    # The serving process prunes these too (links.tasks); beat only adds a sweep.
+    "prune-http-async-requests": {"task": "links.prune_http_async_requests", "schedule": 600.0},
 }
 
 # --- The node's identity ------------------------------------------------------------------

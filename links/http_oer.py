@@ -48,6 +48,7 @@ import contextlib
 import hashlib
 import logging
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -70,7 +71,7 @@ from ilp.packet import (
     encode_packet,
     encode_prepare,
 )
-from links import activity, edge, registry, services
+from links import activity, edge, registry, services, tasks
 from links.models import LinkKind
 from links.peers import PeerContext, aload_peer_context
 from payments import outbound
@@ -263,6 +264,8 @@ async def _receive_async(
     if receipt.new:
         activity.note_packet(ctx.name)
         _spawn(_process_async(ctx, request_id, prepare, callback_url, header_form, now))
+        if tasks.HTTP_ASYNC_PRUNE.due(time.monotonic()):  # rows past their window go
+            _spawn(database_sync_to_async(services.http_async_prune)(now=now))
     return receipt
 
 

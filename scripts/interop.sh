@@ -125,5 +125,41 @@ if [ "${INTEROP_REFERENCE:-1}" = 1 ] && [[ -z "${INTEROP_ONLY:-}" || ",$INTEROP_
   printf 'node:      %s\n' "$(grep -E '^load: ' "$OUT/sut.txt" || echo 'no result')"
   printf 'reference: %s\n' "$(grep -E '^load: ' "$OUT/reference.txt" || echo 'no result')"
 fi
+# STREAM sending (issue 12): the node, a child of the JS stand-in, pays the stand-in's STREAM
+# receiver carol (ilp-protocol-stream createServer, SPSP4 at GET /carol) with `manage.py pay`.
+# A scratch node of its own (SQLite, no autostarted links): the stand-in holds one BTP socket
+# per account, so the command's own BtpClient must be the only one on alice.
+#   INTEROP_STREAM_SEND=0   skip it;  STREAM_SEND_AMOUNT (5000)
+if [ "${INTEROP_STREAM_SEND:-1}" = 1 ] && [[ -z "${INTEROP_ONLY:-}" || ",$INTEROP_ONLY," == *",stream-send,"* ]]; then
+  echo "=== stream-send: manage.py pay from a child of the JS stand-in to its STREAM receiver carol ==="
+  (
+    STANDIN_ENV_FILE="$OUT/standin-send.env" STANDIN_LOG_FILE="$OUT/standin-send.connector.log" \
+      STANDIN_PORT_BASE=7720 node "$HARNESS/reference-sut/standin.js" \
+      >"$OUT/standin-send.stdout" 2>"$OUT/standin-send.stderr" &
+    spid=$!
+    trap 'kill $spid 2>/dev/null || true' EXIT
+    for _ in $(seq 1 100); do [ -s "$OUT/standin-send.env" ] && break; sleep 0.2; done
+    set -a; . "$OUT/standin-send.env"; set +a
+    amount="${STREAM_SEND_AMOUNT:-5000}"
+    child="$ILP_VAR_DIR/stream-send.sqlite3"; rm -f "$child"*
+    export DATABASE_URL="sqlite:///$child" ILP_ADDRESS=test.sut.alice ILP_LINKS_AUTOSTART=0
+    unset REDIS_URL
+    stats="${SUT_STREAM_SPSP_URL%/carol}/standin/stats"
+    carol() { curl -fs "$stats" | "$BIN/python" -c 'import json,sys; print(json.load(sys.stdin)["carolReceived"])'; }
+    "$BIN/python" manage.py migrate --noinput -v0
+    "$BIN/python" manage.py add_peer standin --relation parent --link btp-client --url "$SUT_BTP_URL" >/dev/null
+    before="$(carol)"
+    ok=1
+    "$BIN/python" manage.py pay "$SUT_STREAM_SPSP_URL" "$amount" --via standin --key interop-stream-send || ok=0
+    after="$(carol)"
+    protocol="$("$BIN/python" manage.py shell -c "from payments.models_outgoing import OutgoingPayment as P; print(P.objects.get(idempotency_key='interop-stream-send').protocol)" 2>/dev/null | tail -1)"
+    if [ "$ok" = 1 ] && [ "$protocol" = stream ] && [ $((after - before)) = "$amount" ]; then
+      echo "stream-send: PASS (protocol $protocol, carol received $((after - before)) of $amount)"
+    else
+      echo "stream-send: FAIL (protocol '$protocol', carol received $((after - before)) of $amount)"
+      exit 1
+    fi
+  ) | tee "$OUT/stream-send.txt" || status=1
+fi
 echo "results under $OUT"
 exit $status

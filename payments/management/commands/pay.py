@@ -1,4 +1,5 @@
-"""``python manage.py pay POINTER AMOUNT [--from ACCOUNT] [--via PEER] [--destination-amount]``
+"""``python manage.py pay POINTER AMOUNT [--from ACCOUNT] [--via PEER] [--destination-amount]
+[--protocol stream|psk2]``
 
 Creates an outgoing payment (``payments.outgoing.outgoing_payment_create``) and runs it:
 in this process when Celery is eager (the embedded default), else by queueing
@@ -8,7 +9,9 @@ one line per chunk and a summary; exits 1 when the payment fails.
 ``--from`` takes a ledger account code (``receiver:alice``, ``node:operator``) or a
 receiver name (``alice``); the default is the node's own ``node:operator`` (created on
 demand). ``--via PEER`` sends through that peer's link; without it the Prepares go into
-this node's switch (our own receivers, or whatever the routing table says).
+this node's switch (our own receivers, or whatever the routing table says). The receiver's
+SPSP answer chooses the protocol (STREAM when it offers SPSP4, else PSK2) unless
+``--protocol`` insists on one.
 """
 
 from __future__ import annotations
@@ -43,13 +46,17 @@ def progress_line(payment: OutgoingPayment) -> str:
         f"[{s['status']}] sent {s['amount_sent']} delivered {s['amount_delivered']} "
         f"chunks {s['chunks_fulfilled']} ok / {s['chunks_rejected']} rejected"
     )
+    if s["protocol"]:
+        line += f" over {s['protocol'].upper()}"
     if s["quote_destination_amount"] is not None and payment.status == "sending":
         line += f" (quoted {s['quote_source_amount']} -> {s['quote_destination_amount']})"
     return line
 
 
 class Command(BaseCommand):
-    help = "Pay a payment pointer (SPSP + PSK2) from one of this node's accounts."
+    help = (
+        "Pay a payment pointer (SPSP4 + STREAM, or SPSP + PSK2) from one of this node's accounts."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("receiver", help="payment pointer ($host/path) or SPSP URL")
@@ -69,6 +76,12 @@ class Command(BaseCommand):
         parser.add_argument(
             "--max-source", type=int, help="with --destination-amount: most to spend"
         )
+        parser.add_argument(
+            "--protocol",
+            choices=("stream", "psk2"),
+            default="",
+            help="insist on STREAM or PSK2 (default: what the receiver's SPSP answer offers)",
+        )
         parser.add_argument("--key", help="idempotency key (a repeated key pays once)")
         parser.add_argument(
             "--no-wait", action="store_true", help="queue it and return (non-eager Celery)"
@@ -87,6 +100,7 @@ class Command(BaseCommand):
                 via_peer=options["via"],
                 max_source_amount=options["max_source"],
                 idempotency_key=options["key"],
+                protocol=options["protocol"],
                 start=False,
             )
         except PaymentsError as exc:

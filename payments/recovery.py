@@ -9,13 +9,15 @@ One pass (:meth:`Recovery.run_pass`):
    worker killed with its ``payments.apply_receipts`` message, or a broker outage never
    leaves money invisible, and the sweep never depends on the broker.
 2. **Webhooks.** Pending deliveries whose ``next_attempt_at`` has passed are queued
-   (``services.queue_webhook_deliveries``: the background pool with eager Celery, else
-   ``payments.deliver_webhook`` on the worker). A failed attempt's retry is that durable
+   (``services.webhook_deliveries_queue_due``: the background pool with eager Celery,
+   else ``payments.deliver_webhook`` on the worker; each row marked queued first, so
+   nothing piles up while a worker is down). A failed attempt's retry is that durable
    time, never an in-memory timer, so retries survive restarts.
-3. **Outgoing payments.** Active payments no runner holds (lease expired, or never
-   started) and circular payments nobody started or whose runner died. With eager
-   Celery (the embedded default) they run on this process's event loop, where its links
-   live; with a worker they are queued to it (``payments.resume_outgoing_payments``).
+3. **Outgoing payments** (at start-up, then at most every ``payments_every`` seconds).
+   Active payments no runner holds (lease expired, or never started) and circular
+   payments nobody started or whose runner died. With eager Celery (the embedded
+   default) they run on this process's event loop, where its links live; with a worker
+   they are queued to it (``payments.resume_outgoing_payments``).
 
 Every step is idempotent (receipts under row locks and unique posting keys, webhook
 attempts claimed by a conditional UPDATE, payments by their lease), so passes may overlap
@@ -56,6 +58,9 @@ DEFAULT_INTERVAL_S = 5.0
 # Periodic passes leave younger receipts to the applier (it applies them within ~50 ms,
 # or its worker does): only what that path lost is swept.
 RECEIPTS_AFTER = timedelta(seconds=10)
+# Stuck payments are only due once a lease (minutes) ran out: looking every minute is
+# enough, and a worker that is down does not get a new message per payment every pass.
+PAYMENTS_EVERY_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,12 +93,18 @@ class Recovery:
     """The start-up and periodic sweeps of one serving process (see the module doc)."""
 
     def __init__(
-        self, *, interval: float | None = None, receipts_after: timedelta = RECEIPTS_AFTER
+        self,
+        *,
+        interval: float | None = None,
+        receipts_after: timedelta = RECEIPTS_AFTER,
+        payments_every: float = PAYMENTS_EVERY_S,
     ) -> None:
         if interval is None:
             interval = float(getattr(settings, "PAYMENTS_RECOVERY_INTERVAL_S", DEFAULT_INTERVAL_S))
         self.interval = interval
         self.receipts_after = receipts_after
+        self.payments_every = payments_every
+        self._payments_at: float | None = None  # loop time of the last payments step
         self.passes = 0
         self.last: PassReport | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -163,7 +174,13 @@ class Recovery:
                 max_workers=1, thread_name_prefix="payments-recovery"
             )
         eager = _eager()
-        result = await loop.run_in_executor(self._executor, self._sync_pass, startup, eager)
+        last = self._payments_at
+        with_payments = startup or last is None or loop.time() - last >= self.payments_every
+        if with_payments:
+            self._payments_at = loop.time()
+        result = await loop.run_in_executor(
+            self._executor, self._sync_pass, startup, eager, with_payments
+        )
         for payment_id in result.run_payments:
             result.payments += self._run_here(
                 ("payment", payment_id),
@@ -192,7 +209,7 @@ class Recovery:
                 self._passed.notify_all()
         return report
 
-    def _sync_pass(self, startup: bool, eager: bool) -> _SyncResult:
+    def _sync_pass(self, startup: bool, eager: bool, payments_step: bool) -> _SyncResult:
         """The database side of a pass, on the recovery thread. Each step runs even when
         an earlier one failed."""
         result = _SyncResult()
@@ -211,7 +228,7 @@ class Recovery:
             result.receipts = get_applier().sweep(older_than=older_than)
 
         def webhooks() -> None:
-            result.webhooks = services.queue_webhook_deliveries(services.due_webhook_deliveries())
+            result.webhooks = services.webhook_deliveries_queue_due()
 
         def payments() -> None:
             from payments.outgoing_tasks import resolve_circular_payments, resume_outgoing_payments
@@ -226,7 +243,8 @@ class Recovery:
 
         step("receipts", receipts)
         step("webhooks", webhooks)
-        step("outgoing payments", payments)
+        if payments_step:
+            step("outgoing payments", payments)
         close_old_connections()
         return result
 

@@ -55,6 +55,7 @@ WEBHOOK_MAX_ATTEMPTS = 10
 WEBHOOK_BACKOFF_BASE = 10.0  # seconds; attempt n waits base * 2**n
 WEBHOOK_BACKOFF_CAP = 6 * 3600.0
 WEBHOOK_LEASE = timedelta(minutes=5)  # a claimed attempt is retried by the sweeper after this
+WEBHOOK_QUEUE_LEASE = timedelta(seconds=60)  # a queued attempt that never ran is queued again
 WEBHOOK_TIMEOUT = 10.0
 
 
@@ -406,32 +407,81 @@ def _create_deliveries(payments: list[IncomingPayment], *, now: datetime) -> lis
 
 
 def queue_webhook_deliveries(delivery_ids: Sequence[int]) -> int:
-    """Queue ``payments.deliver_webhook`` for each id (call after commit); returns how many
+    """Queue the first attempt of each new delivery (call after commit); returns how many
     were queued.
 
     With eager Celery (the embedded default) the deliveries run on a small background
     thread pool, so a slow endpoint never blocks the ledger writer that committed them.
     A publish that fails (Celery's own publish retries exhausted) is only logged: the
-    delivery row is pending and due, so the recovery sweep queues it again.
+    delivery row is pending and due, so the recovery sweep queues it.
     """
+    queued, _failed = _queue_attempts([(delivery_id, 0) for delivery_id in delivery_ids])
+    return queued
+
+
+def webhook_deliveries_queue_due(*, now: datetime | None = None, limit: int = 1000) -> int:
+    """The sweep: queue the next attempt of every pending delivery that is due (a failed
+    attempt's backoff ran out, a publish failed, a claimed attempt's lease expired);
+    returns how many were queued.
+
+    Each row is first marked queued by a conditional UPDATE (``next_attempt_at`` moved on
+    by :data:`WEBHOOK_QUEUE_LEASE`, only if the row is as it was read), so concurrent sweeps
+    (several serving processes, beat) queue it once, and sweeps repeated while the worker
+    is down do not pile up messages: an attempt whose message is lost is due again after
+    the lease. The task then claims exactly that attempt number. A publish that fails
+    makes the row due again at once.
+    """
+    now = now or timezone.now()
+    rows = list(
+        WebhookDelivery.objects.filter(
+            status=WebhookDelivery.Status.PENDING, next_attempt_at__lte=now
+        )
+        .order_by("next_attempt_at")
+        .values_list("id", "attempts", "next_attempt_at")[:limit]
+    )
+    marked: list[tuple[int, int]] = []
+    for pk, attempts, due_at in rows:
+        if WebhookDelivery.objects.filter(
+            pk=pk,
+            status=WebhookDelivery.Status.PENDING,
+            attempts=attempts,
+            next_attempt_at=due_at,
+        ).update(next_attempt_at=now + WEBHOOK_QUEUE_LEASE):
+            marked.append((pk, attempts))
+    queued, failed = _queue_attempts(marked)
+    if failed:
+        WebhookDelivery.objects.filter(
+            pk__in=failed,
+            status=WebhookDelivery.Status.PENDING,
+            next_attempt_at=now + WEBHOOK_QUEUE_LEASE,
+        ).update(next_attempt_at=now)
+    return queued
+
+
+def _queue_attempts(attempts: Sequence[tuple[int, int]]) -> tuple[int, list[int]]:
+    """Queue ``payments.deliver_webhook(delivery_id, attempt)`` for each pair; returns how
+    many were queued and the ids whose publish failed."""
     from payments.tasks import deliver_webhook, run_in_background
 
     queued = 0
-    for delivery_id in delivery_ids:
+    failed: list[int] = []
+    for delivery_id, attempt in attempts:
+        kwargs = {"delivery_id": delivery_id, "attempt": attempt}
         if deliver_webhook.app.conf.task_always_eager:
-            run_in_background(deliver_webhook.apply, kwargs={"delivery_id": delivery_id})
+            run_in_background(deliver_webhook.apply, kwargs=kwargs)
         else:
             try:
-                deliver_webhook.delay(delivery_id=delivery_id)
+                deliver_webhook.delay(**kwargs)
             except Exception:
                 logger.warning(
                     "payments: could not queue webhook delivery %s; the sweep will",
                     delivery_id,
                     exc_info=True,
                 )
+                failed.append(delivery_id)
                 continue
         queued += 1
-    return queued
+    return queued, failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -461,8 +511,8 @@ def webhook_deliver(
     ``UPDATE ... WHERE status = 'pending' AND attempts = <attempt>`` that also sets a lease
     (``next_attempt_at``), so a replayed, duplicated or stale task finds the counter moved
     on and returns ``skipped`` without sending. ``attempt=None`` claims whatever attempt is
-    next, and only once it is due (``next_attempt_at`` passed): what the queued task and
-    the recovery sweep use, so two sweeps queueing the same row send it once. No
+    next, and only once it is due (``next_attempt_at`` passed); the queued tasks name their
+    attempt (:func:`webhook_deliveries_queue_due`). No
     transaction or lock is held while the HTTP request runs. Delivered means a 2xx answer;
     anything else sets ``next_attempt_at`` to now + :func:`webhook_backoff` (the durable
     retry: the recovery sweep makes the next attempt once it is due, whatever restarted

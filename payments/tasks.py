@@ -48,7 +48,7 @@ def deliver_webhook(*, delivery_id: int, attempt: int | None = None) -> str:
     the worker's memory and dies with them): the service writes the next attempt's time
     into the durable row (``next_attempt_at``) and the recovery sweep
     (:mod:`payments.recovery`, or ``payments.retry_webhooks``) queues it once due. The
-    service claims each attempt atomically, so a replayed task is a no-op.
+    service claims attempt ``attempt`` atomically, so a replayed task is a no-op.
     """
     return services.webhook_deliver(delivery_id=delivery_id, attempt=attempt).status
 
@@ -57,7 +57,7 @@ def deliver_webhook(*, delivery_id: int, attempt: int | None = None) -> str:
 def retry_webhooks() -> int:
     """Sweep: queue the pending deliveries that are due (a failed attempt's backoff has run
     out, a task was lost, a claimed attempt's lease expired). Returns how many."""
-    return services.queue_webhook_deliveries(services.due_webhook_deliveries())
+    return services.webhook_deliveries_queue_due()
 
 
 # --- background runner for the embedded (eager) mode -----------------------------------------

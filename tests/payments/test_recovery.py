@@ -309,11 +309,31 @@ async def test_failed_webhook_publish_is_swept(
     recovery = start(recoveries, interval=3600)
     report = await asyncio.wait_for(recovery.wait_passes(1), DEADLINE)
     assert report is not None and report.webhooks == 1
-    assert queued == [{"delivery_id": delivery_id}]
+    assert queued == [{"delivery_id": delivery_id, "attempt": 0}]
     # What the worker would run: the due attempt, claimed once.
     assert await db(lambda: tasks.deliver_webhook.apply(kwargs=queued[0]).get()) == "delivered"
     assert await db(lambda: tasks.deliver_webhook.apply(kwargs=queued[0]).get()) == "skipped"
     assert len(hook.requests) == 1
+
+
+def test_repeated_sweeps_queue_a_due_attempt_once(
+    book: BalanceBook, hook: Hook, celery_mode: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the worker is down, passes every few seconds must not pile up messages."""
+    queued: list[dict[str, Any]] = []
+    monkeypatch.setattr(tasks.deliver_webhook, "delay", lambda **kw: queued.append(kw))
+    delivery_id = failed_first_attempt(hook)
+    assert services.webhook_deliveries_queue_due() == 1
+    assert services.webhook_deliveries_queue_due() == 0  # marked queued: not due again
+    assert queued == [{"delivery_id": delivery_id, "attempt": 1}]
+    # Its message was lost: once the queue lease has run out, it is queued again.
+    later = timezone.now() + services.WEBHOOK_QUEUE_LEASE + timedelta(seconds=1)
+    assert services.webhook_deliveries_queue_due(now=later) == 1
+    assert queued[-1] == {"delivery_id": delivery_id, "attempt": 1}
+    # Both messages for attempt 1 run: one sends, the other finds the attempt made.
+    outcomes = [tasks.deliver_webhook.apply(kwargs=kw).get() for kw in queued]
+    assert outcomes == ["delivered", "skipped"]
+    assert len(hook.requests) == 2
 
 
 def test_sweep_task_queues_due_deliveries(

@@ -47,7 +47,12 @@ from ilp.stream.sender import (
 )
 from payments import outgoing as o  # the runner; it calls back into this module
 from payments.models_outgoing import OutgoingChunk, OutgoingPayment
-from payments.outgoing_errors import InsufficientBalance, OutgoingNotAllowed, SendFailed
+from payments.outgoing_errors import (
+    InsufficientBalance,
+    OutgoingNotAllowed,
+    SendFailed,
+    SpspError,
+)
 from payments.outgoing_spsp import SpspDetails
 
 if TYPE_CHECKING:
@@ -93,6 +98,9 @@ async def stream_quote(run: _Run, details: SpspDetails) -> None:
     )
     destination_mode = payment.mode == OutgoingPayment.Mode.DESTINATION
     amount = _int(payment.amount)
+    remaining = details.remaining
+    if remaining is not None and destination_mode and amount > remaining:
+        raise SpspError(f"the receiver accepts {remaining} more, not {amount}")
     cap = max(1, min(run.sender.max_packet_amount, UINT64_MAX))
     if destination_mode:
         limit = min(cap, MAX_PROBE_AMOUNT, _int(payment.max_source_amount) or MAX_PROBE_AMOUNT)

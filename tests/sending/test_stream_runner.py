@@ -317,3 +317,30 @@ async def test_insisting_on_psk2_refuses_a_stream_receiver() -> None:
     done = await outgoing_payment_run(payment_id=payment.pk, options=SHORT)
     assert done is not None and done.status == "failed"
     assert "asked for PSK2, the receiver answered STREAM" in done.last_error
+
+
+async def test_an_invoice_that_accepts_less_is_refused_before_any_packet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    far = FarEnd()
+    install(far)
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        body = {
+            "destination_account": DESTINATION,
+            "shared_secret": base64.b64encode(SECRET).decode(),
+            "balance": {"maximum": "1000", "current": "400"},
+        }
+        headers = {"Content-Type": "application/spsp4+json"}
+        return httpx.Response(200, content=json.dumps(body).encode(), headers=headers)
+
+    async def query(url: str, **kwargs: Any) -> Any:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as client:
+            return await query_spsp(url, client=client, **kwargs)
+
+    monkeypatch.setattr(outgoing, "query_spsp", query)
+    payment = await in_thread(_setup)(700, mode="destination", max_source_amount=1_000)
+    done = await outgoing_payment_run(payment_id=payment.pk, options=SHORT)
+    assert done is not None and done.status == "failed"
+    assert done.last_error == "the receiver accepts 600 more, not 700"
+    assert far.sent == [] and int(done.amount_reserved) == 0

@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "channels",
     "payments",
     "receivers",
+    "receivers.open_payments",
     "links",
     "dashboard",
 ]

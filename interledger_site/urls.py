@@ -22,6 +22,7 @@ urlpatterns = [
     path("", include("links.urls")),
     path("", include("payments.urls")),
     path("api/v1/", include("receivers.api_urls")),
+    path("", include("receivers.open_payments.urls")),
     # Receivers last: it owns the catch-all payment pointer paths (/<name>).
     path("", include("receivers.urls")),
 ]

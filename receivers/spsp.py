@@ -9,6 +9,10 @@ Negotiation on ``Accept`` (a parsed version of the reference servers' substring 
   Web Monetization wallets);
 - else ``application/spsp+json`` listed (q > 0) → the SPSP JSON for PSK2, also next to an
   equal ``application/spsp4+json`` (ilp-protocol-spsp 2.2 sends both and takes either);
+- else ``application/json`` listed (q > 0, at least as high as ``text/html`` and
+  ``application/xhtml+xml``) → the Open Payments wallet address
+  (:mod:`receivers.open_payments`; ``@interledger/pay``'s ``application/json,
+  application/spsp4+json`` still gets SPSP4 above);
 - else HTML acceptable (no ``Accept``, ``text/html``, ``application/xhtml+xml``,
   ``text/*``, ``*/*``) → the pointer's web page;
 - else → 406.
@@ -44,6 +48,7 @@ CACHE_CONTROL_WITH_BALANCE = "no-cache, private"
 class Representation(Enum):
     SPSP = "spsp"
     STREAM = "stream"
+    WALLET_ADDRESS = "wallet_address"
     HTML = "html"
     NONE = "none"
 
@@ -77,6 +82,11 @@ def negotiate(accept: str | None) -> Representation:
         return Representation.STREAM
     if psk2 > 0:
         return Representation.SPSP
+    wallet = ranges.get("application/json", 0.0)
+    if wallet > 0 and wallet >= max(
+        ranges.get("text/html", 0.0), ranges.get("application/xhtml+xml", 0.0)
+    ):
+        return Representation.WALLET_ADDRESS
     if any(ranges.get(media, 0.0) > 0 for media in _HTML_RANGES):
         return Representation.HTML
     return Representation.NONE
@@ -214,7 +224,8 @@ def not_acceptable(representation: Representation) -> HttpResponse:
     else:
         reason = (
             "this URL serves application/spsp4+json (SPSP for STREAM), "
-            "application/spsp+json (SPSP for PSK2) or text/html"
+            "application/spsp+json (SPSP for PSK2), application/json (an Open Payments "
+            "wallet address) or text/html"
         )
     return spsp_error(406, reason, error_id="NotAcceptableError", message=reason)
 

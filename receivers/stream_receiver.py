@@ -65,6 +65,7 @@ from ilp.stream.receiver import (
 from payments.ledger import PostingDraft, ReceiptDraft, get_book
 from receivers.addresses import node_address, open_stream, tagged_receipt_key
 from receivers.live import notify_tag
+from receivers.open_payments import limits as op_limits
 
 __all__ = ["CONNECTIONS_MAX", "StreamStats", "is_stream_destination", "receive_stream", "stats"]
 
@@ -198,6 +199,17 @@ async def _receive(
     assert address is not None  # a secret was found, so the address opened
     limits = _limits()
     key = address.connection_id
+    # An Open Payments incoming payment (its id is the tag): expiry, completion and
+    # incomingAmount are enforced here (receivers.open_payments.limits).
+    try:
+        payment = None if tag is None else await op_limits.limits_for(tag)
+    except Exception:
+        logger.exception("receivers: incoming payment lookup failed for %s", account_code)
+        return Reject("T00", node, MSG_COMMIT_FAILED)
+    if payment is not None:
+        closed = op_limits.refuse_closed(payment, now)
+        if closed is not None:
+            return opened.reject(closed.frames, iv=_ivs.take(), triggered_by=node)
     decision = handle_request(
         connections.get(key, limits),
         opened.request,
@@ -210,9 +222,55 @@ async def _receive(
     connections.put(key, decision.state)
     if isinstance(decision, Refuse):
         return opened.reject(decision.frames, iv=_ivs.take(), triggered_by=node)
-    return await _accept(
-        opened, decision, address.receipt, account_code, tag, source_account, packet_key, key
+    if payment is None or payment.incoming_amount is None or not decision.amount:
+        return await _accept(
+            opened, decision, address.receipt, account_code, tag, source_account, packet_key, key
+        )
+    return await _accept_capped(
+        opened,
+        decision,
+        payment,
+        address.receipt,
+        account_code,
+        tag,
+        source_account,
+        packet_key,
+        key,
     )
+
+
+async def _accept_capped(
+    opened: Opened,
+    decision: Accept,
+    payment: op_limits.PaymentLimits,
+    setup: ReceiptSetup | None,
+    account_code: str,
+    tag: bytes | None,
+    source_account: str,
+    packet_key: str,
+    key: bytes,
+) -> Fulfill | Reject:
+    """:func:`_accept` for a packet toward an incoming payment with ``incomingAmount``:
+    its amount is held as in flight, checked against the durable total, then committed."""
+    node = node_address()
+    held = op_limits.reserve(key, decision.amount)
+    try:
+        try:
+            received = await get_book().payment_total(account_code, key)
+        except Exception:
+            logger.exception("receivers: STREAM total lookup failed for %s", account_code)
+            connections.put(key, cancel(connections.get(key, _limits()), decision))
+            return Reject("T00", node, MSG_COMMIT_FAILED)
+        stream_id = decision.credits[0][0] if decision.credits else 1
+        refused = op_limits.check(payment, held, received=received, stream_id=stream_id)
+        if refused is not None:
+            connections.put(key, cancel(connections.get(key, _limits()), decision))
+            return opened.reject(refused.frames, iv=_ivs.take(), triggered_by=node)
+        return await _accept(
+            opened, decision, setup, account_code, tag, source_account, packet_key, key
+        )
+    finally:
+        held.release()
 
 
 async def _accept(

@@ -32,6 +32,7 @@ from receivers.errors import ReceiverError
 from receivers.forms import ReceiverCreateForm, ReceiverUpdateForm
 from receivers.models import Receiver
 from receivers.names import name_problem
+from receivers.open_payments.views import wallet_address_response
 from receivers.pointers import (
     WELL_KNOWN_PATH,
     pointer_for,
@@ -161,6 +162,8 @@ def _answer(
         return spsp_response(answer)
     if representation is Representation.STREAM:
         return _stream_answer(request, receiver)
+    if representation is Representation.WALLET_ADDRESS:
+        return wallet_address_response(request, receiver)
     if representation is Representation.HTML:
         response = render(
             request, "receivers/pointer.html", _pointer_context(request, receiver, path)

@@ -43,6 +43,8 @@ export ILP_ADDRESS="${INTEROP_ILP_ADDRESS:-test.sut}"
 export ILP_ASSET_CODE=XRP ILP_ASSET_SCALE=9
 export ILP_VAR_DIR="$WORK/var"
 export DJANGO_DEBUG=0 LOG_LEVEL=WARNING
+# Scenario 11's Open Payments client serves its JWKS on loopback: let the outbound guard reach it.
+export ILP_ALLOW_PRIVATE_URLS=1
 mkdir -p "$ILP_VAR_DIR"
 # External node (`scripts/cluster.sh interop`): INTEROP_EXTERNAL=1 runs the suite against a
 # node already serving on 127.0.0.1:$INTEROP_PORT, on the DATABASE_URL of this environment
@@ -93,6 +95,7 @@ export SUT_BTP_URL="btp+ws://alice:alicetoken@127.0.0.1:$PORT/btp"
 export SUT_SPSP_URL="http://127.0.0.1:$PORT/bob"
 # The same pointer answers SPSP4 (STREAM) to Accept: application/spsp4+json (scenario 10).
 export SUT_STREAM_SPSP_URL="http://127.0.0.1:$PORT/bob"
+export SUT_WALLET_ADDRESS_URL="http://127.0.0.1:$PORT/bob"  # scenario 11: Open Payments (JSON on the same URL)
 export SUT_HTTP_OER_URL="http://127.0.0.1:$PORT/ilp"
 export SUT_HTTP_OER_TOKEN=oertoken
 export SUT_PAID_API_URL="http://127.0.0.1:$PORT/api/v1/demo/paid"

@@ -232,7 +232,8 @@ def unapplied(_args: argparse.Namespace) -> int:
 
     count = Receipt.objects.filter(applied_at__isnull=True).count()
     total = Receipt.objects.count()
-    print(f"after the kill: {total} receipts, {count} unapplied")
+    note = "" if count else " (this kill left nothing for the recovery to apply)"
+    print(f"after the kill: {total} receipts, {count} unapplied{note}")
     return 0
 
 

@@ -33,7 +33,7 @@ from ilp.ildcp import ILDCP_REQUEST_LIFETIME, decode_ildcp_fulfill, ildcp_reques
 from ilp.packet import encode_packet
 from tests.conftest import on_postgres, on_redis
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "cluster.sh"
 PEER, TOKEN = "clusterpeer", "clusterpeer-token"
 

@@ -22,7 +22,7 @@ from links import activity, registry, services
 from tests.links.btp_helpers import RawBtp
 from tests.payments.conftest import _close_thread_connections  # noqa: F401 (session fixture)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def sample(name: str, **labels: str) -> float:

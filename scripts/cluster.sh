@@ -105,8 +105,8 @@ _services() {
     local db="${DATABASE_URL:-}" redis="${REDIS_URL:-}"
     # shellcheck source=services.sh
     source "$ROOT/scripts/services.sh" start
-    [ -n "$db" ] && export DATABASE_URL="$db"
-    [ -n "$redis" ] && export REDIS_URL="$redis"
+    if [ -n "$db" ]; then export DATABASE_URL="$db"; fi
+    if [ -n "$redis" ]; then export REDIS_URL="$redis"; fi
   fi
   if [[ "$DATABASE_URL" == postgres* ]]; then
     local name="${DATABASE_URL##*/}"; name="${name%%\?*}"

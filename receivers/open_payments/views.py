@@ -429,16 +429,21 @@ def _uint(value: Any, what: str) -> int:
 
 def _create(request: HttpRequest, base: str, now: datetime) -> HttpResponse:
     body = _body(request)
+    url = body.get("walletAddress")
+    receiver = (
+        selectors.receiver_for_wallet_address(url=url, base_url=base)
+        if isinstance(url, str)
+        else None
+    )
+    # The token and signature first: an unauthorized caller learns nothing from the body.
+    grant = _authorize(request, any_of=frozenset({"create"}), receiver=receiver, now=now)
+    if not isinstance(url, str):
+        raise OpenPaymentsError("walletAddress is required")
+    if receiver is None:
+        raise NotFound(f"{url[:200]} is not a wallet address of this server")
     extra = set(body) - {"walletAddress", "incomingAmount", "expiresAt", "metadata"}
     if extra:
         raise OpenPaymentsError(f"unknown fields: {sorted(extra)}")
-    url = body.get("walletAddress")
-    if not isinstance(url, str):
-        raise OpenPaymentsError("walletAddress is required")
-    receiver = selectors.receiver_for_wallet_address(url=url, base_url=base)
-    if receiver is None:
-        raise NotFound(f"{url[:200]} is not a wallet address of this server")
-    grant = _authorize(request, any_of=frozenset({"create"}), receiver=receiver, now=now)
     incoming_amount = None
     amount = body.get("incomingAmount")
     if amount is not None:

@@ -193,12 +193,6 @@ class EdgeLimiter:
         state = self._peers.get(name)
         return 0 if state is None else state.in_flight
 
-    def forget(self, name: str) -> None:
-        """Drop ``name``'s state when nothing of it is in flight (peer removed)."""
-        state = self._peers.get(name)
-        if state is not None and not state.in_flight:
-            del self._peers[name]
-
 
 _limiter = EdgeLimiter()
 

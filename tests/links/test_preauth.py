@@ -140,7 +140,9 @@ async def test_an_over_long_token_is_refused_without_a_lookup(
     await raw.send(frame)
     error = await raw.next(5)
     assert isinstance(error, BtpError) and error.code == "F00" and error.request_id == rid
-    assert error.data == f"auth_token too long (at most {MAX_AUTH_TOKEN_LENGTH} characters)".encode()
+    assert (
+        error.data == f"auth_token too long (at most {MAX_AUTH_TOKEN_LENGTH} characters)".encode()
+    )
     assert await raw.next(5) is None
     assert gated.calls == []
     assert switch.ups == []
@@ -167,7 +169,8 @@ async def test_credentials_at_the_caps_are_looked_up(
     rid, frame = auth_frame(token="y" * MAX_AUTH_TOKEN_LENGTH)
     await raw.send(frame)
     error = await raw.next(5)
-    assert isinstance(error, BtpError) and error.data == b"invalid auth_token"  # a wrong token
+    assert isinstance(error, BtpError) and error.request_id == rid
+    assert error.data == b"invalid auth_token"  # looked up: a wrong token
     assert gated.calls == [("alice", MAX_AUTH_TOKEN_LENGTH)]
     raw = await RawBtp().open()
     reply = await raw.auth()  # the right one still opens the link

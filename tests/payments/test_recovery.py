@@ -9,6 +9,7 @@ in memory. Waits are on events (a pass finished, the hook answered) with a deadl
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -22,6 +23,7 @@ from kombu.exceptions import OperationalError as BrokerError
 
 from interledger_site.celery import app as celery_app
 from payments import ledger, services, tasks
+from payments import recovery as recovery_module
 from payments.ledger import (
     BalanceBook,
     PostingDraft,
@@ -31,7 +33,7 @@ from payments.ledger import (
     wait_receipts_applied,
 )
 from payments.models import IncomingPayment, LedgerAccount, Receipt, WebhookDelivery
-from payments.recovery import Recovery
+from payments.recovery import PassReport, Recovery
 from payments.selectors import ledger_report
 from tests.payments.conftest import PEER, RECEIVER, Hook, db, make_accounts
 
@@ -345,3 +347,52 @@ def test_sweep_task_queues_due_deliveries(
     assert tasks.retry_webhooks() == 1
     assert tasks.wait_background_idle(15)
     assert WebhookDelivery.objects.get(pk=delivery_id).status == "delivered"
+
+
+# --- wiring -----------------------------------------------------------------------------------
+
+
+def test_autostart_gate(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(recovery_module.ENV_FLAG, raising=False)
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/pytest"])
+    assert not recovery_module._serving_process()
+    monkeypatch.setattr(sys, "argv", ["/srv/.venv/bin/daphne", "interledger_site.asgi:application"])
+    assert recovery_module._serving_process()
+    monkeypatch.setattr(sys, "argv", ["manage.py", "runserver"])
+    assert recovery_module._serving_process()
+    monkeypatch.setenv(recovery_module.ENV_FLAG, "0")
+    assert not recovery_module._serving_process()
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/pytest"])
+    monkeypatch.setenv(recovery_module.ENV_FLAG, "1")
+    assert recovery_module._serving_process()
+
+
+async def test_autostart_runs_the_start_up_pass_on_the_serving_loop(
+    book: BalanceBook, eager_celery: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await db(make_accounts)
+    await book.load_account(PEER)
+    with monkeypatch.context() as m:
+        m.setattr(ledger, "_queue_apply_receipts", lambda ids: None)  # the crash
+        await book.commit(*chunk(0))
+    await db(reset_book)
+    fresh = Recovery(interval=3600)
+    monkeypatch.setenv(recovery_module.ENV_FLAG, "1")
+    monkeypatch.setattr(recovery_module, "_scheduled", False)
+    monkeypatch.setattr(recovery_module, "_recovery", fresh)
+    # Not under Daphne: its module (imported by other tests) would name a loop that never runs.
+    monkeypatch.delitem(sys.modules, "daphne.server", raising=False)
+    try:
+        assert recovery_module.autostart()
+        assert not recovery_module.autostart()  # once per process
+        report = await asyncio.wait_for(_started(fresh), DEADLINE)
+        assert report is not None and report.receipts == 1
+        assert await db(unapplied) == 0
+    finally:
+        await fresh.stop()
+
+
+async def _started(recovery: Recovery) -> PassReport | None:
+    while not recovery.running:  # scheduled with call_soon_threadsafe: next loop turn
+        await asyncio.sleep(0)
+    return await recovery.wait_passes(1)

@@ -27,6 +27,10 @@ the switch has already placed a hold of ``prepare.amount`` on the source account
    same total answers ``StreamMaxMoney`` of stream 1 on 0-amount fulfillable packets (how a
    sender that lost track asks what arrived).
 
+An address whose tag is an Open Payments incoming payment's id is also held to that
+payment's ``expiresAt``, completion and ``incomingAmount`` (:mod:`receivers.open_payments.limits`:
+F99, nothing credited), checked before and around the commit.
+
 Steady state does no database query per packet: the secret is derived, the state is in
 memory, the total is the book's in-memory figure after its first read (which happens only
 with receipts, or for a 0-amount total query).

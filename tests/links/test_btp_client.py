@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -206,24 +207,29 @@ async def test_unreachable_server_gives_t01(
     make_peer: Callable[..., Any], real_switch: PacketSwitch
 ) -> None:
     """While the parent's server cannot be reached, the client keeps retrying and a
-    Prepare routed to that parent gets T01 from us at once (not a timeout, no money held)."""
+    Prepare routed to that parent gets T01 from us at once (not a timeout, no money held).
+
+    A name no other test uses: with Redis, a peer another test (or xdist worker) linked
+    moments ago still counts as present for up to ``PRESENCE_TTL_S`` (then a Prepare is
+    sent to its group and times out, R00, as it should for a link that just vanished)."""
+    hub = f"hub-{os.urandom(4).hex()}"
     await database_sync_to_async(make_peer)("kid", relation="child", token="kidtoken")
     url = "btp+ws://a:b@127.0.0.1:9/btp"  # port 9 (discard): nothing listens
-    await database_sync_to_async(make_peer)("hub", relation="parent", link="btp-client", url=url)
+    await database_sync_to_async(make_peer)(hub, relation="parent", link="btp-client", url=url)
     kid = await aload_peer_context("kid")
     assert kid is not None
-    client = ObservedClient("hub", url)
+    client = ObservedClient(hub, url)
     client.start()
     try:
         await client.attempts_finished(3)
         assert len(client.errors) == 3
         assert all(isinstance(e, OSError) for e in client.errors), client.errors
-        assert not client.connected.is_set() and registry.local("hub") is None
+        assert not client.connected.is_set() and registry.local(hub) is None
         reply = await real_switch.handle_prepare(kid, prepare_to("test.elsewhere.bob", amount=5))
         assert isinstance(reply, Reject), reply
         assert reply.code == "T01"
         assert reply.triggered_by == settings.ILP_ADDRESS
-        assert reply.message == "no connection to account. account=hub"
+        assert reply.message == f"no connection to account. account={hub}"
         assert get_book().snapshot("peer:kid").pending_debits == 0  # the switch's book
         assert get_book().balance("peer:kid") == 0
     finally:

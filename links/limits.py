@@ -37,7 +37,9 @@ from typing import Final
 DEFAULT_PACKETS_PER_SECOND: Final = 10_000
 DEFAULT_BURST: Final = 20_000
 DEFAULT_MAX_IN_FLIGHT: Final = 1_000
-DEFAULT_REPLAY_QUOTA: Final = 20_000
+# A BTP/2.0-I entry lives at least the 120 s retention window, so the quota bounds a
+# peer's sustained rate: 120,000 entries carry ~1,000 requests/s per idempotent peer.
+DEFAULT_REPLAY_QUOTA: Final = 120_000
 DEFAULT_MAX_ROUTES: Final = 10_000
 
 # BTP auth (``/btp``): longer credentials are refused before any lookup. Our tokens are

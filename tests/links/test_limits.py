@@ -66,7 +66,7 @@ def lim(**kw: Any) -> PeerLimits:
 def test_defaults_leave_room_for_the_load_scenario() -> None:
     d = limits.DEFAULT_LIMITS
     assert (d.packets_per_second, d.burst, d.max_in_flight) == (10_000, 20_000, 1_000)
-    assert (d.replay_quota, d.max_routes, d.throughput_per_second) == (20_000, 10_000, None)
+    assert (d.replay_quota, d.max_routes, d.throughput_per_second) == (120_000, 10_000, None)
     ctx = peer("alice")
     assert ctx.limits is limits.DEFAULT_LIMITS
 

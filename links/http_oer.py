@@ -30,9 +30,10 @@ answered with Reject T00.
 
 Client links (``OutgoingLink``, registered by :func:`sync_http_links`):
 :class:`HttpSyncLink` sends the headers ilp-plugin-http 1.6.1 sends
-(``Content-Type: application/ilp+octet-stream``, ``ILP-Peer-Name``, ``ILP-Destination``,
-``Accept: */*``) and maps failures (timeout → R00, 401/403 → T00, 413 → F01, other 4xx
-→ F02, 5xx/network → T01, garbage 200 → T00). :class:`HttpAsyncLink` POSTs to
+(``ILP-Peer-Name``, ``ILP-Destination``, ``Accept: */*``) with RFC 35's ``Content-Type:
+application/octet-stream`` (Rafiki requires it; ilp-plugin-http reads any type), and maps
+failures (timeout → R00, 401/403 → T00, 413 → F01, other 4xx → F02, 5xx/network → T01,
+garbage 200 → T00). :class:`HttpAsyncLink` POSTs to
 ``<url>/ilp/<uuid>`` (with ``Request-Id`` and ``Prefer: respond-async`` so RFC 35
 receivers understand it too), repeating the POST until it is accepted, and waits for
 the callback until the Prepare expires.
@@ -438,7 +439,8 @@ class HttpSyncLink:
             return registry.expired()
         headers = {
             "Authorization": f"Bearer {self.token}",
-            "Content-Type": JS_CONTENT_TYPE,
+            # RFC 35's type: Rafiki answers any other with 400; ilp-plugin-http reads any.
+            "Content-Type": OCTETS,
             "ILP-Peer-Name": our_peer_name(),
             "ILP-Destination": prepare.destination,
             "Accept": "*/*",

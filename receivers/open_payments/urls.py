@@ -6,6 +6,7 @@ from receivers.open_payments import views
 
 # Before the pointers' catch-all; "auth" and "payments" are reserved pointer names.
 urlpatterns = [
+    path("<str:name>/jwks.json", views.wallet_address_keys, name="op-wallet-keys"),
     path("auth", views.grant_request, name="op-grant"),
     path("auth/continue/<str:grant_id>", views.grant_continue, name="op-continue"),
     path("auth/token/<str:token_id>", views.token_manage, name="op-token"),

@@ -41,6 +41,7 @@ from receivers.open_payments.errors import (
 from receivers.open_payments.models import AccessToken, Grant, IncomingPaymentResource
 from receivers.open_payments.signatures import verify_request
 from receivers.pointers import public_base_url
+from receivers.selectors import receiver_get
 
 INCOMING_ACTIONS: Final = frozenset({"create", "read", "read-all", "complete", "list", "list-all"})
 MAX_ACCESS_ITEMS: Final = 3
@@ -132,6 +133,23 @@ def wallet_address_response(request: HttpRequest, receiver: Receiver) -> HttpRes
     response["Cache-Control"] = "max-age=60"
     response["Access-Control-Allow-Origin"] = "*"
     response["Vary"] = "Accept"
+    return response
+
+
+@csrf_exempt
+def wallet_address_keys(request: HttpRequest, name: str) -> HttpResponse:
+    """``GET /<name>/jwks.json``: the keys bound to the wallet address. Our pointers sign
+    nothing (they only receive), so the set is empty; unknown names are 404."""
+    if request.method == "OPTIONS":
+        return _preflight()
+    if request.method not in ("GET", "HEAD"):
+        return error_response(
+            OpenPaymentsError("GET only", code="method_not_allowed", status=405), request
+        )
+    if receiver_get(name=name) is None:
+        return error_response(NotFound(f"no wallet address named '{name[:80]}'"), request)
+    response = _json({"keys": []})
+    response["Cache-Control"] = "max-age=300"
     return response
 
 

@@ -253,6 +253,13 @@ def test_wallet_address_by_content_negotiation(bob: Receiver) -> None:
     assert browser["Content-Type"].startswith("text/html")
 
 
+def test_wallet_address_keys(bob: Receiver) -> None:
+    response = Client().get("/bob/jwks.json")
+    assert response.status_code == 200
+    assert json.loads(response.content) == {"keys": []}
+    assert Client().get("/nobody/jwks.json").status_code == 404
+
+
 # --- grants ---------------------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ app_name = "receivers_api"
 
 urlpatterns = [
     path("demo/paid", paid_views.DemoPaidView.as_view(), name="demo-paid"),
+    path("paid/<str:name>/tokens/<str:tag>", paid_views.paid_token_spsp, name="paid-token-spsp"),
     path("shop/orders", shop_views.OrderListCreateApi.as_view(), name="shop-orders"),
     path("shop/orders/<uuid:order_id>", shop_views.OrderDetailApi.as_view(), name="shop-order"),
 ]

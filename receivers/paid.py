@@ -19,6 +19,15 @@ the token, by any of the three conventions of the interop README:
    ``Pay-Token`` names an address tagged with ``pay_token_tag(token)`` (see
    :mod:`receivers.addresses`), whose receipts are keyed ``tag:<tag>:<packet key>``.
 
+STREAM (RFC 0029) senders top a token up through the token's own payment pointer: an
+answer to a request with ``Pay-Token`` carries ``Link: <token pointer>; rel="monetization"``
+(:func:`paid_token_spsp_url`, ``/api/v1/paid/<receiver>/tokens/<tag>``), whose SPSP4
+answer is a STREAM address tagged with the token's tag (and whose SPSP answer a PSK2 one).
+Its packets are recorded by :mod:`receivers.stream_receiver` with the same tagged receipt
+keys, so they are convention 3: the same receipts, the same sum, each packet once (the
+receipt key is unique). The ``Pay`` header stays ``interledger-psk2`` (the clients that
+read it speak PSK2); the URL holds the tag, never the token, so it spends nothing.
+
 A receipt of a tagged address counts only for its tag (never also by payment id), so one
 chunk is never credited to two beneficiaries; a token is mapped to a payment id only when
 it is the canonical spelling of 16 bytes, so two token strings never share receipts.
@@ -39,7 +48,8 @@ Two ways to use it:
 Both answer ``OPTIONS`` with 204 + ``Pay`` + ``Pay-Balance``; a call without a token, or
 with an unfunded or insufficient one, with 402 + ``Pay`` + ``Pay-Balance`` and koa-ilp's
 reason text; a malformed token with 400. Every answer also carries
-``Link: <spsp url>; rel="monetization"`` (the receiver's payment pointer) and CORS headers.
+``Link: <spsp url>; rel="monetization"`` (the token's payment pointer, or the receiver's
+when the call had no token) and CORS headers.
 """
 
 from __future__ import annotations
@@ -69,19 +79,24 @@ from rest_framework.views import APIView
 
 from ilp.errors import DecodeError
 from ilp.psk2 import b64url_decode, b64url_encode
+from ilp.stream import ReceiptSetup
 from payments.models import Receipt
 from receivers.addresses import (
+    STREAM_IV_LENGTH,
     TAG_KEY_PREFIX,
     TOKEN_LENGTH,
     issue_address,
+    issue_stream,
     issue_tagged_address,
     tag_key_prefix,
+    tag_segment,
 )
 from receivers.errors import PointerNameTaken
 from receivers.models import PaidToken, Receiver
 from receivers.pointers import public_base_url, spsp_url_for
 from receivers.selectors import receiver_get
 from receivers.services import receiver_ensure, user_ensure
+from receivers.spsp import SpspAnswer
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +110,8 @@ _TOKEN = re.compile(r"[A-Za-z0-9_\-+/=.~]{1,128}")
 _TAG_LABEL = b"ilp-http-pay-token:"
 _EXPOSED = "Pay, Pay-Balance, Link"
 _REFUND_STATUSES = frozenset({429})
+# Where receivers.api_urls (mounted at api/v1/) serves a token's payment pointer.
+TOKEN_POINTER_PATH = "/api/v1/paid/{name}/tokens/{tag}"
 
 # koa-ilp's texts, byte for byte (vector koa_ilp_1_1_1_exchanges).
 MSG_NO_TOKEN = "No valid payment token provided"
@@ -335,7 +352,11 @@ class PaidState:
     def headers(self, request: HttpRequest) -> dict[str, str]:
         """``Pay``, ``Pay-Balance``, ``Link`` and the CORS/cache headers of the answer."""
         pay = pay_header(self.receiver, self.token, self.price)
-        spsp = spsp_url_for(self.receiver.name, base_url=public_base_url(request))
+        base_url = public_base_url(request)
+        if self.token is None:
+            spsp = spsp_url_for(self.receiver.name, base_url=base_url)
+        else:
+            spsp = paid_token_spsp_url(self.receiver.name, self.token.tag, base_url=base_url)
         return {
             "Pay": pay,
             "Pay-Balance": str(self.balance),
@@ -360,6 +381,39 @@ def pay_header(receiver: Receiver, token: PayToken | None, price: int) -> str:
     )
     secret = base64.b64encode(issued.shared_secret).decode("ascii")
     return f"{PAY_METHOD} {issued.destination} {secret} {price}"
+
+
+def paid_token_spsp_url(receiver_name: str, tag: bytes, *, base_url: str) -> str:
+    """The SPSP URL of the token whose tag is ``tag`` at ``receiver_name``: the payment
+    pointer STREAM (and PSK2) senders pay to top that token up (``receivers_api:
+    paid-token-spsp``; spelled out, not reversed, so that a paid view served under another
+    URLconf still names the site's route)."""
+    return f"{base_url}{TOKEN_POINTER_PATH.format(name=receiver_name, tag=tag_segment(tag))}"
+
+
+def paid_token_spsp_answer(
+    *, receiver: Receiver, tag: bytes, stream: bool, receipt: ReceiptSetup | None = None
+) -> SpspAnswer:
+    """A fresh SPSP answer whose address is tagged ``tag``: STREAM credentials (with RFC
+    0039 receipts when ``receipt``) when ``stream``, else PSK2 ones. Every packet paid to
+    it is a receipt keyed ``tag:<tag>:…``, which :func:`paid_token_credited` counts."""
+    if stream:
+        issued_stream = issue_stream(
+            receiver.name, secrets.token_bytes(STREAM_IV_LENGTH), tag=tag, receipt=receipt
+        )
+        destination, secret = issued_stream.destination, issued_stream.shared_secret
+        receipts_enabled = issued_stream.receipts_enabled
+    else:
+        issued = issue_tagged_address(receiver.name, tag, secrets.token_bytes(TOKEN_LENGTH))
+        destination, secret, receipts_enabled = issued.destination, issued.shared_secret, False
+    return SpspAnswer(
+        destination_account=destination,
+        shared_secret=secret,
+        asset_code=receiver.account.asset_code,
+        asset_scale=receiver.account.asset_scale,
+        receiver_name=receiver.description or receiver.name,
+        receipts_enabled=receipts_enabled,
+    )
 
 
 def _reason(token: PayToken | None, balance: int, price: int) -> str:

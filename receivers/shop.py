@@ -4,7 +4,9 @@ An :class:`~receivers.models.Order` is an invoice of ``amount`` to the merchant'
 Its own SPSP receiver id, ``/shop/<order id>/spsp`` (the pointer
 ``$host/shop/<order id>/spsp``), answers with addresses of the merchant's receiver **tagged
 with the order id's 16 bytes** and an SPSP ``balance`` ``{maximum: amount, current:
-received}``, so every chunk is attributable to the order (receipt keys ``tag:<id hex>:…``).
+received}``, so every chunk is attributable to the order (receipt keys ``tag:<id hex>:…``):
+PSK2 addresses for ``application/spsp+json``, STREAM ones for ``application/spsp4+json``
+(:func:`order_stream_answer`; each STREAM packet is one receipt with the same tagged key).
 
 The order is paid when its receipts reach ``amount``: :func:`order_refresh` re-reads
 them and moves ``pending`` → ``paid`` once (a conditional ``UPDATE ... WHERE status =
@@ -26,7 +28,14 @@ from typing import TYPE_CHECKING
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from receivers.addresses import TOKEN_LENGTH, issue_tagged_address, tagged_prefix
+from ilp.stream import ReceiptSetup
+from receivers.addresses import (
+    STREAM_IV_LENGTH,
+    TOKEN_LENGTH,
+    issue_stream,
+    issue_tagged_address,
+    tagged_prefix,
+)
 from receivers.errors import ReceiverError
 from receivers.models import Order, Receiver
 from receivers.pointers import public_base_url
@@ -86,6 +95,27 @@ def order_spsp_answer(*, order: Order) -> SpspAnswer:
         asset_scale=order.receiver.account.asset_scale,
         receiver_name=order.receiver.description or order.receiver.name,
         balance=SpspBalance(maximum=int(order.amount), current=int(order.received)),
+    )
+
+
+def order_stream_answer(*, order: Order, receipt: ReceiptSetup | None = None) -> SpspAnswer:
+    """The SPSP4 twin of :func:`order_spsp_answer`: a STREAM address tagged with the order
+    id (with RFC 0039 receipts when ``receipt``), so STREAM packets count for the order the
+    same way, and the same balance."""
+    issued = issue_stream(
+        order.receiver.name,
+        secrets.token_bytes(STREAM_IV_LENGTH),
+        tag=order.id.bytes,
+        receipt=receipt,
+    )
+    return SpspAnswer(
+        destination_account=issued.destination,
+        shared_secret=issued.shared_secret,
+        asset_code=order.receiver.account.asset_code,
+        asset_scale=order.receiver.account.asset_scale,
+        receiver_name=order.receiver.description or order.receiver.name,
+        balance=SpspBalance(maximum=int(order.amount), current=int(order.received)),
+        receipts_enabled=issued.receipts_enabled,
     )
 
 

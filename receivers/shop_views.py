@@ -36,13 +36,16 @@ from receivers.shop import (
     order_refresh,
     order_spsp_answer,
     order_spsp_url,
+    order_stream_answer,
 )
 from receivers.spsp import (
     Representation,
     negotiate,
     not_acceptable,
     preflight,
+    receipt_setup_from_headers,
     receiver_not_found,
+    spsp4_response,
     spsp_error,
     spsp_response,
 )
@@ -143,7 +146,8 @@ def checkout(request: HttpRequest, order_id: str) -> HttpResponse:
 
 @csrf_exempt  # never changes state
 def order_spsp(request: HttpRequest, order_id: str) -> HttpResponse:
-    """``/shop/<order id>/spsp``: SPSP with the order's tagged address and its balance;
+    """``/shop/<order id>/spsp``: SPSP (PSK2) or SPSP4 (STREAM, receipts with
+    ``Receipt-Nonce``/``Receipt-Secret``) with the order's tagged address and its balance;
     410 once the order is paid or cancelled."""
     if request.method == "OPTIONS":
         return preflight()
@@ -155,8 +159,12 @@ def order_spsp(request: HttpRequest, order_id: str) -> HttpResponse:
         return receiver_not_found("no such order")
     if representation is Representation.HTML:
         return HttpResponseRedirect(f"/shop/{order.id}/")
-    if representation is not Representation.SPSP:
+    if representation not in (Representation.SPSP, Representation.STREAM):
         return not_acceptable(representation)
+    try:
+        receipt = receipt_setup_from_headers(request.headers)
+    except ValueError as exc:
+        return spsp_error(400, str(exc), error_id="InvalidReceiptError", message=str(exc))
     order = order_refresh(order=order)
     if order.status != Order.Status.PENDING:
         return spsp_error(
@@ -165,6 +173,8 @@ def order_spsp(request: HttpRequest, order_id: str) -> HttpResponse:
             error_id="InvalidReceiverError",
             message="Order closed",
         )
+    if representation is Representation.STREAM:
+        return spsp4_response(order_stream_answer(order=order, receipt=receipt))
     return spsp_response(order_spsp_answer(order=order))
 
 

@@ -148,6 +148,12 @@ class SpspAnswer:
         }
         if self.receipts_enabled:
             body["receipts_enabled"] = True
+        if self.balance is not None:
+            # An invoice (a shop order): what to deliver in all, as in the PSK2 answer.
+            body["balance"] = {
+                "maximum": str(self.balance.maximum),
+                "current": str(self.balance.current),
+            }
         body["asset_info"] = {"code": self.asset_code, "scale": self.asset_scale}
         receiver_info: dict[str, str] = {"name": self.receiver_name}
         if self.image_url:
@@ -178,7 +184,9 @@ def spsp4_response(answer: SpspAnswer) -> HttpResponse:
     response = HttpResponse(
         json.dumps(answer.to_spsp4_json(), separators=(",", ":")), content_type=SPSP4_MEDIA_TYPE
     )
-    response["Cache-Control"] = CACHE_CONTROL
+    response["Cache-Control"] = (
+        CACHE_CONTROL if answer.balance is None else CACHE_CONTROL_WITH_BALANCE
+    )
     return _cors(response)
 
 

@@ -60,7 +60,7 @@ def call(method: str = "get", token: str | None = None, **extra: Any) -> Any:
 acall = sync_to_async(call)
 
 
-def assert_pay_headers(response: Any, *, balance: int) -> None:
+def assert_pay_headers(response: Any, *, balance: int, token: str | None = None) -> None:
     pay = response["Pay"]
     match = PAY_RE.match(pay)
     assert match, pay
@@ -70,7 +70,14 @@ def assert_pay_headers(response: Any, *, balance: int) -> None:
     assert len(base64.b64decode(secret)) == 32
     assert int(price) == PRICE
     assert response["Pay-Balance"] == str(balance)
-    assert response["Link"] == '<https://pay.example.org/paidapi>; rel="monetization"'
+    # With a token, the token's own payment pointer (receivers.paid.paid_token_spsp_url).
+    pointer = (
+        "https://pay.example.org/paidapi"
+        if token is None
+        else "https://pay.example.org/api/v1/paid/paidapi/tokens/"
+        + b64url_encode(pay_token_tag(token))
+    )
+    assert response["Link"] == f'<{pointer}>; rel="monetization"'
     assert "Pay-Balance" in response["Access-Control-Expose-Headers"]
 
 
@@ -94,7 +101,7 @@ def test_unfunded_token_gets_an_address_issued_for_it() -> None:
     first, second = call(token=token), call(token=token)
     for response in (first, second):
         assert response.status_code == 402
-        assert_pay_headers(response, balance=0)
+        assert_pay_headers(response, balance=0, token=token)
         assert response.json() == {
             "detail": MSG_NO_FUNDS.format(token=token, price=PRICE),
             "price": str(PRICE),
@@ -117,7 +124,7 @@ def test_options_is_204_with_the_same_headers() -> None:
     token, _ = new_token()
     response = call("options", token)
     assert response.status_code == 204
-    assert_pay_headers(response, balance=0)
+    assert_pay_headers(response, balance=0, token=token)
     assert f".{b64url_encode(pay_token_tag(token))}." in response["Pay"]
 
 

@@ -120,30 +120,7 @@ async def _fetch(url: str) -> bytes:
         return response.content
 
 
-def _run(url: str) -> bytes:
-    """:func:`_fetch` from synchronous code, on a loop of its own (as ``outbound.post``)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(_fetch(url))
-    result: list[bytes] = []
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            result.append(asyncio.run(_fetch(url)))
-        except BaseException as exc:
-            failure.append(exc)
-
-    thread = threading.Thread(target=run, name="jwks-fetch", daemon=True)
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-    return result[0]
-
-
-def client_keys(client: str) -> tuple[Jwk, ...]:
+async def client_keys(client: str) -> tuple[Jwk, ...]:
     """The keys of the client wallet address ``client`` (cached); :class:`InvalidClient`
     with the reason when they cannot be had."""
     url = jwks_url(client)
@@ -151,8 +128,8 @@ def client_keys(client: str) -> tuple[Jwk, ...]:
     if cached is not None:
         return cached
     try:
-        outbound.check_url(url)
-        body = _run(url)
+        await outbound.acheck_url(url)
+        body = await _fetch(url)
     except outbound.UrlRefused as exc:
         raise InvalidClient(f"the client's key set cannot be fetched: {exc.message}") from None
     except httpx.HTTPError as exc:

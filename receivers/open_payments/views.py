@@ -14,12 +14,14 @@ carry a valid RFC 9421 signature by the client's key (:mod:`.signatures`). See
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
+from channels.db import database_sync_to_async
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
@@ -39,7 +41,7 @@ from receivers.open_payments.errors import (
     OpenPaymentsError,
 )
 from receivers.open_payments.models import AccessToken, Grant, IncomingPaymentResource
-from receivers.open_payments.signatures import verify_request
+from receivers.open_payments.signatures import is_signed, verify_request
 from receivers.pointers import public_base_url
 from receivers.selectors import receiver_get
 
@@ -49,6 +51,7 @@ MAX_BODY: Final = 64 * 1024
 MAX_PAGE: Final = 100
 DEFAULT_PAGE: Final = 10
 AUTH_PATH: Final = "/auth"
+_T = TypeVar("_T")
 RESOURCE_PATH: Final = "/payments"
 
 
@@ -169,18 +172,26 @@ def error_response(exc: OpenPaymentsError, request: HttpRequest) -> HttpResponse
     return response
 
 
-def _handled(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+def _handled(
+    view: Callable[..., Coroutine[Any, Any, HttpResponse]],
+) -> Callable[..., Coroutine[Any, Any, HttpResponse]]:
+    """An async view (a JWKS fetch must never hold the thread Django runs sync views on)
+    with CORS preflight and :class:`OpenPaymentsError` mapped to its answer."""
+
+    @functools.wraps(view)
+    async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if request.method == "OPTIONS":
             return _preflight()
         try:
-            return view(request, *args, **kwargs)
+            return await view(request, *args, **kwargs)
         except OpenPaymentsError as exc:
             return error_response(exc, request)
 
-    wrapper.__name__ = view.__name__
-    wrapper.__doc__ = view.__doc__
     return csrf_exempt(wrapper)
+
+
+def _db(function: Callable[..., _T]) -> Callable[..., Awaitable[_T]]:
+    return database_sync_to_async(function)  # type: ignore[no-any-return]
 
 
 def _preflight() -> HttpResponse:
@@ -253,22 +264,29 @@ def _client(value: Any) -> tuple[str, dict[str, Any] | None]:
     raise InvalidClient("client must be a wallet address URL, {walletAddress} or {jwk}", status=400)
 
 
-def _key_lookup(
-    client: str, client_jwk: dict[str, Any] | None
+async def _key_lookup(
+    request: HttpRequest, client: str, client_jwk: dict[str, Any] | None
 ) -> Callable[[str], Ed25519PublicKey]:
-    def lookup(key_id: str) -> Ed25519PublicKey:
-        if client_jwk is not None:
-            kid = client_jwk.get("kid")
+    """``keyid -> key`` of the client: its inline JWK, or its JWKS (fetched, cached).
+    Unsigned requests are refused before anything is fetched."""
+    if not is_signed(request):
+        raise InvalidClient("the request is not signed (Signature and Signature-Input)")
+    if client_jwk is not None:
+        jwk = client_jwk
+
+        def inline(key_id: str) -> Ed25519PublicKey:
+            kid = jwk.get("kid")
             if kid is not None and kid != key_id:
                 raise InvalidClient(f"the request is signed with key {key_id[:80]!r}, not {kid!r}")
-            return jwks.ed25519_key(client_jwk)
-        return jwks.key_by_id(jwks.client_keys(client), key_id)
+            return jwks.ed25519_key(jwk)
 
-    return lookup
+        return inline
+    keys = await jwks.client_keys(client)
+    return lambda key_id: jwks.key_by_id(keys, key_id)
 
 
-def _verify_for_grant(request: HttpRequest, grant: Grant) -> None:
-    verify_request(request, _key_lookup(grant.client, grant.client_jwk))
+async def _verify_for_grant(request: HttpRequest, grant: Grant) -> None:
+    verify_request(request, await _key_lookup(request, grant.client, grant.client_jwk))
 
 
 # --- the authorization server ----------------------------------------------------------------
@@ -335,7 +353,7 @@ def _token_json(
 
 
 @_handled
-def grant_request(request: HttpRequest) -> HttpResponse:
+async def grant_request(request: HttpRequest) -> HttpResponse:
     """``POST /auth``: a non-interactive incoming-payment grant (``interact`` ignored)."""
     _method(request, "POST")
     base = public_base_url(request)
@@ -343,69 +361,71 @@ def grant_request(request: HttpRequest) -> HttpResponse:
     if "client" not in body:
         raise InvalidClient("client is required", status=400)
     client, client_jwk = _client(body["client"])
-    verify_request(request, _key_lookup(client, client_jwk))
+    verify_request(request, await _key_lookup(request, client, client_jwk))
     if "subject" in body:
         raise OpenPaymentsError("subject information is not served here")
     access_token = body.get("access_token")
     if not isinstance(access_token, dict):
         raise OpenPaymentsError("access_token.access is required")
-    access, actions, receiver = _access(access_token.get("access"), base)
-    now = timezone.now()
-    issued = services.grant_create(
-        receiver=receiver,
-        client=client,
-        client_jwk=client_jwk,
-        actions=actions,
-        access=access,
-        now=now,
-    )
-    return _json(
-        {
+
+    def grant() -> dict[str, Any]:
+        access, actions, receiver = _access(access_token.get("access"), base)
+        now = timezone.now()
+        issued = services.grant_create(
+            receiver=receiver,
+            client=client,
+            client_jwk=client_jwk,
+            actions=actions,
+            access=access,
+            now=now,
+        )
+        return {
             "access_token": _token_json(issued.token, issued.token_value, access, base, now),
             "continue": {
                 "access_token": {"value": issued.continue_value},
                 "uri": f"{auth_server_url(base)}/continue/{issued.grant.id}",
             },
         }
-    )
+
+    return _json(await _db(grant)())
 
 
 @_handled
-def grant_continue(request: HttpRequest, grant_id: str) -> HttpResponse:
+async def grant_continue(request: HttpRequest, grant_id: str) -> HttpResponse:
     """``DELETE /auth/continue/<id>``: cancel the grant (and its tokens). ``POST``: these
     grants are granted at once, there is nothing to continue."""
     _method(request, "POST", "DELETE")
-    grant = selectors.grant_get(grant_id=grant_id)
     value = _bearer(request)
+    grant = await _db(selectors.grant_get)(grant_id=grant_id)
     if grant is None or value is None or grant.revoked_at is not None:
         raise InvalidToken("unknown or cancelled continuation", code="invalid_continuation")
     if selectors.token_hash(value) != grant.continue_token_hash:
         raise InvalidToken("wrong continuation access token", code="invalid_continuation")
-    _verify_for_grant(request, grant)
+    await _verify_for_grant(request, grant)
     if request.method == "POST":
         raise OpenPaymentsError(
             "this grant was granted at once; there is nothing to continue", status=404
         )
-    services.grant_revoke(grant=grant, now=timezone.now())
+    await _db(services.grant_revoke)(grant=grant, now=timezone.now())
     return HttpResponse(status=204)
 
 
 @_handled
-def token_manage(request: HttpRequest, token_id: str) -> HttpResponse:
+async def token_manage(request: HttpRequest, token_id: str) -> HttpResponse:
     """``POST /auth/token/<id>``: rotate; ``DELETE``: revoke. Authorized by the token itself."""
     _method(request, "POST", "DELETE")
     now = timezone.now()
-    token = selectors.access_token_by_id(token_id=token_id)
     value = _bearer(request)
+    token = await _db(selectors.access_token_by_id)(token_id=token_id)
     if token is None or value is None or selectors.token_hash(value) != token.token_hash:
         raise InvalidToken("unknown access token")
     if token.revoked_at is not None or token.grant.revoked_at is not None:
         raise InvalidToken("the access token was revoked")
-    _verify_for_grant(request, token.grant)
+    await _verify_for_grant(request, token.grant)
     if request.method == "DELETE":
-        services.token_revoke(token=token, now=now)
+        await _db(services.token_revoke)(token=token, now=now)
         return HttpResponse(status=204)
-    new, new_value = services.token_rotate(token=token, now=now)
+    new, new_value = await _db(services.token_rotate)(token=token, now=now)
     base = public_base_url(request)
     return _json({"access_token": _token_json(new, new_value, token.grant.access, base, now)})
 
@@ -413,14 +433,14 @@ def token_manage(request: HttpRequest, token_id: str) -> HttpResponse:
 # --- the resource server ---------------------------------------------------------------------
 
 
-def _authorize(
-    request: HttpRequest, *, any_of: frozenset[str], receiver: Receiver | None, now: datetime
+async def _authorize(
+    request: HttpRequest, *, any_of: frozenset[str], receiver_id: int | None, now: datetime
 ) -> Grant:
     """The grant behind the request's token, after its signature and scope are checked."""
     value = _bearer(request)
     if value is None:
         raise InvalidToken("an access token is required (Authorization: GNAP <token>)")
-    token = selectors.access_token_get(value=value)
+    token = await _db(selectors.access_token_get)(value=value)
     if token is None:
         raise InvalidToken("unknown access token")
     grant = token.grant
@@ -428,10 +448,14 @@ def _authorize(
         raise InvalidToken("the access token was revoked")
     if token.expires_at <= now:
         raise InvalidToken("the access token expired")
-    _verify_for_grant(request, grant)
+    await _verify_for_grant(request, grant)
     if not any_of & set(grant.actions):
         raise Forbidden(f"the grant does not allow this (needs one of {sorted(any_of)})")
-    if receiver is not None and grant.receiver_id is not None and grant.receiver_id != receiver.id:
+    if (
+        receiver_id is not None
+        and grant.receiver_id is not None
+        and grant.receiver_id != receiver_id
+    ):
         raise Forbidden("the grant is for another wallet address")
     return grant
 
@@ -445,16 +469,23 @@ def _uint(value: Any, what: str) -> int:
     return number
 
 
-def _create(request: HttpRequest, base: str, now: datetime) -> HttpResponse:
+def _wallet(url: Any, base: str) -> Receiver | None:
+    if not isinstance(url, str):
+        return None
+    return selectors.receiver_for_wallet_address(url=url, base_url=base)
+
+
+async def _create(request: HttpRequest, base: str, now: datetime) -> HttpResponse:
     body = _body(request)
     url = body.get("walletAddress")
-    receiver = (
-        selectors.receiver_for_wallet_address(url=url, base_url=base)
-        if isinstance(url, str)
-        else None
-    )
+    receiver = await _db(_wallet)(url, base)
     # The token and signature first: an unauthorized caller learns nothing from the body.
-    grant = _authorize(request, any_of=frozenset({"create"}), receiver=receiver, now=now)
+    grant = await _authorize(
+        request,
+        any_of=frozenset({"create"}),
+        receiver_id=None if receiver is None else receiver.id,
+        now=now,
+    )
     if not isinstance(url, str):
         raise OpenPaymentsError("walletAddress is required")
     if receiver is None:
@@ -488,31 +519,34 @@ def _create(request: HttpRequest, base: str, now: datetime) -> HttpResponse:
     metadata = body.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise OpenPaymentsError("metadata must be an object")
-    payment = services.incoming_payment_create(
-        receiver=receiver,
-        client=grant.client,
-        incoming_amount=incoming_amount,
-        expires_at=expires_at,
-        metadata=metadata,
-        now=now,
-    )
-    payment = selectors.incoming_payment_get(payment_id=str(payment.id)) or payment
-    return _json(_payment_json(payment, base, now, methods=True), status=201)
+
+    def create() -> dict[str, Any]:
+        payment = services.incoming_payment_create(
+            receiver=receiver,
+            client=grant.client,
+            incoming_amount=incoming_amount,
+            expires_at=expires_at,
+            metadata=metadata,
+            now=now,
+        )
+        return _payment_json(payment, base, now, methods=True)
+
+    return _json(await _db(create)(), status=201)
 
 
-def _list(request: HttpRequest, base: str, now: datetime) -> HttpResponse:
+async def _list(request: HttpRequest, base: str, now: datetime) -> HttpResponse:
     url = request.GET.get("wallet-address")
-    if url is None:
-        raise OpenPaymentsError("the wallet-address query parameter is required")
-    receiver = selectors.receiver_for_wallet_address(url=url, base_url=base)
-    if receiver is None:
-        raise NotFound(f"{url[:200]} is not a wallet address of this server")
-    grant = _authorize(
+    receiver = await _db(_wallet)(url, base)
+    grant = await _authorize(
         request,
         any_of=frozenset({"list", "list-all", "read-all"}),
-        receiver=receiver,
+        receiver_id=None if receiver is None else receiver.id,
         now=now,
     )
+    if url is None:
+        raise OpenPaymentsError("the wallet-address query parameter is required")
+    if receiver is None:
+        raise NotFound(f"{url[:200]} is not a wallet address of this server")
     everyone = bool({"list-all", "read-all"} & set(grant.actions))
     try:
         first = int(request.GET.get("first", DEFAULT_PAGE))
@@ -520,76 +554,86 @@ def _list(request: HttpRequest, base: str, now: datetime) -> HttpResponse:
         raise OpenPaymentsError("first must be a number") from None
     if not 1 <= first <= MAX_PAGE:
         raise OpenPaymentsError(f"first must be 1 to {MAX_PAGE}")
-    rows, more = selectors.incoming_payment_page(
-        receiver=receiver,
-        client=None if everyone else grant.client,
-        after=request.GET.get("cursor"),
-        first=first,
-    )
-    result = [_payment_json(p, base, now, methods=False) for p in rows]
-    pagination: dict[str, Any] = {
-        "hasPreviousPage": request.GET.get("cursor") is not None,
-        "hasNextPage": more,
-    }
-    if rows:
-        pagination["startCursor"] = str(rows[0].id)
-        pagination["endCursor"] = str(rows[-1].id)
-    return _json({"pagination": pagination, "result": result})
+    cursor = request.GET.get("cursor")
+
+    def page() -> dict[str, Any]:
+        rows, more = selectors.incoming_payment_page(
+            receiver=receiver,
+            client=None if everyone else grant.client,
+            after=cursor,
+            first=first,
+        )
+        pagination: dict[str, Any] = {"hasPreviousPage": cursor is not None, "hasNextPage": more}
+        if rows:
+            pagination["startCursor"] = str(rows[0].id)
+            pagination["endCursor"] = str(rows[-1].id)
+        result = [_payment_json(p, base, now, methods=False) for p in rows]
+        return {"pagination": pagination, "result": result}
+
+    return _json(await _db(page)())
 
 
 @_handled
-def incoming_payments(request: HttpRequest) -> HttpResponse:
+async def incoming_payments(request: HttpRequest) -> HttpResponse:
     """``POST``: create (``create``); ``GET ?wallet-address=``: list (``list``: the
     client's own; ``list-all``/``read-all``: all)."""
     _method(request, "GET", "POST")
     base = public_base_url(request)
     now = timezone.now()
     if request.method == "POST":
-        return _create(request, base, now)
-    return _list(request, base, now)
+        return await _create(request, base, now)
+    return await _list(request, base, now)
 
 
-def _payment_or_404(payment_id: str) -> IncomingPaymentResource:
-    payment = selectors.incoming_payment_get(payment_id=payment_id)
+async def _payment_or_404(payment_id: str) -> IncomingPaymentResource:
+    payment = await _db(selectors.incoming_payment_get)(payment_id=payment_id)
     if payment is None:
         raise NotFound("no such incoming payment")
     return payment
 
 
 @_handled
-def incoming_payment(request: HttpRequest, payment_id: str) -> HttpResponse:
+async def incoming_payment(request: HttpRequest, payment_id: str) -> HttpResponse:
     """``GET``: without ``Authorization`` the public view (``authServer``,
     ``receivedAmount``); with a token (``read`` for the client's own, ``read-all``) the full
     incoming payment with its ``methods``."""
     _method(request, "GET")
     base = public_base_url(request)
     now = timezone.now()
-    payment = _payment_or_404(payment_id)
+    payment = await _payment_or_404(payment_id)
     if "Authorization" not in request.headers:
-        state = selectors.incoming_payment_state(payment=payment, now=now)
-        return _json(
-            {
+
+        def public() -> dict[str, Any]:
+            state = selectors.incoming_payment_state(payment=payment, now=now)
+            return {
                 "authServer": auth_server_url(base),
                 "receivedAmount": _amount(state.received, payment.receiver),
             }
-        )
-    grant = _authorize(
-        request, any_of=frozenset({"read", "read-all"}), receiver=payment.receiver, now=now
+
+        return _json(await _db(public)())
+    grant = await _authorize(
+        request, any_of=frozenset({"read", "read-all"}), receiver_id=payment.receiver_id, now=now
     )
     if "read-all" not in grant.actions and payment.client != grant.client:
         raise Forbidden("the grant reads only its own client's incoming payments")
-    return _json(_payment_json(payment, base, now, methods=True))
+    return _json(await _db(_payment_json)(payment, base, now, methods=True))
 
 
 @_handled
-def incoming_payment_complete(request: HttpRequest, payment_id: str) -> HttpResponse:
+async def incoming_payment_complete(request: HttpRequest, payment_id: str) -> HttpResponse:
     """``POST .../complete`` (``complete``): no more money is taken for it."""
     _method(request, "POST")
     base = public_base_url(request)
     now = timezone.now()
-    payment = _payment_or_404(payment_id)
-    _authorize(request, any_of=frozenset({"complete"}), receiver=payment.receiver, now=now)
+    payment = await _payment_or_404(payment_id)
+    await _authorize(
+        request, any_of=frozenset({"complete"}), receiver_id=payment.receiver_id, now=now
+    )
     if payment.expires_at is not None and payment.expires_at <= now:
         raise OpenPaymentsError("the incoming payment expired")
-    payment = services.incoming_payment_complete(payment=payment, now=now)
-    return _json(_payment_json(payment, base, now, methods=False))
+
+    def complete() -> dict[str, Any]:
+        done = services.incoming_payment_complete(payment=payment, now=now)
+        return _payment_json(done, base, now, methods=False)
+
+    return _json(await _db(complete)())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -358,6 +359,43 @@ def test_jwks_is_cached(op: OpClient, key_server: _KeyServer, carol: Receiver) -
     op.create(grant["access_token"]["value"])
     op.create(grant["access_token"]["value"])
     assert key_server.fetches == 1
+
+
+def test_jwks_fetch_is_ssrf_guarded(
+    op: OpClient, key_server: _KeyServer, carol: Receiver, settings: Any
+) -> None:
+    """Without ILP_ALLOW_PRIVATE_URLS a client whose JWKS is on loopback is refused before
+    anything is fetched."""
+    settings.ILP_ALLOW_PRIVATE_URLS = False
+    access = {"type": "incoming-payment", "actions": ["create"]}
+    response = op.request(
+        "POST", "/auth", {"access_token": {"access": [access]}, "client": op.client}
+    )
+    assert response.status_code == 401
+    assert "loopback" in json.loads(response.content)["error"]["description"]
+    assert key_server.fetches == 0
+    assert not Grant.objects.exists()
+
+
+def test_jwks_that_never_answers(
+    op: OpClient, carol: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key server that accepts and never answers costs the fetch's time limit, then 401."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    monkeypatch.setattr(jwks, "FETCH_TIMEOUT_S", 0.2)
+    try:
+        op.client = f"http://127.0.0.1:{silent.getsockname()[1]}/client"
+        access = {"type": "incoming-payment", "actions": ["create"]}
+        response = op.request(
+            "POST", "/auth", {"access_token": {"access": [access]}, "client": op.client}
+        )
+    finally:
+        silent.close()
+    assert response.status_code == 401
+    assert "cannot be fetched" in json.loads(response.content)["error"]["description"]
+    assert not Grant.objects.exists()
 
 
 def test_expired_token_refused(op: OpClient, carol: Receiver) -> None:

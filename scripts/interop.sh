@@ -164,5 +164,51 @@ if [ "${INTEROP_STREAM_SEND:-1}" = 1 ] && [[ -z "${INTEROP_ONLY:-}" || ",$INTERO
     fi
   ) | tee "$OUT/stream-send.txt" || status=1
 fi
+# STREAM through ilp-connector (issue 12): STREAM senders (@interledger/pay, ilp-protocol-stream)
+# attached to ilp-connector 21.3.0 pay the node's pointer bob over SPSP4, in both modes of
+# scenario 05 (scripts/interop-stream-multihop.js, run from the harness for its node_modules);
+# then the node's ledger must hold each connection once: its receipts sum to what was delivered.
+#   INTEROP_STREAM_MULTIHOP=0   skip it;  STREAM_AMOUNT (5000), STREAM_AMOUNT2 (3000)
+if [ "${INTEROP_STREAM_MULTIHOP:-1}" = 1 ] && [[ -z "${INTEROP_ONLY:-}" || ",$INTEROP_ONLY," == *",stream-multihop,"* ]]; then
+  echo "=== stream-multihop: STREAM senders pay a node pointer through ilp-connector 21.3.0 (modes B and A) ==="
+  (
+    results=()
+    for mode in B A; do
+      extra=()
+      if [ "$mode" = A ]; then
+        [ "${INTEROP_MODE_A:-1}" = 1 ] || continue
+        extra=(SUT_CONNECTOR_BTP_SERVER_PORT="$MODE_A_PORT" SUT_CONNECTOR_BTP_SECRET=sutsecret)
+      fi
+      res="$OUT/stream-multihop-$mode.json"
+      (cd "$HARNESS" && env ${extra[@]+"${extra[@]}"} HARNESS_DIR="$HARNESS" \
+        node "$ROOT/scripts/interop-stream-multihop.js" 2>"$OUT/stream-multihop-$mode.stderr.log") \
+        | grep -E '^\{' | tail -n 1 >"$res" || true
+      results+=("$res")
+    done
+    STREAM_MULTIHOP_RESULTS="${results[*]}" "$BIN/python" manage.py shell <<'PY'
+import json, os
+from django.db.models import Count, Sum
+from ilp.stream import connection_id
+from payments.models import Receipt
+failed = []
+for path in os.environ["STREAM_MULTIHOP_RESULTS"].split():
+    text = open(path).read().strip()
+    result = json.loads(text) if text else {"ok": False, "detail": "no result line", "metrics": {}}
+    print(f"  {os.path.basename(path)}: {'PASS' if result['ok'] else 'FAIL'} {result['detail']}")
+    if not result["ok"]:
+        failed.append(path)
+    for p in result["metrics"].get("payments", []):
+        rows = Receipt.objects.filter(
+            account__code="receiver:bob", payment_id=connection_id(p["destination"]).hex()
+        ).aggregate(total=Sum("amount"), n=Count("id"))
+        total = int(rows["total"] or 0)
+        print(f"    {p['sender']}: delivered {p['delivered']} of {p['asked']}; node ledger: {total} in {rows['n']} receipts")
+        if not total == int(p["delivered"]) == int(p["asked"]):
+            failed.append(p["sender"])
+print("stream-multihop: " + ("FAIL " + ", ".join(failed) if failed else "PASS"))
+raise SystemExit(1 if failed else 0)
+PY
+  ) | tee "$OUT/stream-multihop.txt" || status=1
+fi
 echo "results under $OUT"
 exit $status

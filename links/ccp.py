@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from ilp.ccp import (
     CCP_CONTROL_DESTINATION,
@@ -76,6 +77,20 @@ NO_TABLE = bytes(16)
 
 LinkGetter = Callable[[str], OutgoingLink | None]
 Clock = Callable[[], datetime]
+
+
+class RouteSharer(Protocol):
+    """Where the routes this process learns are published for the node's other processes
+    (:class:`links.shared.SharedRoutes`). Both calls are cheap and never block: the
+    sharer reads :meth:`RoutingTable.learned_from` later, on its own task."""
+
+    def changed(self, peer: str, hold_down_ms: int) -> None:
+        """The routes learned from ``peer`` changed (or are gone); valid ``hold_down_ms``."""
+        ...
+
+    def touched(self, peer: str, hold_down_ms: int) -> None:
+        """A heartbeat from ``peer``: its routes stay valid another ``hold_down_ms``."""
+        ...
 
 
 # --- the advertised table ----------------------------------------------------------------
@@ -228,6 +243,8 @@ class CcpService:
         self.control_retry_s = control_retry_s
         self.senders: dict[str, CcpSender] = {}
         self.receivers: dict[str, CcpReceiver] = {}
+        # Set by links.shared when routes are shared between processes (Redis).
+        self.sharer: RouteSharer | None = None
         self._closed = False
         routing.subscribe(self._on_routes_changed)
         self.forwarding.refresh()
@@ -304,11 +321,17 @@ class CcpService:
         receiver.expires_at = max(
             receiver.expires_at, time.monotonic() + update.hold_down_time / 1000
         )
+        hold_down_ms = update.hold_down_time
         if update.routing_table_id != receiver.routing_table_id:
             if receiver.routing_table_id != NO_TABLE:
                 log.info("ccp: %s has a new routing table; dropping its old routes", source.name)
                 self.routing.drop_learned(source.name)
                 receiver.prefixes.clear()
+                self._shared_change(source.name, hold_down_ms)
+            elif self.sharer is not None:
+                # The session starts here: routes adopted from the process that held it
+                # before are replaced by what this peer now tells us.
+                self.routing.drop_learned(source.name)
             receiver.routing_table_id = update.routing_table_id
             receiver.epoch = 0
         if update.from_epoch_index > receiver.epoch:
@@ -322,7 +345,10 @@ class CcpService:
             return
         if update.to_epoch_index < receiver.epoch:
             return  # stale
-        if not update.is_heartbeat:
+        if update.is_heartbeat:
+            if self.sharer is not None:
+                self.sharer.touched(source.name, hold_down_ms)
+        else:
             held = receiver.prefixes
             held.difference_update(update.withdrawn_routes)
             cap = source.limits.max_routes
@@ -358,6 +384,7 @@ class CcpService:
                 receiver.routes_ignored += ignored
             self.routing.update_learned(source.name, add=add, withdraw=update.withdrawn_routes)
             receiver.updates_applied += 1
+            self._shared_change(source.name, hold_down_ms)
         receiver.epoch = update.to_epoch_index
 
     def _importable(self, route: Route) -> bool:
@@ -583,6 +610,9 @@ class CcpService:
         if receiver is not None and receiver.control_task is not None:
             receiver.control_task.cancel()
         self.routing.drop_learned(peer_name)
+        # Shared: deletes what this process published for the peer, and makes it adopt
+        # again what another process (now the link owner) publishes.
+        self._shared_change(peer_name, 0)
 
     def expire_routes(self, now: float | None = None) -> list[str]:
         """Drop the routes of peers silent for longer than their hold-down time.
@@ -595,6 +625,7 @@ class CcpService:
             log.info("ccp: routes from %s expired (no update within hold-down)", receiver.peer.name)
             self.routing.drop_learned(receiver.peer.name)
             receiver.prefixes.clear()
+            self._shared_change(receiver.peer.name, 0)
             receiver.routing_table_id = NO_TABLE
             receiver.epoch = 0
             receiver.expires_at = 0.0
@@ -610,6 +641,10 @@ class CcpService:
                 receiver.control_task.cancel()
 
     # --- helpers -----------------------------------------------------------------------------
+
+    def _shared_change(self, peer: str, hold_down_ms: int) -> None:
+        if self.sharer is not None:
+            self.sharer.changed(peer, hold_down_ms)
 
     def _reject(self, code: str, message: str) -> Reject:
         return Reject(code, self.node_address, message)

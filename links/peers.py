@@ -4,9 +4,11 @@ Transports load the context once (at BTP auth, or per HTTP request from the cach
 and hand it to the switch; no database query happens per packet.
 
 Cache rules: contexts are cached per process for :data:`CONTEXT_TTL_S` seconds and
-dropped at once by the services that change a peer in this process
-(:func:`invalidate_peer`). A change made by another process (``manage.py add_peer``
-while Daphne runs) is seen after at most the TTL.
+dropped at once by the services that change a peer (:func:`peer_changed`, after commit).
+Embedded (one process) that is all. With Redis, :func:`peer_changed` also tells every
+other process (:mod:`links.shared`): a process uses its cache only while its watcher has
+confirmed within the last 0.8 s that nothing changed, so a peer removed, disabled or
+given a new token is refused by every process within 0.8 s of the commit.
 """
 
 from __future__ import annotations
@@ -128,10 +130,16 @@ def context_from_peer(peer: Peer) -> PeerContext:
 
 
 _cache: dict[str, tuple[float, PeerContext | None]] = {}
+# Bumped by every invalidation: a load that started before one does not fill the cache
+# (it may have read the row as it was before the change).
+_generation = 0
 
 
-def invalidate_peer(name: str | None = None) -> None:
-    """Forget the cached context of ``name`` (of every peer when ``None``)."""
+def invalidate_local(name: str | None = None) -> None:
+    """Forget, in this process, the cached context of ``name`` (every peer when ``None``)
+    and the token checks that depend on it."""
+    global _generation
+    _generation += 1
     if name is None:
         _cache.clear()
     else:
@@ -142,15 +150,45 @@ def invalidate_peer(name: str | None = None) -> None:
     services.forget_verified_tokens(name)
 
 
+def invalidate_peer(name: str | None = None) -> None:
+    """Forget the cached context of ``name`` here (e.g. to dial with fresh settings)."""
+    invalidate_local(name)
+
+
+def peer_changed(name: str | None = None) -> None:
+    """A peer row changed (call after commit): every process forgets what it cached."""
+    invalidate_local(name)
+    from links import shared
+
+    shared.announce_peer_change()
+
+
+def cache_usable() -> bool:
+    """Whether cached peer answers may be used now (always, embedded; see the module doc)."""
+    from links import shared
+
+    return shared.peer_cache_fresh()
+
+
+def cache_generation() -> int:
+    return _generation
+
+
 def cached_peer_context(name: str) -> tuple[bool, PeerContext | None]:
     """``(found, context)`` from the cache alone (no I/O; safe on the event loop)."""
     hit = _cache.get(name)
-    if hit is None or hit[0] < time.monotonic():
+    if hit is None or hit[0] < time.monotonic() or not cache_usable():
         return False, None
     return True, hit[1]
 
 
-def store_peer_context(name: str, ctx: PeerContext | None) -> None:
+def store_peer_context(
+    name: str, ctx: PeerContext | None, *, generation: int | None = None
+) -> None:
+    """Cache ``ctx``; ``generation`` is :func:`cache_generation` from before it was read
+    (an invalidation since then means it may be stale: not cached)."""
+    if generation is not None and generation != _generation:
+        return
     _cache[name] = (time.monotonic() + CONTEXT_TTL_S, ctx)
 
 
@@ -161,9 +199,10 @@ def load_peer_context(name: str) -> PeerContext | None:
         return ctx
     from links.selectors import peer_get_enabled
 
+    generation = _generation
     peer = peer_get_enabled(name=name)
     ctx = context_from_peer(peer) if peer is not None else None
-    store_peer_context(name, ctx)
+    store_peer_context(name, ctx, generation=generation)
     return ctx
 
 

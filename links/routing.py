@@ -226,6 +226,30 @@ class RoutingTable:
             touched.add(route.prefix)
         return self._reselect(touched)
 
+    def replace_learned(self, peer: str, routes: Iterable[RouteEntry]) -> list[str]:
+        """Make ``routes`` the exact set of candidates learned from ``peer``.
+
+        How a process adopts the routes another process learned (:mod:`links.shared`).
+        Returns the prefixes whose best route changed.
+        """
+        key = _learned_key(peer)
+        wanted: dict[str, RouteEntry] = {}
+        for route in routes:
+            if route.origin is not RouteOrigin.CCP or route.next_hop != peer:
+                raise ValueError("a learned route must come from the peer that advertised it")
+            wanted[route.prefix] = route
+        touched: set[str] = set()
+        for prefix, cands in self._candidates.items():
+            if key in cands and prefix not in wanted:
+                del cands[key]
+                touched.add(prefix)
+        for prefix, route in wanted.items():
+            cands = self._candidates.setdefault(prefix, {})
+            if cands.get(key) != route:
+                cands[key] = route
+                touched.add(prefix)
+        return self._reselect(touched)
+
     def drop_learned(self, peer: str) -> list[str]:
         """Forget every route learned from ``peer`` (link down, table reset, hold-down)."""
         key = _learned_key(peer)

@@ -37,8 +37,8 @@ from links.peers import (
     PeerContext,
     account_code_for,
     context_from_peer,
-    invalidate_peer,
     limits_of,
+    peer_changed,
     store_peer_context,
     validate_peer_name,
 )
@@ -183,7 +183,7 @@ def peer_create(
         idempotent=idempotent,
         enabled=enabled,
     )
-    transaction.on_commit(lambda: invalidate_peer(name))
+    transaction.on_commit(lambda: peer_changed(name))
     return PeerSaved(peer=peer, created=True, token=token)
 
 
@@ -234,7 +234,7 @@ def peer_update(
         peer.token_hash = hash_token(token) if token else ""
     peer.save()
     _set_limits(peer.account, min_balance=min_balance, max_balance=max_balance)
-    transaction.on_commit(lambda: invalidate_peer(name))
+    transaction.on_commit(lambda: peer_changed(name))
     return PeerSaved(peer=peer, created=False, token=token)
 
 
@@ -259,7 +259,7 @@ def peer_set_limits(*, name: str, changes: Mapping[str, int | None]) -> PeerLimi
     for field in LIMIT_FIELDS:
         setattr(peer, field, getattr(limits, field))
     peer.save(update_fields=[*LIMIT_FIELDS, "updated_at"])
-    transaction.on_commit(lambda: invalidate_peer(name))
+    transaction.on_commit(lambda: peer_changed(name))
     return limits
 
 
@@ -268,7 +268,7 @@ def peer_remove(*, name: str) -> bool:
     with transaction.atomic():
         deleted, _ = Peer.objects.filter(name=name).delete()
         BtpStoredResponse.objects.filter(peer_name=name).delete()
-        transaction.on_commit(lambda: invalidate_peer(name))
+        transaction.on_commit(lambda: peer_changed(name))
     return deleted > 0
 
 
@@ -280,24 +280,26 @@ def peer_authenticate(name: str, token: str) -> PeerContext | None:
     fp = token_fingerprint(token)
     now = time.monotonic()
     expiry = _verified.get((name, fp))
-    if expiry is not None and expiry > now:
+    if expiry is not None and expiry > now and peer_cache.cache_usable():
         ctx = peer_cache.load_peer_context(name)
         if ctx is not None:
             return ctx
+    generation = peer_cache.cache_generation()
     peer = Peer.objects.filter(name=name, enabled=True).first()
     if peer is None or not peer.token_hash or not check_token(token, peer.token_hash):
         _verified.pop((name, fp), None)
         return None
-    _verified[(name, fp)] = now + VERIFIED_TTL_S
     ctx = context_from_peer(peer)
-    store_peer_context(name, ctx)
+    if generation == peer_cache.cache_generation():  # else the row may predate a change
+        _verified[(name, fp)] = now + VERIFIED_TTL_S
+    store_peer_context(name, ctx, generation=generation)
     return ctx
 
 
 def cached_http_peer(token: str) -> str | None:
     """The name of the HTTP peer recently verified with ``token`` (no I/O)."""
     hit = _verified_http.get(token_fingerprint(token))
-    if hit is not None and hit[0] > time.monotonic():
+    if hit is not None and hit[0] > time.monotonic() and peer_cache.cache_usable():
         return hit[1]
     return None
 
@@ -329,8 +331,9 @@ def peer_authenticate_any(
 
 def peer_authenticate_http(token: str, name_hint: str | None = None) -> PeerContext | None:
     """The HTTP-OER peer presenting ``token``; successes are cached (see module doc)."""
+    generation = peer_cache.cache_generation()
     ctx = peer_authenticate_any(token, links=HTTP_LINKS, name_hint=name_hint)
-    if ctx is not None:
+    if ctx is not None and generation == peer_cache.cache_generation():
         _verified_http[token_fingerprint(token)] = (time.monotonic() + VERIFIED_TTL_S, ctx.name)
     return ctx
 

@@ -361,6 +361,10 @@ class PacketSwitch:
                 self._housekeeping_task = asyncio.get_running_loop().create_task(
                     self._run_housekeeping(), name="switch-housekeeping"
                 )
+                # Routes and peer caches shared with the node's other processes (Redis).
+                from links import shared
+
+                await shared.start(self.ccp)
 
     async def _run_housekeeping(self) -> None:
         """Every broadcast interval: reload peers (changes made by other processes), drop

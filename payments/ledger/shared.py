@@ -1,0 +1,663 @@
+"""Shared credit: a peer's limits hold across every process of the node (Redis).
+
+With ``REDIS_URL`` set, every process's :class:`~payments.ledger.BalanceBook` takes the holds
+of accounts that have a limit through one Lua script on Redis instead of its own memory, so
+``min_balance`` / ``max_balance`` hold for the node, not per process. Embedded mode (no
+``REDIS_URL``) does not use this module: the in-process book is the whole truth, as before.
+
+**What Redis holds** (key prefix ``ilp:<node address>:credit:``, :func:`default_prefix`):
+
+* ``a:<code>`` (hash) — the mirror of one limited account: its committed balance and
+  ``version`` (from Postgres), its limits, and the sums of its live debit and credit holds.
+  Every integer is two fields, ``h`` and ``l`` with value ``h * 2**32 + l`` and ``0 <= l <
+  2**32``: Redis's Lua numbers are doubles, exact only up to 2**53, and ledger amounts are
+  UInt64 (balances up to 10**21); with two limbs every sum and comparison is exact.
+* ``h:<code>`` (hash) — hold key → ``"D|C hi lo"``; ``x:<code>`` (sorted set) — hold key →
+  its expiry (Unix ms). Every script call on an account first drops its expired holds, so a
+  hold whose process was killed, or whose release was lost, frees its room at the
+  Prepare's expiry plus :data:`HOLD_MARGIN_MS` by itself.
+* ``epoch`` (hash: ``id``, ``ready``) — which generation of the mirror this is. A flushed or
+  restarted Redis has none: the first caller creates a new one that admits nothing before
+  ``ready`` (:data:`GRACE_MS` later); every process notices the new id (on its next call, or
+  within :data:`KEEPER_S` from its keeper), reloads its limited accounts from Postgres into
+  the mirror and re-asserts its own live holds. So the mirror is rebuilt from the truth
+  before anyone admits against it; holds are never lost, only (rarely) kept until their
+  expiry.
+
+**Who writes what.** A hold group (the source's debit hold and the next hop's credit hold of
+one packet) is checked and taken together: both or neither (:meth:`SharedCredit.hold`).
+Holds are batched per event-loop iteration: every group and release queued while one
+script call is in flight goes in the next call (one round trip for many packets). The
+group commit, right after Postgres COMMIT and in the writer thread, sends the new balances
+(with their ``version``; an older version never overwrites a newer one) and releases the
+holds of the committed keys in one script call (:meth:`SharedCredit.commit_sync`): the
+balance moves and the hold goes at the same instant, so nothing is counted twice or not
+at all. Loads and refreshes of accounts (the writer's, and services' after their own
+commits) update the mirror the same way (:meth:`SharedCredit.seed_sync`).
+
+Failure modes: Redis unreachable on a hold → the hold fails (T04 through the caller's
+``BalanceLimitExceeded``: we do not admit what we cannot check). Unreachable on a commit or
+release → logged; the holds stay until their expiry (conservative) and the next refresh
+(every 5 s) brings the balance. Holds are never trusted to outlive their expiry: a commit
+slower than the Prepare's expiry plus the margin could admit that packet's amount twice
+for the rest of the margin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from payments.errors import BalanceLimitExceeded, DuplicateHold
+
+if TYPE_CHECKING:
+    import redis as redis_sync
+    import redis.asyncio as aioredis
+
+log = logging.getLogger(__name__)
+
+LIMB = 2**32
+HOLD_MARGIN_MS = 10_000
+GRACE_MS = 2_000
+KEEPER_S = 0.5
+MAX_OPS = 1_000  # hold groups and releases per script call
+
+# ARGV: prefix, caller's epoch, a fresh epoch id (used if Redis has none), grace ms, then
+# ops. Returns {status, epoch id, ms until ready, results of the G ops...}; status 'E'
+# (epoch differs: nothing done) or 'OK'.
+LUA = r"""
+local P = ARGV[1]
+local mine = ARGV[2]
+local B = 4294967296
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ek = P .. 'epoch'
+local e = redis.call('HMGET', ek, 'id', 'ready')
+local eid, ready = e[1], tonumber(e[2])
+if not eid then
+  eid = ARGV[3]
+  ready = now + tonumber(ARGV[4])
+  redis.call('HSET', ek, 'id', eid, 'ready', string.format('%.0f', ready))
+end
+if eid ~= mine then return {'E', eid, string.format('%.0f', ready - now)} end
+
+local function f(x) return string.format('%.0f', x) end
+local function norm(h, l)
+  local c = math.floor(l / B)
+  return h + c, l - c * B
+end
+local FIELDS = {'bh', 'bl', 'v', 'mnh', 'mnl', 'mxh', 'mxl', 'dh', 'dl', 'ch', 'cl'}
+local cache = {}
+local function load(code)
+  local a = cache[code]
+  if a then return a end
+  local r = redis.call('HMGET', P .. 'a:' .. code, unpack(FIELDS))
+  if not r[1] then return nil end
+  a = {bh = tonumber(r[1]), bl = tonumber(r[2]), v = tonumber(r[3]),
+       mnh = tonumber(r[4]), mnl = tonumber(r[5]), mxh = tonumber(r[6]), mxl = tonumber(r[7]),
+       dh = tonumber(r[8]), dl = tonumber(r[9]), ch = tonumber(r[10]), cl = tonumber(r[11]),
+       dirty = false}
+  cache[code] = a
+  -- drop expired holds first: a killed process's holds end here
+  local xk = P .. 'x:' .. code
+  local dead = redis.call('ZRANGEBYSCORE', xk, '-inf', now, 'LIMIT', 0, 1000)
+  if #dead > 0 then
+    local hk = P .. 'h:' .. code
+    for _, k in ipairs(dead) do
+      local v = redis.call('HGET', hk, k)
+      if v then
+        local d, hh, ll = string.match(v, '^(%a) (%-?%d+) (%d+)$')
+        if d == 'D' then a.dh, a.dl = norm(a.dh - tonumber(hh), a.dl - tonumber(ll))
+        else a.ch, a.cl = norm(a.ch - tonumber(hh), a.cl - tonumber(ll)) end
+        redis.call('HDEL', hk, k)
+      end
+    end
+    redis.call('ZREM', xk, unpack(dead))
+    a.dirty = true
+  end
+  return a
+end
+local function save()
+  for code, a in pairs(cache) do
+    if a.dirty then
+      redis.call('HSET', P .. 'a:' .. code, 'bh', f(a.bh), 'bl', f(a.bl), 'v', f(a.v),
+        'dh', f(a.dh), 'dl', f(a.dl), 'ch', f(a.ch), 'cl', f(a.cl))
+    end
+  end
+end
+local function fits(a, d, hh, ll)
+  if d == 'D' then
+    if not a.mnh then return true end
+    -- balance - debits - amount - min >= 0
+    local h, l = norm(a.bh - a.dh - hh - a.mnh, a.bl - a.dl - ll - a.mnl)
+    return h >= 0
+  end
+  if not a.mxh then return true end
+  -- max - balance - credits - amount >= 0
+  local h, l = norm(a.mxh - a.bh - a.ch - hh, a.mxl - a.bl - a.cl - ll)
+  return h >= 0
+end
+local function add(a, code, key, d, hh, ll, exp)
+  redis.call('HSET', P .. 'h:' .. code, key, d .. ' ' .. f(hh) .. ' ' .. f(ll))
+  redis.call('ZADD', P .. 'x:' .. code, exp, key)
+  if d == 'D' then a.dh, a.dl = norm(a.dh + hh, a.dl + ll)
+  else a.ch, a.cl = norm(a.ch + hh, a.cl + ll) end
+  a.dirty = true
+end
+local function release(code, key)
+  local a = load(code)
+  if not a then return end
+  local hk = P .. 'h:' .. code
+  local v = redis.call('HGET', hk, key)
+  if not v then return end
+  local d, hh, ll = string.match(v, '^(%a) (%-?%d+) (%d+)$')
+  if d == 'D' then a.dh, a.dl = norm(a.dh - tonumber(hh), a.dl - tonumber(ll))
+  else a.ch, a.cl = norm(a.ch - tonumber(hh), a.cl - tonumber(ll)) end
+  a.dirty = true
+  redis.call('HDEL', hk, key)
+  redis.call('ZREM', P .. 'x:' .. code, key)
+end
+
+local out = {'OK', eid, f(ready - now)}
+local i = 5
+local n = #ARGV
+while i <= n do
+  local op = ARGV[i]
+  if op == 'R' then
+    release(ARGV[i + 1], ARGV[i + 2])
+    i = i + 3
+  elseif op == 'B' then  -- a committed balance: code, h, l, version
+    local a = load(ARGV[i + 1])
+    local v = tonumber(ARGV[i + 4])
+    if a and v > a.v then
+      a.bh, a.bl, a.v, a.dirty = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), v, true
+    end
+    i = i + 5
+  elseif op == 'S' then  -- seed/refresh: code, bh, bl, version, mnh, mnl, mxh, mxl ('' = none)
+    local code = ARGV[i + 1]
+    local ak = P .. 'a:' .. code
+    local a = load(code)
+    local v = tonumber(ARGV[i + 4])
+    if not a then
+      redis.call('HSET', ak, 'bh', ARGV[i + 2], 'bl', ARGV[i + 3], 'v', ARGV[i + 4],
+        'dh', '0', 'dl', '0', 'ch', '0', 'cl', '0')
+      a = {bh = tonumber(ARGV[i + 2]), bl = tonumber(ARGV[i + 3]), v = v,
+           dh = 0, dl = 0, ch = 0, cl = 0, dirty = false}
+      cache[code] = a
+    elseif v > a.v then
+      a.bh, a.bl, a.v, a.dirty = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), v, true
+    end
+    if ARGV[i + 5] == '' then
+      redis.call('HDEL', ak, 'mnh', 'mnl'); a.mnh, a.mnl = nil, nil
+    else
+      redis.call('HSET', ak, 'mnh', ARGV[i + 5], 'mnl', ARGV[i + 6])
+      a.mnh, a.mnl = tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6])
+    end
+    if ARGV[i + 7] == '' then
+      redis.call('HDEL', ak, 'mxh', 'mxl'); a.mxh, a.mxl = nil, nil
+    else
+      redis.call('HSET', ak, 'mxh', ARGV[i + 7], 'mxl', ARGV[i + 8])
+      a.mxh, a.mxl = tonumber(ARGV[i + 7]), tonumber(ARGV[i + 8])
+    end
+    i = i + 9
+  elseif op == 'A' or op == 'G' then
+    -- 'A' asserts one hold already admitted (a resync): no limit check.
+    -- 'G' n, then n holds (code, key, D|C, h, l, expiry ms): all or none.
+    local cnt = 1
+    if op == 'G' then cnt = tonumber(ARGV[i + 1]); i = i + 2 else i = i + 1 end
+    local res = 1
+    if op == 'G' and now < ready then res = 'W' end
+    local rows = {}
+    for j = 0, cnt - 1 do
+      local b = i + j * 6
+      local code, key, d = ARGV[b], ARGV[b + 1], ARGV[b + 2]
+      local hh, ll, exp = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
+      rows[j + 1] = {code, key, d, hh, ll, exp}
+      if res == 1 then
+        local a = load(code)
+        if not a then
+          res = 'M' .. (j + 1)
+        else
+          local have = redis.call('HGET', P .. 'h:' .. code, key)
+          if have then
+            if have ~= d .. ' ' .. f(hh) .. ' ' .. f(ll) then res = 'D' .. (j + 1) end
+            rows[j + 1] = false  -- already held: nothing to add
+          elseif op == 'G' and not fits(a, d, hh, ll) then
+            res = 'L' .. (j + 1)
+          end
+        end
+      end
+    end
+    if res == 1 then
+      -- two holds of one group on one account: check their sum too
+      for j, r in ipairs(rows) do
+        if r then
+          local a = load(r[1])
+          if op == 'G' and j > 1 and not fits(a, r[3], r[4], r[5]) then res = 'L' .. j; break end
+          add(a, r[1], r[2], r[3], r[4], r[5], r[6])
+        end
+      end
+      if res ~= 1 then  -- undo what this group added
+        for j2 = 1, #rows do
+          local r = rows[j2]
+          if r and j2 < tonumber(string.sub(res, 2)) then release(r[1], r[2]) end
+        end
+      end
+    end
+    if op == 'G' then out[#out + 1] = res end
+    i = i + cnt * 6
+  else
+    return redis.error_reply('shared credit: unknown op ' .. tostring(op))
+  end
+end
+save()
+return out
+"""
+
+
+def limbs(value: int) -> tuple[str, str]:
+    """``value`` as the script's two limbs (``h * 2**32 + l``, ``0 <= l < 2**32``)."""
+    hi, lo = divmod(value, LIMB)
+    return str(hi), str(lo)
+
+
+def default_prefix() -> str:
+    from django.conf import settings
+
+    return f"ilp:{settings.ILP_ADDRESS}:credit:"
+
+
+@dataclass(frozen=True, slots=True)
+class SharedHold:
+    """One hold in Redis: ``credit`` False = a debit hold (checked against ``min_balance``)."""
+
+    account_code: str
+    amount: int
+    key: str
+    credit: bool
+    expires_ms: int  # Unix ms; Redis drops the hold after it
+
+    def argv(self) -> list[str]:
+        hi, lo = limbs(self.amount)
+        return [
+            self.account_code,
+            self.key,
+            "C" if self.credit else "D",
+            hi,
+            lo,
+            str(self.expires_ms),
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorRow:
+    """An account as read from Postgres in a committed transaction."""
+
+    code: str
+    balance: int
+    version: int
+    min_balance: int | None
+    max_balance: int | None
+
+    def argv(self) -> list[str]:
+        bh, bl = limbs(self.balance)
+        mn = limbs(self.min_balance) if self.min_balance is not None else ("", "")
+        mx = limbs(self.max_balance) if self.max_balance is not None else ("", "")
+        return ["S", self.code, bh, bl, str(self.version), *mn, *mx]
+
+
+class SharedCreditError(Exception):
+    """Redis could not answer (the hold is refused, conservatively)."""
+
+
+@dataclass(slots=True)
+class _Group:
+    holds: tuple[SharedHold, ...]
+    future: asyncio.Future[None]
+    missing_retried: bool = False
+
+
+@dataclass(slots=True)
+class _Stats:
+    calls: int = 0
+    groups: int = 0
+    releases: int = 0
+    resyncs: int = 0
+    waits: int = 0
+    max_ops: int = 0
+    seconds: float = 0.0  # wall time spent in script calls (loop side)
+
+
+@dataclass(slots=True)
+class _LoopSide:
+    """Per event loop: the async client, the queue of the next call, the keeper."""
+
+    client: aioredis.Redis
+    script: Any
+    groups: list[_Group] = field(default_factory=list)
+    releases: list[tuple[str, str]] = field(default_factory=list)
+    runner: asyncio.Task[None] | None = None
+    keeper: asyncio.Task[None] | None = None
+
+
+class SharedCredit:
+    """The Redis side of the book's holds; see the module docstring.
+
+    ``resync`` (async, set by the book) reloads every limited account the process knows
+    from Postgres into the mirror (through :meth:`seed_sync`); ``live_holds`` lists the
+    process's live shared holds, re-asserted after a resync; ``load_missing`` (async)
+    loads one account the mirror does not have yet. ``batch=False`` sends one script call
+    per hold group (the benchmark's comparison).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str | None = None,
+        grace_ms: int = GRACE_MS,
+        keeper_s: float = KEEPER_S,
+        batch: bool = True,
+    ) -> None:
+        self.url = url
+        self.prefix = prefix if prefix is not None else default_prefix()
+        self.grace_ms = grace_ms
+        self.keeper_s = keeper_s
+        self.batch = batch
+        self.epoch = ""
+        self.stats = _Stats()
+        self.resync: Callable[[], Awaitable[None]] | None = None
+        self.live_holds: Callable[[], Iterable[SharedHold]] | None = None
+        self.load_missing: Callable[[str], Awaitable[None]] | None = None
+        self._sync: redis_sync.Redis | None = None
+        self._sync_script: Any = None
+        self._sides: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopSide] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._resyncing: asyncio.Future[None] | None = None
+        self._closed = False
+
+    # --- sync side (the writer thread, services, threads without a loop) ---------------
+
+    def _sync_call(self, ops: list[str]) -> list[Any]:
+        if self._sync is None:
+            import redis as redis_sync
+
+            self._sync = redis_sync.Redis.from_url(
+                self.url, socket_timeout=2, socket_connect_timeout=2
+            )
+            self._sync_script = self._sync.register_script(LUA)
+        head = [self.prefix, self.epoch, os.urandom(8).hex(), str(self.grace_ms)]
+        reply: list[Any] = self._sync_script(keys=[], args=head + ops)
+        return reply
+
+    def seed_sync(self, rows: Iterable[MirrorRow]) -> bool:
+        """Bring these accounts' mirror up to the rows (created if missing; a balance only
+        if its version is newer; limits always). False when the epoch moved (the next
+        async call resyncs) or Redis failed."""
+        ops = [a for row in rows for a in row.argv()]
+        if not ops:
+            return True
+        try:
+            reply = self._sync_call(ops)
+        except Exception:
+            log.warning("shared credit: cannot update the mirror", exc_info=True)
+            return False
+        return _text(reply[0]) == "OK"
+
+    def commit_sync(
+        self, balances: Sequence[tuple[str, int, int]], released: Sequence[tuple[str, str]]
+    ) -> None:
+        """After COMMIT: the new ``(code, balance, version)`` and the holds ``(code, key)``
+        the commit turned into postings, in one call (one atomic step in Redis)."""
+        ops: list[str] = []
+        for code, balance, version in balances:
+            ops += ["B", code, *limbs(balance), str(version)]
+        for code, key in released:
+            ops += ["R", code, key]
+        if not ops:
+            return
+        try:
+            reply = self._sync_call(ops)
+        except Exception:
+            log.warning("shared credit: commit not mirrored (holds expire)", exc_info=True)
+            return
+        if _text(reply[0]) != "OK":
+            # A new epoch: the resync reloads balances from Postgres (this commit is
+            # there) and re-asserts only live holds, so nothing is left to do.
+            return
+
+    def hold_sync(self, holds: Sequence[SharedHold]) -> None:
+        """:meth:`hold` for callers that cannot await (one blocking round trip)."""
+        ops = ["G", str(len(holds))] + [a for h in holds for a in h.argv()]
+        try:
+            reply = self._sync_call(ops)
+        except Exception as exc:
+            raise BalanceLimitExceeded(
+                "credit check unavailable", account=holds[0].account_code
+            ) from exc
+        if _text(reply[0]) != "OK":
+            raise BalanceLimitExceeded("credit is being rebuilt", account=holds[0].account_code)
+        _raise_for(_text(reply[3]), holds)
+
+    def release_sync(self, released: Sequence[tuple[str, str]]) -> None:
+        self.commit_sync((), released)
+
+    # --- async side (the event loop's hot path) -----------------------------------------
+
+    def _side(self) -> _LoopSide:
+        loop = asyncio.get_running_loop()
+        side = self._sides.get(loop)
+        if side is None:
+            import redis.asyncio as aioredis
+
+            client = aioredis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2)
+            side = _LoopSide(client=client, script=client.register_script(LUA))
+            self._sides[loop] = side
+            if self.keeper_s > 0:
+                side.keeper = loop.create_task(self._keep(side), name="shared-credit-keeper")
+        return side
+
+    async def hold(self, holds: Sequence[SharedHold]) -> None:
+        """Take ``holds`` together, all or none. Raises :class:`BalanceLimitExceeded`
+        (``account=`` the one that has no room), :class:`DuplicateHold`."""
+        if self._closed:
+            raise BalanceLimitExceeded("the book is closed", account=holds[0].account_code)
+        side = self._side()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        side.groups.append(_Group(tuple(holds), fut))
+        self._kick(side)
+        await fut
+
+    def release(self, account_code: str, key: str) -> None:
+        """Drop one hold (queued into the next call from a loop; blocking from a thread)."""
+        try:
+            side = self._side()
+        except RuntimeError:  # no running loop
+            self.release_sync([(account_code, key)])
+            return
+        side.releases.append((account_code, key))
+        self._kick(side)
+
+    def _kick(self, side: _LoopSide) -> None:
+        if side.runner is None or side.runner.done():
+            side.runner = asyncio.get_running_loop().create_task(self._run(side))
+
+    async def _run(self, side: _LoopSide) -> None:
+        # One call in flight per loop; what queues meanwhile goes in the next one.
+        while side.groups or side.releases:
+            if self.batch:
+                groups, side.groups = side.groups[:MAX_OPS], side.groups[MAX_OPS:]
+                releases, side.releases = side.releases[:MAX_OPS], side.releases[MAX_OPS:]
+            else:
+                groups, side.groups = side.groups[:1], side.groups[1:]
+                releases, side.releases = side.releases[:1], side.releases[1:]
+            try:
+                await self._call(side, groups, releases)
+            except Exception as exc:
+                log.warning("shared credit: script call failed: %r", exc)
+                for g in groups:
+                    if not g.future.done():
+                        error = BalanceLimitExceeded(
+                            "credit check unavailable", account=g.holds[0].account_code
+                        )
+                        error.__cause__ = exc
+                        g.future.set_exception(error)
+
+    async def _call(
+        self, side: _LoopSide, groups: list[_Group], releases: list[tuple[str, str]]
+    ) -> None:
+        ops: list[str] = []
+        for code, key in releases:
+            ops += ["R", code, key]
+        for g in groups:
+            ops += ["G", str(len(g.holds))] + [a for h in g.holds for a in h.argv()]
+        head = [self.prefix, self.epoch, os.urandom(8).hex(), str(self.grace_ms)]
+        started = time.perf_counter()
+        reply = await side.script(keys=[], args=head + ops)
+        self.stats.seconds += time.perf_counter() - started
+        self.stats.calls += 1
+        self.stats.groups += len(groups)
+        self.stats.releases += len(releases)
+        self.stats.max_ops = max(self.stats.max_ops, len(groups) + len(releases))
+        status, epoch, ready_in = _text(reply[0]), _text(reply[1]), int(reply[2])
+        if status == "E":
+            await self._resync(epoch)
+            side.releases[:0] = releases
+            side.groups[:0] = groups
+            return
+        retry: list[_Group] = []
+        for g, raw in zip(groups, reply[3:], strict=True):
+            res = _text(raw)
+            if res == "W":
+                self.stats.waits += 1
+                retry.append(g)
+            elif res.startswith("M") and not g.missing_retried and self.load_missing:
+                g.missing_retried = True
+                try:
+                    await self.load_missing(g.holds[int(res[1:]) - 1].account_code)
+                except Exception as exc:
+                    g.future.set_exception(exc)
+                    continue
+                retry.append(g)
+            else:
+                try:
+                    _raise_for(res, g.holds)
+                except Exception as exc:
+                    if not g.future.done():
+                        g.future.set_exception(exc)
+                else:
+                    if not g.future.done():
+                        g.future.set_result(None)
+        if retry:
+            if any(_text(r) == "W" for r in reply[3:]):
+                await asyncio.sleep(max(ready_in, 10) / 1000)
+            side.groups[:0] = retry
+
+    async def _resync(self, epoch: str) -> None:
+        """A new mirror generation: reload limited accounts from Postgres, re-assert ours."""
+        if self._resyncing is not None:
+            await asyncio.shield(self._resyncing)
+            return
+        self._resyncing = asyncio.get_running_loop().create_future()
+        try:
+            self.stats.resyncs += 1
+            log.warning("shared credit: new mirror epoch %s; rebuilding from the ledger", epoch)
+            self.epoch = epoch
+            if self.resync is not None:
+                await self.resync()
+            holds = list(self.live_holds()) if self.live_holds is not None else []
+            if holds:
+                side = self._side()
+                ops: list[str] = []
+                for h in holds:
+                    ops += ["A", *h.argv()]
+                head = [self.prefix, self.epoch, os.urandom(8).hex(), str(self.grace_ms)]
+                reply = await side.script(keys=[], args=head + ops)
+                if _text(reply[0]) == "E":  # moved again; the next call resyncs again
+                    self.epoch = ""
+        except Exception:
+            self.epoch = ""  # try again on the next call
+            raise
+        finally:
+            fut, self._resyncing = self._resyncing, None
+            fut.set_result(None)
+
+    async def _keep(self, side: _LoopSide) -> None:
+        """Notice a new epoch within ``keeper_s`` even when no packet comes."""
+        while not self._closed:
+            await asyncio.sleep(self.keeper_s)
+            try:
+                head = [self.prefix, self.epoch, os.urandom(8).hex(), str(self.grace_ms)]
+                reply = await side.script(keys=[], args=head)
+                if _text(reply[0]) == "E":
+                    await self._resync(_text(reply[1]))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.debug("shared credit: keeper check failed", exc_info=True)
+
+    async def check_epoch(self) -> None:
+        """One keeper pass now (tests; start-up)."""
+        side = self._side()
+        head = [self.prefix, self.epoch, os.urandom(8).hex(), str(self.grace_ms)]
+        reply = await side.script(keys=[], args=head)
+        if _text(reply[0]) == "E":
+            await self._resync(_text(reply[1]))
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the keeper on the running loop (it also starts with the first hold)."""
+        self._side()
+
+    async def aclose(self) -> None:
+        """Stop this loop's keeper and close its client."""
+        loop = asyncio.get_running_loop()
+        side = self._sides.pop(loop, None)
+        if side is None:
+            return
+        if side.keeper is not None:
+            side.keeper.cancel()
+            with contextlib.suppress(BaseException):
+                await side.keeper
+        if side.runner is not None and not side.runner.done():
+            with contextlib.suppress(BaseException):
+                await side.runner
+        await side.client.aclose()
+
+    def close(self) -> None:
+        """Stop the keepers (from any thread); clients close with their loops."""
+        self._closed = True
+        for side in list(self._sides.values()):
+            if side.keeper is not None:
+                with contextlib.suppress(RuntimeError):
+                    side.keeper.get_loop().call_soon_threadsafe(side.keeper.cancel)
+        if self._sync is not None:
+            with contextlib.suppress(Exception):
+                self._sync.close()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _raise_for(res: str, holds: Sequence[SharedHold]) -> None:
+    if res == "1":
+        return
+    hold = holds[int(res[1:]) - 1] if res[:1] in ("L", "D", "M") else holds[0]
+    if res.startswith("D"):
+        raise DuplicateHold(f"hold key {hold.key!r} is already used", key=hold.key)
+    if res.startswith("M"):
+        raise BalanceLimitExceeded("account not in the credit mirror", account=hold.account_code)
+    raise BalanceLimitExceeded(
+        "exceeded maximum balance" if hold.credit else "insufficient liquidity",
+        account=hold.account_code,
+    )

@@ -353,6 +353,17 @@ def handle_request(
         closed = True
         return refuse(RefuseReason.CONNECTION_CLOSED, ConnectionCloseFrame(ErrorCode.NO_ERROR, ""))
     if closed:
+        if amount == 0 and fulfillable and not _carries_money_or_data(request):
+            # ilp-protocol-stream 2.7 sends its last StreamCloseFrame (a 0-amount fulfillable
+            # packet) concurrently with its ConnectionCloseFrame, so it may arrive after the
+            # close. Anything but a Fulfill makes its send loop resend it, and a
+            # ConnectionCloseFrame in the reply re-arms that loop for ever (end() from
+            # handleControlFrames while the loop runs): hundreds of packets per payment.
+            # The JS server answers it on a fresh connection; nothing is credited either way.
+            new = ConnectionState(
+                MappingProxyType(streams), max_stream_id, remote_address, remote_asset, closed
+            )
+            return Accept(0, (), tuple(frames), new)
         return refuse(
             RefuseReason.CONNECTION_CLOSED, _close(ErrorCode.NO_ERROR, "connection closed")
         )
@@ -447,6 +458,10 @@ def handle_request(
         MappingProxyType(accepted_streams), max_stream_id, remote_address, remote_asset, closed
     )
     return Accept(amount, credits, tuple(frames), new)
+
+
+def _carries_money_or_data(request: StreamPacket) -> bool:
+    return any(isinstance(f, StreamMoneyFrame | StreamDataFrame) for f in request.frames)
 
 
 def _split(amount: int, money: list[StreamMoneyFrame]) -> tuple[tuple[int, int], ...]:

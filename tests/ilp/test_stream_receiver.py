@@ -227,6 +227,30 @@ def test_the_sender_closing_is_echoed_and_later_packets_refused() -> None:
     assert isinstance(again, Refuse) and again.reason is RefuseReason.CONNECTION_CLOSED
 
 
+def test_a_stream_close_that_crosses_the_connection_close_is_fulfilled() -> None:
+    # ilp-protocol-stream 2.7 sends both at once; an F99 (worse: one with a ConnectionClose)
+    # to the StreamClose sets its send loop resending it for ever.
+    opened = decide(new_connection(LIMITS), prepare(1000, (StreamMoneyFrame(1, 1),)))
+    assert isinstance(opened, Accept)
+    state = settle(opened.state, opened)
+    closing = decide(state, prepare(0, (ConnectionCloseFrame(1, ""),), fulfillable=False))
+    assert isinstance(closing, Refuse) and closing.state.closed
+    late = decide(closing.state, prepare(0, (StreamCloseFrame(1, ErrorCode.NO_ERROR, ""),)))
+    assert isinstance(late, Accept) and late.amount == 0 and late.credits == ()
+    assert not any(isinstance(f, ConnectionCloseFrame) for f in late.frames)
+    assert late.state.closed and late.state.streams[1].closed
+    # Money, data, or an unfulfillable packet after the close are still refused.
+    for amount, frames, fulfillable in (
+        (5, (StreamMoneyFrame(1, 1),), True),
+        (0, (StreamMoneyFrame(1, 1),), True),
+        (0, (StreamCloseFrame(1, ErrorCode.NO_ERROR, ""),), False),
+        (7, (), True),
+    ):
+        refused = decide(late.state, prepare(amount, frames, fulfillable=fulfillable))
+        assert isinstance(refused, Refuse), (amount, frames, fulfillable)
+        assert refused.reason is RefuseReason.CONNECTION_CLOSED
+
+
 def test_even_streams_violate_the_protocol() -> None:
     decision = decide(new_connection(LIMITS), prepare(5, (StreamMoneyFrame(2, 1),)))
     assert isinstance(decision, Refuse) and decision.reason is RefuseReason.PROTOCOL_VIOLATION

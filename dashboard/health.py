@@ -126,8 +126,8 @@ def check_supervisor() -> Check:
     from links import supervisor as links_supervisor
 
     live = registry.live_peers()
-    sup = links_supervisor._supervisor  # peek: never create one from a page
-    if sup is None or not sup.running:
+    sup = links_supervisor.get_supervisor()  # the runtime's (started or not)
+    if not sup.running:
         detail = f"{len(live)} live link(s) in this process"
         return Check("Link supervisor", "warn", "not running in this process", detail)
     return Check(

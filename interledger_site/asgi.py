@@ -3,11 +3,10 @@
 BTP peers send no ``Origin`` header, so the ``/btp`` route must not sit behind
 ``AllowedHostsOriginValidator``; the dashboard socket does.
 
-Building the application is where a serving process starts its runtime (Daphne has no
-ASGI lifespan): the links supervisor (``interledger_site.routing``) and the recovery
-sweeps (``payments.recovery.autostart``: unapplied receipts, due webhook deliveries,
-stuck outgoing payments, at start-up and periodically). Both are scheduled on the
-server's loop and run only once it serves, and only in a serving process.
+The application is built with its runtime (``interledger_site.runtime``): under Daphne
+(no ASGI lifespan) the runtime starts when Twisted's reactor runs and stops before it
+shuts down (:func:`~interledger_site.runtime.attach_to_reactor`); other servers start and
+stop it through the ASGI lifespan scope. Importing this module starts nothing.
 """
 
 from __future__ import annotations
@@ -23,15 +22,22 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from interledger_site.routing import websocket_urlpatterns  # noqa: E402
-from payments.recovery import autostart as start_recovery  # noqa: E402
-
-application = ProtocolTypeRouter(
-    {
-        # Static files (admin, API docs) straight from the apps: Daphne has no static server
-        # of its own, and a node should be usable without a front proxy.
-        "http": ASGIStaticFilesHandler(django_asgi_app),
-        "websocket": URLRouter(websocket_urlpatterns),
-    }
+from interledger_site.runtime import (  # noqa: E402
+    RuntimeApplication,
+    attach_to_reactor,
+    serving_runtime,
 )
 
-start_recovery()
+application = RuntimeApplication(
+    ProtocolTypeRouter(
+        {
+            # Static files (admin, API docs) straight from the apps: Daphne has no static
+            # server of its own, and a node should be usable without a front proxy.
+            "http": ASGIStaticFilesHandler(django_asgi_app),
+            "websocket": URLRouter(websocket_urlpatterns),
+        }
+    ),
+    serving_runtime,
+)
+
+attach_to_reactor(application)

@@ -1,14 +1,14 @@
 """What every transport needs at the edge: the switch, our address, edge Rejects.
 
-``current_switch()`` is the one place transports get the packet switch from, so tests
-can put a double in with :func:`override_switch` (restored with ``override_switch(None)``).
+``current_switch()`` is the one place transports get the packet switch from: the current
+runtime's (``interledger_site.runtime``), or a double a test put in with
+:func:`override_switch` (kept on the runtime, so a fresh runtime has none).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from django.conf import settings
@@ -28,26 +28,22 @@ class Switch(Protocol):
     def link_down(self, peer_name: str) -> None: ...
 
 
-_override: Switch | None = None
-
-
 def override_switch(switch: Switch | None) -> None:
-    global _override
-    _override = switch
+    """Put a switch double on the current runtime (``None``: its own switch again)."""
+    from payments.node import runtime
+
+    runtime().switch_override = switch
 
 
 def current_switch() -> Switch:
-    if _override is not None:
-        return _override
-    global _get_switch
-    if _get_switch is None:  # imported on first use (links.switch imports the ledger)
-        from links.switch import get_switch
+    from payments.node import runtime
 
-        _get_switch = get_switch
-    return _get_switch()
-
-
-_get_switch: Callable[[], Switch] | None = None
+    rt = runtime()
+    override: Switch | None = rt.switch_override
+    if override is not None:
+        return override
+    switch: Switch = rt.switch
+    return switch
 
 
 def our_address() -> str:

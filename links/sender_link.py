@@ -10,10 +10,12 @@ path on first use (``settings.ILP_SENDER_OPENER``, default this module's
 
 * :class:`PeerSender` (``route.via_peer`` set): straight to that peer's link, bypassing
   routing. The link is, in order: a live link in this process (``registry.local``); for
-  a ``btp-client`` peer with none, a :class:`~links.btp_client.BtpClient` dialled for the
-  duration of the payment (commands, Celery workers without the server's links); for an
-  ``http-sync`` peer, an :class:`~links.http_oer.HttpSyncLink`; else, with a Redis
-  channel layer, :class:`~links.registry.RemoteLink` to the process that holds it.
+  a ``btp-client`` peer another process owns (``links.ownership``), a
+  :class:`~links.ownership.RemoteLink` to that owner (never a second connection as the
+  same account); for one nobody owns, a :class:`~links.btp_client.BtpClient` dialled
+  for the duration of the payment (a command in embedded mode); for an ``http-sync``
+  peer, an :class:`~links.http_oer.HttpSyncLink`; else, with a Redis channel layer,
+  :class:`~links.ownership.RemoteLink` to the process that owns it.
   Otherwise opening fails with ``SendFailed`` (T01). The payments side books the money
   on ``peer_account``.
 * :class:`SwitchSender` (no via peer): into this process's packet switch as the local
@@ -174,6 +176,19 @@ async def _temporary_btp_link(peer: PeerContext, url: str) -> tuple[object, regi
     return client, link
 
 
+async def _owned_elsewhere(peer_name: str) -> bool:
+    """Whether another process of the node owns the peer's link (``links.ownership``)."""
+    ownership = registry.current().ownership
+    if not ownership.shared:
+        return False
+    try:
+        owner = await ownership.owner_of(peer_name)
+    except Exception:
+        log.warning("sender: cannot read the owner of %s", peer_name, exc_info=True)
+        return False
+    return owner is not None and owner != ownership.channel
+
+
 def _peer_endpoint(name: str) -> tuple[str, str, str]:
     from links.selectors import peer_get
 
@@ -202,7 +217,9 @@ async def open_sender(route: Route) -> AsyncIterator[PeerSender | SwitchSender]:
         link = registry.local(peer.name)
         if link is None:
             kind, url, token = await database_sync_to_async(_peer_endpoint)(peer.name)
-            if kind == LinkKind.BTP_CLIENT and url:
+            if kind == LinkKind.BTP_CLIENT and url and await _owned_elsewhere(peer.name):
+                link = registry.get(peer.name)  # its owner's link: never a second connection
+            elif kind == LinkKind.BTP_CLIENT and url:
                 client, link = await _temporary_btp_link(peer, url)
             elif kind == LinkKind.HTTP_SYNC and url:
                 from links.http_oer import HttpSyncLink

@@ -1,22 +1,19 @@
-"""Starts and stops the outgoing links of this process.
+"""Starts and stops the outgoing links of a runtime.
 
 :class:`Supervisor` keeps one :class:`~links.btp_client.BtpClient` per enabled
-``btp-client`` peer and registers an HTTP-OER client link for every enabled HTTP peer
-with a URL (:func:`links.http_oer.sync_http_links`), re-reading the peers every
-:data:`SYNC_INTERVAL_S` seconds (a peer added, removed, disabled or given a new URL is
-picked up without a restart). On start it resumes HTTP-OER-ASYNC callbacks that were
-owed before a restart.
+``btp-client`` peer *that this process owns* and registers an HTTP-OER client link for
+every enabled HTTP peer with a URL (:func:`links.http_oer.sync_http_links`), re-reading
+the peers every :data:`SYNC_INTERVAL_S` seconds (a peer added, removed, disabled or given
+a new URL is picked up without a restart). On start it resumes HTTP-OER-ASYNC callbacks
+that were owed before a restart.
 
-Starting under Daphne, which has no ASGI lifespan: :func:`autostart` is called when the
-ASGI application is imported (``interledger_site/routing.py``). Daphne creates its
-asyncio loop (``daphne.server.twisted_loop``) before it imports the application and
-runs it only when the server starts, so ``autostart`` schedules :meth:`Supervisor.start`
-on that loop with ``call_soon_threadsafe``: it runs as soon as the server runs, with no
-request needed, and never in a process that imports the application without serving
-it. It is also gated: by default it starts only under the ``daphne`` command or
-``manage.py runserver``; ``ILP_LINKS_AUTOSTART=1`` forces it (e.g. a live-server
-test), ``ILP_LINKS_AUTOSTART=0`` disables it. Other processes (``manage.py`` commands,
-tests, Celery) never start it unless they call :func:`get_supervisor` ``.start()``.
+Ownership (:mod:`links.ownership`): with several processes a ``btp-client`` peer is
+dialled only after its lease is acquired; a peer whose lease another process holds is
+retried every ``ownership.retry_s`` (a third of the lease), so a stopped or dead owner is
+replaced within the lease time plus one retry. A lease lost (another process took it)
+stops the client at once. In embedded mode every peer is ours.
+
+It is built and started by ``interledger_site.runtime.NodeRuntime`` (never on import).
 """
 
 from __future__ import annotations
@@ -24,24 +21,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import sys
 
 from channels.db import database_sync_to_async
 
 from links.btp_client import BtpClient, InvalidBtpUrl
+from links.ownership import LinkOwnership
+from links.registry import LinkRegistry
 
 log = logging.getLogger(__name__)
 
 SYNC_INTERVAL_S = 10.0
-ENV_FLAG = "ILP_LINKS_AUTOSTART"
 
 
 class Supervisor:
-    def __init__(self) -> None:
+    def __init__(self, registry: LinkRegistry | None = None) -> None:
         self.clients: dict[str, BtpClient] = {}
+        self._registry = registry
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._waiting: set[str] = set()  # wanted peers whose lease another process holds
+        if registry is not None:
+            registry.ownership.on_lost.append(self._lease_lost)
+
+    @property
+    def registry(self) -> LinkRegistry:
+        if self._registry is not None:
+            return self._registry
+        from links import registry
+
+        return registry.current()
+
+    @property
+    def ownership(self) -> LinkOwnership:
+        return self.registry.ownership
+
+    def _lease_lost(self, peer_name: str) -> None:
+        if peer_name in self.clients:
+            self.poke()
 
     @property
     def running(self) -> bool:
@@ -69,6 +85,7 @@ class Supervisor:
                 await task
         clients, self.clients = self.clients, {}
         await asyncio.gather(*(c.stop() for c in clients.values()), return_exceptions=True)
+        self._waiting.clear()
 
     async def _run(self) -> None:
         try:
@@ -83,18 +100,31 @@ class Supervisor:
             except Exception:
                 log.exception("links supervisor: sync failed")
             self._wake.clear()
+            interval = SYNC_INTERVAL_S
+            if self._waiting:
+                interval = min(interval, self.ownership.retry_s)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), SYNC_INTERVAL_S)
+                await asyncio.wait_for(self._wake.wait(), interval)
 
     async def sync(self) -> None:
         """Make the running clients match the enabled ``btp-client`` peers."""
         from links.selectors import btp_client_peers
 
+        ownership = self.ownership
         wanted = {p.name: p.url for p in await database_sync_to_async(btp_client_peers)()}
         for name, client in list(self.clients.items()):
-            if wanted.get(name) != client.url or client._task is None or client._task.done():
+            lost = not ownership.holds(name)
+            if (
+                lost
+                or wanted.get(name) != client.url
+                or client._task is None
+                or client._task.done()
+            ):
                 del self.clients[name]
                 await client.stop()
+                if name not in wanted:
+                    await ownership.release(name)
+        self._waiting = set()
         for name, url in wanted.items():
             if name in self.clients:
                 continue
@@ -102,6 +132,9 @@ class Supervisor:
                 client = BtpClient(name, url)
             except InvalidBtpUrl as exc:
                 log.error("peer %s: %s", name, exc)
+                continue
+            if not await ownership.acquire(name):
+                self._waiting.add(name)  # another process owns it: it dials, we do not
                 continue
             self.clients[name] = client
             client.start()
@@ -113,10 +146,10 @@ class Supervisor:
     async def refresh_live_links(self) -> None:
         """Give live links their peer's current settings; close those of peers that
         were disabled or removed (possibly by another process, e.g. ``manage.py``)."""
-        from links import registry
         from links.btp_link import BtpLink
         from links.peers import aload_peer_context, invalidate_peer
 
+        registry = self.registry
         for name in registry.live_peers():
             invalidate_peer(name)
             ctx = await aload_peer_context(name)
@@ -130,44 +163,9 @@ class Supervisor:
                     link.peer = ctx
 
 
-_supervisor: Supervisor | None = None
-
-
 def get_supervisor() -> Supervisor:
-    global _supervisor
-    if _supervisor is None:
-        _supervisor = Supervisor()
-    return _supervisor
+    """The current runtime's supervisor (``interledger_site.runtime``)."""
+    from payments.node import runtime
 
-
-def _serving_process() -> bool:
-    flag = os.environ.get(ENV_FLAG, "").strip().lower()
-    if flag in ("0", "false", "no", "off"):
-        return False
-    if flag in ("1", "true", "yes", "on"):
-        return True
-    argv = sys.argv
-    program = os.path.basename(argv[0]) if argv else ""
-    if program == "daphne" or (program == "__main__.py" and "daphne.cli" in sys.modules):
-        return True
-    return program == "manage.py" and len(argv) > 1 and argv[1] == "runserver"
-
-
-_scheduled = False
-
-
-def autostart() -> bool:
-    """Schedule the supervisor on Daphne's loop if this process is a serving one."""
-    global _scheduled
-    if _scheduled or not _serving_process():
-        return False
-    daphne_server = sys.modules.get("daphne.server")
-    loop: asyncio.AbstractEventLoop | None = getattr(daphne_server, "twisted_loop", None)
-    if loop is None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return False
-    _scheduled = True
-    loop.call_soon_threadsafe(lambda: get_supervisor().start())
-    return True
+    supervisor: Supervisor = runtime().supervisor
+    return supervisor

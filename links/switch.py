@@ -841,56 +841,64 @@ def _enabled_peer_contexts() -> list[PeerContext]:
     return contexts
 
 
-_switch: PacketSwitch | None = None
+def build_switch(links: Callable[[str], Any] | None = None) -> PacketSwitch:
+    """A switch from the settings (the runtime builds one: ``interledger_site.runtime``).
+
+    ``links`` finds a peer's link (the runtime's registry); default: the current one's.
+    """
+    from django.conf import settings
+
+    from links import registry
+    from payments.ledger import get_book
+    from receivers.psk2_receiver import receive_prepare
+
+    switch = PacketSwitch(
+        node_address=settings.ILP_ADDRESS,
+        asset_code=settings.ILP_ASSET_CODE,
+        asset_scale=settings.ILP_ASSET_SCALE,
+        book=get_book(),
+        links=links or registry.get,
+        receiver=receive_prepare,
+        peer_loader=_load_enabled_peers,
+        fee_ppm=settings.ILP_FEE_PPM,
+        min_message_window_ms=settings.ILP_MIN_MESSAGE_WINDOW_MS,
+        max_hold_time_ms=settings.ILP_MAX_HOLD_TIME_MS,
+        route_broadcast_interval_s=settings.ILP_ROUTE_BROADCAST_INTERVAL_S,
+        housekeeping=True,
+    )
+    # Local destinations other parts own (circular payments come back through here).
+    from links.sender_link import register_local_destinations
+
+    register_local_destinations(switch)
+    return switch
 
 
 def get_switch() -> PacketSwitch:
-    """The process-wide switch, built from the settings on first use."""
-    global _switch
-    if _switch is None:
-        from django.conf import settings
+    """The current runtime's switch (built by the runtime, on its first use)."""
+    from payments.node import runtime
 
-        from links import registry
-        from payments.ledger import get_book
-        from receivers.psk2_receiver import receive_prepare
-
-        _switch = PacketSwitch(
-            node_address=settings.ILP_ADDRESS,
-            asset_code=settings.ILP_ASSET_CODE,
-            asset_scale=settings.ILP_ASSET_SCALE,
-            book=get_book(),
-            links=registry.get,
-            receiver=receive_prepare,
-            peer_loader=_load_enabled_peers,
-            fee_ppm=settings.ILP_FEE_PPM,
-            min_message_window_ms=settings.ILP_MIN_MESSAGE_WINDOW_MS,
-            max_hold_time_ms=settings.ILP_MAX_HOLD_TIME_MS,
-            route_broadcast_interval_s=settings.ILP_ROUTE_BROADCAST_INTERVAL_S,
-            housekeeping=True,
-        )
-        # Local destinations other parts own (circular payments come back through here).
-        from links.sender_link import register_local_destinations
-
-        register_local_destinations(_switch)
-    return _switch
+    switch: PacketSwitch = runtime().switch
+    return switch
 
 
 def peek_switch() -> PacketSwitch | None:
-    """The process-wide switch if one was built (views must not build one)."""
-    return _switch
+    """The current runtime's switch if it was built (views must not build one)."""
+    from payments.node import runtime
+
+    switch: PacketSwitch | None = runtime().peek_switch()
+    return switch
 
 
 def reset_switch() -> None:
-    """Stop and forget the process-wide switch (tests; the next ``get_switch`` builds anew)."""
-    global _switch
-    switch, _switch = _switch, None
-    if switch is not None:
-        switch.close()
+    """Close and forget the current runtime's switch (tests; the next use builds anew)."""
+    from payments.node import runtime
+
+    runtime().reset_switch()
 
 
 def dashboard_stats() -> dict[str, Any]:
     """Counters for the dashboard: packets in/out per peer, outcomes, packets/s."""
-    switch = _switch
+    switch = peek_switch()
     if switch is None:
         return {
             "packets_per_second": 0.0,

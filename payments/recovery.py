@@ -25,9 +25,10 @@ the normal path, a worker, a beat that runs the same sweeps, or the passes of ot
 serving processes. The database work runs on one thread of its own, never on the event
 loop and never on the thread Django's sync views share.
 
-Started by :func:`autostart` where the ASGI application is built (Daphne has no ASGI
-lifespan), only in a serving process (``daphne`` or ``manage.py runserver``;
-``ILP_RECOVERY_AUTOSTART=1`` forces it, ``0`` disables it). Tests build their own
+Built, started and stopped by the serving process's runtime
+(``interledger_site.runtime.NodeRuntime``, started where the ASGI application is built;
+``ILP_RECOVERY_AUTOSTART=0`` leaves it off there). Never started by an import; Celery
+workers, commands and tests do not run it unless they start it. Tests build their own
 :class:`Recovery`.
 """
 
@@ -38,7 +39,6 @@ import contextlib
 import functools
 import logging
 import os
-import sys
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -275,48 +275,16 @@ def _close_connections() -> None:
 
 # --- the serving process's instance ----------------------------------------------------------
 
-_recovery: Recovery | None = None
+
+def enabled_by_environment() -> bool:
+    """``ILP_RECOVERY_AUTOSTART=0`` (or false/no/off) keeps a serving runtime's sweeps off."""
+    flag = os.environ.get(ENV_FLAG, "").strip().lower()
+    return flag not in ("0", "false", "no", "off")
 
 
 def get_recovery() -> Recovery:
-    """The serving process's :class:`Recovery` (created on first use)."""
-    global _recovery
-    if _recovery is None:
-        _recovery = Recovery()
-    return _recovery
+    """The current runtime's :class:`Recovery` (``interledger_site.runtime``)."""
+    from payments.node import runtime
 
-
-def _serving_process() -> bool:
-    flag = os.environ.get(ENV_FLAG, "").strip().lower()
-    if flag in ("0", "false", "no", "off"):
-        return False
-    if flag in ("1", "true", "yes", "on"):
-        return True
-    argv = sys.argv
-    program = os.path.basename(argv[0]) if argv else ""
-    if program == "daphne" or (program == "__main__.py" and "daphne.cli" in sys.modules):
-        return True
-    return program == "manage.py" and len(argv) > 1 and argv[1] == "runserver"
-
-
-_scheduled = False
-
-
-def autostart() -> bool:
-    """Schedule :meth:`Recovery.start` on the server's loop if this process is a serving
-    one. Daphne creates its asyncio loop before it imports the application and runs it
-    only when the server starts, so the first pass runs as soon as the server does, with
-    no request needed."""
-    global _scheduled
-    if _scheduled or not _serving_process():
-        return False
-    daphne_server = sys.modules.get("daphne.server")
-    loop: asyncio.AbstractEventLoop | None = getattr(daphne_server, "twisted_loop", None)
-    if loop is None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return False
-    _scheduled = True
-    loop.call_soon_threadsafe(lambda: get_recovery().start())
-    return True
+    recovery: Recovery = runtime().recovery
+    return recovery

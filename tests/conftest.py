@@ -51,6 +51,20 @@ requires_redis = pytest.mark.skipif(
 
 
 @pytest.fixture(autouse=True)
+def node_runtime() -> Any:
+    """A fresh node runtime per test (``interledger_site.runtime``), the process's for the
+    test: its own switch, link registry and ownership; nothing started. Tests that need
+    the links supervisor or the sweeps start them (or build runtimes of their own)."""
+    from interledger_site.runtime import NodeRuntime, install
+
+    runtime = NodeRuntime(name="test")
+    previous = install(runtime)
+    yield runtime
+    install(previous)
+    runtime.close()
+
+
+@pytest.fixture(autouse=True)
 def _eager_celery_by_default() -> Any:
     """Tasks run in-process in tests on both passes; a test that wants a real worker says so.
 

@@ -73,10 +73,7 @@ def _reset_state() -> None:
         return
     from links import activity, btp_link, idempotency, registry
 
-    registry._links.clear()
-    for task in registry._bridges.values():
-        task.cancel()
-    registry._bridges.clear()
+    registry.current().clear()
     btp_link._peer_outboxes.clear()
     idempotency.reset()
     activity.cancel()

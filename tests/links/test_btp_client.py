@@ -15,7 +15,7 @@ from ilp.packet import Fulfill, Prepare, Reject
 from links import registry
 from links.btp_client import BtpClient, BtpUrl, InvalidBtpUrl
 from links.peers import PeerContext, aload_peer_context
-from links.supervisor import Supervisor, _serving_process, autostart
+from links.supervisor import Supervisor
 from links.switch import PacketSwitch, get_switch, reset_switch
 from payments.ledger import get_book, reset_book
 from tests.links.conftest import FULFILLMENT, FakeSwitch, prepare_to
@@ -261,21 +261,3 @@ async def test_supervisor_starts_and_stops_clients(
             await wait_for(lambda: "hub" not in sup.clients and registry.local("hub") is None)
         finally:
             await sup.stop()
-
-
-def test_autostart_gate(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("ILP_LINKS_AUTOSTART", raising=False)
-    monkeypatch.setattr("sys.argv", ["/x/.venv/bin/pytest"])
-    assert not _serving_process()
-    assert not autostart()
-    monkeypatch.setattr("sys.argv", ["/x/.venv/bin/daphne", "interledger_site.asgi:application"])
-    assert _serving_process()
-    monkeypatch.setattr("sys.argv", ["manage.py", "migrate"])
-    assert not _serving_process()
-    monkeypatch.setattr("sys.argv", ["manage.py", "runserver"])
-    assert _serving_process()
-    monkeypatch.setenv("ILP_LINKS_AUTOSTART", "0")
-    assert not _serving_process()
-    monkeypatch.setenv("ILP_LINKS_AUTOSTART", "1")
-    monkeypatch.setattr("sys.argv", ["pytest"])
-    assert _serving_process()

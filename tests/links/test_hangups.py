@@ -53,7 +53,7 @@ def node() -> Iterator[None]:
     yield
     reset_switch()
     reset_book()
-    registry._links.clear()
+    registry.current().clear()
     connections.close_all()
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
 from ilp.packet import Fulfill, Prepare, Reject, Reply
+from interledger_site.runtime import NodeRuntime
 from links import registry
+from links.ownership import MemoryLeases, multiprocess_layer
 from tests.conftest import on_redis
 from tests.links.conftest import FULFILLMENT, prepare_to
 
@@ -34,38 +35,54 @@ def test_register_stack_and_last_link() -> None:
     assert registry.unregister("p", a)
     assert registry.local("p") is None
     assert registry.live_peers() == []
-    assert registry.group_name("a~b") == "link.a.b"
 
 
-@pytest.fixture
-def bridged() -> Iterator[None]:
-    registry._force_bridge = True
-    yield
-    registry._force_bridge = False
+def shared_pair() -> tuple[NodeRuntime, NodeRuntime]:
+    """Two runtimes sharing leases (one process, as two processes would share Redis)."""
+    leases = MemoryLeases()
+    owner = NodeRuntime(name="owner", shared=True, leases=leases)
+    other = NodeRuntime(name="other", shared=True, leases=leases)
+    return owner, other
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_remote_link_through_the_channel_layer(bridged: None) -> None:
-    """A RemoteLink reaches a link registered "elsewhere" (here: this process's bridge)."""
+async def test_remote_link_through_the_owner_channel() -> None:
+    """A RemoteLink reaches a link held by another runtime through its owner's channel."""
+    owner, other = shared_pair()
     link = EchoLink()
-    registry.register("far", link)
+    await owner.ownership.start()
     try:
-        await asyncio.sleep(0.1)  # the bridge joins its group
-        remote = registry.RemoteLink("far")
-        reply = await asyncio.wait_for(remote.send_prepare(prepare_to(data=b"hi")), 5)
-        assert reply == Fulfill(FULFILLMENT, b"hi")
-        assert len(link.sent) == 1
-        # a peer connected nowhere answers T01 at once, not after the expiry
-        reject = await asyncio.wait_for(
-            registry.RemoteLink("nowhere").send_prepare(prepare_to()), 2
-        )
+        owner.registry.register("far", link)
+        assert await owner.ownership.acquire("far")
+        with other.activated():
+            remote = registry.get("far")
+            assert isinstance(remote, registry.RemoteLink)
+            reply = await asyncio.wait_for(remote.send_prepare(prepare_to(data=b"hi")), 5)
+            assert reply == Fulfill(FULFILLMENT, b"hi")
+            assert len(link.sent) == 1
+            # a peer owned nowhere answers T01 at once, not after the expiry
+            reject = await asyncio.wait_for(
+                registry.RemoteLink("nowhere", other.ownership).send_prepare(prepare_to()), 2
+            )
+            assert isinstance(reject, Reject) and reject.code == "T01"
+        # the owner without a live link answers T01 itself
+        owner.registry.unregister("far", link)
+        with other.activated():
+            reject = await asyncio.wait_for(registry.get("far").send_prepare(prepare_to()), 5)  # type: ignore[union-attr]
         assert isinstance(reject, Reject) and reject.code == "T01"
-        assert isinstance(registry.get("nowhere"), registry.RemoteLink)
+        assert len(link.sent) == 1
     finally:
-        registry.unregister("far", link)
-        await asyncio.sleep(0.05)
+        await owner.stop()
+        other.close()
+
+
+def test_embedded_mode_has_no_remote_links() -> None:
+    runtime = NodeRuntime(name="embedded", shared=False)
+    assert not runtime.ownership.shared
+    assert runtime.registry.get("nowhere") is None
 
 
 @pytest.mark.skipif(not on_redis(), reason="needs Redis (the Postgres+Redis pass)")
 def test_redis_layer_is_multiprocess() -> None:
-    assert registry._is_multiprocess()
+    assert multiprocess_layer()
+    assert NodeRuntime(name="r").ownership.shared

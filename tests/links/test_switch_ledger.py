@@ -61,7 +61,7 @@ def node(django_user_model: type[User]) -> Iterator[dict[str, Any]]:
     }
     reset_switch()
     reset_book()
-    registry._links.clear()
+    registry.current().clear()
     connections.close_all()
 
 

@@ -9,7 +9,6 @@ in memory. Waits are on events (a pass finished, the hook answered) with a deadl
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -23,7 +22,6 @@ from kombu.exceptions import OperationalError as BrokerError
 
 from interledger_site.celery import app as celery_app
 from payments import ledger, services, tasks
-from payments import recovery as recovery_module
 from payments.ledger import (
     BalanceBook,
     PostingDraft,
@@ -352,44 +350,28 @@ def test_sweep_task_queues_due_deliveries(
 # --- wiring -----------------------------------------------------------------------------------
 
 
-def test_autostart_gate(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(recovery_module.ENV_FLAG, raising=False)
-    monkeypatch.setattr(sys, "argv", ["/usr/bin/pytest"])
-    assert not recovery_module._serving_process()
-    monkeypatch.setattr(sys, "argv", ["/srv/.venv/bin/daphne", "interledger_site.asgi:application"])
-    assert recovery_module._serving_process()
-    monkeypatch.setattr(sys, "argv", ["manage.py", "runserver"])
-    assert recovery_module._serving_process()
-    monkeypatch.setenv(recovery_module.ENV_FLAG, "0")
-    assert not recovery_module._serving_process()
-    monkeypatch.setattr(sys, "argv", ["/usr/bin/pytest"])
-    monkeypatch.setenv(recovery_module.ENV_FLAG, "1")
-    assert recovery_module._serving_process()
-
-
-async def test_autostart_runs_the_start_up_pass_on_the_serving_loop(
-    book: BalanceBook, eager_celery: None, monkeypatch: pytest.MonkeyPatch
+async def test_runtime_start_runs_the_start_up_pass(
+    book: BalanceBook, eager_celery: None
 ) -> None:
+    """A serving runtime (``interledger_site.runtime``) starts the sweeps on its loop."""
+    from interledger_site.runtime import NodeRuntime
+
     await db(make_accounts)
     await book.load_account(PEER)
-    with monkeypatch.context() as m:
+    with pytest.MonkeyPatch.context() as m:
         m.setattr(ledger, "_queue_apply_receipts", lambda ids: None)  # the crash
         await book.commit(*chunk(0))
     await db(reset_book)
-    fresh = Recovery(interval=3600)
-    monkeypatch.setenv(recovery_module.ENV_FLAG, "1")
-    monkeypatch.setattr(recovery_module, "_scheduled", False)
-    monkeypatch.setattr(recovery_module, "_recovery", fresh)
-    # Not under Daphne: its module (imported by other tests) would name a loop that never runs.
-    monkeypatch.delitem(sys.modules, "daphne.server", raising=False)
+    runtime = NodeRuntime(name="recovery-test", recovery=True, shared=False)
+    runtime.recovery = fresh = Recovery(interval=3600)
     try:
-        assert recovery_module.autostart()
-        assert not recovery_module.autostart()  # once per process
+        await runtime.start()
         report = await asyncio.wait_for(_started(fresh), DEADLINE)
         assert report is not None and report.receipts == 1
         assert await db(unapplied) == 0
     finally:
-        await fresh.stop()
+        await runtime.stop()
+    assert not fresh.running
 
 
 async def _started(recovery: Recovery) -> PassReport | None:

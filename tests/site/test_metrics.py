@@ -40,10 +40,10 @@ def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 @pytest.fixture
 def _links_clean() -> Iterator[None]:
-    registry._links.clear()
+    registry.current().clear()
     activity.cancel()
     yield
-    registry._links.clear()
+    registry.current().clear()
     activity.cancel()
     activity._connection.clear()
     activity._last_packet.clear()

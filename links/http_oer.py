@@ -38,8 +38,20 @@ garbage 200 → T00). :class:`HttpAsyncLink` POSTs to
 receivers understand it too), repeating the POST until it is accepted, and waits for
 the callback until the Prepare expires.
 
-Limitation: replies to our async requests must reach the process that sent them (one
-Daphne process, or sticky routing per request id).
+Several processes (``REDIS_URL`` set; nothing of this in embedded mode):
+
+* **Replies to our async requests** may land on any process behind the load balancer. The
+  waiting process stores ``request id → (peer, its own channel name)`` in Redis for the
+  Prepare's lifetime (:class:`Waiters`); the process that receives the reply checks the
+  peer and hands the reply to the waiter with ``channel_layer.send`` (one process-specific
+  channel per process, read by one task); the peer gets its ``200`` from whichever
+  process it reached.
+* **Incoming async requests are leased** (``HttpAsyncRequest.lease_until``): the process
+  that accepted a request holds it for :data:`LEASE_S`, renewing every
+  :data:`RENEW_EVERY_S` while it processes it and delivers the callback. Serving processes
+  (:func:`start`) look every :data:`RESUME_EVERY_S` for requests whose lease ran out (their
+  process stopped) and claim them (``SELECT … FOR UPDATE SKIP LOCKED``): a starting
+  process no longer takes over requests other live processes are working on.
 """
 
 from __future__ import annotations
@@ -72,7 +84,7 @@ from ilp.packet import (
     encode_packet,
     encode_prepare,
 )
-from links import activity, edge, registry, services, tasks
+from links import activity, edge, registry, services, shared, tasks
 from links.models import LinkKind
 from links.peers import PeerContext, aload_peer_context
 from payments import outbound
@@ -90,6 +102,9 @@ KEEP_AFTER_EXPIRY = timedelta(seconds=60)
 MAX_CALLBACK_LIFETIME = timedelta(hours=1)
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 8.0
+LEASE_S = 15.0
+RENEW_EVERY_S = 5.0
+RESUME_EVERY_S = 5.0
 PREPARE, FULFILL, REJECT = 12, 13, 14
 
 _background: set[asyncio.Task[Any]] = set()
@@ -160,7 +175,7 @@ async def ilp_endpoint(request: HttpRequest) -> HttpResponse:
     request_id = request.headers.get("Request-Id", "").strip()
     kind = body[0] if body else None
     if request_id and kind in (FULFILL, REJECT):
-        return _take_reply(ctx, request_id, body)
+        return await _take_reply(ctx, request_id, body)
     prefer = request.headers.get("Prefer", "").lower()
     if request_id and "respond-async" in prefer:
         if not REQUEST_ID_RE.fullmatch(request_id):
@@ -200,7 +215,7 @@ async def ilp_request(request: HttpRequest, request_id: str) -> HttpResponse:
         callback = request.headers.get("Callback-Url", "").strip()
         return await _accept_async(ctx, request_id, body, callback, header_form=False)
     if kind in (FULFILL, REJECT):
-        return _take_reply(ctx, request_id, body)
+        return await _take_reply(ctx, request_id, body)
     return _text(400, "body is not an ILP packet")
 
 
@@ -261,9 +276,11 @@ async def _receive_async(
         callback_url=callback_url,
         received_at=now,
         expires_at=_give_up_at(prepare, now),
+        lease_until=now + timedelta(seconds=LEASE_S),
     )
     if receipt.new:
         activity.note_packet(ctx.name)
+        _hold_lease(ctx.name, request_id)
         _spawn(_process_async(ctx, request_id, prepare, callback_url, header_form, now))
         if tasks.HTTP_ASYNC_PRUNE.due(time.monotonic()):  # rows past their window go
             _spawn(database_sync_to_async(services.http_async_prune)(now=now))
@@ -287,15 +304,18 @@ async def _process_async(
     header_form: bool,
     received_at: datetime,
 ) -> None:
-    reply = await edge.handle_prepare(ctx, prepare, owned=True)  # a background task of ours
-    raw = encode_packet(reply)
     try:
-        await database_sync_to_async(services.http_async_complete)(
-            peer_name=ctx.name, request_id=request_id, reply=raw
-        )
-    except Exception:
-        log.exception("could not store the outcome of %s/%s", ctx.name, request_id)
-    await _deliver(ctx.name, request_id, raw, callback_url, _give_up_at(prepare, received_at))
+        reply = await edge.handle_prepare(ctx, prepare, owned=True)  # a background task of ours
+        raw = encode_packet(reply)
+        try:
+            await database_sync_to_async(services.http_async_complete)(
+                peer_name=ctx.name, request_id=request_id, reply=raw
+            )
+        except Exception:
+            log.exception("could not store the outcome of %s/%s", ctx.name, request_id)
+        await _deliver(ctx.name, request_id, raw, callback_url, _give_up_at(prepare, received_at))
+    finally:
+        _leased.discard((ctx.name, request_id))
 
 
 async def _deliver(
@@ -346,17 +366,105 @@ async def _deliver(
 
 
 async def resume_pending_callbacks() -> int:
-    """At start-up: deliver every callback still owed (see the module doc)."""
+    """Claim and deliver every callback still owed whose lease ran out (see the module
+    doc): at start-up, and every :data:`RESUME_EVERY_S` once :func:`start` ran."""
     now = datetime.now(UTC)
-    owed = await database_sync_to_async(services.http_async_interrupted)(now=now)
+    owed = await database_sync_to_async(services.http_async_interrupted)(
+        now=now, lease_until=now + timedelta(seconds=LEASE_S)
+    )
     for peer_name, request_id, callback_url, reply, expires_at in owed:
+        if (peer_name, request_id) in _leased:
+            continue  # ours already (a renewal failed): it is being worked on here
+        _hold_lease(peer_name, request_id)
         if reply is None:
             reply = encode_packet(edge.reject("T00", "processing interrupted by a restart"))
             await database_sync_to_async(services.http_async_complete)(
                 peer_name=peer_name, request_id=request_id, reply=reply
             )
-        _spawn(_deliver(peer_name, request_id, reply, callback_url, expires_at))
+        _spawn(_deliver_leased(peer_name, request_id, reply, callback_url, expires_at))
+    if not _resuming:
+        # Called at start-up (by the links supervisor): keep resuming lapsed leases.
+        start(resume_now=False)
     return len(owed)
+
+
+async def _deliver_leased(
+    peer_name: str, request_id: str, reply: bytes, callback_url: str, give_up_at: datetime
+) -> None:
+    try:
+        await _deliver(peer_name, request_id, reply, callback_url, give_up_at)
+    finally:
+        _leased.discard((peer_name, request_id))
+
+
+# --- leases of incoming async requests --------------------------------------------------------
+
+# (peer, request id) of the requests this process processes or delivers: their leases are
+# renewed by the keeper.
+_leased: set[tuple[str, str]] = set()
+_keeper: asyncio.Task[None] | None = None
+_resuming = False
+
+
+def _hold_lease(peer_name: str, request_id: str) -> None:
+    global _keeper
+    _leased.add((peer_name, request_id))
+    if _keeper is None or _keeper.done() or _keeper.get_loop() is not asyncio.get_running_loop():
+        _keeper = asyncio.get_running_loop().create_task(_keep_leases(), name="http-oer-leases")
+
+
+async def _keep_leases(first_resume_in: float = RESUME_EVERY_S) -> None:
+    """Renew our leases; in a serving process (:func:`start`), also resume lapsed ones."""
+    loop = asyncio.get_running_loop()
+    next_resume = loop.time() + first_resume_in
+    while True:
+        if _resuming and loop.time() >= next_resume:
+            next_resume = loop.time() + RESUME_EVERY_S
+            try:
+                await resume_pending_callbacks()
+            except Exception:
+                log.exception("could not resume HTTP-OER-ASYNC callbacks")
+        if _leased:
+            until = datetime.now(UTC) + timedelta(seconds=LEASE_S)
+            try:
+                await database_sync_to_async(services.http_async_renew)(
+                    keys=sorted(_leased), until=until
+                )
+            except Exception:
+                log.warning("could not renew HTTP-OER-ASYNC leases", exc_info=True)
+        elif not _resuming:
+            return
+        await asyncio.sleep(min(RENEW_EVERY_S, RESUME_EVERY_S))
+
+
+def start(*, resume_now: bool = True) -> None:
+    """A serving process: resume owed callbacks whose lease ran out, now (unless
+    ``resume_now`` is false) and every :data:`RESUME_EVERY_S` (on the running loop;
+    idempotent). Called at start-up: today through :func:`resume_pending_callbacks`, which
+    the links supervisor calls."""
+    global _resuming, _keeper
+    loop = asyncio.get_running_loop()
+    running = _keeper is not None and not _keeper.done() and _keeper.get_loop() is loop
+    was_resuming, _resuming = _resuming, True
+    if running and was_resuming:
+        return
+    if running and _keeper is not None:
+        _keeper.cancel()  # renewing only: replaced by one that also resumes
+    _keeper = loop.create_task(
+        _keep_leases(0.0 if resume_now else RESUME_EVERY_S), name="http-oer-leases"
+    )
+
+
+async def stop() -> None:
+    """Stop resuming and renewing (requests still held lapse and are resumed elsewhere)."""
+    global _resuming, _keeper
+    _resuming = False
+    keeper, _keeper = _keeper, None
+    if keeper is not None and keeper.get_loop() is asyncio.get_running_loop():
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await keeper
+    await _waiters.close()
 
 
 # --- replies to our async requests -----------------------------------------------------------
@@ -368,19 +476,127 @@ class _Waiting:
     future: asyncio.Future[Reply]
 
 
-_waiting: dict[str, _Waiting] = {}
+REPLY_MESSAGE = "http_oer.reply"
 
 
-def _take_reply(ctx: PeerContext, request_id: str, body: bytes) -> HttpResponse:
-    waiting = _waiting.get(request_id)
-    if waiting is None or waiting.peer_name != ctx.name or waiting.future.done():
+class Waiters:
+    """This process's async requests waiting for their reply (see the module doc).
+
+    One per process (:data:`_waiters`); tests make a second one to stand for another
+    process. With Redis, each waiter is also registered under ``ilp:<node>:http-wait:<id>``
+    with this process's channel, so that the process the reply reaches can pass it on.
+    """
+
+    def __init__(self) -> None:
+        self.local: dict[str, _Waiting] = {}
+        self.channel = ""
+        self._listener: asyncio.Task[None] | None = None
+        self._redis: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @staticmethod
+    def _key(request_id: str) -> str:
+        return f"ilp:{settings.ILP_ADDRESS}:http-wait:{request_id}"
+
+    async def _ready(self) -> Any:
+        """The Redis client and our channel's listener on the running loop."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._listener is None or self._listener.done():
+            from channels.layers import get_channel_layer
+
+            layer = get_channel_layer()
+            assert layer is not None
+            self._loop = loop
+            self._redis = shared._async_client()
+            self.channel = await layer.new_channel("ilp-http-wait.")
+            self._listener = loop.create_task(self._listen(layer, self.channel))
+        return self._redis
+
+    async def add(self, request_id: str, waiting: _Waiting, ttl_s: float) -> None:
+        self.local[request_id] = waiting
+        if shared.enabled():
+            client = await self._ready()
+            await client.set(
+                self._key(request_id),
+                f"{waiting.peer_name}\n{self.channel}",
+                px=max(int(ttl_s * 1000), 1) + 1000,
+            )
+
+    async def remove(self, request_id: str) -> None:
+        self.local.pop(request_id, None)
+        if shared.enabled() and self._redis is not None:
+            with contextlib.suppress(Exception):
+                await self._redis.delete(self._key(request_id))
+
+    async def take(self, ctx: PeerContext, request_id: str, body: bytes) -> HttpResponse:
+        """The reply ``body`` from ``ctx`` to our request ``request_id``, wherever it waits."""
+        try:
+            reply = decode_reply(body)
+        except DecodeError as exc:
+            return _text(400, f"invalid ILP reply: {exc.reason}")
+        waiting = self.local.get(request_id)
+        if waiting is not None:
+            if waiting.peer_name != ctx.name or waiting.future.done():
+                return _text(400, "unknown or already answered request id")
+            waiting.future.set_result(reply)
+            return HttpResponse(status=200)
+        if shared.enabled():
+            client = await self._ready()
+            found = await client.get(self._key(request_id))
+            if found is not None:
+                peer_name, _, channel = found.decode().partition("\n")
+                if peer_name == ctx.name and channel != self.channel:
+                    from channels.layers import get_channel_layer
+
+                    layer = get_channel_layer()
+                    assert layer is not None
+                    await layer.send(
+                        channel,
+                        {"type": REPLY_MESSAGE, "id": request_id, "peer": peer_name, "body": body},
+                    )
+                    return HttpResponse(status=200)
         return _text(400, "unknown or already answered request id")
-    try:
-        reply = decode_reply(body)
-    except DecodeError as exc:
-        return _text(400, f"invalid ILP reply: {exc.reason}")
-    waiting.future.set_result(reply)
-    return HttpResponse(status=200)
+
+    async def _listen(self, layer: Any, channel: str) -> None:
+        while True:
+            try:
+                message = await layer.receive(channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("http-oer: reply channel failed; retrying", exc_info=True)
+                await asyncio.sleep(1)
+                continue
+            if message.get("type") != REPLY_MESSAGE:
+                continue
+            waiting = self.local.get(str(message.get("id")))
+            if waiting is None or waiting.peer_name != message.get("peer"):
+                continue
+            if waiting.future.done():
+                continue
+            try:
+                waiting.future.set_result(decode_reply(bytes(message["body"])))
+            except DecodeError:
+                continue
+
+    async def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None and listener.get_loop() is asyncio.get_running_loop():
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await listener
+        if self._redis is not None:
+            with contextlib.suppress(Exception):
+                await self._redis.aclose()
+            self._redis = None
+        self._loop = None
+
+
+_waiters = Waiters()
+
+
+async def _take_reply(ctx: PeerContext, request_id: str, body: bytes) -> HttpResponse:
+    return await _waiters.take(ctx, request_id, body)
 
 
 # --- client links ------------------------------------------------------------------------------
@@ -459,20 +675,31 @@ class HttpSyncLink:
 
 
 class HttpAsyncLink:
-    """HTTP-OER-ASYNC towards a peer (path profile, RFC 35 headers added)."""
+    """HTTP-OER-ASYNC towards a peer (path profile, RFC 35 headers added).
 
-    def __init__(self, peer_name: str, url: str, token: str) -> None:
+    ``waiters``: where replies are awaited (the process's :data:`_waiters`; tests pass
+    another to stand for another process)."""
+
+    def __init__(
+        self, peer_name: str, url: str, token: str, *, waiters: Waiters | None = None
+    ) -> None:
         self.peer_name = peer_name
         self.base = url.rstrip("/")
         self.token = token
+        self.waiters = waiters or _waiters
 
     async def send_prepare(self, prepare: Prepare) -> Reply:
         loop = asyncio.get_running_loop()
-        if prepare.expires_at <= datetime.now(UTC):
+        remaining = (prepare.expires_at - datetime.now(UTC)).total_seconds()
+        if remaining <= 0:
             return registry.expired()
         request_id = str(uuid.uuid4())
         waiting = _Waiting(self.peer_name, loop.create_future())
-        _waiting[request_id] = waiting
+        try:
+            await self.waiters.add(request_id, waiting, remaining)
+        except Exception as exc:  # Redis unreachable: a reply could not find us
+            await self.waiters.remove(request_id)
+            return edge.reject("T01", f"failed to send packet: {exc!r}")
         try:
             early = await self._post_until_accepted(request_id, prepare)
             if early is not None:
@@ -483,7 +710,7 @@ class HttpAsyncLink:
             except TimeoutError:
                 return registry.expired()
         finally:
-            _waiting.pop(request_id, None)
+            await self.waiters.remove(request_id)
 
     async def _post_until_accepted(self, request_id: str, prepare: Prepare) -> Reply | None:
         """POST the Prepare (repeated on 5xx/network errors): ``None`` once accepted."""
@@ -573,12 +800,18 @@ async def sync_http_links() -> None:
 
 
 def reset() -> None:
-    """Forget registrations and caches (tests)."""
+    """Forget registrations, caches and the lease keeper (tests)."""
+    global _resuming, _keeper
+    _resuming = False
+    keeper, _keeper = _keeper, None
+    if keeper is not None:
+        keeper.cancel()
     for name, (_, _, _, link) in list(_registered.items()):
         registry.unregister(name, link)
     _registered.clear()
     _endpoints.clear()
-    _waiting.clear()
+    _waiters.local.clear()
+    _leased.clear()
 
 
 __all__ = [
@@ -588,5 +821,7 @@ __all__ = [
     "ilp_endpoint",
     "ilp_request",
     "resume_pending_callbacks",
+    "start",
+    "stop",
     "sync_http_links",
 ]

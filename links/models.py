@@ -168,6 +168,10 @@ class HttpAsyncRequest(models.Model):
     received_at = models.DateTimeField()
     expires_at = models.DateTimeField(db_index=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
+    # Until when the process working on the request (processing it or delivering its
+    # callback) holds it; it renews the lease while it works. Another process resumes
+    # the request only once the lease has run out (empty: nobody holds it).
+    lease_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [

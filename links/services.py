@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
@@ -21,6 +21,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 
 from links import peers as peer_cache
 from links.limits import LIMIT_FIELDS, InvalidLimits, PeerLimits
@@ -374,11 +375,13 @@ def http_async_receive(
     callback_url: str,
     received_at: datetime,
     expires_at: datetime,
+    lease_until: datetime | None = None,
 ) -> AsyncReceipt:
     """Record an incoming async Prepare once (idempotent on ``(peer, request id)``).
 
     A repeat with the same digest is reported (never processed twice); a different body
-    under a known id is a conflict.
+    under a known id is a conflict. ``lease_until``: the new row is held by the caller
+    until then (see :func:`http_async_renew`).
     """
     from django.db import IntegrityError
 
@@ -392,6 +395,7 @@ def http_async_receive(
                 callback_url=callback_url,
                 received_at=received_at,
                 expires_at=expires_at,
+                lease_until=lease_until,
             )
         return AsyncReceipt(True, False, HttpAsyncState.IN_PROGRESS, None)
     except IntegrityError:
@@ -423,16 +427,44 @@ def http_async_attempted(
     ).update(**changes)
 
 
-def http_async_interrupted(*, now: datetime) -> list[tuple[str, str, str, bytes | None, datetime]]:
-    """After a restart: every request whose callback is still owed.
+def http_async_renew(*, keys: Sequence[tuple[str, str]], until: datetime) -> int:
+    """Extend the lease of the requests ``(peer, request id)`` the caller works on."""
+    if not keys:
+        return 0
+    match = Q()
+    for peer_name, request_id in keys:
+        match |= Q(peer__name=peer_name, request_id=request_id)
+    return HttpAsyncRequest.objects.filter(
+        match, state__in=[HttpAsyncState.IN_PROGRESS, HttpAsyncState.DONE]
+    ).update(lease_until=until)
 
-    Requests that were in progress when the process stopped cannot be finished; they
-    are completed with ``reply=None`` here and the caller answers them with a Reject.
+
+def http_async_interrupted(
+    *, now: datetime, lease_until: datetime | None = None
+) -> list[tuple[str, str, str, bytes | None, datetime]]:
+    """Claim every request whose callback is still owed and whose lease ran out.
+
+    A request is leased by the process working on it, which renews the lease while it
+    works; a request whose lease ran out (its process stopped) is claimed here until
+    ``lease_until`` (rows locked with ``SKIP LOCKED``, so two processes never claim the
+    same one). Requests that were in progress cannot be finished; they are returned
+    with ``reply=None`` and the caller answers them with a Reject.
     Returns ``(peer, request id, callback url, reply, expires_at)``.
     """
-    rows = HttpAsyncRequest.objects.filter(
-        state__in=[HttpAsyncState.IN_PROGRESS, HttpAsyncState.DONE], expires_at__gt=now
-    ).select_related("peer")
+    with transaction.atomic():
+        rows = list(
+            HttpAsyncRequest.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(
+                Q(lease_until__isnull=True) | Q(lease_until__lt=now),
+                state__in=[HttpAsyncState.IN_PROGRESS, HttpAsyncState.DONE],
+                expires_at__gt=now,
+            )
+            .select_related("peer")
+        )
+        if rows and lease_until is not None:
+            HttpAsyncRequest.objects.filter(pk__in=[row.pk for row in rows]).update(
+                lease_until=lease_until
+            )
     return [
         (
             row.peer.name,

@@ -41,7 +41,7 @@ from receivers.open_payments.errors import (
     OpenPaymentsError,
 )
 from receivers.open_payments.models import AccessToken, Grant, IncomingPaymentResource
-from receivers.open_payments.signatures import is_signed, verify_request
+from receivers.open_payments.signatures import is_signed, verify_request_once
 from receivers.pointers import public_base_url
 from receivers.selectors import receiver_get
 
@@ -286,7 +286,7 @@ async def _key_lookup(
 
 
 async def _verify_for_grant(request: HttpRequest, grant: Grant) -> None:
-    verify_request(request, await _key_lookup(request, grant.client, grant.client_jwk))
+    await verify_request_once(request, await _key_lookup(request, grant.client, grant.client_jwk))
 
 
 # --- the authorization server ----------------------------------------------------------------
@@ -361,7 +361,7 @@ async def grant_request(request: HttpRequest) -> HttpResponse:
     if "client" not in body:
         raise InvalidClient("client is required", status=400)
     client, client_jwk = _client(body["client"])
-    verify_request(request, await _key_lookup(request, client, client_jwk))
+    await verify_request_once(request, await _key_lookup(request, client, client_jwk))
     if "subject" in body:
         raise OpenPaymentsError("subject information is not served here")
     access_token = body.get("access_token")

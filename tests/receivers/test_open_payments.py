@@ -35,7 +35,7 @@ from ilp.stream import (
 )
 from payments.models import Receipt
 from receivers.models import Receiver
-from receivers.open_payments import jwks, limits
+from receivers.open_payments import jwks, limits, signatures
 from receivers.open_payments.models import AccessToken, Grant, IncomingPaymentResource
 from receivers.services import receiver_create
 from receivers.testing import ensure_payer
@@ -102,6 +102,7 @@ class _KeyServer:
 def _fresh_caches() -> Iterator[None]:
     jwks.cache.clear()
     limits.cache.clear()
+    signatures._local_seen.clear()
     yield
     jwks.cache.clear()
     limits.cache.clear()
@@ -141,6 +142,7 @@ class OpClient:
         self.client = client
         self.kid = kid
         self.http = Client()
+        self.last: tuple[str, str, dict[str, Any]] = ("GET", "/", {})
 
     def request(
         self,
@@ -188,6 +190,13 @@ class OpClient:
         elif method in ("POST", "DELETE"):
             kwargs["data"] = b""  # an empty body, as real clients send (not empty multipart)
             kwargs["content_type"] = "application/json"
+        self.last = (method, path, kwargs)
+        response: HttpResponse = getattr(self.http, method.lower())(path, **kwargs)
+        return response
+
+    def replay(self) -> HttpResponse:
+        """The last request again, byte for byte (its signature included)."""
+        method, path, kwargs = self.last
         response: HttpResponse = getattr(self.http, method.lower())(path, **kwargs)
         return response
 
@@ -356,8 +365,8 @@ def test_wrong_key_refused(op: OpClient, key_server: _KeyServer, carol: Receiver
 
 def test_jwks_is_cached(op: OpClient, key_server: _KeyServer, carol: Receiver) -> None:
     grant = op.grant()
-    op.create(grant["access_token"]["value"])
-    op.create(grant["access_token"]["value"])
+    assert op.create(grant["access_token"]["value"], metadata={"n": 1}).status_code == 201
+    assert op.create(grant["access_token"]["value"], metadata={"n": 2}).status_code == 201
     assert key_server.fetches == 1
 
 
@@ -504,8 +513,8 @@ def test_create_refuses_another_asset(op: OpClient, carol: Receiver) -> None:
 
 def test_list_needs_read_all_or_list(op: OpClient, carol: Receiver) -> None:
     creator = op.grant()
-    for _ in range(3):
-        op.create(creator["access_token"]["value"])
+    for n in range(3):  # distinct bodies: a byte-identical signed write is a replay
+        assert op.create(creator["access_token"]["value"], metadata={"n": n}).status_code == 201
     path = f"/payments/incoming-payments?wallet-address={BASE}/carol&first=2"
     refused = op.request("GET", path, token=creator["access_token"]["value"])
     assert refused.status_code == 403
@@ -621,3 +630,57 @@ async def test_completed_incoming_payment_takes_no_more(op: OpClient, carol: Rec
     reply = await sender.send(sender.prepare(100, (StreamMoneyFrame(1, 1),)))
     assert isinstance(reply, Reject) and reply.code == "F99"
     assert await _receipt_total() == 700
+
+
+# --- a signature is good once -----------------------------------------------------------------
+# A captured grant request, create, complete or cancel played again within the signature's
+# 5 minutes is refused (401) and nothing happens twice. Reads may repeat (a client polling
+# twice in one second sends the same signature).
+
+
+def test_replayed_grant_request_refused(op: OpClient, carol: Receiver) -> None:
+    op.grant()
+    replayed = op.replay()
+    assert replayed.status_code == 401
+    assert error_code(replayed) == "invalid_client"
+    assert "already used" in json.loads(replayed.content)["error"]["description"]
+    assert Grant.objects.count() == 1
+
+
+def test_replayed_create_refused(op: OpClient, carol: Receiver) -> None:
+    token = op.grant()["access_token"]["value"]
+    assert op.create(token).status_code == 201
+    replayed = op.replay()
+    assert replayed.status_code == 401
+    assert replayed["WWW-Authenticate"] == f'GNAP as_uri="{BASE}/auth"'
+    assert IncomingPaymentResource.objects.count() == 1
+
+
+def test_replayed_cancel_refused(op: OpClient, carol: Receiver) -> None:
+    grant = op.grant()
+    path = grant["continue"]["uri"][len(BASE) :]
+    assert (
+        op.request("DELETE", path, token=grant["continue"]["access_token"]["value"]).status_code
+        == 204
+    )
+    replayed = op.replay()
+    assert replayed.status_code == 401
+
+
+def test_a_new_signature_of_the_same_request_passes(op: OpClient, carol: Receiver) -> None:
+    """Only the very signature is refused: the client signing again (a new ``created``, or
+    other bytes) is served."""
+    token = op.grant()["access_token"]["value"]
+    assert op.create(token, amount="5000").status_code == 201
+    assert op.create(token, amount="6000").status_code == 201
+    assert IncomingPaymentResource.objects.count() == 2
+
+
+def test_replayed_read_is_served(op: OpClient, carol: Receiver) -> None:
+    grant = op.grant(actions=["create", "read"])
+    token = grant["access_token"]["value"]
+    created = json.loads(op.create(token).content)
+    first = op.request("GET", created["id"][len(BASE) :], token=token)
+    again = op.replay()
+    assert first.status_code == again.status_code == 200
+    assert json.loads(again.content)["id"] == created["id"]

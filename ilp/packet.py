@@ -19,11 +19,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from enum import IntEnum, StrEnum
-from typing import Any, NamedTuple
+from enum import IntEnum
+from types import FunctionType
+from typing import Any, Final, NamedTuple
 
 from ilp.address import InvalidAddress, address_from_bytes, is_valid_address
 from ilp.conditions import CONDITION_LENGTH, FULFILLMENT_LENGTH
+from ilp.error_codes import ErrorCode as ErrorCode  # re-exported: its public home
 from ilp.errors import DecodeError, EncodeError, IlpError
 from ilp.oer import UINT64_MAX, encode_length, format_ilp_timestamp, parse_ilp_timestamp
 from ilp.oer import read_length_at as _read_length_at
@@ -50,47 +52,6 @@ class PacketType(IntEnum):
     PREPARE = 12
     FULFILL = 13
     REJECT = 14
-
-
-class ErrorCode(StrEnum):
-    """The ILPv4 error codes (RFC 27 section "Error Codes").
-
-    The first letter is the class: **F**inal (do not retry unchanged),
-    **T**emporary (may succeed later), **R**elative (retry with more amount or
-    time). Unknown codes are legal on the wire; classify them with
-    :func:`error_class`.
-    """
-
-    # Shadows str.title on purpose: the contract names the human title `.title`.
-    title: str  # type: ignore[assignment]
-
-    def __new__(cls, code: str, title: str) -> ErrorCode:
-        member = str.__new__(cls, code)
-        member._value_ = code
-        member.title = title
-        return member
-
-    F00 = ("F00", "Bad Request")
-    F01 = ("F01", "Invalid Packet")
-    F02 = ("F02", "Unreachable")
-    F03 = ("F03", "Invalid Amount")
-    F04 = ("F04", "Insufficient Destination Amount")
-    F05 = ("F05", "Wrong Condition")
-    F06 = ("F06", "Unexpected Payment")
-    F07 = ("F07", "Cannot Receive")
-    F08 = ("F08", "Amount Too Large")
-    F99 = ("F99", "Application Error")
-    T00 = ("T00", "Internal Error")
-    T01 = ("T01", "Peer Unreachable")
-    T02 = ("T02", "Peer Busy")
-    T03 = ("T03", "Connector Busy")
-    T04 = ("T04", "Insufficient Liquidity")
-    T05 = ("T05", "Rate Limited")
-    T99 = ("T99", "Application Error")
-    R00 = ("R00", "Transfer Timed Out")
-    R01 = ("R01", "Insufficient Source Amount")
-    R02 = ("R02", "Insufficient Timeout")
-    R99 = ("R99", "Application Error")
 
 
 def error_class(code: str) -> str:
@@ -214,29 +175,70 @@ def _setters(cls: type) -> tuple[Callable[[Any, Any], None], ...]:
     return tuple(cls.__dict__[f.name].__set__ for f in fields(cls))
 
 
+def _compiled_probe() -> None:
+    """Exists to tell whether this module runs compiled (see :data:`COMPILED`)."""
+
+
+#: True when this module is the mypyc-built extension (``scripts/build_codec.py``), False
+#: when it runs as plain Python. The two differ only in how the decoders below fill in a
+#: new value, never in what they accept or build.
+COMPILED: Final = not isinstance(_compiled_probe, FunctionType)
+
 # Decoders build values with these: every field has been validated on the wire
 # already, and going around __init__/__post_init__ halves the cost of a decode.
-_new = object.__new__
+# Compiled, the stores are plain attribute assignments, which mypyc turns into direct
+# writes to the native object (the frozen __setattr__ is only for other code); as Python,
+# those same assignments would raise FrozenInstanceError, so the slot setters do it.
 _PREPARE_SETTERS = _setters(Prepare)
 _FULFILL_SETTERS = _setters(Fulfill)
 _REJECT_SETTERS = _setters(Reject)
 
 
+def _trusted_prepare(
+    amount: int, expires_at: datetime, condition: bytes, destination: str, data: bytes
+) -> Prepare:
+    prepare: Prepare = Prepare.__new__(Prepare)
+    if COMPILED:
+        prepare.amount = amount  # type: ignore[misc]
+        prepare.expires_at = expires_at  # type: ignore[misc]
+        prepare.execution_condition = condition  # type: ignore[misc]
+        prepare.destination = destination  # type: ignore[misc]
+        prepare.data = data  # type: ignore[misc]
+    else:
+        set_amount, set_expires_at, set_condition, set_destination, set_data = _PREPARE_SETTERS
+        set_amount(prepare, amount)
+        set_expires_at(prepare, expires_at)
+        set_condition(prepare, condition)
+        set_destination(prepare, destination)
+        set_data(prepare, data)
+    return prepare
+
+
 def _trusted_fulfill(fulfillment: bytes, data: bytes) -> Fulfill:
-    set_fulfillment, set_data = _FULFILL_SETTERS
-    fulfill: Fulfill = _new(Fulfill)
-    set_fulfillment(fulfill, fulfillment)
-    set_data(fulfill, data)
+    fulfill: Fulfill = Fulfill.__new__(Fulfill)
+    if COMPILED:
+        fulfill.fulfillment = fulfillment  # type: ignore[misc]
+        fulfill.data = data  # type: ignore[misc]
+    else:
+        set_fulfillment, set_data = _FULFILL_SETTERS
+        set_fulfillment(fulfill, fulfillment)
+        set_data(fulfill, data)
     return fulfill
 
 
 def _trusted_reject(code: str, triggered_by: str, message: str, data: bytes) -> Reject:
-    set_code, set_triggered_by, set_message, set_data = _REJECT_SETTERS
-    reject: Reject = _new(Reject)
-    set_code(reject, code)
-    set_triggered_by(reject, triggered_by)
-    set_message(reject, message)
-    set_data(reject, data)
+    reject: Reject = Reject.__new__(Reject)
+    if COMPILED:
+        reject.code = code  # type: ignore[misc]
+        reject.triggered_by = triggered_by  # type: ignore[misc]
+        reject.message = message  # type: ignore[misc]
+        reject.data = data  # type: ignore[misc]
+    else:
+        set_code, set_triggered_by, set_message, set_data = _REJECT_SETTERS
+        set_code(reject, code)
+        set_triggered_by(reject, triggered_by)
+        set_message(reject, message)
+        set_data(reject, data)
     return reject
 
 
@@ -438,15 +440,9 @@ def decode_prepare(raw: BytesLike) -> Prepare:
     if length > MAX_DATA_LENGTH:
         _check_data_length(length, pos)
 
-    # Built around __init__ like _trusted_fulfill, inlined: the hottest construction of the node.
-    set_amount, set_expires_at, set_condition, set_destination, set_data = _PREPARE_SETTERS
-    prepare: Prepare = _new(Prepare)
-    set_amount(prepare, amount)
-    set_expires_at(prepare, expires_at)
-    set_condition(prepare, raw[start + _EXPIRY_END : fixed_end])
-    set_destination(prepare, destination)
-    set_data(prepare, raw[data_start:end])
-    return prepare
+    return _trusted_prepare(
+        amount, expires_at, raw[start + _EXPIRY_END : fixed_end], destination, raw[data_start:end]
+    )
 
 
 def decode_fulfill(raw: BytesLike) -> Fulfill:

@@ -31,7 +31,8 @@ answered with Reject T00.
 Client links (``OutgoingLink``, registered by :func:`sync_http_links`):
 :class:`HttpSyncLink` sends the headers ilp-plugin-http 1.6.1 sends
 (``ILP-Peer-Name``, ``ILP-Destination``, ``Accept: */*``) with RFC 35's ``Content-Type:
-application/octet-stream`` (Rafiki requires it; ilp-plugin-http reads any type), and maps
+application/octet-stream`` (Rafiki requires it; ilp-plugin-http reads any type); to a peer
+whose ``http_profile`` is ``rafiki``, RFC 35's headers alone (no ``ILP-Peer-Name``). It maps
 failures (timeout → R00, 401/403 → T00, 413 → F01, other 4xx → F02, 5xx/network → T01,
 garbage 200 → T00). :class:`HttpAsyncLink` POSTs to
 ``<url>/ilp/<uuid>`` (with ``Request-Id`` and ``Prefer: respond-async`` so RFC 35
@@ -85,7 +86,7 @@ from ilp.packet import (
     encode_prepare,
 )
 from links import activity, edge, registry, services, shared, tasks
-from links.models import LinkKind
+from links.models import HttpProfile, LinkKind
 from links.peers import PeerContext, aload_peer_context
 from payments import outbound
 
@@ -644,23 +645,35 @@ def _decode_body(body: bytes, peer_name: str) -> Reply:
 class HttpSyncLink:
     """HTTP-OER-SYNC towards a peer: one POST per Prepare, the reply in the response."""
 
-    def __init__(self, peer_name: str, url: str, token: str) -> None:
+    def __init__(
+        self, peer_name: str, url: str, token: str, *, profile: str = HttpProfile.INTERLEDGER
+    ) -> None:
         self.peer_name = peer_name
         self.url = url
         self.token = token
+        self.profile = profile
+
+    def headers(self, prepare: Prepare) -> dict[str, str]:
+        """The request's headers in the peer's profile: RFC 35's alone for a Rafiki (raw
+        OER, ``Authorization: Bearer``), ilp-plugin-http's naming headers added otherwise."""
+        headers = {
+            "Authorization": f"Bearer {self.token}",
+            # RFC 35's type: Rafiki answers any other with 400; ilp-plugin-http reads any.
+            "Content-Type": OCTETS,
+        }
+        if self.profile == HttpProfile.RAFIKI:
+            headers["Accept"] = OCTETS
+        else:
+            headers["ILP-Peer-Name"] = our_peer_name()
+            headers["ILP-Destination"] = prepare.destination
+            headers["Accept"] = "*/*"
+        return headers
 
     async def send_prepare(self, prepare: Prepare) -> Reply:
         timeout = (prepare.expires_at - datetime.now(UTC)).total_seconds()
         if timeout <= 0:
             return registry.expired()
-        headers = {
-            "Authorization": f"Bearer {self.token}",
-            # RFC 35's type: Rafiki answers any other with 400; ilp-plugin-http reads any.
-            "Content-Type": OCTETS,
-            "ILP-Peer-Name": our_peer_name(),
-            "ILP-Destination": prepare.destination,
-            "Accept": "*/*",
-        }
+        headers = self.headers(prepare)
         try:
             response = await _client().post(
                 self.url, content=encode_prepare(prepare), headers=headers, timeout=timeout
@@ -776,14 +789,24 @@ async def sync_http_links() -> None:
     from links.selectors import http_peers
 
     peers = await database_sync_to_async(http_peers)()
-    wanted = {p.name: (p.link, p.url, p.outgoing_token) for p in peers if p.url}
+    # The profile shapes sync requests only (a Rafiki speaks no async).
+    wanted = {
+        p.name: (
+            p.link,
+            p.url,
+            p.outgoing_token,
+            p.http_profile if p.link == LinkKind.HTTP_SYNC else HttpProfile.INTERLEDGER,
+        )
+        for p in peers
+        if p.url
+    }
     _endpoints.clear()
     for name, (kind, url, token, old) in list(_registered.items()):
-        if wanted.get(name) != (kind, url, token):
+        if wanted.get(name) != (kind, url, token, getattr(old, "profile", HttpProfile.INTERLEDGER)):
             del _registered[name]
             if registry.unregister(name, old):
                 edge.link_down(name)
-    for name, (kind, url, token) in wanted.items():
+    for name, (kind, url, token, profile) in wanted.items():
         if name in _registered:
             continue
         ctx = await aload_peer_context(name)
@@ -792,7 +815,7 @@ async def sync_http_links() -> None:
         link: HttpSyncLink | HttpAsyncLink = (
             HttpAsyncLink(name, url, token)
             if kind == LinkKind.HTTP_ASYNC
-            else HttpSyncLink(name, url, token)
+            else HttpSyncLink(name, url, token, profile=profile)
         )
         _registered[name] = (kind, url, token, link)
         registry.register(name, link)

@@ -36,6 +36,13 @@ class LinkKind(models.TextChoices):
     HTTP_ASYNC = "http-async", "HTTP-OER asynchronous"
 
 
+class HttpProfile(models.TextChoices):
+    """The header form of our HTTP-OER requests to a peer."""
+
+    INTERLEDGER = "interledger", "ilp-plugin-http (ILP-Peer-Name, ILP-Destination)"
+    RAFIKI = "rafiki", "RFC 35 only (Rafiki): raw OER, Bearer token, no ILP-Peer-Name"
+
+
 class Peer(models.Model):
     name = models.CharField(
         max_length=64,
@@ -108,6 +115,12 @@ class Peer(models.Model):
     max_routes = models.PositiveIntegerField(
         default=limits.DEFAULT_MAX_ROUTES,
         help_text="CCP routes accepted from this peer; more are ignored.",
+    )
+    http_profile = models.CharField(
+        max_length=16,
+        choices=HttpProfile.choices,
+        default=HttpProfile.INTERLEDGER,
+        help_text="Headers of our HTTP-OER requests to it (rafiki: RFC 35's, nothing more).",
     )
     connected_since = models.DateTimeField(null=True, blank=True)
     last_packet_at = models.DateTimeField(null=True, blank=True)

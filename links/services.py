@@ -30,6 +30,7 @@ from links.models import (
     BtpStoredResponse,
     HttpAsyncRequest,
     HttpAsyncState,
+    HttpProfile,
     LinkKind,
     Peer,
     Relation,
@@ -107,6 +108,11 @@ def _validate(*, relation: str, link: str, url: str, max_packet_amount: int) -> 
         raise PeerError("max packet amount must be a UInt64")
 
 
+def _validate_profile(http_profile: str) -> None:
+    if http_profile not in HttpProfile.values:
+        raise PeerError(f"http profile must be one of {', '.join(HttpProfile.values)}")
+
+
 def _ensure_account(name: str, *, min_balance: int | None, max_balance: int | None) -> Any:
     from payments.ledger import ensure_account
 
@@ -153,6 +159,7 @@ def peer_create(
     enabled: bool = True,
     asset_code: str | None = None,
     asset_scale: int | None = None,
+    http_profile: str = HttpProfile.INTERLEDGER,
 ) -> PeerSaved:
     """Create a peer and its ledger account ``peer:<name>``.
 
@@ -161,6 +168,7 @@ def peer_create(
     """
     validate_peer_name(name)
     _validate(relation=relation, link=link, url=url, max_packet_amount=max_packet_amount)
+    _validate_profile(http_profile)
     if Peer.objects.filter(name=name).exists():
         raise PeerExists(f"peer {name!r} already exists")
     if token is None and link != LinkKind.BTP_CLIENT:
@@ -183,6 +191,7 @@ def peer_create(
         receive_routes=_default_routes(relation) if receive_routes is None else receive_routes,
         idempotent=idempotent,
         enabled=enabled,
+        http_profile=http_profile,
     )
     transaction.on_commit(lambda: peer_changed(name))
     return PeerSaved(peer=peer, created=True, token=token)
@@ -205,6 +214,7 @@ def peer_update(
     receive_routes: bool | None = None,
     idempotent: bool | None = None,
     enabled: bool | None = None,
+    http_profile: str | None = None,
 ) -> PeerSaved:
     """Change the given fields of an existing peer (``None`` = keep). Idempotent."""
     peer = Peer.objects.select_for_update().select_related("account").filter(name=name).first()
@@ -220,6 +230,7 @@ def peer_update(
         ("receive_routes", receive_routes),
         ("idempotent", idempotent),
         ("enabled", enabled),
+        ("http_profile", http_profile),
     ):
         if value is not None:
             setattr(peer, field, value)
@@ -231,6 +242,7 @@ def peer_update(
         url=peer.url,
         max_packet_amount=int(peer.max_packet_amount),
     )
+    _validate_profile(peer.http_profile)
     if token is not None:
         peer.token_hash = hash_token(token) if token else ""
     peer.save()

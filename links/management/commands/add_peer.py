@@ -21,7 +21,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
 from links.limits import PeerLimits
-from links.models import LinkKind, Peer, Relation
+from links.models import HttpProfile, LinkKind, Peer, Relation
 from links.peers import InvalidPeerName, limits_of
 from links.selectors import peer_get
 from links.services import PeerError, PeerSaved, peer_create, peer_set_limits, peer_update
@@ -80,6 +80,13 @@ class Command(BaseCommand):
         parser.add_argument("--send-routes", action=argparse.BooleanOptionalAction, default=None)
         parser.add_argument("--receive-routes", action=argparse.BooleanOptionalAction, default=None)
         parser.add_argument("--enabled", action=argparse.BooleanOptionalAction, default=None)
+        parser.add_argument(
+            "--http-profile",
+            choices=HttpProfile.values,
+            default=None,
+            help="headers of our http-sync requests: interledger (ILP-Peer-Name, the default) "
+            "or rafiki (RFC 35 only: raw OER, Bearer token, no ILP-Peer-Name)",
+        )
         limits = parser.add_argument_group("abuse limits (default: keep, or links.limits defaults)")
         limits.add_argument(
             "--packets-per-second", type=_positive, help="Prepares per second (more: T05)"
@@ -119,6 +126,7 @@ class Command(BaseCommand):
             "receive_routes": opts["receive_routes"],
             "idempotent": opts["idempotent"],
             "enabled": opts["enabled"],
+            "http_profile": opts["http_profile"],
         }
         changes: dict[str, int | None] = {}
         for dest, field in _LIMIT_FLAGS.items():
@@ -144,7 +152,8 @@ class Command(BaseCommand):
     def _report(self, saved: PeerSaved, public_url: str | None) -> None:
         peer = saved.peer
         verb = "created" if saved.created else "updated"
-        self.stdout.write(f"peer {peer.name} {verb}: {peer.relation} over {peer.link}")
+        profile = f" ({peer.http_profile} headers)" if peer.link == LinkKind.HTTP_SYNC else ""
+        self.stdout.write(f"peer {peer.name} {verb}: {peer.relation} over {peer.link}{profile}")
         base = public_url or getattr(settings, "ILP_PUBLIC_URL", "") or "http://127.0.0.1:8000"
         base = base.rstrip("/")
         token = saved.token if saved.token is not None else "<unchanged token>"

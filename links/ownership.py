@@ -243,6 +243,7 @@ class LinkOwnership:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await settle_layer()
         held, self.held = set(self.held), set()
         if release and self.leases is not None and self.channel is not None:
             for peer in held:
@@ -366,6 +367,20 @@ class LinkOwnership:
                 await layer.send(
                     event["reply_channel"], {"type": "link.reply", "reply": encode_packet(reply)}
                 )
+
+
+async def settle_layer() -> None:
+    """Wait for the channel layer's background receive cleaners (channels_redis) of this
+    loop: one still running when its loop ends leaves the layer's per-channel lock held
+    and bound to that dead loop, and every later ``receive`` on another loop fails."""
+    layer = get_channel_layer()
+    cleaners = [
+        task
+        for task in list(getattr(layer, "receive_cleaners", ()))
+        if task.get_loop() is asyncio.get_running_loop()
+    ]
+    if cleaners:
+        await asyncio.gather(*cleaners, return_exceptions=True)
 
 
 def our_address() -> str:

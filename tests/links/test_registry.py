@@ -9,9 +9,10 @@ import pytest
 from ilp.packet import Fulfill, Prepare, Reject, Reply
 from interledger_site.runtime import NodeRuntime
 from links import registry
-from links.ownership import MemoryLeases, multiprocess_layer
+from links.ownership import MemoryLeases, multiprocess_layer, settle_layer
 from tests.conftest import on_redis
 from tests.links.conftest import FULFILLMENT, prepare_to
+from tests.links.test_ownership import fresh_layer  # noqa: F401 (fixture)
 
 
 class EchoLink:
@@ -46,6 +47,7 @@ def shared_pair() -> tuple[NodeRuntime, NodeRuntime]:
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("fresh_layer")
 async def test_remote_link_through_the_owner_channel() -> None:
     """A RemoteLink reaches a link held by another runtime through its owner's channel."""
     owner, other = shared_pair()
@@ -74,6 +76,7 @@ async def test_remote_link_through_the_owner_channel() -> None:
     finally:
         await owner.stop()
         other.close()
+        await settle_layer()
 
 
 def test_embedded_mode_has_no_remote_links() -> None:

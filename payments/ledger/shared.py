@@ -7,12 +7,12 @@ of accounts that have a limit through one Lua script on Redis instead of its own
 
 **What Redis holds** (key prefix ``ilp:<node address>:credit:``, :func:`default_prefix`):
 
-* ``a:<code>`` (hash) — the mirror of one limited account: its committed balance and
+* ``a:<account id>`` (hash) — the mirror of one limited account: its committed balance and
   ``version`` (from Postgres), its limits, and the sums of its live debit and credit holds.
   Every integer is two fields, ``h`` and ``l`` with value ``h * 2**32 + l`` and ``0 <= l <
   2**32``: Redis's Lua numbers are doubles, exact only up to 2**53, and ledger amounts are
   UInt64 (balances up to 10**21); with two limbs every sum and comparison is exact.
-* ``h:<code>`` (hash) — hold key → ``"D|C hi lo"``; ``x:<code>`` (sorted set) — hold key →
+* ``h:<account id>`` (hash) — hold key → ``"D|C hi lo"``; ``x:<account id>`` (sorted set) — hold key →
   its expiry (Unix ms). Every script call on an account first drops its expired holds, so a
   hold whose process was killed, or whose release was lost, frees its room at the
   Prepare's expiry plus :data:`HOLD_MARGIN_MS` by itself.
@@ -186,10 +186,21 @@ while i <= n do
     local a = load(code)
     local v = tonumber(ARGV[i + 4])
     if not a then
-      redis.call('HSET', ak, 'bh', ARGV[i + 2], 'bl', ARGV[i + 3], 'v', ARGV[i + 4],
-        'dh', '0', 'dl', '0', 'ch', '0', 'cl', '0')
+      -- holds outlive a lost mirror hash (they have their own keys): count the live ones
       a = {bh = tonumber(ARGV[i + 2]), bl = tonumber(ARGV[i + 3]), v = v,
-           dh = 0, dl = 0, ch = 0, cl = 0, dirty = false}
+           dh = 0, dl = 0, ch = 0, cl = 0, dirty = true}
+      local hk, xk = P .. 'h:' .. code, P .. 'x:' .. code
+      redis.call('ZREMRANGEBYSCORE', xk, '-inf', now)
+      local held = redis.call('HGETALL', hk)
+      for j = 1, #held, 2 do
+        if redis.call('ZSCORE', xk, held[j]) then
+          local d, hh, ll = string.match(held[j + 1], '^(%a) (%-?%d+) (%d+)$')
+          if d == 'D' then a.dh, a.dl = norm(a.dh + tonumber(hh), a.dl + tonumber(ll))
+          else a.ch, a.cl = norm(a.ch + tonumber(hh), a.cl + tonumber(ll)) end
+        else
+          redis.call('HDEL', hk, held[j])
+        end
+      end
       cache[code] = a
     elseif v > a.v then
       a.bh, a.bl, a.v, a.dirty = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), v, true
@@ -262,6 +273,30 @@ return out
 """
 
 
+@dataclass(frozen=True, slots=True)
+class HoldDraft:
+    """One hold for :meth:`BalanceBook.hold_many`: ``credit`` False = a debit hold (the
+    source of a packet, checked against ``min_balance``), True = a credit hold (the next
+    hop, checked against ``max_balance``)."""
+
+    account_code: str
+    amount: int
+    key: str
+    credit: bool = False
+
+
+def shared_credit_from_settings() -> SharedCredit | None:
+    """The process's shared credit: with ``REDIS_URL`` set, unless ``ILP_SHARED_CREDIT`` is
+    off (then each process checks limits against its own holds, as in embedded mode)."""
+    from django.conf import settings
+
+    url = str(getattr(settings, "REDIS_URL", "") or "")
+    flag = os.environ.get("ILP_SHARED_CREDIT", "").strip().lower()
+    if not url or flag in ("0", "false", "no", "off"):
+        return None
+    return SharedCredit(url)
+
+
 def limbs(value: int) -> tuple[str, str]:
     """``value`` as the script's two limbs (``h * 2**32 + l``, ``0 <= l < 2**32``)."""
     hi, lo = divmod(value, LIMB)
@@ -276,8 +311,12 @@ def default_prefix() -> str:
 
 @dataclass(frozen=True, slots=True)
 class SharedHold:
-    """One hold in Redis: ``credit`` False = a debit hold (checked against ``min_balance``)."""
+    """One hold in Redis: ``credit`` False = a debit hold (checked against ``min_balance``).
 
+    The mirror is keyed by the account's id (a re-created account, or a test database
+    that starts over, never meets an older mirror of the same code)."""
+
+    account_id: int
     account_code: str
     amount: int
     key: str
@@ -287,7 +326,7 @@ class SharedHold:
     def argv(self) -> list[str]:
         hi, lo = limbs(self.amount)
         return [
-            self.account_code,
+            str(self.account_id),
             self.key,
             "C" if self.credit else "D",
             hi,
@@ -300,6 +339,7 @@ class SharedHold:
 class MirrorRow:
     """An account as read from Postgres in a committed transaction."""
 
+    id: int
     code: str
     balance: int
     version: int
@@ -310,7 +350,7 @@ class MirrorRow:
         bh, bl = limbs(self.balance)
         mn = limbs(self.min_balance) if self.min_balance is not None else ("", "")
         mx = limbs(self.max_balance) if self.max_balance is not None else ("", "")
-        return ["S", self.code, bh, bl, str(self.version), *mn, *mx]
+        return ["S", str(self.id), bh, bl, str(self.version), *mn, *mx]
 
 
 class SharedCreditError(Exception):
@@ -342,7 +382,7 @@ class _LoopSide:
     client: aioredis.Redis
     script: Any
     groups: list[_Group] = field(default_factory=list)
-    releases: list[tuple[str, str]] = field(default_factory=list)
+    releases: list[tuple[int, str]] = field(default_factory=list)
     runner: asyncio.Task[None] | None = None
     keeper: asyncio.Task[None] | None = None
 
@@ -364,9 +404,11 @@ class SharedCredit:
         prefix: str | None = None,
         grace_ms: int = GRACE_MS,
         keeper_s: float = KEEPER_S,
+        hold_margin_ms: int = HOLD_MARGIN_MS,
         batch: bool = True,
     ) -> None:
         self.url = url
+        self.hold_margin_ms = hold_margin_ms
         self.prefix = prefix if prefix is not None else default_prefix()
         self.grace_ms = grace_ms
         self.keeper_s = keeper_s
@@ -375,7 +417,7 @@ class SharedCredit:
         self.stats = _Stats()
         self.resync: Callable[[], Awaitable[None]] | None = None
         self.live_holds: Callable[[], Iterable[SharedHold]] | None = None
-        self.load_missing: Callable[[str], Awaitable[None]] | None = None
+        self.load_missing: Callable[[str], Awaitable[None]] | None = None  # by code
         self._sync: redis_sync.Redis | None = None
         self._sync_script: Any = None
         self._sides: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopSide] = (
@@ -413,15 +455,16 @@ class SharedCredit:
         return _text(reply[0]) == "OK"
 
     def commit_sync(
-        self, balances: Sequence[tuple[str, int, int]], released: Sequence[tuple[str, str]]
+        self, balances: Sequence[tuple[int, int, int]], released: Sequence[tuple[int, str]]
     ) -> None:
-        """After COMMIT: the new ``(code, balance, version)`` and the holds ``(code, key)``
+        """After COMMIT: the new ``(account id, balance, version)`` and the holds ``(account
+        id, key)``
         the commit turned into postings, in one call (one atomic step in Redis)."""
         ops: list[str] = []
-        for code, balance, version in balances:
-            ops += ["B", code, *limbs(balance), str(version)]
-        for code, key in released:
-            ops += ["R", code, key]
+        for pk, balance, version in balances:
+            ops += ["B", str(pk), *limbs(balance), str(version)]
+        for pk, key in released:
+            ops += ["R", str(pk), key]
         if not ops:
             return
         try:
@@ -447,7 +490,7 @@ class SharedCredit:
             raise BalanceLimitExceeded("credit is being rebuilt", account=holds[0].account_code)
         _raise_for(_text(reply[3]), holds)
 
-    def release_sync(self, released: Sequence[tuple[str, str]]) -> None:
+    def release_sync(self, released: Sequence[tuple[int, str]]) -> None:
         self.commit_sync((), released)
 
     # --- async side (the event loop's hot path) -----------------------------------------
@@ -461,9 +504,14 @@ class SharedCredit:
             client = aioredis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2)
             side = _LoopSide(client=client, script=client.register_script(LUA))
             self._sides[loop] = side
-            if self.keeper_s > 0:
-                side.keeper = loop.create_task(self._keep(side), name="shared-credit-keeper")
         return side
+
+    def _start_keeper(self, side: _LoopSide) -> None:
+        # Only a loop that takes holds has something to re-assert after a rebuild.
+        if side.keeper is None and self.keeper_s > 0 and not self._closed:
+            side.keeper = asyncio.get_running_loop().create_task(
+                self._keep(side), name="shared-credit-keeper"
+            )
 
     async def hold(self, holds: Sequence[SharedHold]) -> None:
         """Take ``holds`` together, all or none. Raises :class:`BalanceLimitExceeded`
@@ -471,19 +519,20 @@ class SharedCredit:
         if self._closed:
             raise BalanceLimitExceeded("the book is closed", account=holds[0].account_code)
         side = self._side()
+        self._start_keeper(side)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         side.groups.append(_Group(tuple(holds), fut))
         self._kick(side)
         await fut
 
-    def release(self, account_code: str, key: str) -> None:
+    def release(self, account_id: int, key: str) -> None:
         """Drop one hold (queued into the next call from a loop; blocking from a thread)."""
         try:
             side = self._side()
         except RuntimeError:  # no running loop
-            self.release_sync([(account_code, key)])
+            self.release_sync([(account_id, key)])
             return
-        side.releases.append((account_code, key))
+        side.releases.append((account_id, key))
         self._kick(side)
 
     def _kick(self, side: _LoopSide) -> None:
@@ -512,11 +561,11 @@ class SharedCredit:
                         g.future.set_exception(error)
 
     async def _call(
-        self, side: _LoopSide, groups: list[_Group], releases: list[tuple[str, str]]
+        self, side: _LoopSide, groups: list[_Group], releases: list[tuple[int, str]]
     ) -> None:
         ops: list[str] = []
-        for code, key in releases:
-            ops += ["R", code, key]
+        for pk, key in releases:
+            ops += ["R", str(pk), key]
         for g in groups:
             ops += ["G", str(len(g.holds))] + [a for h in g.holds for a in h.argv()]
         head = [self.prefix, self.epoch, os.urandom(8).hex(), str(self.grace_ms)]
@@ -616,7 +665,7 @@ class SharedCredit:
 
     def start(self) -> None:
         """Start the keeper on the running loop (it also starts with the first hold)."""
-        self._side()
+        self._start_keeper(self._side())
 
     async def aclose(self) -> None:
         """Stop this loop's keeper and close its client."""

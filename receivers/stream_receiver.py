@@ -24,12 +24,15 @@ the switch has already placed a hold of ``prepare.amount`` on the source account
 4. when the connection was set up with RFC 0039 receipt details, the Fulfill carries a
    ``StreamReceipt`` for stream 1 with the connection's **durable** total
    (``book.payment_total`` after the commit), as ``@interledger/stream-receiver`` does. The
-   same total answers ``StreamMaxMoney`` of stream 1 on 0-amount fulfillable packets (how a
-   sender that lost track asks what arrived).
+   same total answers ``StreamMaxMoney`` of stream 1 on 0-amount fulfillable packets that
+   carry ``StreamMoney`` on stream 1 (how a sender that lost track asks what arrived); other
+   0-amount packets (ilp-protocol-stream's closing ``StreamClose``) read nothing.
 
 An address whose tag is an Open Payments incoming payment's id is also held to that
 payment's ``expiresAt``, completion and ``incomingAmount`` (:mod:`receivers.open_payments.limits`:
-F99, nothing credited), checked before and around the commit.
+F99, nothing credited), checked before and around the commit; one made on a web-monetized
+page's visitor wallet address credits that visitor too (its receipt key starts with the
+visitor's tag).
 
 Steady state does no database query per packet: the secret is derived, the state is in
 memory, the total is the book's in-memory figure after its first read (which happens only
@@ -51,7 +54,7 @@ from django.conf import settings
 
 from ilp.oer import UINT64_MAX
 from ilp.packet import Fulfill, Prepare, Reject
-from ilp.stream import IV_LENGTH, Frame, ReceiptSetup, StreamMaxMoneyFrame
+from ilp.stream import IV_LENGTH, Frame, ReceiptSetup, StreamMaxMoneyFrame, StreamMoneyFrame
 from ilp.stream.receiver import (
     Accept,
     ConnectionState,
@@ -67,7 +70,7 @@ from ilp.stream.receiver import (
     settle,
 )
 from payments.ledger import PostingDraft, ReceiptDraft, get_book
-from receivers.addresses import node_address, open_stream, tagged_receipt_key
+from receivers.addresses import node_address, open_stream
 from receivers.live import notify_tag
 from receivers.open_payments import limits as op_limits
 
@@ -228,7 +231,15 @@ async def _receive(
         return opened.reject(decision.frames, iv=_ivs.take(), triggered_by=node)
     if payment is None or payment.incoming_amount is None or not decision.amount:
         return await _accept(
-            opened, decision, address.receipt, account_code, tag, source_account, packet_key, key
+            opened,
+            decision,
+            address.receipt,
+            account_code,
+            tag,
+            source_account,
+            packet_key,
+            key,
+            payment=payment,
         )
     return await _accept_capped(
         opened,
@@ -271,7 +282,15 @@ async def _accept_capped(
             connections.put(key, cancel(connections.get(key, _limits()), decision))
             return opened.reject(refused.frames, iv=_ivs.take(), triggered_by=node)
         return await _accept(
-            opened, decision, setup, account_code, tag, source_account, packet_key, key
+            opened,
+            decision,
+            setup,
+            account_code,
+            tag,
+            source_account,
+            packet_key,
+            key,
+            payment=payment,
         )
     finally:
         held.release()
@@ -286,12 +305,16 @@ async def _accept(
     source_account: str,
     packet_key: str,
     key: bytes,
+    *,
+    payment: op_limits.PaymentLimits | None = None,
 ) -> Fulfill | Reject:
     node = node_address()
     amount = decision.amount
     book = get_book()
     if amount:
-        receipt_key = packet_key if tag is None else tagged_receipt_key(tag, packet_key)
+        # An incoming payment made on a page visitor's wallet address: keyed for the
+        # visitor too (receivers.open_payments.limits.receipt_key).
+        receipt_key = packet_key if tag is None else op_limits.receipt_key(payment, tag, packet_key)
         try:
             await book.commit(
                 [PostingDraft(source_account, -amount, packet_key)],
@@ -309,10 +332,16 @@ async def _accept(
         connections.put(key, settle(connections.get(key, _limits()), decision))
         if tag is not None:
             notify_tag(tag)
+        if payment is not None and payment.visitor is not None:
+            notify_tag(payment.visitor)
     else:
         connections.put(key, settle(connections.get(key, _limits()), decision))
     frames: tuple[Frame, ...] = decision.frames
-    if setup is not None or amount == 0:
+    # The durable total goes into a receipt, or answers a 0-amount total query. Only those
+    # read it: the first read of a connection is a query on the ledger writer, and every
+    # ilp-protocol-stream payment ends with a 0-amount StreamClose that asks nothing.
+    asks_total = amount == 0 and _asks_total(opened, decision)
+    if (setup is not None and amount) or asks_total:
         try:
             stats.total_lookups += 1
             total = await book.payment_total(account_code, key)
@@ -320,12 +349,19 @@ async def _accept(
             # The money is recorded: fulfil without the figure rather than lose the packet.
             logger.exception("receivers: STREAM total lookup failed for %s", account_code)
         else:
-            if amount == 0 and _touches_stream_one(decision):
+            if asks_total:
                 frames += (StreamMaxMoneyFrame(1, UINT64_MAX, min(total, UINT64_MAX)),)
             if setup is not None and amount:
                 frames += (receipt_frame(setup, total),)
     return opened.fulfill(frames, iv=_ivs.take())
 
 
-def _touches_stream_one(decision: Accept) -> bool:
-    return 1 in decision.state.streams and len(decision.state.streams) == 1
+def _asks_total(opened: Opened, decision: Accept) -> bool:
+    """A 0-amount packet with ``StreamMoney`` on stream 1, the connection's only stream: how
+    a sender that lost track asks what arrived (``ilp.stream.sender``'s total packet)."""
+    if 1 not in decision.state.streams or len(decision.state.streams) != 1:
+        return False
+    return any(
+        isinstance(frame, StreamMoneyFrame) and frame.stream_id == 1
+        for frame in opened.request.frames
+    )

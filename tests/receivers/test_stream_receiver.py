@@ -39,7 +39,7 @@ from receivers.models import MonetizedPage, Receiver
 from receivers.pages import page_create, page_status
 from receivers.psk2_receiver import receive_prepare
 from receivers.services import receiver_create
-from receivers.stream_receiver import connections
+from receivers.stream_receiver import connections, stats
 from receivers.testing import ensure_payer
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -337,9 +337,14 @@ async def test_a_zero_amount_packet_is_fulfilled_and_reports_the_total(payer: st
     reply = await sender.send(packet)
     assert isinstance(reply, Fulfill)
     assert StreamMaxMoneyFrame(1, 2**64 - 1, 300) in sender.reply(packet, reply).frames
-    # ilp-protocol-stream's end(): a 0-amount fulfillable StreamClose.
+    # ilp-protocol-stream's end(): a 0-amount fulfillable StreamClose. It asks for no total,
+    # so the ledger is not read for it.
+    lookups = stats.total_lookups
     closing = sender.prepare(0, (StreamCloseFrame(1, 1, ""),))
-    assert isinstance(await sender.send(closing), Fulfill)
+    reply = await sender.send(closing)
+    assert isinstance(reply, Fulfill)
+    assert not any(isinstance(f, StreamMaxMoneyFrame) for f in sender.reply(closing, reply).frames)
+    assert stats.total_lookups == lookups
     assert [int(r.amount) for r in await receipts()] == [300]
 
 

@@ -99,6 +99,12 @@ async def restore(peer_name: str, memory: ResponderMemory, account: str) -> None
         memory.restore(MemoryRecord(account, request_id, digest, received_at, expires_at, reply))
 
 
+def forget_restored(peer_name: str) -> None:
+    """Restore the peer's rows again at its next authentication here: another process
+    owned its link meanwhile (``links.ownership``) and stored replies this memory lacks."""
+    _restored.discard(peer_name)
+
+
 async def persist(peer_name: str, record: MemoryRecord) -> None:
     """Make a completed entry durable (returns once committed, batched with others)."""
     if record.reply is None:

@@ -327,6 +327,9 @@ class LinkOwnership:
             if not ok and peer in self.held:
                 self.held.discard(peer)
                 log.info("links: another process took %s", peer)
+                from links import idempotency
+
+                idempotency.forget_restored(peer)
                 for callback in list(self.on_lost):
                     try:
                         callback(peer)

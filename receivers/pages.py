@@ -1,12 +1,16 @@
 """Web-monetized pages (``web-monetization.md``): services and selectors.
 
 Each visitor session gets, per page, its own **visitor id** (16 random bytes, kept in the
-Django session under ``wm_visitors``). The page names a per-visitor SPSP endpoint,
+Django session under ``wm_visitors``). The page names a per-visitor URL,
 ``/pages/<slug>/spsp/<visitor id>``, in all three tag forms (PSK2-era
-``window.monetize({receiver})``, ``<meta name="monetization">``, ``<link
-rel="monetization">``); it answers with addresses of the page's receiver **tagged with the
-visitor id** (:func:`receivers.addresses.issue_tagged_address`), so every receipt is
-attributable to the session (keys ``tag:<visitor hex>:…``).
+``window.monetize({receiver})``, ``<meta name="monetization">``, and today's ``<link
+rel="monetization">``). By content negotiation it is an Open Payments **wallet address**
+(what today's Web Monetization extension pays: grant, incoming payment, STREAM; the
+incoming payments created on it carry the page and visitor, see
+:mod:`receivers.open_payments.models`) and an SPSP/SPSP4 endpoint whose addresses of the
+page's receiver are **tagged with the visitor id**
+(:func:`receivers.addresses.issue_tagged_address`). Either way every receipt is
+attributable to the session: its key starts ``tag:<visitor hex>:``.
 
 The server reveals ``paid_body`` to a session once its visitor id has received
 ``threshold`` in total; before that the paid part is never sent (neither in the page nor

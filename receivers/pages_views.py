@@ -1,5 +1,6 @@
-"""Views of monetized pages: the public page, its per-visitor SPSP endpoint, the status
-endpoint (the fallback of the WebSocket), and the owner's pages under ``/me/pages/``."""
+"""Views of monetized pages: the public page, its per-visitor wallet address (and SPSP
+endpoint), the status endpoint (the fallback of the WebSocket), and the owner's pages
+under ``/me/pages/``."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from receivers.open_payments.views import wallet_address_response
 from receivers.pages import (
     PageError,
     page_create,
@@ -80,6 +82,8 @@ def page_detail(request: HttpRequest, slug: str) -> HttpResponse:
             "status": status,
             "paid_html": paid_html(page) if status.unlocked else "",
             "spsp_url": spsp_url,
+            # The same URL: a wallet address to Open Payments clients, SPSP to the others.
+            "wallet_url": spsp_url,
             "pointer": visitor_pointer(spsp_url),
             "visitor_id": visitor_id,
             "config": config,
@@ -92,8 +96,11 @@ def page_detail(request: HttpRequest, slug: str) -> HttpResponse:
 
 @csrf_exempt  # never changes state
 def page_spsp(request: HttpRequest, slug: str, visitor: str) -> HttpResponse:
-    """``/pages/<slug>/spsp/<visitor id>``: SPSP whose addresses are tagged with the
-    visitor id (what ``window.monetize`` and the tags point at)."""
+    """``/pages/<slug>/spsp/<visitor id>``, what the page's tags point at: by content
+    negotiation as on a pointer, the Open Payments wallet address of the page for this
+    visitor (``application/json``: today's Web Monetization extension; the incoming
+    payments created on it count for the visitor), SPSP4 or SPSP whose addresses are tagged
+    with the visitor id (older senders, ``window.monetize``), or a redirect to the page."""
     if request.method == "OPTIONS":
         return preflight()
     if request.method not in _SPSP_METHODS:
@@ -108,6 +115,8 @@ def page_spsp(request: HttpRequest, slug: str, visitor: str) -> HttpResponse:
         return spsp_response(visitor_spsp_answer(page=page, visitor=raw))
     if representation is Representation.STREAM:
         return spsp4_response(visitor_stream_answer(page=page, visitor=raw))
+    if representation is Representation.WALLET_ADDRESS:
+        return wallet_address_response(request, page.receiver, page=page, visitor=raw)
     if representation is Representation.HTML:
         return HttpResponseRedirect(page.get_absolute_url())
     return not_acceptable(representation)

@@ -30,7 +30,9 @@ the switch has already placed a hold of ``prepare.amount`` on the source account
 
 An address whose tag is an Open Payments incoming payment's id is also held to that
 payment's ``expiresAt``, completion and ``incomingAmount`` (:mod:`receivers.open_payments.limits`:
-F99, nothing credited), checked before and around the commit.
+F99, nothing credited), checked before and around the commit; one made on a web-monetized
+page's visitor wallet address credits that visitor too (its receipt key starts with the
+visitor's tag).
 
 Steady state does no database query per packet: the secret is derived, the state is in
 memory, the total is the book's in-memory figure after its first read (which happens only
@@ -68,7 +70,7 @@ from ilp.stream.receiver import (
     settle,
 )
 from payments.ledger import PostingDraft, ReceiptDraft, get_book
-from receivers.addresses import node_address, open_stream, tagged_receipt_key
+from receivers.addresses import node_address, open_stream
 from receivers.live import notify_tag
 from receivers.open_payments import limits as op_limits
 
@@ -229,7 +231,15 @@ async def _receive(
         return opened.reject(decision.frames, iv=_ivs.take(), triggered_by=node)
     if payment is None or payment.incoming_amount is None or not decision.amount:
         return await _accept(
-            opened, decision, address.receipt, account_code, tag, source_account, packet_key, key
+            opened,
+            decision,
+            address.receipt,
+            account_code,
+            tag,
+            source_account,
+            packet_key,
+            key,
+            payment=payment,
         )
     return await _accept_capped(
         opened,
@@ -272,7 +282,15 @@ async def _accept_capped(
             connections.put(key, cancel(connections.get(key, _limits()), decision))
             return opened.reject(refused.frames, iv=_ivs.take(), triggered_by=node)
         return await _accept(
-            opened, decision, setup, account_code, tag, source_account, packet_key, key
+            opened,
+            decision,
+            setup,
+            account_code,
+            tag,
+            source_account,
+            packet_key,
+            key,
+            payment=payment,
         )
     finally:
         held.release()
@@ -287,12 +305,16 @@ async def _accept(
     source_account: str,
     packet_key: str,
     key: bytes,
+    *,
+    payment: op_limits.PaymentLimits | None = None,
 ) -> Fulfill | Reject:
     node = node_address()
     amount = decision.amount
     book = get_book()
     if amount:
-        receipt_key = packet_key if tag is None else tagged_receipt_key(tag, packet_key)
+        # An incoming payment made on a page visitor's wallet address: keyed for the
+        # visitor too (receivers.open_payments.limits.receipt_key).
+        receipt_key = packet_key if tag is None else op_limits.receipt_key(payment, tag, packet_key)
         try:
             await book.commit(
                 [PostingDraft(source_account, -amount, packet_key)],
@@ -310,6 +332,8 @@ async def _accept(
         connections.put(key, settle(connections.get(key, _limits()), decision))
         if tag is not None:
             notify_tag(tag)
+        if payment is not None and payment.visitor is not None:
+            notify_tag(payment.visitor)
     else:
         connections.put(key, settle(connections.get(key, _limits()), decision))
     frames: tuple[Frame, ...] = decision.frames

@@ -22,6 +22,7 @@ is seen within that time; this process forgets its own entry at once.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 import uuid
@@ -35,6 +36,8 @@ from channels.db import database_sync_to_async
 
 from ilp.oer import UINT64_MAX
 from ilp.stream import ConnectionCloseFrame, ErrorCode, Frame, StreamMaxMoneyFrame
+from receivers.addresses import _MAX_RECEIPT_KEY as MAX_RECEIPT_KEY
+from receivers.addresses import tag_key_prefix, tagged_receipt_key
 
 CACHE_TTL_S: Final = 2.0
 CACHE_MAX: Final = 4096
@@ -49,6 +52,8 @@ class PaymentLimits:
     incoming_amount: int | None
     expires_at: datetime | None
     completed: bool
+    # The page visitor it was created for (its receipts count for the visitor too).
+    visitor: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,14 +153,18 @@ def _load(tag: bytes) -> PaymentLimits | None:
 
     row = (
         IncomingPaymentResource.objects.filter(id=uuid.UUID(bytes=tag))
-        .values("incoming_amount", "expires_at", "completed_at")
+        .values("incoming_amount", "expires_at", "completed_at", "visitor")
         .first()
     )
     if row is None:
         return None
     amount = row["incoming_amount"]
+    visitor = row["visitor"]
     return PaymentLimits(
-        None if amount is None else int(amount), row["expires_at"], row["completed_at"] is not None
+        None if amount is None else int(amount),
+        row["expires_at"],
+        row["completed_at"] is not None,
+        None if visitor is None else bytes(visitor),
     )
 
 
@@ -167,6 +176,21 @@ async def limits_for(tag: bytes) -> PaymentLimits | None:
     loaded: PaymentLimits | None = await database_sync_to_async(_load)(tag)
     cache.put(tag, loaded)
     return loaded
+
+
+def receipt_key(payment: PaymentLimits | None, tag: bytes, packet_key: str) -> str:
+    """The receipt key of a packet to an address tagged ``tag``: the tagged key
+    (:func:`receivers.addresses.tagged_receipt_key`), under the payment's page visitor's tag
+    first when it has one (``tag:<visitor>:tag:<payment>:<packet key>``), so the visitor's
+    total and the payment's (:func:`.selectors.receipt_prefix`) both find it. Deterministic
+    in its inputs; a packet key too long to fit is replaced by its SHA-256 (hex)."""
+    if payment is None or payment.visitor is None:
+        return tagged_receipt_key(tag, packet_key)
+    prefix = tag_key_prefix(payment.visitor) + tag_key_prefix(tag)
+    key = prefix + packet_key
+    if len(key) > MAX_RECEIPT_KEY:
+        key = prefix + hashlib.sha256(packet_key.encode()).hexdigest()
+    return key
 
 
 def refuse_closed(limits: PaymentLimits, now: datetime) -> Refused | None:

@@ -10,6 +10,12 @@ An :class:`IncomingPaymentResource` is an Open Payments incoming payment: its id
 is also the 16-byte STREAM address tag of its credentials, so money paid over them is
 found by that tag (``receivers.selectors.tag_received_total``) and limited by
 :mod:`receivers.open_payments.limits` on the packet path.
+
+One created on a web-monetized page's per-visitor wallet address
+(``/pages/<slug>/spsp/<visitor id>``, what the page's ``<link rel="monetization">``
+names) also carries that ``page`` and ``visitor``: its receipts are keyed under the
+visitor's tag first (``tag:<visitor>:tag:<payment id>:<packet key>``), so they count
+toward that visitor's progress on the page as well as toward the payment.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from payments.models import MoneyField
-from receivers.models import Receiver
+from receivers.models import MonetizedPage, Receiver
 
 
 class Grant(models.Model):
@@ -75,6 +81,15 @@ class IncomingPaymentResource(models.Model):
     incoming_amount = MoneyField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     metadata = models.JSONField(null=True, blank=True)
+    # Created on a page visitor's wallet address: what it receives counts for that visitor.
+    page = models.ForeignKey(
+        MonetizedPage,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="op_incoming_payments",
+    )
+    visitor = models.BinaryField(max_length=16, null=True, blank=True)
     # The STREAM destination issued for it (tagged with ``id``); its secret is derived.
     ilp_address = models.CharField(max_length=1023)
     completed_at = models.DateTimeField(null=True, blank=True)
@@ -87,6 +102,11 @@ class IncomingPaymentResource(models.Model):
             models.CheckConstraint(
                 condition=Q(incoming_amount__isnull=True) | Q(incoming_amount__gt=0),
                 name="open_payments_incoming_amount_positive",
+            ),
+            models.CheckConstraint(
+                condition=Q(page__isnull=True, visitor__isnull=True)
+                | Q(page__isnull=False, visitor__isnull=False),
+                name="open_payments_page_visitor_together",
             ),
         ]
         indexes = [

@@ -13,7 +13,7 @@ from receivers.addresses import STREAM_IV_LENGTH, issue_stream
 from receivers.models import Receiver
 from receivers.open_payments import limits
 from receivers.open_payments.models import AccessToken, Grant, IncomingPaymentResource
-from receivers.open_payments.selectors import token_hash
+from receivers.open_payments.selectors import WalletAddress, token_hash
 
 ACCESS_TOKEN_TTL: Final = timedelta(minutes=10)
 
@@ -89,17 +89,21 @@ def token_revoke(*, token: AccessToken, now: datetime) -> None:
 
 def incoming_payment_create(
     *,
-    receiver: Receiver,
+    wallet: WalletAddress,
     client: str,
     incoming_amount: int | None,
     expires_at: datetime | None,
     metadata: dict[str, Any] | None,
     now: datetime,
 ) -> IncomingPaymentResource:
-    """A new incoming payment with its own STREAM credentials: an address tagged with the
-    payment's id (so what is paid over it counts toward it) and its derived secret."""
+    """A new incoming payment on ``wallet`` with its own STREAM credentials: an address
+    tagged with the payment's id (so what is paid over it counts toward it) and its derived
+    secret. On a page visitor's wallet address it also counts for that visitor."""
+    receiver = wallet.receiver
     payment = IncomingPaymentResource(
         receiver=receiver,
+        page=wallet.page,
+        visitor=wallet.visitor,
         client=client,
         incoming_amount=incoming_amount,
         expires_at=expires_at,

@@ -31,7 +31,7 @@ from django.views.decorators.csrf import csrf_exempt
 from ilp.oer import UINT64_MAX
 from ilp.psk2 import b64url_encode
 from receivers.addresses import open_stream, tagged_prefix
-from receivers.models import Receiver
+from receivers.models import MonetizedPage, Receiver
 from receivers.open_payments import jwks, selectors, services
 from receivers.open_payments.errors import (
     Forbidden,
@@ -66,10 +66,6 @@ def resource_server_url(base: str) -> str:
     return f"{base}{RESOURCE_PATH}"
 
 
-def wallet_address_url(receiver: Receiver, base: str) -> str:
-    return f"{base}/{receiver.name}"
-
-
 def incoming_payment_url(payment: IncomingPaymentResource, base: str) -> str:
     return f"{resource_server_url(base)}/incoming-payments/{payment.id}"
 
@@ -90,7 +86,7 @@ def _payment_json(
     state = selectors.incoming_payment_state(payment=payment, now=now)
     body: dict[str, Any] = {
         "id": incoming_payment_url(payment, base),
-        "walletAddress": wallet_address_url(receiver, base),
+        "walletAddress": selectors.wallet_address_of(payment).url(base),
         "completed": state.completed,
     }
     if payment.incoming_amount is not None:
@@ -120,13 +116,23 @@ def _ilp_method(payment: IncomingPaymentResource) -> dict[str, str]:
     }
 
 
-def wallet_address_response(request: HttpRequest, receiver: Receiver) -> HttpResponse:
-    """``GET /<name>`` as ``application/json``: the pointer's Open Payments wallet address."""
+def wallet_address_response(
+    request: HttpRequest,
+    receiver: Receiver,
+    *,
+    page: MonetizedPage | None = None,
+    visitor: bytes | None = None,
+) -> HttpResponse:
+    """``GET /<name>`` as ``application/json``: the pointer's Open Payments wallet address;
+    with ``page`` and ``visitor``, the page's wallet address for that visitor
+    (``/pages/<slug>/spsp/<visitor id>``: same servers, paid to the page's pointer)."""
     base = public_base_url(request)
     account = receiver.account
+    wallet = selectors.WalletAddress(receiver, page, visitor)
+    name = receiver.description or receiver.name
     body = {
-        "id": wallet_address_url(receiver, base),
-        "publicName": receiver.description or receiver.name,
+        "id": wallet.url(base),
+        "publicName": name if page is None else (page.title[:100] or name),
         "assetCode": account.asset_code,
         "assetScale": account.asset_scale,
         "authServer": auth_server_url(base),
@@ -469,27 +475,28 @@ def _uint(value: Any, what: str) -> int:
     return number
 
 
-def _wallet(url: Any, base: str) -> Receiver | None:
+def _wallet(url: Any, base: str) -> selectors.WalletAddress | None:
     if not isinstance(url, str):
         return None
-    return selectors.receiver_for_wallet_address(url=url, base_url=base)
+    return selectors.wallet_address_resolve(url=url, base_url=base)
 
 
 async def _create(request: HttpRequest, base: str, now: datetime) -> HttpResponse:
     body = _body(request)
     url = body.get("walletAddress")
-    receiver = await _db(_wallet)(url, base)
+    wallet = await _db(_wallet)(url, base)
     # The token and signature first: an unauthorized caller learns nothing from the body.
     grant = await _authorize(
         request,
         any_of=frozenset({"create"}),
-        receiver_id=None if receiver is None else receiver.id,
+        receiver_id=None if wallet is None else wallet.receiver.id,
         now=now,
     )
     if not isinstance(url, str):
         raise OpenPaymentsError("walletAddress is required")
-    if receiver is None:
+    if wallet is None:
         raise NotFound(f"{url[:200]} is not a wallet address of this server")
+    receiver = wallet.receiver
     extra = set(body) - {"walletAddress", "incomingAmount", "expiresAt", "metadata"}
     if extra:
         raise OpenPaymentsError(f"unknown fields: {sorted(extra)}")
@@ -522,7 +529,7 @@ async def _create(request: HttpRequest, base: str, now: datetime) -> HttpRespons
 
     def create() -> dict[str, Any]:
         payment = services.incoming_payment_create(
-            receiver=receiver,
+            wallet=wallet,
             client=grant.client,
             incoming_amount=incoming_amount,
             expires_at=expires_at,
@@ -536,16 +543,16 @@ async def _create(request: HttpRequest, base: str, now: datetime) -> HttpRespons
 
 async def _list(request: HttpRequest, base: str, now: datetime) -> HttpResponse:
     url = request.GET.get("wallet-address")
-    receiver = await _db(_wallet)(url, base)
+    wallet = await _db(_wallet)(url, base)
     grant = await _authorize(
         request,
         any_of=frozenset({"list", "list-all", "read-all"}),
-        receiver_id=None if receiver is None else receiver.id,
+        receiver_id=None if wallet is None else wallet.receiver.id,
         now=now,
     )
     if url is None:
         raise OpenPaymentsError("the wallet-address query parameter is required")
-    if receiver is None:
+    if wallet is None:
         raise NotFound(f"{url[:200]} is not a wallet address of this server")
     everyone = bool({"list-all", "read-all"} & set(grant.actions))
     try:
@@ -558,7 +565,7 @@ async def _list(request: HttpRequest, base: str, now: datetime) -> HttpResponse:
 
     def page() -> dict[str, Any]:
         rows, more = selectors.incoming_payment_page(
-            receiver=receiver,
+            wallet=wallet,
             client=None if everyone else grant.client,
             after=cursor,
             first=first,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -28,15 +29,17 @@ from django.utils import timezone
 from http_message_signatures import HTTPMessageSigner, MappingKeyResolver, algorithms
 
 from ilp.packet import Fulfill, Reject
+from ilp.psk2 import b64url_decode
 from ilp.stream import (
     ConnectionCloseFrame,
     StreamMaxMoneyFrame,
     StreamMoneyFrame,
 )
 from payments.models import Receipt
-from receivers.models import Receiver
+from receivers.models import MonetizedPage, Receiver
 from receivers.open_payments import jwks, limits, signatures
 from receivers.open_payments.models import AccessToken, Grant, IncomingPaymentResource
+from receivers.pages import page_create
 from receivers.services import receiver_create
 from receivers.testing import ensure_payer
 from tests.receivers.test_stream_receiver import Sender
@@ -684,3 +687,160 @@ def test_replayed_read_is_served(op: OpClient, carol: Receiver) -> None:
     again = op.replay()
     assert first.status_code == again.status_code == 200
     assert json.loads(again.content)["id"] == created["id"]
+
+
+# --- web-monetized pages: the <link rel="monetization"> is a wallet address ------------------
+# Today's Web Monetization extension reads the link, GETs it as a wallet address, asks for
+# a grant, creates an incoming payment on it and pays over STREAM. The page's link is the
+# visitor's own URL, so those payments count toward that visitor's progress.
+
+RECIPE_TEXT = "The secret recipe: more butter."
+
+
+@pytest.fixture
+def recipe(alice_user: User) -> MonetizedPage:
+    ensure_payer()
+    receiver = receiver_create(user=alice_user, name="alice", description="Alice")
+    return page_create(
+        owner=alice_user,
+        receiver=receiver,
+        slug="recipe",
+        title="A recipe",
+        public_body="Everyone may read this.",
+        paid_body=RECIPE_TEXT,
+        threshold=1000,
+        published=True,
+    )
+
+
+def _monetization_link(browser: Client) -> str:
+    response = browser.get("/pages/recipe/")
+    assert response.status_code == 200
+    match = re.search(r'<link rel="monetization" href="([^"]+)">', response.content.decode())
+    assert match, "the page has a monetization link"
+    return match[1]
+
+
+def _page_status(browser: Client) -> dict[str, Any]:
+    status: dict[str, Any] = browser.get("/pages/recipe/status").json()
+    return status
+
+
+def test_the_page_link_is_a_wallet_address(recipe: MonetizedPage) -> None:
+    link = _monetization_link(Client())
+    assert link.startswith(f"{BASE}/pages/recipe/spsp/")
+    # What the extension sends (and what @interledger/open-payments sends).
+    response = Client().get(link[len(BASE) :], headers={"Accept": "application/json"})
+    assert response.status_code == 200
+    assert json.loads(response.content) == {
+        "id": link,
+        "publicName": "A recipe",
+        "assetCode": "XRP",
+        "assetScale": 9,
+        "authServer": f"{BASE}/auth",
+        "resourceServer": f"{BASE}/payments",
+    }
+    # Older senders on the same URL: SPSP4 and SPSP.
+    for media in ("application/spsp4+json", "application/spsp+json"):
+        answer = Client().get(link[len(BASE) :], headers={"Accept": media})
+        assert answer.status_code == 200 and answer["Content-Type"] == media
+    visitor = link.rsplit("/", 1)[1]
+    assert (
+        Client().get("/pages/recipe/spsp/x", headers={"Accept": "application/json"}).status_code
+        == 404
+    )
+    assert (
+        Client()
+        .get(f"/pages/nope/spsp/{visitor}", headers={"Accept": "application/json"})
+        .status_code
+        == 404
+    )
+
+
+async def test_incoming_payment_on_the_page_link_reveals_for_that_visitor_only(
+    op: OpClient, recipe: MonetizedPage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    notified: list[bytes] = []
+    monkeypatch.setattr("receivers.stream_receiver.notify_tag", notified.append)
+    payer, stranger = Client(), Client()
+    link = await sync_to_async(_monetization_link)(payer)
+    other_link = await sync_to_async(_monetization_link)(stranger)
+    assert link != other_link
+    path = link[len(BASE) :]
+
+    def create() -> tuple[dict[str, Any], str]:
+        # As the extension: a grant for the wallet address, then an incoming payment on it.
+        grant = op.grant(identifier=link)
+        token = grant["access_token"]["value"]
+        expires = (timezone.now() + timedelta(minutes=10)).isoformat()
+        response = op.request(
+            "POST",
+            "/payments/incoming-payments",
+            {"walletAddress": link, "expiresAt": expires},
+            token=token,
+        )
+        assert response.status_code == 201, response.content
+        return json.loads(response.content), token
+
+    body, token = await sync_to_async(create)()
+    assert body["walletAddress"] == link
+    assert body["methods"][0]["ilpAddress"].startswith("test.node.receivers.alice.")
+    sender = _sender(body)
+    first = sender.prepare(600, (StreamMoneyFrame(1, 1),))
+    assert isinstance(await sender.send(first), Fulfill)
+    status = await sync_to_async(_page_status)(payer)
+    assert status["received"] == "600" and status["unlocked"] is False
+    second = sender.prepare(400, (StreamMoneyFrame(1, 1),))
+    assert isinstance(await sender.send(second), Fulfill)
+    status = await sync_to_async(_page_status)(payer)
+    assert status["received"] == "1000" and status["unlocked"] is True
+    assert RECIPE_TEXT in status["paid_html"]
+    # The other session paid nothing: still locked.
+    other = await sync_to_async(_page_status)(stranger)
+    assert other["received"] == "0" and "paid_html" not in other
+    # The incoming payment counts the same money, once.
+    state = await _received(op, body, token)
+    assert state["receivedAmount"]["value"] == "1000"
+    assert state["walletAddress"] == link
+    assert await _receipt_total() == 1000
+    visitor = b64url_decode(path.rsplit("/", 1)[1])
+    payment = await sync_to_async(IncomingPaymentResource.objects.get)()
+    assert bytes(payment.visitor) == visitor and payment.page_id == recipe.pk
+    keys = await sync_to_async(lambda: [r.key for r in Receipt.objects.all()])()
+    assert all(k.startswith(f"tag:{visitor.hex()}:tag:{payment.id.hex}:") for k in keys)
+    # The page's live view hears of it (the visitor's tag is notified).
+    assert visitor in notified
+
+
+def test_page_wallet_address_grants_and_lists(
+    op: OpClient, recipe: MonetizedPage, bob: Receiver
+) -> None:
+    link = _monetization_link(Client())
+    other = _monetization_link(Client())
+    # A grant for the page's link covers the page's pointer; one for another pointer does not.
+    elsewhere = op.grant(identifier=f"{BASE}/bob")
+    refused = op.request(
+        "POST",
+        "/payments/incoming-payments",
+        {"walletAddress": link},
+        token=elsewhere["access_token"]["value"],
+    )
+    assert refused.status_code == 403
+    grant = op.grant(identifier=link, actions=["create", "read-all"])
+    token = grant["access_token"]["value"]
+    for n, wallet in enumerate((link, link, other, f"{BASE}/alice")):
+        response = op.request(
+            "POST",
+            "/payments/incoming-payments",
+            {"walletAddress": wallet, "metadata": {"n": n}},
+            token=token,
+        )
+        assert response.status_code == 201, response.content
+    listed = op.request("GET", f"/payments/incoming-payments?wallet-address={link}", token=token)
+    result = json.loads(listed.content)["result"]
+    assert len(result) == 2 and {p["walletAddress"] for p in result} == {link}
+    # A draft page has no wallet address.
+    recipe.published = False
+    recipe.save(update_fields=["published"])
+    gone = op.request("POST", "/payments/incoming-payments", {"walletAddress": link}, token=token)
+    assert gone.status_code == 404

@@ -1,4 +1,17 @@
-"""The ledger: balance book, group-commit writer and receipt applier (see :mod:`.book`).
+"""The ledger: the only writer of postings and receipts.
+
+The parts:
+
+* :mod:`.drafts` — :class:`PostingDraft` and :class:`ReceiptDraft`, what callers write;
+* :mod:`.book` — :class:`BalanceBook`: balances and in-flight holds in memory;
+* :mod:`.writer` — the group commit: per-loop queues, the one writer thread, one
+  transaction per batch;
+* :mod:`.sql` — :func:`post_in_transaction` and the SQL helpers it shares with services;
+* :mod:`.applier` — :class:`ReceiptApplier`, committed receipts to incoming payments;
+* :mod:`.accounts` — :func:`ensure_account`;
+* :mod:`.runtime` — the process-wide book and applier (:func:`get_book`, :func:`peek_book`,
+  :func:`reset_book`, :func:`get_applier`) and their wiring;
+* :mod:`.shared` — shared credit across processes (Redis).
 
 Today's public names are re-exported here, so ``from payments.ledger import X`` and
 ``payments.ledger.X`` keep working.
@@ -10,46 +23,51 @@ import sys
 import types
 from typing import Any
 
-from payments.ledger import book as _book_module
-from payments.ledger.book import (
-    _ACCOUNT_FIELDS as _ACCOUNT_FIELDS,
-)
-from payments.ledger.book import (
-    APPLY_PUBLISH_RETRY,
-    INSERT_CHUNK,
-    INT64_MAX,
+from payments.ledger import runtime as _runtime
+from payments.ledger import sql as _sql
+from payments.ledger.accounts import ensure_account
+from payments.ledger.applier import APPLY_PUBLISH_RETRY, SWEEP_CHUNK, ReceiptApplier
+from payments.ledger.book import AccountSnapshot, BalanceBook, ReceiptSink
+from payments.ledger.drafts import (
     MAX_CODE_LENGTH,
     MAX_KEY_LENGTH,
     MAX_MEMO_LENGTH,
     MAX_PAYMENT_ID_BYTES,
     MAX_RECEIPT_KEY_LENGTH,
-    POSTING_COLUMNS,
-    RECEIPT_COLUMNS,
-    SQLITE_WRITE_LOCK,
-    SWEEP_CHUNK,
     UINT32_MAX,
     UINT64_MAX,
-    AccountSnapshot,
-    BalanceBook,
-    BookStats,
     PostingDraft,
-    PostResult,
-    ReceiptApplier,
     ReceiptDraft,
-    ensure_account,
+)
+from payments.ledger.runtime import (
+    PROCESS_RECEIPTS,
     get_applier,
     get_book,
+    new_applier,
+    new_book,
     peek_book,
-    post_in_transaction,
     reset_book,
     wait_receipts_applied,
 )
-from payments.ledger.book import (
-    _cursor as _cursor,
-)
-from payments.ledger.book import (
+from payments.ledger.runtime import (
     _queue_apply_receipts as _queue_apply_receipts,
 )
+from payments.ledger.sql import (
+    _ACCOUNT_FIELDS as _ACCOUNT_FIELDS,
+)
+from payments.ledger.sql import (
+    INSERT_CHUNK,
+    INT64_MAX,
+    POSTING_COLUMNS,
+    RECEIPT_COLUMNS,
+    SQLITE_WRITE_LOCK,
+    PostResult,
+    post_in_transaction,
+)
+from payments.ledger.sql import (
+    _cursor as _cursor,
+)
+from payments.ledger.writer import BookStats
 
 __all__ = [
     "APPLY_PUBLISH_RETRY",
@@ -61,6 +79,7 @@ __all__ = [
     "MAX_PAYMENT_ID_BYTES",
     "MAX_RECEIPT_KEY_LENGTH",
     "POSTING_COLUMNS",
+    "PROCESS_RECEIPTS",
     "RECEIPT_COLUMNS",
     "SQLITE_WRITE_LOCK",
     "SWEEP_CHUNK",
@@ -73,24 +92,28 @@ __all__ = [
     "PostingDraft",
     "ReceiptApplier",
     "ReceiptDraft",
+    "ReceiptSink",
     "ensure_account",
     "get_applier",
     "get_book",
+    "new_applier",
+    "new_book",
     "peek_book",
     "post_in_transaction",
     "reset_book",
     "wait_receipts_applied",
 ]
 
-# Names that tests replace on this package (``monkeypatch.setattr(payments.ledger, ...)``)
-# and the module whose code looks them up: an assignment here is passed on to it, so it
-# takes effect. ``_book`` and ``_applier`` are the process's current instances: read
-# from their module each time, never copied here.
+# Names that tests replace on this package (``monkeypatch.setattr(payments.ledger, ...)``),
+# with the module whose code looks them up: an assignment here is passed on to it, so it
+# takes effect. ``_book`` and ``_applier`` are the process's current instances: read from
+# their module each time, never copied here. This goes once tests build their own book and
+# applier instead of patching the process's.
 _SEAMS: dict[str, types.ModuleType] = {
-    "post_in_transaction": _book_module,
-    "_queue_apply_receipts": _book_module,
-    "_book": _book_module,
-    "_applier": _book_module,
+    "post_in_transaction": _sql,
+    "_queue_apply_receipts": _runtime,
+    "_book": _runtime,
+    "_applier": _runtime,
 }
 _LIVE = frozenset({"_book", "_applier"})
 

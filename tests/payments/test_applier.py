@@ -10,7 +10,7 @@ import pytest
 from django.db import connection
 
 from payments import ledger, services
-from payments.ledger import BalanceBook, PostingDraft, ReceiptApplier, ReceiptDraft
+from payments.ledger import BalanceBook, PostingDraft, ReceiptDraft, new_applier
 from payments.models import IncomingPayment, LedgerAccount, Posting, Receipt
 from tests.payments.conftest import PEER, RECEIVER, amake_accounts, db, make_accounts
 
@@ -29,7 +29,7 @@ async def test_commit_returns_before_receipts_are_applied_then_they_are(
 ) -> None:
     await amake_accounts()
     await book.load_account(PEER)
-    applier = ReceiptApplier(delay=0.3)
+    applier = new_applier(delay=0.3)
     monkeypatch.setattr(ledger, "_applier", applier)
     try:
         for i in range(5):
@@ -99,7 +99,7 @@ def test_flush_from_many_threads_and_close_applies_what_is_pending(
     book: BalanceBook, eager_celery: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     make_accounts()
-    applier = ReceiptApplier(delay=5.0)
+    applier = new_applier(delay=5.0)
     monkeypatch.setattr(ledger, "_applier", applier)
     book.commit_sync(*pay(0))  # commit_sync waits for its receipts: flushed at once
     assert Receipt.objects.get().applied_at is not None
@@ -135,7 +135,7 @@ def test_sweep_applies_forgotten_receipts_once(
     Receipt.objects.filter(key="a0").update(
         created_at=Receipt.objects.get(key="a0").created_at - timedelta(minutes=5)
     )
-    applier = ReceiptApplier()
+    applier = new_applier()
     try:
         assert applier.sweep(older_than=timedelta(minutes=1)) == 1  # the old one only
         assert list(

@@ -17,7 +17,7 @@ from django.core.management import call_command
 from django.db import connection
 
 from payments import services
-from payments.ledger import BalanceBook, PostingDraft, ReceiptDraft
+from payments.ledger import BalanceBook, PostingDraft, ReceiptDraft, new_book
 from payments.models import IncomingPayment, LedgerAccount, Posting, Receipt
 from tests.conftest import requires_postgres
 from tests.payments.conftest import PEER, RECEIVER, make_accounts
@@ -46,7 +46,7 @@ def assert_counted_once() -> None:
 def test_two_books_in_threads_commit_the_same_keys_once(captured_apply: list[list[int]]) -> None:
     """Two books = two writer threads and connections, as two processes would have."""
     make_accounts(peer_min=None)
-    books = [BalanceBook(), BalanceBook()]
+    books = [new_book(), new_book()]
     start = threading.Barrier(len(books))
     errors: list[BaseException] = []
 
@@ -85,7 +85,7 @@ def test_two_books_in_threads_commit_the_same_keys_once(captured_apply: list[lis
 
 def test_apply_receipts_concurrently_credits_once(captured_apply: list[list[int]]) -> None:
     make_accounts(peer_min=None)
-    book = BalanceBook()
+    book = new_book()
     try:
         for i in range(N):
             book.commit_sync(*drafts(i))

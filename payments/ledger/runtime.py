@@ -1,0 +1,137 @@
+"""The ledger's process-wide objects: the book and the receipt applier, and their wiring.
+
+:func:`get_book` builds the process's :class:`~payments.ledger.book.BalanceBook` on first
+use, with :data:`PROCESS_RECEIPTS` as its receipt sink; :func:`get_applier` builds the
+process's :class:`~payments.ledger.applier.ReceiptApplier` on first use, with the payments
+services and the Celery task as its ``apply`` and ``publish``. ``interledger_site.runtime``
+closes both when the node stops (:func:`reset_book`).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from payments.ledger.applier import APPLY_PUBLISH_RETRY, ReceiptApplier
+from payments.ledger.book import BalanceBook
+
+_book: BalanceBook | None = None
+_applier: ReceiptApplier | None = None
+_book_lock = threading.Lock()
+
+
+# --- the receipt applier -------------------------------------------------------------------
+
+
+def _apply_receipts(receipt_ids: list[int]) -> int:
+    # Imported when first called: ``payments.services`` imports this package.
+    from payments import services
+
+    return services.apply_receipts(receipt_ids=receipt_ids)
+
+
+def _publish_apply_receipts(receipt_ids: list[int]) -> bool:
+    """One ``payments.apply_receipts`` task to the worker; ``False`` when tasks run eagerly
+    here (then the applier applies them itself). Raises when the broker refuses."""
+    from payments.tasks import apply_receipts
+
+    if apply_receipts.app.conf.task_always_eager:
+        return False
+    apply_receipts.apply_async(
+        kwargs={"receipt_ids": receipt_ids}, retry=True, retry_policy=APPLY_PUBLISH_RETRY
+    )
+    return True
+
+
+def new_applier(**options: Any) -> ReceiptApplier:
+    """A :class:`ReceiptApplier` applying through ``services.apply_receipts`` and publishing
+    ``payments.apply_receipts`` (``options``: ``delay``, ``max_batch``)."""
+    return ReceiptApplier(apply=_apply_receipts, publish=_publish_apply_receipts, **options)
+
+
+def get_applier() -> ReceiptApplier:
+    """The process-wide :class:`ReceiptApplier` (created on first use)."""
+    global _applier
+    applier = _applier
+    if applier is None:
+        with _book_lock:
+            if _applier is None:
+                _applier = new_applier()
+            applier = _applier
+    return applier
+
+
+def wait_receipts_applied(timeout: float = 30.0) -> bool:
+    """Wait until every receipt committed so far in this process is applied (eager Celery)
+    or sent to the worker. For tests, commands and shutdown; ``True`` when done."""
+    applier = _applier
+    return True if applier is None else applier.flush(timeout)
+
+
+def _queue_apply_receipts(receipt_ids: list[int]) -> None:
+    """Hand newly committed receipts to the :class:`ReceiptApplier` (called after COMMIT).
+
+    Never blocks the ledger writer: the applier thread applies them in bulk (eager
+    Celery, the embedded default) or publishes one ``payments.apply_receipts`` task per
+    batch (a real worker). Receipts left unapplied (a crash, a lost message) are applied
+    by the recovery sweep (:mod:`payments.recovery`), at start-up and periodically.
+    """
+    get_applier().submit(receipt_ids)
+
+
+class ProcessReceipts:
+    """The receipt sink of this process's books: the process-wide applier.
+
+    Looks :func:`_queue_apply_receipts` and the applier up on every call, so replacing
+    them (tests: a "lost" apply) takes effect for books that already exist.
+    """
+
+    def submit(self, receipt_ids: list[int]) -> None:
+        _queue_apply_receipts(receipt_ids)
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        return wait_receipts_applied(timeout)
+
+
+PROCESS_RECEIPTS = ProcessReceipts()
+
+
+# --- the book ----------------------------------------------------------------------------
+
+
+def new_book(**options: Any) -> BalanceBook:
+    """A :class:`BalanceBook` whose receipts go to the process's applier (``options``: the
+    book's tuning, e.g. ``max_batch``). Tests use it to stand in for another process."""
+    return BalanceBook(receipts=PROCESS_RECEIPTS, **options)
+
+
+def get_book() -> BalanceBook:
+    """The process-wide book (created on first use; accounts load lazily)."""
+    global _book
+    book = _book
+    if book is None:
+        with _book_lock:
+            if _book is None:
+                _book = new_book()
+            book = _book
+    return book
+
+
+def peek_book() -> BalanceBook | None:
+    """The process-wide book if one exists (services notify it; they never create one)."""
+    return _book
+
+
+def reset_book() -> None:
+    """Close the process-wide book and applier and forget them (the node's stop, tests; the
+    next ``get_book`` makes a new one)."""
+    global _book
+    with _book_lock:
+        book, _book = _book, None
+    if book is not None:
+        book.close()
+    global _applier
+    with _book_lock:
+        applier, _applier = _applier, None
+    if applier is not None:
+        applier.close()

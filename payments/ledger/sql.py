@@ -1,0 +1,284 @@
+"""The ledger's SQL: the batch insert of postings and receipts, and what it shares.
+
+:func:`post_in_transaction` is the one write path of postings (the group-commit writer's
+batches and ``payments.services``' own transactions). The helpers keep the writer's
+long-lived connection usable and its statements cheap; :data:`SQLITE_WRITE_LOCK` lets
+the writer and the receipt applier take turns on SQLite without its busy handler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.db import connection
+from django.db.backends.utils import CursorWrapper
+
+from payments.errors import InvalidAmount
+from payments.models import MONEY_DIGITS, LedgerAccount, Posting, Receipt
+
+INT64_MAX = 2**63 - 1
+INSERT_CHUNK = 500  # rows per INSERT statement (keeps SQLite under its variable limit)
+
+# The columns of an account row the book keeps in memory (``BalanceBook.observe``).
+_ACCOUNT_FIELDS = (
+    "id",
+    "code",
+    "kind",
+    "asset_code",
+    "asset_scale",
+    "balance",
+    "version",
+    "min_balance",
+    "max_balance",
+)
+
+
+def _heal_connection() -> None:
+    """Drop the writer's connection if an error left it unusable (it is long-lived: no
+    per-batch ``close_if_unusable_or_obsolete``, which with ``CONN_MAX_AGE = 0`` would
+    reconnect for every batch)."""
+    if connection.errors_occurred:
+        if connection.connection is not None and not connection.is_usable():
+            connection.close()
+        connection.errors_occurred = False
+
+
+def _cursor() -> CursorWrapper:
+    """A cursor without the ``DEBUG`` query log (the writer runs thousands of statements a
+    second; the log would also quote every parameter with an extra query on SQLite).
+    Errors are still wrapped into ``django.db`` exceptions."""
+    connection.ensure_connection()
+    return CursorWrapper(connection.create_cursor(), connection)
+
+
+def _adapt_now(now: datetime) -> Any:
+    return connection.ops.adapt_datetimefield_value(now)
+
+
+def _insert_returning(
+    cursor: Any,
+    table: str,
+    columns: Sequence[tuple[str, str]],
+    rows: Sequence[tuple[Any, ...]],
+    *,
+    returning: str,
+) -> list[tuple[Any, ...]]:
+    """``INSERT ... ON CONFLICT (key) DO NOTHING RETURNING ...``: only the new rows come back.
+
+    ``columns`` are ``(name, postgres type)``. Works on Postgres (one statement whatever the
+    row count: ``SELECT * FROM unnest(<one array per column>)``, cheap to parse and plan)
+    and on SQLite >= 3.35 (multi-row ``VALUES``). On Postgres the conflict check waits for a
+    concurrent transaction inserting the same key and skips the row if that one commits.
+    Values must already be adapted (ints for amounts, ``_adapt_now`` for times).
+    """
+    if not rows:
+        return []
+    qn = connection.ops.quote_name
+    cols = ", ".join(qn(name) for name, _type in columns)
+    tail = f"ON CONFLICT ({qn('key')}) DO NOTHING RETURNING {returning}"
+    if connection.vendor == "postgresql":
+        arrays = ", ".join(f"%s::{type_}[]" for _name, type_ in columns)
+        cursor.execute(
+            f"INSERT INTO {qn(table)} ({cols}) SELECT * FROM unnest({arrays}) {tail}",
+            [list(column) for column in zip(*rows, strict=True)],
+        )
+        return [tuple(r) for r in cursor.fetchall()]
+    one = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    out: list[tuple[Any, ...]] = []
+    for start in range(0, len(rows), INSERT_CHUNK):
+        chunk = rows[start : start + INSERT_CHUNK]
+        cursor.execute(
+            f"INSERT INTO {qn(table)} ({cols}) VALUES {', '.join([one] * len(chunk))} {tail}",
+            [value for row in chunk for value in row],
+        )
+        out.extend(tuple(r) for r in cursor.fetchall())
+    return out
+
+
+POSTING_COLUMNS = (
+    ("account_id", "bigint"),
+    ("amount", "numeric"),
+    ("key", "varchar"),
+    ("memo", "varchar"),
+    ("created_at", "timestamptz"),
+)
+RECEIPT_COLUMNS = (
+    ("account_id", "bigint"),
+    ("payment_id", "varchar"),
+    ("sequence", "bigint"),
+    ("amount", "numeric"),
+    ("key", "varchar"),
+    ("created_at", "timestamptz"),
+)
+
+
+@dataclass(slots=True)
+class PostResult:
+    """What :func:`post_in_transaction` did: the keys it inserted and the new balances."""
+
+    new_keys: set[str]
+    balances: dict[int, tuple[int, int]]  # account id -> (balance, version) after the update
+    submitted: int  # distinct non-zero keys offered
+    new_receipts: list[tuple[int, str]] = field(default_factory=list)  # (id, key) inserted
+
+
+def post_in_transaction(
+    entries: Sequence[tuple[int, int, str, str]],
+    *,
+    now: datetime,
+    cursor: Any = None,
+    receipts: Sequence[tuple[int, str, int, int, str]] = (),
+) -> PostResult:
+    """Insert the postings ``(account_id, amount, key, memo)`` whose key is new; move balances.
+
+    Must run inside ``transaction.atomic()`` with the accounts already locked in
+    primary-key order. Zero amounts and repeated keys (the first wins) are dropped; rows
+    are inserted in key order, so two writers inserting overlapping keys wait for each
+    other instead of deadlocking. Then, per account, ``balance = balance + delta, version
+    = version + 1`` with the deltas of the **inserted** rows only.
+
+    ``receipts`` (``(account_id, payment_id hex, sequence, amount, key)``, keys distinct,
+    in key order) are inserted in the same way (``ON CONFLICT (key) DO NOTHING``); their
+    new ``(id, key)`` rows are in :attr:`PostResult.new_receipts`.
+
+    On Postgres all of it is **one statement** (data-modifying CTEs: the inserts, then
+    the ``UPDATE ... FROM`` the sums of what was inserted), so a batch costs one round
+    trip to the server besides the lock and the COMMIT. On SQLite (an in-process library,
+    no round trips) one multi-row ``INSERT ... RETURNING`` per table and one ``UPDATE``
+    per account in primary-key order.
+    """
+    cursor = cursor or _cursor()
+    rows: dict[str, tuple[int, int, str, str]] = {}
+    for entry in entries:
+        if entry[1] != 0 and entry[2] not in rows:
+            rows[entry[2]] = entry
+    stamp = _adapt_now(now)
+    posting_rows = [
+        (aid, amount, key, memo, stamp)
+        for aid, amount, key, memo in (rows[k] for k in sorted(rows))
+    ]
+    receipt_rows = [(*r, stamp) for r in receipts]
+    if connection.vendor == "postgresql":
+        return _post_postgres(cursor, posting_rows, receipt_rows, len(rows))
+    inserted = _insert_returning(
+        cursor, Posting._meta.db_table, POSTING_COLUMNS, posting_rows, returning="key"
+    )
+    new_keys = {str(row[0]) for row in inserted}
+    deltas: dict[int, int] = defaultdict(int)
+    for key in new_keys:
+        deltas[rows[key][0]] += rows[key][1]
+    balances: dict[int, tuple[int, int]] = {}
+    table = connection.ops.quote_name(LedgerAccount._meta.db_table)
+    for pk in sorted(deltas):
+        if not deltas[pk]:
+            continue
+        cursor.execute(
+            f"UPDATE {table} SET balance = balance + %s, version = version + 1 "
+            f"WHERE id = %s RETURNING balance, version",
+            [deltas[pk], pk],
+        )
+        balance, version = cursor.fetchone()
+        balances[pk] = _checked_balance(pk, balance, version)
+    new_receipts = _insert_returning(
+        cursor, Receipt._meta.db_table, RECEIPT_COLUMNS, receipt_rows, returning="id, key"
+    )
+    return PostResult(new_keys, balances, len(rows), [(int(i), str(k)) for i, k in new_receipts])
+
+
+def _checked_balance(pk: int, balance: Any, version: Any) -> tuple[int, int]:
+    if isinstance(balance, float) or abs(int(balance)) > _max_balance():
+        raise InvalidAmount(f"balance of account {pk} would leave the database's range")
+    return int(balance), int(version)
+
+
+def _unnest(
+    columns: Sequence[tuple[str, str]], rows: Sequence[tuple[Any, ...]]
+) -> tuple[str, list[Any]]:
+    """``SELECT * FROM unnest(<one typed array per column>)`` and its parameters."""
+    arrays = ", ".join(f"%s::{type_}[]" for _name, type_ in columns)
+    params = [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in columns]
+    return f"SELECT * FROM unnest({arrays})", params
+
+
+def _post_postgres(
+    cursor: Any,
+    posting_rows: list[tuple[Any, ...]],
+    receipt_rows: list[tuple[Any, ...]],
+    submitted: int,
+) -> PostResult:
+    qn = connection.ops.quote_name
+    accounts = qn(LedgerAccount._meta.db_table)
+
+    def insert(
+        name: str, table: str, columns: Sequence[tuple[str, str]], rows: Any, returning: str
+    ) -> tuple[str, list[Any]]:
+        select, params = _unnest(columns, rows)
+        cols = ", ".join(qn(c) for c, _type in columns)
+        return (
+            f"{name} AS (INSERT INTO {qn(table)} ({cols}) {select} "
+            f"ON CONFLICT ({qn('key')}) DO NOTHING RETURNING {returning})",
+            params,
+        )
+
+    ctes: list[str] = []
+    params: list[Any] = []
+    sql, p = insert(
+        "p",
+        Posting._meta.db_table,
+        POSTING_COLUMNS,
+        posting_rows,
+        f"account_id, amount, {qn('key')}",
+    )
+    ctes.append(sql)
+    params += p
+    selects = [f"SELECT 1, {qn('key')}, NULL::bigint, NULL::numeric, NULL::bigint FROM p"]
+    if receipt_rows:
+        sql, p = insert(
+            "r", Receipt._meta.db_table, RECEIPT_COLUMNS, receipt_rows, f"id, {qn('key')}"
+        )
+        ctes.append(sql)
+        params += p
+        selects.append(f"SELECT 2, {qn('key')}, id, NULL, NULL FROM r")
+    ctes.append(
+        f"u AS (UPDATE {accounts} a SET balance = a.balance + d.delta, version = a.version + 1 "
+        f"FROM (SELECT account_id, SUM(amount) AS delta FROM p GROUP BY account_id) d "
+        f"WHERE a.id = d.account_id AND d.delta <> 0 RETURNING a.id, a.balance, a.version)"
+    )
+    selects.append("SELECT 3, NULL, id, balance, version FROM u")
+    cursor.execute(f"WITH {', '.join(ctes)} {' UNION ALL '.join(selects)}", params)
+    new_keys: set[str] = set()
+    new_receipts: list[tuple[int, str]] = []
+    balances: dict[int, tuple[int, int]] = {}
+    for kind, key, pk, balance, version in cursor.fetchall():
+        if kind == 1:
+            new_keys.add(str(key))
+        elif kind == 2:
+            new_receipts.append((int(pk), str(key)))
+        else:
+            balances[int(pk)] = _checked_balance(int(pk), balance, version)
+    return PostResult(new_keys, balances, submitted, new_receipts)
+
+
+def _max_balance() -> int:
+    # SQLite keeps integers beyond int64 as REAL (rounded): refuse such a balance.
+    return INT64_MAX if connection.vendor == "sqlite" else 10**MONEY_DIGITS - 1
+
+
+SQLITE_WRITE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _sqlite_write_lock() -> Iterator[None]:
+    """On SQLite, one in-process writer at a time (the ledger writer and the applier hand
+    the database over without SQLite's sleeping busy handler); elsewhere a no-op."""
+    if connection.vendor != "sqlite":
+        yield
+        return
+    with SQLITE_WRITE_LOCK:
+        yield

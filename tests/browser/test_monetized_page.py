@@ -98,11 +98,16 @@ def test_the_paid_part_appears_live_after_paying(live_node: LiveNode) -> None:
             page.goto(f"{live_node.base_url}/pages/recipe/")
             assert "Free for all." in page.content()
             assert PAID_TEXT not in page.content()  # not even hidden in the markup
-            # The page names this session's own receiver in every tag form.
+            # The page names this session's own URL in every tag form.
             spsp_url = page.get_attribute('link[rel="monetization"]', "href")
             assert spsp_url and "/pages/recipe/spsp/" in spsp_url
             pointer = page.get_attribute('meta[name="monetization"]', "content")
             assert pointer == "$" + spsp_url.split("://", 1)[1]
+            # The link is an Open Payments wallet address (what today's extension pays).
+            wallet = httpx.get(spsp_url, headers={"Accept": "application/json"}, trust_env=False)
+            assert wallet.status_code == 200, wallet.text
+            assert wallet.json()["id"] == spsp_url
+            assert wallet.json()["authServer"] == f"{live_node.base_url}/auth"
             page.evaluate("window.__sameDocument = true")
 
             # Below the threshold: the progress moves, the paid part stays away.

@@ -189,13 +189,13 @@ async def _owned_elsewhere(peer_name: str) -> bool:
     return owner is not None and owner != ownership.channel
 
 
-def _peer_endpoint(name: str) -> tuple[str, str, str]:
+def _peer_endpoint(name: str) -> tuple[str, str, str, str]:
     from links.selectors import peer_get
 
     row = peer_get(name=name)
     if row is None:
-        return "", "", ""
-    return row.link, row.url, row.outgoing_token
+        return "", "", "", ""
+    return row.link, row.url, row.outgoing_token, row.http_profile
 
 
 @contextlib.asynccontextmanager
@@ -216,7 +216,7 @@ async def open_sender(route: Route) -> AsyncIterator[PeerSender | SwitchSender]:
             raise SendFailed(f"no enabled peer {route.via_peer!r}")
         link = registry.local(peer.name)
         if link is None:
-            kind, url, token = await database_sync_to_async(_peer_endpoint)(peer.name)
+            kind, url, token, profile = await database_sync_to_async(_peer_endpoint)(peer.name)
             if kind == LinkKind.BTP_CLIENT and url and await _owned_elsewhere(peer.name):
                 link = registry.get(peer.name)  # its owner's link: never a second connection
             elif kind == LinkKind.BTP_CLIENT and url:
@@ -224,7 +224,7 @@ async def open_sender(route: Route) -> AsyncIterator[PeerSender | SwitchSender]:
             elif kind == LinkKind.HTTP_SYNC and url:
                 from links.http_oer import HttpSyncLink
 
-                link = HttpSyncLink(peer.name, url, token)
+                link = HttpSyncLink(peer.name, url, token, profile=profile)
             else:
                 link = registry.get(peer.name)  # RemoteLink with a Redis channel layer
         if link is None:

@@ -14,7 +14,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from ilp.packet import Fulfill, decode_prepare, encode_packet
-from links import http_oer, registry
+from links import http_oer, registry, sender_link
 from links.models import HttpProfile, Peer
 from tests.links.conftest import FULFILLMENT, FakeSwitch, prepare_to
 from tests.links.http_server import serve_http
@@ -119,3 +119,30 @@ def test_unknown_profile_refused(profile: str) -> None:
     with pytest.raises(CommandError):
         _add_peer("r3", "--relation=peer", "--link=http-sync", f"--http-profile={profile}")
     assert not Peer.objects.filter(name="r3").exists()
+
+
+async def test_a_temporary_link_uses_the_profile_too(switch: FakeSwitch) -> None:
+    """A process that has not registered the peer's link (a Celery worker sending an
+    outgoing payment) opens one for the send: in the peer's profile as well."""
+    seen: list[dict[str, str]] = []
+    async with serve_http(rafiki_like(seen)) as base:
+        await database_sync_to_async(_add_peer)(
+            "r4",
+            "--relation=peer",
+            "--link=http-sync",
+            f"--url={base}/ilp",
+            f"--outgoing-token={TOKEN}",
+            "--http-profile=rafiki",
+        )
+        assert registry.local("r4") is None
+        route = sender_link.Route(
+            source_account="operator", asset_code="XRP", asset_scale=9, via_peer="r4"
+        )
+        async with sender_link.open_sender(route) as sender:
+            assert isinstance(sender, sender_link.PeerSender)
+            assert isinstance(sender.link, http_oer.HttpSyncLink)
+            reply = await sender.link.send_prepare(prepare_to(amount=3, data=b"t"))
+    assert reply == Fulfill(FULFILLMENT, b"t")
+    (headers,) = seen
+    assert "ilp-peer-name" not in headers
+    assert headers["authorization"] == f"Bearer {TOKEN}"

@@ -210,5 +210,76 @@ raise SystemExit(1 if failed else 0)
 PY
   ) | tee "$OUT/stream-multihop.txt" || status=1
 fi
+# STREAM load (issue 12; `make bench`): scripts/bench-stream.js (ilp-protocol-stream payments,
+# STREAM_LOAD_N of STREAM_LOAD_AMOUNT, STREAM_LOAD_C at a time, over one BTP connection) pays the
+# node's pointer bob, then the JS stand-in's STREAM receiver carol (a stand-in of its own on
+# ports 7740+), in this run; prints both, the STREAM ratio and the PSK2 ratio of the load above.
+# The node's ledger must have grown by exactly what was delivered to it (durable before Fulfill).
+#   INTEROP_STREAM_LOAD=0 skips it;  STREAM_LOAD_ROUNDS (1): node, reference, node, reference, ...
+if [ "${INTEROP_STREAM_LOAD:-1}" = 1 ] && [[ -z "${INTEROP_ONLY:-}" || ",$INTEROP_ONLY," == *",load,"* || ",$INTEROP_ONLY," == *",stream-load,"* ]]; then
+  echo "=== stream-load: STREAM payments over one BTP link, node pointer vs the JS stand-in's carol, same run ==="
+  (
+    bench() {
+      (cd "$HARNESS" && HARNESS_DIR="$HARNESS" node "$ROOT/scripts/bench-stream.js" 2>>"$OUT/stream-load.stderr.log") \
+        | grep -E '^\{' | tail -n 1 || true
+    }
+    received() {
+      "$BIN/python" manage.py shell -c 'from django.db.models import Sum; from payments.models import Receipt; print(int(Receipt.objects.filter(account__code="receiver:bob").aggregate(s=Sum("amount"))["s"] or 0))' 2>/dev/null | tail -n 1
+    }
+    reference=0
+    if [ "${INTEROP_REFERENCE:-1}" = 1 ]; then
+      STANDIN_ENV_FILE="$OUT/standin-stream-load.env" STANDIN_LOG_FILE="$OUT/standin-stream-load.connector.log" \
+        STANDIN_PORT_BASE=7740 node "$HARNESS/reference-sut/standin.js" \
+        >"$OUT/standin-stream-load.stdout" 2>"$OUT/standin-stream-load.stderr" &
+      spid=$!
+      trap 'kill $spid 2>/dev/null || true' EXIT
+      for _ in $(seq 1 100); do [ -s "$OUT/standin-stream-load.env" ] && break; sleep 0.2; done
+      reference=1
+    fi
+    for round in $(seq 1 "${STREAM_LOAD_ROUNDS:-1}"); do
+      before="$(received)"
+      bench >"$OUT/stream-load-node-$round.json"
+      after="$(received)"
+      echo "$((after - before))" >"$OUT/stream-load-node-$round.ledger"
+      if [ "$reference" = 1 ]; then
+        (set -a; . "$OUT/standin-stream-load.env"; set +a; bench) >"$OUT/stream-load-reference-$round.json"
+      fi
+    done
+    psk2_node="$(grep -E '^load: ' "$OUT/sut.txt" 2>/dev/null | grep -oE '[0-9.]+ payments/s' | cut -d' ' -f1 || true)"
+    psk2_ref="$(grep -E '^load: ' "$OUT/reference.txt" 2>/dev/null | grep -oE '[0-9.]+ payments/s' | cut -d' ' -f1 || true)"
+    OUT="$OUT" PSK2_NODE="$psk2_node" PSK2_REF="$psk2_ref" "$BIN/python" - <<'PY'
+import glob, json, os
+out = os.environ["OUT"]
+def load(path):
+    try:
+        text = open(path).read().strip()
+    except FileNotFoundError:
+        return None
+    return json.loads(text) if text else {"ok": False, "detail": "no result line", "metrics": {}}
+failed = False
+for node_path in sorted(glob.glob(f"{out}/stream-load-node-*.json")):
+    round_ = node_path.rsplit("-", 1)[1].split(".")[0]
+    node, ref = load(node_path), load(f"{out}/stream-load-reference-{round_}.json")
+    ledger = int(open(f"{out}/stream-load-node-{round_}.ledger").read().strip() or 0)
+    m = node["metrics"]
+    expected = (int(m.get("delivered", 0)) + int(m.get("warmup_delivered", 0))) * int(m.get("amount", 0))
+    durable = ledger == expected
+    failed |= not node["ok"] or not durable or (ref is not None and not ref["ok"])
+    print(f"round {round_}")
+    print(f"  node:      {'PASS' if node['ok'] else 'FAIL'} {node['detail']}")
+    print(f"             ledger: +{ledger} recorded for {expected} delivered ({'exact' if durable else 'MISMATCH'})")
+    if ref is not None:
+        print(f"  reference: {'PASS' if ref['ok'] else 'FAIL'} {ref['detail']}")
+        a, b = m.get("payments_per_sec"), ref["metrics"].get("payments_per_sec")
+        if a and b:
+            print(f"  STREAM ratio node/reference: {a / b:.2f} ({a} vs {b} payments/s)")
+a, b = os.environ.get("PSK2_NODE"), os.environ.get("PSK2_REF")
+if a and b:
+    print(f"PSK2 ratio node/reference (load above): {float(a) / float(b):.2f} ({a} vs {b} payments/s)")
+print("stream-load: " + ("FAIL" if failed else "PASS"))
+raise SystemExit(1 if failed else 0)
+PY
+  ) | tee "$OUT/stream-load.txt" || status=1
+fi
 echo "results under $OUT"
 exit $status

@@ -173,6 +173,10 @@ class NodeRuntime:
         if self.links_enabled:
             await loop.create_task(self.ownership.start(), context=context)
             context.run(self.supervisor.start)
+            # Learned routes and peer/token cache invalidation shared across processes.
+            from links import shared
+
+            await loop.create_task(shared.start(self.switch.ccp), context=context)
         if self.recovery_enabled:
             context.run(self.recovery.start)
         log.info(
@@ -193,6 +197,10 @@ class NodeRuntime:
         self.started = False
         await self.supervisor.stop()
         await self.recovery.stop()
+        from links import http_oer, shared
+
+        await shared.stop()
+        await http_oer.stop()
         await self.ownership.stop(release=release)
         for peer in self.registry.live_peers():
             for link in self.registry.links_of(peer):

@@ -263,6 +263,7 @@ class SharedRoutes:
         self._synced = asyncio.Event()
         self._readopt = False
         self.reloads = 0
+        self.task: asyncio.Task[None] | None = None
 
     # --- RouteSharer ---------------------------------------------------------------------
 
@@ -408,43 +409,65 @@ def attach_routes(ccp: CcpService, *, writer: str | None = None) -> SharedRoutes
 async def start(ccp: CcpService | None) -> None:
     """Start sharing on the running loop (idempotent; nothing without Redis).
 
-    ``ccp`` is the process's CCP service (the switch's). Called by the process's start-up
-    (the runtime, or the switch's lazy start).
+    ``ccp`` is the process's CCP service (its switch's); a new switch's service replaces
+    the previous one. Called by the process's start-up (``interledger_site.runtime``) and
+    by the switch's own lazy start.
     """
     global _peer_watch, _routes, _loop
     if not enabled():
         return
     loop = asyncio.get_running_loop()
-    if _loop is loop and any(not t.done() for t in _tasks):
+    if _loop is not loop:
+        # Tasks of another (finished) loop, e.g. a Celery task's: they no longer run.
+        _tasks.clear()
+        _peer_watch = None
+        _routes = None
+        _loop = loop
+    if _peer_watch is None or _peer_watch.task is None or _peer_watch.task.done():
+        _peer_watch = PeerCacheWatch()
+        _peer_watch.task = loop.create_task(_peer_watch.run(), name="shared-peer-cache")
+        _tasks.append(_peer_watch.task)
+    if ccp is None or (
+        _routes is not None
+        and _routes.ccp is ccp
+        and _routes.task is not None
+        and not _routes.task.done()
+    ):
         return
-    # Tasks of another (finished) loop, e.g. a Celery task's: they no longer run.
-    _tasks.clear()
-    _loop = loop
-    _peer_watch = PeerCacheWatch()
-    _tasks.append(loop.create_task(_peer_watch.run(), name="shared-peer-cache"))
-    if ccp is not None:
-        _routes = attach_routes(ccp)
-        _tasks.append(loop.create_task(_routes.run(), name="shared-routes"))
+    if _routes is not None:
+        await _stop_routes(_routes)
+    _routes = attach_routes(ccp)
+    _routes.task = loop.create_task(_routes.run(), name="shared-routes")
+    _tasks.append(_routes.task)
+
+
+async def _stop_routes(routes: SharedRoutes) -> None:
+    if routes.task is not None:
+        routes.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await routes.task
+    if routes.ccp.sharer is routes:
+        routes.ccp.sharer = None
+    with contextlib.suppress(Exception):
+        await routes.client.aclose()
 
 
 async def stop() -> None:
     """Stop the tasks :func:`start` started (and forget their state)."""
     global _peer_watch, _routes, _loop
-    _loop = None
-    tasks = list(_tasks)
+    tasks = list(_tasks) if _loop is asyncio.get_running_loop() else []
     _tasks.clear()
+    _loop = None
+    routes, _routes = _routes, None
+    _peer_watch = None
+    if routes is not None and routes.task in tasks:
+        tasks.remove(routes.task)
+        await _stop_routes(routes)
     for task in tasks:
         task.cancel()
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
-    if _routes is not None:
-        if _routes.ccp.sharer is _routes:
-            _routes.ccp.sharer = None
-        with contextlib.suppress(Exception):
-            await _routes.client.aclose()
-    _routes = None
-    _peer_watch = None
 
 
 def shared_routes() -> SharedRoutes | None:

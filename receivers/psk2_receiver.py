@@ -45,10 +45,14 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime
 
+from channels.db import database_sync_to_async
+from django.conf import settings
+
 from ilp.packet import Fulfill, Prepare, Reject
 from ilp.psk2 import IV_LENGTH, PAYMENT_ID_LENGTH, ChunkRequest
 from ilp.psk2_receiver import Opened, Refuse, open_prepare, respond, secret_for
 from payments.ledger import PostingDraft, ReceiptDraft, get_book
+from payments.selectors import payment_total_db
 from receivers.addresses import (
     LOCAL_PREFIX_SEGMENT,
     node_address,
@@ -125,12 +129,33 @@ def _payment_id(opened: Opened) -> bytes:
     return hashlib.sha256(opened.prepare.destination.encode("ascii")).digest()[:PAYMENT_ID_LENGTH]
 
 
+def _totals_shared() -> bool:
+    """Whether other processes of the node may receive chunks of the same payment.
+
+    With ``REDIS_URL`` the node runs as several processes: a draft-1 payment's chunks
+    reach us through whichever process the source's packets land on (an HTTP-OER peer
+    behind the load balancer, a sender in another process), so a process's memory of the
+    receipts it committed itself is not the payment's total.
+    """
+    return bool(getattr(settings, "REDIS_URL", ""))
+
+
 async def _paid_so_far(account_code: str, opened: Opened) -> int:
-    """What this payment received before this chunk (draft 1; draft 2 has no totals)."""
+    """What this payment received before this chunk (draft 1; draft 2 has no totals).
+
+    One process: the book's memory (exact for receipts it committed). Several: the
+    receipts in the database, the node's shared truth (every earlier chunk's Fulfill went
+    out only after its receipt was durable), one indexed query per chunk after the first.
+    """
     request = opened.request
     if not isinstance(request, ChunkRequest) or request.sequence == 0:
         return 0
     stats.total_lookups += 1
+    if _totals_shared():
+        total: int = await database_sync_to_async(payment_total_db)(
+            account_code=account_code, payment_id=request.payment_id
+        )
+        return total
     return await get_book().payment_total(account_code, request.payment_id)
 
 

@@ -6,3 +6,8 @@ Channels, Celery or DRF, reads a clock, draws random bytes or opens a socket:
 ``now`` and random bytes are always passed in. Every decoder raises only
 :class:`ilp.errors.DecodeError`.
 """
+
+from ilp import _variant
+
+# Before any codec module is imported: a compiled build older than its source never runs.
+_variant.install_guard()

@@ -14,16 +14,16 @@ entry) are the node's hot path, so they have a specialised encoder and decoder
 byte for byte with the general codec; the general codec uses them too.
 """
 
-from __future__ import annotations
-
 import hmac
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum, StrEnum
-from typing import ClassVar, Final, TypeAlias
+from types import FunctionType
+from typing import Any, ClassVar, Final, Literal, TypeAlias
 
+from ilp._variant import python_method
 from ilp.errors import DecodeError, EncodeError, IlpError
 from ilp.oer import (
     UINT64_MAX,
@@ -141,14 +141,30 @@ _ERROR_NAMES: Final[dict[BtpErrorCode, str]] = {
 }
 
 
-def _check_request_id(request_id: int) -> None:
+def _check_request_id(request_id: object) -> None:
     if type(request_id) is not int or not 0 <= request_id <= UINT32_MAX:
         raise EncodeError(f"requestId must be a UInt32, got {request_id!r}")
 
 
-def _check_ascii(value: str, what: str) -> None:
+def _check_ascii(value: object, what: str) -> None:
     if not isinstance(value, str) or not value.isascii():
         raise EncodeError(f"{what} must be an ASCII (IA5) string, got {value!r}")
+
+
+# _TYPE_NOTE: each frame class's ``TYPE`` annotation is a string, and this module has no
+# ``from __future__ import annotations``, on purpose. Compiled, mypyc hands the dataclass
+# decorator an annotation dict in which an unquoted ``ClassVar[BtpType]`` arrives as plain
+# ``BtpType``, so ``TYPE`` became a field; a quoted annotation reaches dataclasses as the
+# text ``ClassVar[...]`` both compiled and as Python (with the future import, Python would
+# see the quotes themselves and miss the ClassVar).
+
+
+def _compiled_probe() -> None:
+    """Exists to tell whether this module runs compiled (see :data:`COMPILED`)."""
+
+
+#: True when this module is the mypyc-built extension (``scripts/build_codec.py``).
+COMPILED: Final = not isinstance(_compiled_probe, FunctionType)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,24 +180,69 @@ class ProtocolData:
     data: bytes
 
     def __post_init__(self) -> None:
-        _check_ascii(self.protocol_name, "protocolName")
-        if type(self.content_type) is not int:
-            if not isinstance(self.content_type, int) or isinstance(self.content_type, bool):
-                raise EncodeError(f"contentType must be an int, got {self.content_type!r}")
-            # A ContentType member is stored as its plain value, as the decoder produces it.
-            object.__setattr__(self, "content_type", int(self.content_type))
-        if not 0 <= self.content_type <= 0xFF:
-            raise EncodeError(f"contentType must be a UInt8, got {self.content_type}")
-        if not isinstance(self.data, bytes):
-            raise EncodeError(f"protocol data must be bytes, got {type(self.data).__name__}")
+        _init_entry(self, self.protocol_name, self.content_type, self.data)
 
 
-def _check_protocol_data(entries: tuple[ProtocolData, ...]) -> None:
+def _slot_setter(cls: type, name: str) -> Callable[[Any, Any], None]:
+    """The raw slot setter of field ``name`` of a frozen slotted dataclass."""
+    setter: Callable[[Any, Any], None] = cls.__dict__[name].__set__
+    return setter
+
+
+_SET_NAME: Final = _slot_setter(ProtocolData, "protocol_name")
+_SET_CONTENT_TYPE: Final = _slot_setter(ProtocolData, "content_type")
+_SET_DATA: Final = _slot_setter(ProtocolData, "data")
+
+
+def _check_protocol_data(entries: object) -> None:
     if not isinstance(entries, tuple):
         raise EncodeError("protocol_data must be a tuple of ProtocolData")
     for entry in entries:
         if not isinstance(entry, ProtocolData):
             raise EncodeError(f"protocol_data holds a {type(entry).__name__}, not ProtocolData")
+
+
+def _store_entry(entry: ProtocolData, protocol_name: str, content_type: int, data: bytes) -> None:
+    """Fill in a :class:`ProtocolData` (the frame classes have one of these each).
+
+    Compiled, the attribute stores are direct writes to the native object; as Python they
+    would hit the frozen ``__setattr__``, so the slot setters do it (as in ``ilp.packet``).
+    """
+    if COMPILED:
+        entry.protocol_name = protocol_name  # type: ignore[misc]
+        entry.content_type = content_type  # type: ignore[misc]
+        entry.data = data  # type: ignore[misc]
+    else:
+        _SET_NAME(entry, protocol_name)
+        _SET_CONTENT_TYPE(entry, content_type)
+        _SET_DATA(entry, data)
+
+
+def _init_entry(
+    self: ProtocolData, protocol_name: object, content_type: object, data: object
+) -> None:
+    """The checks of ``ProtocolData(...)``: its ``__post_init__`` as Python, its ``__init__``
+    compiled (see ``ilp.packet``'s construction notes: a native attribute would refuse a
+    wrong type before these checks could say what is wrong)."""
+    _check_ascii(protocol_name, "protocolName")
+    assert isinstance(protocol_name, str)
+    if type(content_type) is not int:
+        if not isinstance(content_type, int) or isinstance(content_type, bool):
+            raise EncodeError(f"contentType must be an int, got {content_type!r}")
+        # A ContentType member is stored as its plain value, as the decoder produces it.
+        content_type = int(content_type)
+    if not 0 <= content_type <= 0xFF:
+        raise EncodeError(f"contentType must be a UInt8, got {content_type}")
+    if not isinstance(data, bytes):
+        raise EncodeError(f"protocol data must be bytes, got {type(data).__name__}")
+    _store_entry(self, protocol_name, content_type, data)
+
+
+def _trusted_entry(protocol_name: str, content_type: int, data: bytes) -> ProtocolData:
+    """A :class:`ProtocolData` from fields the decoder has checked (IA5 name, UInt8, bytes)."""
+    entry: ProtocolData = ProtocolData.__new__(ProtocolData)
+    _store_entry(entry, protocol_name, content_type, data)
+    return entry
 
 
 def _write_protocol_data(w: Writer, entries: tuple[ProtocolData, ...]) -> None:
@@ -204,7 +265,7 @@ def _read_protocol_data(r: Reader) -> tuple[ProtocolData, ...]:
         name = r.read_ia5("protocolName")
         content_type = r.read_uint8("contentType")
         data = r.read_var_octets("protocol data")
-        entries.append(ProtocolData(name, content_type, data))
+        entries.append(_trusted_entry(name, content_type, data))
     return tuple(entries)
 
 
@@ -212,21 +273,20 @@ def _read_protocol_data(r: Reader) -> tuple[ProtocolData, ...]:
 class BtpResponse:
     """Type 1: the successful reply to a Message or Transfer."""
 
-    TYPE: ClassVar[BtpType] = BtpType.RESPONSE
+    TYPE: "ClassVar[Literal[BtpType.RESPONSE]]" = BtpType.RESPONSE  # see _TYPE_NOTE
 
     request_id: int
     protocol_data: tuple[ProtocolData, ...] = ()
 
     def __post_init__(self) -> None:
-        _check_request_id(self.request_id)
-        _check_protocol_data(self.protocol_data)
+        _init_response(self, self.request_id, self.protocol_data)
 
     def _write(self, w: Writer) -> None:
         _write_protocol_data(w, self.protocol_data)
 
     @classmethod
-    def _read(cls, request_id: int, r: Reader) -> BtpResponse:
-        return cls(request_id, _read_protocol_data(r))
+    def _read(cls, request_id: int, r: Reader) -> "BtpResponse":
+        return _trusted_response(request_id, _read_protocol_data(r))
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +298,7 @@ class BtpError:
     JS treats it as UTF-8 text (bare, or ``{"message": ...}`` JSON).
     """
 
-    TYPE: ClassVar[BtpType] = BtpType.ERROR
+    TYPE: "ClassVar[Literal[BtpType.ERROR]]" = BtpType.ERROR  # see _TYPE_NOTE
 
     request_id: int
     code: str
@@ -248,18 +308,15 @@ class BtpError:
     protocol_data: tuple[ProtocolData, ...] = ()
 
     def __post_init__(self) -> None:
-        _check_request_id(self.request_id)
-        if isinstance(self.code, BtpErrorCode):
-            # Store the plain text so a decoded Error and a built one compare and repr alike.
-            object.__setattr__(self, "code", self.code.value)
-        _check_ascii(self.code, "error code")
-        if len(self.code) != 3:
-            raise EncodeError(f"error code must be 3 characters, got {self.code!r}")
-        _check_ascii(self.name, "error name")
-        _check_ascii(self.triggered_at, "triggeredAt")
-        if not isinstance(self.data, bytes):
-            raise EncodeError(f"error data must be bytes, got {type(self.data).__name__}")
-        _check_protocol_data(self.protocol_data)
+        _init_error(
+            self,
+            self.request_id,
+            self.code,
+            self.name,
+            self.triggered_at,
+            self.data,
+            self.protocol_data,
+        )
 
     @property
     def triggered_at_time(self) -> datetime | None:
@@ -279,7 +336,7 @@ class BtpError:
         _write_protocol_data(w, self.protocol_data)
 
     @classmethod
-    def _read(cls, request_id: int, r: Reader) -> BtpError:
+    def _read(cls, request_id: int, r: Reader) -> "BtpError":
         start = r.offset
         code = r.read(3, "error code")
         if not code.isascii():
@@ -296,47 +353,154 @@ class BtpError:
 class BtpMessage:
     """Type 6: a request carrying side-protocol data (``ilp``, ``auth``, CCP-less extras)."""
 
-    TYPE: ClassVar[BtpType] = BtpType.MESSAGE
+    TYPE: "ClassVar[Literal[BtpType.MESSAGE]]" = BtpType.MESSAGE  # see _TYPE_NOTE
 
     request_id: int
     protocol_data: tuple[ProtocolData, ...] = ()
 
     def __post_init__(self) -> None:
-        _check_request_id(self.request_id)
-        _check_protocol_data(self.protocol_data)
+        _init_message(self, self.request_id, self.protocol_data)
 
     def _write(self, w: Writer) -> None:
         _write_protocol_data(w, self.protocol_data)
 
     @classmethod
-    def _read(cls, request_id: int, r: Reader) -> BtpMessage:
-        return cls(request_id, _read_protocol_data(r))
+    def _read(cls, request_id: int, r: Reader) -> "BtpMessage":
+        return _trusted_message(request_id, _read_protocol_data(r))
 
 
 @dataclass(frozen=True, slots=True)
 class BtpTransfer:
     """Type 7: settlement value (``amount`` is a UInt64 in the link's base units)."""
 
-    TYPE: ClassVar[BtpType] = BtpType.TRANSFER
+    TYPE: "ClassVar[Literal[BtpType.TRANSFER]]" = BtpType.TRANSFER  # see _TYPE_NOTE
 
     request_id: int
     amount: int
     protocol_data: tuple[ProtocolData, ...] = ()
 
     def __post_init__(self) -> None:
-        _check_request_id(self.request_id)
-        if type(self.amount) is not int or not 0 <= self.amount <= UINT64_MAX:
-            raise EncodeError(f"Transfer amount must be a UInt64, got {self.amount!r}")
-        _check_protocol_data(self.protocol_data)
+        _init_transfer(self, self.request_id, self.amount, self.protocol_data)
 
     def _write(self, w: Writer) -> None:
         w.write_uint(self.amount, 8)
         _write_protocol_data(w, self.protocol_data)
 
     @classmethod
-    def _read(cls, request_id: int, r: Reader) -> BtpTransfer:
+    def _read(cls, request_id: int, r: Reader) -> "BtpTransfer":
         amount = r.read_uint(8, "Transfer amount")
         return cls(request_id, amount, _read_protocol_data(r))
+
+
+_SET_MESSAGE_ID: Final = _slot_setter(BtpMessage, "request_id")
+_SET_MESSAGE_DATA: Final = _slot_setter(BtpMessage, "protocol_data")
+_SET_RESPONSE_ID: Final = _slot_setter(BtpResponse, "request_id")
+_SET_RESPONSE_DATA: Final = _slot_setter(BtpResponse, "protocol_data")
+
+
+def _store_message(message: BtpMessage, request_id: int, entries: tuple[ProtocolData, ...]) -> None:
+    if COMPILED:
+        message.request_id = request_id  # type: ignore[misc]
+        message.protocol_data = entries  # type: ignore[misc]
+    else:
+        _SET_MESSAGE_ID(message, request_id)
+        _SET_MESSAGE_DATA(message, entries)
+
+
+def _store_response(
+    response: BtpResponse, request_id: int, entries: tuple[ProtocolData, ...]
+) -> None:
+    if COMPILED:
+        response.request_id = request_id  # type: ignore[misc]
+        response.protocol_data = entries  # type: ignore[misc]
+    else:
+        _SET_RESPONSE_ID(response, request_id)
+        _SET_RESPONSE_DATA(response, entries)
+
+
+def _init_message(self: BtpMessage, request_id: object, protocol_data: object = ()) -> None:
+    _check_request_id(request_id)
+    _check_protocol_data(protocol_data)
+    assert isinstance(request_id, int) and isinstance(protocol_data, tuple)
+    _store_message(self, request_id, protocol_data)
+
+
+def _init_response(self: BtpResponse, request_id: object, protocol_data: object = ()) -> None:
+    _check_request_id(request_id)
+    _check_protocol_data(protocol_data)
+    assert isinstance(request_id, int) and isinstance(protocol_data, tuple)
+    _store_response(self, request_id, protocol_data)
+
+
+def _trusted_message(request_id: int, entries: tuple[ProtocolData, ...]) -> BtpMessage:
+    message: BtpMessage = BtpMessage.__new__(BtpMessage)
+    _store_message(message, request_id, entries)
+    return message
+
+
+def _trusted_response(request_id: int, entries: tuple[ProtocolData, ...]) -> BtpResponse:
+    response: BtpResponse = BtpResponse.__new__(BtpResponse)
+    _store_response(response, request_id, entries)
+    return response
+
+
+# The colder classes store through object.__setattr__ (the checked values have the
+# declared types, so a native attribute takes them as they are).
+_set = object.__setattr__
+
+
+def _init_error(
+    self: BtpError,
+    request_id: object,
+    code: object,
+    name: object,
+    triggered_at: object,
+    data: object = b"",
+    protocol_data: object = (),
+) -> None:
+    _check_request_id(request_id)
+    if isinstance(code, BtpErrorCode):
+        # Store the plain text so a decoded Error and a built one compare and repr alike.
+        code = code.value
+    _check_ascii(code, "error code")
+    assert isinstance(code, str)
+    if len(code) != 3:
+        raise EncodeError(f"error code must be 3 characters, got {code!r}")
+    _check_ascii(name, "error name")
+    _check_ascii(triggered_at, "triggeredAt")
+    if not isinstance(data, bytes):
+        raise EncodeError(f"error data must be bytes, got {type(data).__name__}")
+    _check_protocol_data(protocol_data)
+    for field, value in (
+        ("request_id", request_id),
+        ("code", code),
+        ("name", name),
+        ("triggered_at", triggered_at),
+        ("data", data),
+        ("protocol_data", protocol_data),
+    ):
+        _set(self, field, value)
+
+
+def _init_transfer(
+    self: BtpTransfer, request_id: object, amount: object, protocol_data: object = ()
+) -> None:
+    _check_request_id(request_id)
+    if type(amount) is not int or not 0 <= amount <= UINT64_MAX:
+        raise EncodeError(f"Transfer amount must be a UInt64, got {amount!r}")
+    _check_protocol_data(protocol_data)
+    _set(self, "request_id", request_id)
+    _set(self, "amount", amount)
+    _set(self, "protocol_data", protocol_data)
+
+
+if COMPILED:
+    # See _init_entry: compiled, the checks are the __init__ itself.
+    setattr(ProtocolData, "__init__", python_method(_init_entry))  # noqa: B010
+    setattr(BtpMessage, "__init__", python_method(_init_message))  # noqa: B010
+    setattr(BtpResponse, "__init__", python_method(_init_response))  # noqa: B010
+    setattr(BtpError, "__init__", python_method(_init_error))  # noqa: B010
+    setattr(BtpTransfer, "__init__", python_method(_init_transfer))  # noqa: B010
 
 
 BtpPacket: TypeAlias = BtpResponse | BtpError | BtpMessage | BtpTransfer
@@ -423,24 +587,24 @@ def peek_ilp_frame(raw: bytes) -> tuple[BtpType, int, bytes] | None:
 # --- the general codec -----------------------------------------------------------------
 
 
-def peek_header(raw: bytes) -> tuple[int, int] | None:
+def peek_header(raw: bytes | bytearray | memoryview) -> tuple[int, int] | None:
     """``(type byte, request id)`` of a frame, readable even when the rest is not."""
     if len(raw) < 5:
         return None
     return raw[0], int.from_bytes(raw[1:5], "big")
 
 
-def decode_btp(raw: bytes) -> BtpPacket:
+def decode_btp(raw: bytes | bytearray | memoryview) -> BtpPacket:
     """Decode one BTP frame; :class:`DecodeError` on anything that is not exactly one."""
     if type(raw) is not bytes:
         raw = bytes(raw)
     fast = peek_ilp_frame(raw)
     if fast is not None:
         btp_type, request_id, ilp = fast
-        entries = (ProtocolData(ILP, 0, ilp),)
+        entries = (_trusted_entry(ILP, 0, ilp),)
         if btp_type is BtpType.MESSAGE:
-            return BtpMessage(request_id, entries)
-        return BtpResponse(request_id, entries)
+            return _trusted_message(request_id, entries)
+        return _trusted_response(request_id, entries)
     r = Reader(raw)
     type_byte = r.read_uint8("BTP type")
     read = _READERS.get(type_byte)
@@ -536,12 +700,25 @@ class AuthRequest:
     idempotent: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.username, str) or not isinstance(self.token, str):
-            raise EncodeError("username and token must be str")
+        _init_auth(self, self.username, self.token, self.idempotent)
 
     def token_matches(self, secret: str) -> bool:
         """Constant-time comparison with the configured token (compared as UTF-8 bytes)."""
         return hmac.compare_digest(self.token.encode("utf-8"), secret.encode("utf-8"))
+
+
+def _init_auth(
+    self: AuthRequest, username: object, token: object, idempotent: object = False
+) -> None:
+    if not isinstance(username, str) or not isinstance(token, str):
+        raise EncodeError("username and token must be str")
+    _set(self, "username", username)
+    _set(self, "token", token)
+    _set(self, "idempotent", idempotent)
+
+
+if COMPILED:
+    setattr(AuthRequest, "__init__", python_method(_init_auth))  # noqa: B010
 
 
 class AuthRejected(IlpError):

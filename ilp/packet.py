@@ -23,6 +23,7 @@ from enum import IntEnum
 from types import FunctionType
 from typing import Any, Final, NamedTuple
 
+from ilp._variant import python_method
 from ilp.address import InvalidAddress, address_from_bytes, is_valid_address
 from ilp.conditions import CONDITION_LENGTH, FULFILLMENT_LENGTH
 from ilp.error_codes import ErrorCode as ErrorCode  # re-exported: its public home
@@ -104,20 +105,14 @@ class Prepare:
     data: bytes = b""
 
     def __post_init__(self) -> None:
-        if type(self.amount) is not int:
-            raise TypeError(f"amount must be an int, not {type(self.amount).__name__}")
-        if not 0 <= self.amount <= UINT64_MAX:
-            raise ValueError(f"amount {self.amount} is not a UInt64")
-        object.__setattr__(self, "expires_at", _wire_time(self.expires_at))
-        condition = _as_bytes(self.execution_condition, "execution_condition")
-        if len(condition) != CONDITION_LENGTH:
-            raise ValueError(f"execution_condition must be 32 bytes, not {len(condition)}")
-        object.__setattr__(self, "execution_condition", condition)
-        if not isinstance(self.destination, str) or not is_valid_address(self.destination):
-            raise InvalidAddress(f"destination is not a valid ILP address: {self.destination!r}")
-        data = _as_bytes(self.data, "data")
-        _check_data(data)
-        object.__setattr__(self, "data", data)
+        _init_prepare(
+            self,
+            self.amount,
+            self.expires_at,
+            self.execution_condition,
+            self.destination,
+            self.data,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,13 +121,7 @@ class Fulfill:
     data: bytes = b""
 
     def __post_init__(self) -> None:
-        fulfillment = _as_bytes(self.fulfillment, "fulfillment")
-        if len(fulfillment) != FULFILLMENT_LENGTH:
-            raise ValueError(f"fulfillment must be 32 bytes, not {len(fulfillment)}")
-        object.__setattr__(self, "fulfillment", fulfillment)
-        data = _as_bytes(self.data, "data")
-        _check_data(data)
-        object.__setattr__(self, "data", data)
+        _init_fulfill(self, self.fulfillment, self.data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,34 +134,17 @@ class Reject:
     data: bytes = b""
 
     def __post_init__(self) -> None:
-        code = self.code
-        if not isinstance(code, str):
-            raise TypeError(f"code must be a str, not {type(code).__name__}")
-        if isinstance(code, ErrorCode):
-            object.__setattr__(self, "code", code.value)
-        elif len(code) != ERROR_CODE_LENGTH or not code.isascii():
-            raise ValueError(f"error code must be 3 ASCII characters, not {code!r}")
-        by = self.triggered_by
-        if not isinstance(by, str) or (by and not is_valid_address(by)):
-            raise InvalidAddress(f"triggered_by is neither empty nor an ILP address: {by!r}")
-        if not isinstance(self.message, str):
-            raise TypeError(f"message must be a str, not {type(self.message).__name__}")
-        try:
-            self.message.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError("message is not encodable as UTF-8") from None
-        data = _as_bytes(self.data, "data")
-        _check_data(data)
-        object.__setattr__(self, "data", data)
+        _init_reject(self, self.code, self.triggered_by, self.message, self.data)
 
 
-IlpPacket = Prepare | Fulfill | Reject
-Reply = Fulfill | Reject
-
-
-def _setters(cls: type) -> tuple[Callable[[Any, Any], None], ...]:
-    """The raw slot setters of a frozen slotted dataclass, in field order."""
-    return tuple(cls.__dict__[f.name].__set__ for f in fields(cls))
+# --- construction ----------------------------------------------------------------------
+#
+# One validator per class takes the constructor's arguments as they came (any type) and
+# stores the normalised values. As Python, the dataclass's __init__ stores the arguments
+# and __post_init__ runs the validator. Compiled, the classes are native and a native
+# attribute refuses a value of the wrong type with a TypeError of its own before
+# __post_init__ could say what is wrong (or quietly turns True into 1), so there the
+# validator itself is the __init__ (installed below): the same checks, the same errors.
 
 
 def _compiled_probe() -> None:
@@ -180,24 +152,32 @@ def _compiled_probe() -> None:
 
 
 #: True when this module is the mypyc-built extension (``scripts/build_codec.py``), False
-#: when it runs as plain Python. The two differ only in how the decoders below fill in a
-#: new value, never in what they accept or build.
+#: when it runs as plain Python.
 COMPILED: Final = not isinstance(_compiled_probe, FunctionType)
 
-# Decoders build values with these: every field has been validated on the wire
-# already, and going around __init__/__post_init__ halves the cost of a decode.
-# Compiled, the stores are plain attribute assignments, which mypyc turns into direct
-# writes to the native object (the frozen __setattr__ is only for other code); as Python,
-# those same assignments would raise FrozenInstanceError, so the slot setters do it.
+
+def _setters(cls: type) -> tuple[Callable[[Any, Any], None], ...]:
+    """The raw slot setters of a frozen slotted dataclass, in field order."""
+    return tuple(cls.__dict__[f.name].__set__ for f in fields(cls))
+
+
+# Stores into a frozen value. Compiled, they are plain attribute assignments, which mypyc
+# turns into direct writes to the native object (the frozen __setattr__ is only for other
+# code); as Python, those assignments would raise FrozenInstanceError, so the slot
+# setters do it.
 _PREPARE_SETTERS = _setters(Prepare)
 _FULFILL_SETTERS = _setters(Fulfill)
 _REJECT_SETTERS = _setters(Reject)
 
 
-def _trusted_prepare(
-    amount: int, expires_at: datetime, condition: bytes, destination: str, data: bytes
-) -> Prepare:
-    prepare: Prepare = Prepare.__new__(Prepare)
+def _store_prepare(
+    prepare: Prepare,
+    amount: int,
+    expires_at: datetime,
+    condition: bytes,
+    destination: str,
+    data: bytes,
+) -> None:
     if COMPILED:
         prepare.amount = amount  # type: ignore[misc]
         prepare.expires_at = expires_at  # type: ignore[misc]
@@ -211,11 +191,9 @@ def _trusted_prepare(
         set_condition(prepare, condition)
         set_destination(prepare, destination)
         set_data(prepare, data)
-    return prepare
 
 
-def _trusted_fulfill(fulfillment: bytes, data: bytes) -> Fulfill:
-    fulfill: Fulfill = Fulfill.__new__(Fulfill)
+def _store_fulfill(fulfill: Fulfill, fulfillment: bytes, data: bytes) -> None:
     if COMPILED:
         fulfill.fulfillment = fulfillment  # type: ignore[misc]
         fulfill.data = data  # type: ignore[misc]
@@ -223,11 +201,9 @@ def _trusted_fulfill(fulfillment: bytes, data: bytes) -> Fulfill:
         set_fulfillment, set_data = _FULFILL_SETTERS
         set_fulfillment(fulfill, fulfillment)
         set_data(fulfill, data)
-    return fulfill
 
 
-def _trusted_reject(code: str, triggered_by: str, message: str, data: bytes) -> Reject:
-    reject: Reject = Reject.__new__(Reject)
+def _store_reject(reject: Reject, code: str, triggered_by: str, message: str, data: bytes) -> None:
     if COMPILED:
         reject.code = code  # type: ignore[misc]
         reject.triggered_by = triggered_by  # type: ignore[misc]
@@ -239,6 +215,93 @@ def _trusted_reject(code: str, triggered_by: str, message: str, data: bytes) -> 
         set_triggered_by(reject, triggered_by)
         set_message(reject, message)
         set_data(reject, data)
+
+
+def _init_prepare(
+    self: Prepare,
+    amount: object,
+    expires_at: object,
+    execution_condition: object,
+    destination: object,
+    data: object = b"",
+) -> None:
+    if type(amount) is not int:
+        raise TypeError(f"amount must be an int, not {type(amount).__name__}")
+    if not 0 <= amount <= UINT64_MAX:
+        raise ValueError(f"amount {amount} is not a UInt64")
+    moment = _wire_time(expires_at)
+    condition = _as_bytes(execution_condition, "execution_condition")
+    if len(condition) != CONDITION_LENGTH:
+        raise ValueError(f"execution_condition must be 32 bytes, not {len(condition)}")
+    if not isinstance(destination, str) or not is_valid_address(destination):
+        raise InvalidAddress(f"destination is not a valid ILP address: {destination!r}")
+    raw_data = _as_bytes(data, "data")
+    _check_data(raw_data)
+    _store_prepare(self, amount, moment, condition, destination, raw_data)
+
+
+def _init_fulfill(self: Fulfill, fulfillment: object, data: object = b"") -> None:
+    preimage = _as_bytes(fulfillment, "fulfillment")
+    if len(preimage) != FULFILLMENT_LENGTH:
+        raise ValueError(f"fulfillment must be 32 bytes, not {len(preimage)}")
+    raw_data = _as_bytes(data, "data")
+    _check_data(raw_data)
+    _store_fulfill(self, preimage, raw_data)
+
+
+def _init_reject(
+    self: Reject, code: object, triggered_by: object, message: object = "", data: object = b""
+) -> None:
+    if not isinstance(code, str):
+        raise TypeError(f"code must be a str, not {type(code).__name__}")
+    if isinstance(code, ErrorCode):
+        code = code.value
+    elif len(code) != ERROR_CODE_LENGTH or not code.isascii():
+        raise ValueError(f"error code must be 3 ASCII characters, not {code!r}")
+    if not isinstance(triggered_by, str) or (triggered_by and not is_valid_address(triggered_by)):
+        raise InvalidAddress(f"triggered_by is neither empty nor an ILP address: {triggered_by!r}")
+    if not isinstance(message, str):
+        raise TypeError(f"message must be a str, not {type(message).__name__}")
+    try:
+        message.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("message is not encodable as UTF-8") from None
+    raw_data = _as_bytes(data, "data")
+    _check_data(raw_data)
+    _store_reject(self, code, triggered_by, message, raw_data)
+
+
+if COMPILED:
+    setattr(Prepare, "__init__", python_method(_init_prepare))  # noqa: B010
+    setattr(Fulfill, "__init__", python_method(_init_fulfill))  # noqa: B010
+    setattr(Reject, "__init__", python_method(_init_reject))  # noqa: B010
+
+
+IlpPacket = Prepare | Fulfill | Reject
+Reply = Fulfill | Reject
+
+
+# Decoders build values with these: every field has been validated on the wire already,
+# and going around the validator halves the cost of a decode.
+
+
+def _trusted_prepare(
+    amount: int, expires_at: datetime, condition: bytes, destination: str, data: bytes
+) -> Prepare:
+    prepare: Prepare = Prepare.__new__(Prepare)
+    _store_prepare(prepare, amount, expires_at, condition, destination, data)
+    return prepare
+
+
+def _trusted_fulfill(fulfillment: bytes, data: bytes) -> Fulfill:
+    fulfill: Fulfill = Fulfill.__new__(Fulfill)
+    _store_fulfill(fulfill, fulfillment, data)
+    return fulfill
+
+
+def _trusted_reject(code: str, triggered_by: str, message: str, data: bytes) -> Reject:
+    reject: Reject = Reject.__new__(Reject)
+    _store_reject(reject, code, triggered_by, message, data)
     return reject
 
 
@@ -580,7 +643,9 @@ def encode_reject(r: Reject) -> bytes:
     return b"\x0e" + _length(len(contents)) + contents
 
 
-def encode_packet(p: IlpPacket) -> bytes:
+def encode_packet(p: object) -> bytes:
+    """The bytes of a Prepare, Fulfill or Reject; :class:`EncodeError` for anything else
+    (typed ``object`` because that is the contract, compiled or not)."""
     if isinstance(p, Prepare):
         return encode_prepare(p)
     if isinstance(p, Fulfill):

@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install migrate demo worker interop bench bench-codec clean faults
+.PHONY: run test lint install build-codec migrate demo worker interop bench bench-codec clean faults
 .PHONY: cluster cluster-stop cluster-status cluster-interop
 
 $(BIN)/python:
@@ -18,7 +18,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) build-codec
+
+# The hot codec modules compiled with mypyc from their own source (scripts/build_codec.py);
+# without a compiler the pure-Python modules run. A no-op when the build is current.
+build-codec: $(STAMP)
+	$(BIN)/python scripts/build_codec.py
 
 migrate: install
 	$(BIN)/python manage.py migrate --noinput
@@ -78,4 +83,5 @@ bench-codec: install
 	$(BIN)/python -m ilp.bench
 
 clean:
-	rm -rf $(VENV) var .interop .faults
+	rm -rf $(VENV) var .interop .faults build
+	rm -f ilp/*.so ilp/_codec_build.json

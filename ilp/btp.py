@@ -551,6 +551,57 @@ def encode_ilp_frame(btp_type: BtpType, request_id: int, ilp: bytes) -> bytes:
     )
 
 
+def _length_at(raw: bytes, pos: int, end: int) -> tuple[int, int]:
+    """``(length, start of the value)`` of the determinant at ``pos``, or ``(-1, 0)`` if it
+    is not a canonical one that fits. The short and two-byte forms inlined; the others go
+    to the one home of the canonical rules (:func:`ilp.oer.read_length_at`)."""
+    if pos >= end:
+        return -1, 0
+    first = raw[pos]
+    if first < 0x80:
+        return first, pos + 1
+    if first == 0x82 and pos + 2 < end and raw[pos + 1] != 0:
+        return (raw[pos + 1] << 8) | raw[pos + 2], pos + 3
+    try:
+        return read_length_at(raw, pos, end)
+    except DecodeError:
+        return -1, 0  # the general decoder will say what is wrong
+
+
+def _ilp_data_start(raw: bytes) -> int:
+    """Where the ilp bytes start if ``raw`` is exactly a Message or Response with one
+    ``ilp`` entry of content type 0 (they run to the end); -1 for any other frame."""
+    end = len(raw)
+    if end < 14:  # 5 header + 1 length + 7 entry head + 1 data length
+        return -1
+    kind = raw[0]
+    if kind != 6 and kind != 1:
+        return -1
+    contents_len, pos = _length_at(raw, 5, end)
+    if contents_len < 0 or pos + contents_len != end or end - pos < 8:
+        return -1
+    # The entry head, byte by byte (compiled, each is one load): count 01 01, name 03 'ilp',
+    # contentType 00.
+    if (
+        raw[pos] != 1
+        or raw[pos + 1] != 1
+        or raw[pos + 2] != 3
+        or raw[pos + 3] != 0x69
+        or raw[pos + 4] != 0x6C
+        or raw[pos + 5] != 0x70
+        or raw[pos + 6] != 0
+    ):
+        return -1
+    data_len, pos = _length_at(raw, pos + 7, end)
+    if data_len < 0 or pos + data_len != end:
+        return -1
+    return pos
+
+
+def _request_id(raw: bytes) -> int:
+    return (raw[1] << 24) | (raw[2] << 16) | (raw[3] << 8) | raw[4]
+
+
 def peek_ilp_frame(raw: bytes) -> tuple[BtpType, int, bytes] | None:
     """``(type, request id, ilp bytes)`` if ``raw`` is exactly a Message or Response with
     one ``ilp`` entry of content type 0; ``None`` for any other frame, valid or not.
@@ -558,30 +609,14 @@ def peek_ilp_frame(raw: bytes) -> tuple[BtpType, int, bytes] | None:
     Whenever it returns a value, :func:`decode_btp` would decode ``raw`` to the same
     thing (a test checks it), so callers may skip the general decoder.
     """
-    end = len(raw)
-    if end < 14:  # 5 header + 1 length + 7 entry head + 1 data length
+    start = _ilp_data_start(raw)
+    if start < 0:
         return None
-    kind, request_id = _HEADER.unpack_from(raw)
-    if kind != 6 and kind != 1:
-        return None
-    # Short lengths inlined; long forms go to the one home of the canonical rules.
-    try:
-        contents_len = raw[5]
-        pos = 6
-        if contents_len >= 0x80:
-            contents_len, pos = read_length_at(raw, 5, end)
-        if pos + contents_len != end or not raw.startswith(_ILP_ENTRY_HEAD, pos):
-            return None
-        pos += len(_ILP_ENTRY_HEAD)
-        data_len = raw[pos]
-        pos += 1
-        if data_len >= 0x80:
-            data_len, pos = read_length_at(raw, pos - 1, end)
-    except DecodeError:
-        return None  # the general decoder will say what is wrong
-    if pos + data_len != end:
-        return None
-    return (BtpType.MESSAGE if kind == 6 else BtpType.RESPONSE), request_id, raw[pos:]
+    return (_MESSAGE if raw[0] == 6 else _RESPONSE), _request_id(raw), raw[start:]
+
+
+_MESSAGE: Final = BtpType.MESSAGE
+_RESPONSE: Final = BtpType.RESPONSE
 
 
 # --- the general codec -----------------------------------------------------------------
@@ -598,13 +633,12 @@ def decode_btp(raw: bytes | bytearray | memoryview) -> BtpPacket:
     """Decode one BTP frame; :class:`DecodeError` on anything that is not exactly one."""
     if type(raw) is not bytes:
         raw = bytes(raw)
-    fast = peek_ilp_frame(raw)
-    if fast is not None:
-        btp_type, request_id, ilp = fast
-        entries = (_trusted_entry(ILP, 0, ilp),)
-        if btp_type is BtpType.MESSAGE:
-            return _trusted_message(request_id, entries)
-        return _trusted_response(request_id, entries)
+    start = _ilp_data_start(raw)
+    if start >= 0:  # the hot path: what peek_ilp_frame recognises, without the tuple
+        entries = (_trusted_entry(ILP, 0, raw[start:]),)
+        if raw[0] == 6:
+            return _trusted_message(_request_id(raw), entries)
+        return _trusted_response(_request_id(raw), entries)
     r = Reader(raw)
     type_byte = r.read_uint8("BTP type")
     read = _READERS.get(type_byte)

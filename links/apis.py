@@ -25,6 +25,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from dashboard.selectors import PeerStatus, peer_status
+from ilp.oer import UINT64_MAX
 from interledger_site.api import ApiError, ApiGenericView, error_responses, validated_query
 from links import registry
 from links.models import LinkKind, Peer, Relation
@@ -146,7 +147,7 @@ class PeerCreatedSerializer(PeerSerializer):
 
 
 def _uint(**kwargs: Any) -> serializers.IntegerField:
-    return serializers.IntegerField(min_value=0, max_value=2**64 - 1, **kwargs)
+    return serializers.IntegerField(min_value=0, max_value=UINT64_MAX, **kwargs)
 
 
 class PeerCreateSerializer(serializers.Serializer[Any]):

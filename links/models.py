@@ -17,6 +17,7 @@ from decimal import Decimal
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
+from ilp.oer import UINT64_MAX
 from links import limits
 
 PEER_NAME_PATTERN = r"^[a-z0-9][a-z0-9_~-]*\Z"
@@ -100,7 +101,7 @@ class Peer(models.Model):
         decimal_places=0,
         null=True,
         blank=True,
-        validators=[MinValueValidator(1), MaxValueValidator(2**64 - 1)],
+        validators=[MinValueValidator(1), MaxValueValidator(UINT64_MAX)],
         help_text="Amount per second the peer may send (more → T04); empty = unbounded.",
     )
     max_in_flight = models.PositiveIntegerField(

@@ -22,6 +22,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 
 from links.limits import DEFAULT_LIMITS, PeerLimits
+from payments.ledger import peer_account
 
 if TYPE_CHECKING:
     from links.models import Peer
@@ -90,10 +91,6 @@ class PeerContext:
     limits: PeerLimits = DEFAULT_LIMITS
 
 
-def account_code_for(name: str) -> str:
-    return f"peer:{name}"
-
-
 def child_address(name: str) -> str:
     return f"{settings.ILP_ADDRESS}.{name}"
 
@@ -116,7 +113,7 @@ def context_from_peer(peer: Peer) -> PeerContext:
     return PeerContext(
         name=peer.name,
         relation=peer.relation,
-        account_code=account_code_for(peer.name),
+        account_code=peer_account(peer.name),
         address=address,
         asset_code=peer.asset_code,
         asset_scale=int(peer.asset_scale),

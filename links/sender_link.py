@@ -46,6 +46,7 @@ from datetime import UTC, datetime
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from ilp.oer import UINT64_MAX
 from ilp.packet import Prepare, Reply
 from links import edge, registry
 from links.models import LinkKind
@@ -65,7 +66,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-UINT64_MAX = 2**64 - 1
 CONNECT_TIMEOUT_S = 10.0
 
 

@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 
+from ilp.oer import UINT64_MAX
 from links import peers as peer_cache
 from links.limits import LIMIT_FIELDS, InvalidLimits, PeerLimits
 from links.models import (
@@ -37,7 +38,6 @@ from links.models import (
 )
 from links.peers import (
     PeerContext,
-    account_code_for,
     context_from_peer,
     limits_of,
     peer_changed,
@@ -48,7 +48,6 @@ from links.tokens import check_token, generate_token, hash_token, token_fingerpr
 from payments.errors import PaymentsError
 
 VERIFIED_TTL_S = 30.0
-UINT64_MAX = 2**64 - 1
 
 # (name, sha256(token)) -> monotonic expiry of a successful verification
 _verified: dict[tuple[str, bytes], float] = {}
@@ -114,11 +113,11 @@ def _validate_profile(http_profile: str) -> None:
 
 
 def _ensure_account(name: str, *, min_balance: int | None, max_balance: int | None) -> Any:
-    from payments.ledger import ensure_account
+    from payments.ledger import ensure_account, peer_account
 
     try:
         return ensure_account(
-            account_code_for(name), kind="peer", min_balance=min_balance, max_balance=max_balance
+            peer_account(name), kind="peer", min_balance=min_balance, max_balance=max_balance
         )
     except PaymentsError as exc:  # InvalidAmount, AccountKindMismatch
         raise PeerError(str(exc)) from exc

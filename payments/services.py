@@ -27,14 +27,15 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from ilp.oer import UINT64_MAX
 from payments import outbound
 from payments.errors import InvalidAmount, UnknownAccount, WebhookError
 from payments.ledger import (
     _ACCOUNT_FIELDS,
     MAX_KEY_LENGTH,
-    UINT64_MAX,
     _cursor,
     ensure_account,
+    node_equity_account,
     peek_book,
     post_in_transaction,
 )
@@ -235,11 +236,6 @@ def apply_pending_receipts(
 # --- operator adjustments and limits --------------------------------------------------------
 
 
-def equity_account_code(*, asset_code: str, asset_scale: int) -> str:
-    """The node's own account for one asset (fees, FX, operator adjustments)."""
-    return f"node:equity:{asset_code}:{asset_scale}"
-
-
 def account_adjust(
     *,
     account_code: str,
@@ -266,7 +262,7 @@ def account_adjust(
         raise UnknownAccount(f"no ledger account {account_code!r}", account=account_code)
     if counter_account_code is None:
         counter = ensure_account(
-            equity_account_code(asset_code=account.asset_code, asset_scale=account.asset_scale),
+            node_equity_account(account.asset_code, account.asset_scale),
             kind=LedgerAccount.Kind.NODE,
             asset_code=account.asset_code,
             asset_scale=account.asset_scale,

@@ -29,6 +29,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from ilp.errors import DecodeError
+from ilp.oer import UINT64_MAX
 from ilp.psk2 import b64url_decode, b64url_encode
 from receivers.addresses import (
     STREAM_IV_LENGTH,
@@ -51,7 +52,6 @@ if TYPE_CHECKING:
 
 SESSION_KEY = "wm_visitors"
 MAX_PAGES_PER_SESSION = 200
-UINT64_MAX = 2**64 - 1
 PAGE_FIELDS = ("title", "public_body", "paid_body", "threshold", "published")
 
 

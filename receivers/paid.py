@@ -78,6 +78,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from ilp.errors import DecodeError
+from ilp.oer import UINT64_MAX
 from ilp.psk2 import b64url_decode, b64url_encode
 from ilp.stream import ReceiptSetup
 from payments.models import Receipt
@@ -104,7 +105,6 @@ PAY_METHOD = "interledger-psk2"
 PAY_TOKEN_HEADER = "Pay-Token"
 DEFAULT_RECEIVER = "paidapi"
 MAX_TOKEN_LENGTH = 128
-UINT64_MAX = 2**64 - 1
 PAYMENT_ID_LENGTH = 16
 _TOKEN = re.compile(r"[A-Za-z0-9_\-+/=.~]{1,128}")
 _TAG_LABEL = b"ilp-http-pay-token:"

@@ -6,12 +6,12 @@ from typing import TYPE_CHECKING, Any
 
 from django import forms
 
+from ilp.oer import UINT64_MAX
 from receivers.models import Receiver
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
 
-UINT64_MAX = 2**64 - 1
 _AMOUNT_HELP = "In base units of the pointer's asset (e.g. 1000000 at scale 9 is 0.001)."
 
 

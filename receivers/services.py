@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 
-from payments.ledger import ensure_account
+from payments.ledger import ensure_account, receiver_account
 from receivers.errors import InvalidPointerName, PointerNameTaken
 from receivers.models import Receiver
 from receivers.names import claim_problem, name_problem, route_conflict
@@ -16,11 +16,6 @@ if TYPE_CHECKING:
     from django.contrib.auth.models import User
 
 RECEIVER_ACCOUNT_KIND = "receiver"
-
-
-def receiver_account_code(name: str) -> str:
-    """The ledger account code of the receiver ``name``: ``receiver:<name>``."""
-    return f"receiver:{name}"
 
 
 def receiver_create(
@@ -40,7 +35,7 @@ def receiver_create(
     with transaction.atomic():
         if Receiver.objects.filter(name=name).exists():
             raise PointerNameTaken(f"the pointer name '{name}' is taken")
-        account = ensure_account(receiver_account_code(name), kind=RECEIVER_ACCOUNT_KIND)
+        account = ensure_account(receiver_account(name), kind=RECEIVER_ACCOUNT_KIND)
         try:
             with transaction.atomic():
                 return Receiver.objects.create(

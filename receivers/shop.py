@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from ilp.oer import UINT64_MAX
 from ilp.stream import ReceiptSetup
 from receivers.addresses import (
     STREAM_IV_LENGTH,
@@ -45,8 +46,6 @@ from receivers.spsp import SpspAnswer, SpspBalance
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
     from django.http import HttpRequest
-
-UINT64_MAX = 2**64 - 1
 
 
 class OrderError(ReceiverError):

@@ -21,6 +21,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from ilp.oer import UINT64_MAX
 from receivers.models import Order, Receiver
 from receivers.pointers import public_base_url
 from receivers.qr import qr_svg
@@ -53,7 +54,6 @@ from receivers.templatetags.ilp_format import format_amount
 
 _SPSP_METHODS = ("GET", "HEAD", "OPTIONS")
 _CURRENCY = re.compile(r"[A-Za-z]{3}")
-UINT64_MAX = 2**64 - 1
 
 
 class OrderOutSerializer(serializers.Serializer[Any]):

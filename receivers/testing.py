@@ -13,16 +13,16 @@ from datetime import timedelta
 
 from django.utils import timezone
 
+from ilp.oer import UINT64_MAX
 from ilp.packet import Fulfill, Reject
 from ilp.psk2_sender import build_chunk, build_request
-from payments.ledger import ensure_account
+from payments.ledger import ensure_account, peer_account
 from receivers.paid import PayHeader, parse_pay
 from receivers.psk2_receiver import receive_prepare
 
 __all__ = ["PayHeader", "ensure_payer", "parse_pay", "pay_draft1", "pay_draft2"]
 
-TEST_PAYER_ACCOUNT = "peer:test-payer"
-UINT64_MAX = 2**64 - 1
+TEST_PAYER_ACCOUNT = peer_account("test-payer")
 
 
 def ensure_payer(code: str = TEST_PAYER_ACCOUNT) -> str:

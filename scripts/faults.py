@@ -174,6 +174,7 @@ def check(args: argparse.Namespace) -> int:
     django.setup()
     from django.db.models import Sum
 
+    from payments.ledger import peer_account, receiver_account
     from payments.models import LedgerAccount, Receipt
     from payments.selectors import ledger_report
 
@@ -194,7 +195,7 @@ def check(args: argparse.Namespace) -> int:
         problems.append(f"{unapplied} receipts still unapplied {args.deadline:.0f} s after restart")
 
     held = [json.loads(line) for line in Path(args.fulfills).read_text().splitlines() if line]
-    receiver = LedgerAccount.objects.get(code=f"receiver:{args.pointer}")
+    receiver = LedgerAccount.objects.get(code=receiver_account(args.pointer))
     recorded = {
         (pid, int(seq))
         for pid, seq in Receipt.objects.filter(account=receiver).values_list(
@@ -205,9 +206,11 @@ def check(args: argparse.Namespace) -> int:
     if missing:
         problems.append(f"{len(missing)} Fulfills the sender holds are not in the ledger")
     total = int(Receipt.objects.filter(account=receiver).aggregate(s=Sum("amount"))["s"] or 0)
-    peer = int(LedgerAccount.objects.get(code=f"peer:{args.peer}").balance)
+    peer = int(LedgerAccount.objects.get(code=peer_account(args.peer)).balance)
     if peer != -total:
-        problems.append(f"peer:{args.peer} balance {peer} is not minus the receipts ({total})")
+        problems.append(
+            f"{peer_account(args.peer)} balance {peer} is not minus the receipts ({total})"
+        )
     if int(receiver.balance) != total:
         problems.append(f"receiver balance {int(receiver.balance)} != receipts {total}")
     report = ledger_report()

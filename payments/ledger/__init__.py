@@ -8,12 +8,15 @@ The parts:
   transaction per batch;
 * :mod:`.sql` — :func:`post_in_transaction` and the SQL helpers it shares with services;
 * :mod:`.applier` — :class:`ReceiptApplier`, committed receipts to incoming payments;
-* :mod:`.accounts` — :func:`ensure_account`;
+* :mod:`.accounts` — the account-code builders (:func:`peer_account`,
+  :func:`receiver_account`, :func:`node_account`, :func:`node_equity_account`) and
+  :func:`ensure_account`;
 * :mod:`.runtime` — the process-wide book and applier (:func:`get_book`, :func:`peek_book`,
   :func:`reset_book`, :func:`get_applier`) and their wiring;
 * :mod:`.shared` — shared credit across processes (Redis).
 
-Today's public names are re-exported here, so ``from payments.ledger import X`` and
+Today's public names are re-exported here (``UINT64_MAX`` and ``INT64_MAX`` are
+:mod:`ilp.oer`'s), so ``from payments.ledger import X`` and
 ``payments.ledger.X`` keep working.
 """
 
@@ -23,9 +26,16 @@ import sys
 import types
 from typing import Any
 
+from ilp.oer import INT64_MAX, UINT64_MAX
 from payments.ledger import runtime as _runtime
 from payments.ledger import sql as _sql
-from payments.ledger.accounts import ensure_account
+from payments.ledger.accounts import (
+    ensure_account,
+    node_account,
+    node_equity_account,
+    peer_account,
+    receiver_account,
+)
 from payments.ledger.applier import APPLY_PUBLISH_RETRY, SWEEP_CHUNK, ReceiptApplier
 from payments.ledger.book import AccountSnapshot, BalanceBook, ReceiptSink
 from payments.ledger.drafts import (
@@ -35,7 +45,6 @@ from payments.ledger.drafts import (
     MAX_PAYMENT_ID_BYTES,
     MAX_RECEIPT_KEY_LENGTH,
     UINT32_MAX,
-    UINT64_MAX,
     PostingDraft,
     ReceiptDraft,
 )
@@ -57,7 +66,6 @@ from payments.ledger.sql import (
 )
 from payments.ledger.sql import (
     INSERT_CHUNK,
-    INT64_MAX,
     POSTING_COLUMNS,
     RECEIPT_COLUMNS,
     SQLITE_WRITE_LOCK,
@@ -98,8 +106,12 @@ __all__ = [
     "get_book",
     "new_applier",
     "new_book",
+    "node_account",
+    "node_equity_account",
     "peek_book",
+    "peer_account",
     "post_in_transaction",
+    "receiver_account",
     "reset_book",
     "wait_receipts_applied",
 ]

@@ -1,13 +1,45 @@
-"""Ledger accounts: creating them (:func:`ensure_account`)."""
+"""Ledger accounts: their codes (one builder per kind) and creating them (:func:`ensure_account`).
+
+Every account code is built here: ``peer:<name>`` (a peer's account, :func:`peer_account`),
+``receiver:<name>`` (a payment pointer's, :func:`receiver_account`), ``node:<purpose>``
+(the node's own: fees, the operator's sending account, suspense, :func:`node_account`) and
+``node:equity:<asset>:<scale>`` (the counter-account of adjustments and conversions,
+:func:`node_equity_account`).
+"""
 
 from __future__ import annotations
 
 from django.conf import settings
 from django.db import transaction
 
+from ilp.oer import UINT64_MAX
 from payments.errors import AccountKindMismatch, InvalidAmount
-from payments.ledger.drafts import MAX_CODE_LENGTH, UINT64_MAX, _check_int, _check_text
+from payments.ledger.drafts import MAX_CODE_LENGTH, _check_int, _check_text
 from payments.models import LedgerAccount
+
+PEER_PREFIX = "peer:"
+RECEIVER_PREFIX = "receiver:"
+NODE_PREFIX = "node:"
+
+
+def peer_account(name: str) -> str:
+    """The ledger account code of the peer ``name``: ``peer:<name>``."""
+    return f"{PEER_PREFIX}{name}"
+
+
+def receiver_account(name: str) -> str:
+    """The ledger account code of the receiver (payment pointer) ``name``: ``receiver:<name>``."""
+    return f"{RECEIVER_PREFIX}{name}"
+
+
+def node_account(purpose: str) -> str:
+    """One of the node's own accounts: ``node:<purpose>`` (``fees``, ``operator``, ...)."""
+    return f"{NODE_PREFIX}{purpose}"
+
+
+def node_equity_account(asset_code: str, asset_scale: int) -> str:
+    """The node's equity account of one asset: ``node:equity:<asset_code>:<asset_scale>``."""
+    return node_account(f"equity:{asset_code}:{asset_scale}")
 
 
 def ensure_account(

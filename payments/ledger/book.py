@@ -55,6 +55,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection, connections
 from django.db.models import Q, Sum
 
+from ilp.oer import INT64_MAX, UINT64_MAX
 from payments.errors import (
     AccountNotLoaded,
     BalanceLimitExceeded,
@@ -65,8 +66,8 @@ from payments.errors import (
     PaymentsError,
     UnknownAccount,
 )
-from payments.ledger.drafts import UINT64_MAX, PostingDraft, ReceiptDraft, _check_int
-from payments.ledger.sql import _ACCOUNT_FIELDS, INT64_MAX, _heal_connection
+from payments.ledger.drafts import PostingDraft, ReceiptDraft, _check_int
+from payments.ledger.sql import _ACCOUNT_FIELDS, _heal_connection
 from payments.ledger.writer import (
     BookStats,
     _Job,

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ilp.oer import UINT64_MAX
 from payments.errors import InvalidAmount
 
-UINT64_MAX = 2**64 - 1
 MAX_KEY_LENGTH = 255
 MAX_RECEIPT_KEY_LENGTH = MAX_KEY_LENGTH - len("receipt:")  # its posting is "receipt:<key>"
 MAX_MEMO_LENGTH = 255

@@ -19,10 +19,10 @@ from typing import Any
 from django.db import connection
 from django.db.backends.utils import CursorWrapper
 
+from ilp.oer import INT64_MAX
 from payments.errors import InvalidAmount
 from payments.models import MONEY_DIGITS, LedgerAccount, Posting, Receipt
 
-INT64_MAX = 2**63 - 1
 INSERT_CHUNK = 500  # rows per INSERT statement (keeps SQLite under its variable limit)
 
 # The columns of an account row the book keeps in memory (``BalanceBook.observe``).

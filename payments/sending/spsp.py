@@ -37,6 +37,7 @@ import httpx
 
 from ilp.address import is_valid_address
 from ilp.errors import DecodeError
+from ilp.oer import UINT64_MAX
 from ilp.psk2 import b64url_decode
 from ilp.stream import ReceiptSetup
 from payments.outgoing_errors import SpspError
@@ -62,7 +63,6 @@ _ACCEPT: dict[str | None, str] = {
 }
 WELL_KNOWN_PATH = "/.well-known/pay"
 SHARED_SECRET_LENGTH = 32
-UINT64_MAX = 2**64 - 1
 SPSP_TIMEOUT_S = 15.0
 MAX_BODY = 64 * 1024
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})

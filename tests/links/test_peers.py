@@ -19,6 +19,16 @@ from payments.models import LedgerAccount
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture
+def cache_vouched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about one process's cache: with Redis, as if this process's watcher
+    had just confirmed that no peer changed (the cross-process rules are tested in
+    test_shared_caches.py)."""
+    from links import shared
+
+    monkeypatch.setattr(shared, "peer_cache_fresh", lambda: True)
+
+
 def run(*args: str) -> str:
     out = StringIO()
     call_command(*args, stdout=out)
@@ -91,7 +101,7 @@ def test_authenticate(make_peer: Callable[..., Any]) -> None:
     assert services.peer_authenticate("alice", "alicetoken") is None
 
 
-def test_authenticate_http_by_token(make_peer: Callable[..., Any]) -> None:
+def test_authenticate_http_by_token(make_peer: Callable[..., Any], cache_vouched: None) -> None:
     make_peer("oer", link="http-sync", token="oertoken")
     make_peer("oer2", link="http-sync", token="other")
     make_peer("btpy", token="oertoken")  # same token on a BTP peer: not an HTTP peer
@@ -103,7 +113,7 @@ def test_authenticate_http_by_token(make_peer: Callable[..., Any]) -> None:
 
 
 def test_load_peer_context_caches_and_invalidates(
-    make_peer: Callable[..., Any], django_assert_num_queries: Any
+    make_peer: Callable[..., Any], django_assert_num_queries: Any, cache_vouched: None
 ) -> None:
     make_peer("alice", relation="peer", ilp_address="g.alice")
     ctx = load_peer_context("alice")

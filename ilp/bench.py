@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ilp import _variant
 from ilp.packet import (
     Fulfill,
     Prepare,
@@ -233,8 +234,13 @@ def _encodings_that_differ(ours: dict[str, Operation], node: NodeRun) -> list[st
     return differ
 
 
-def report(ours: dict[str, float], node: NodeRun | str, differ: Sequence[str]) -> list[str]:
+def report(
+    ours: dict[str, float], node: NodeRun | str, differ: Sequence[str], codec: str = ""
+) -> list[str]:
+    """The table. ``codec`` says which variant of the codec modules ran (compiled or not)."""
     lines = [f"ILP codec benchmark: CPython {platform.python_version()} on {platform.machine()}"]
+    if codec:
+        lines.append(f"codec: {codec}")
     if isinstance(node, NodeRun):
         packages = ", ".join(f"{k} {v}" for k, v in sorted(node.versions.items()))
         lines.append(f"reference: {packages}")
@@ -272,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-node given" if args.no_node else run_node(work, args.seconds, with_btp=with_btp)
     )
     differ = _encodings_that_differ(operations, node) if isinstance(node, NodeRun) else []
-    print("\n".join(report(ours, node, differ)))
+    print("\n".join(report(ours, node, differ, codec=_variant.describe())))
     return 0
 
 

@@ -24,7 +24,13 @@ from types import FunctionType
 from typing import Any, Final, NamedTuple
 
 from ilp._variant import python_method
-from ilp.address import InvalidAddress, address_from_bytes, is_valid_address
+from ilp.address import (
+    MAX_ADDRESS_LENGTH,
+    SCHEMES,
+    InvalidAddress,
+    address_from_bytes,
+    is_valid_address,
+)
 from ilp.conditions import CONDITION_LENGTH, FULFILLMENT_LENGTH
 from ilp.error_codes import ErrorCode as ErrorCode  # re-exported: its public home
 from ilp.errors import DecodeError, EncodeError, IlpError
@@ -416,6 +422,35 @@ def _var_octets_end(raw: bytes, pos: int, end: int, what: str) -> tuple[int, int
     return start, stop
 
 
+# The fast answer to "is this an ILP address?" for the decoders: the same language as
+# ilp.address's pattern (tests/ilp/test_packet.py holds the two equal over Hypothesis
+# input), in three C-speed bytes operations instead of a regex match. A "no" goes to
+# address_from_bytes, which says what is wrong.
+_ADDRESS_CHARS: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_~-."
+_SCHEME_BYTES: Final = frozenset(scheme.encode("ascii") for scheme in SCHEMES)
+
+
+def _is_address(raw: bytes) -> bool:
+    n = len(raw)
+    if n > MAX_ADDRESS_LENGTH:
+        return False
+    dot = raw.find(b".")
+    # A scheme, then one or more "." + non-empty segment: no "..", no "." at the end.
+    if dot <= 0 or raw[n - 1] == 0x2E or raw[:dot] not in _SCHEME_BYTES:
+        return False
+    return not raw.translate(None, _ADDRESS_CHARS) and b".." not in raw
+
+
+def _address(raw: bytes, at: int, what: str) -> str:
+    """The address in ``raw`` (found at ``at`` in the packet), or :class:`DecodeError`."""
+    if _is_address(raw):
+        return raw.decode("ascii")
+    try:
+        return address_from_bytes(raw)
+    except InvalidAddress as exc:
+        raise DecodeError(f"{what}: {exc}", at) from None
+
+
 def _check_data_length(length: int, pos: int) -> None:
     if length > MAX_DATA_LENGTH:
         raise DecodeError(f"data is {length} bytes; at most {MAX_DATA_LENGTH} are allowed", pos)
@@ -479,10 +514,7 @@ def decode_prepare(raw: BytesLike) -> Prepare:
         dest_stop = dest_start + length
     else:
         dest_start, dest_stop = _var_octets_end(raw, fixed_end, end, "destination")
-    try:
-        destination = address_from_bytes(raw[dest_start:dest_stop])
-    except InvalidAddress as exc:
-        raise DecodeError(f"destination: {exc}", dest_start) from None
+    destination = _address(raw[dest_start:dest_stop], dest_start, "destination")
 
     pos = dest_stop
     length = raw[pos] if pos < end else 0xFF
@@ -542,10 +574,7 @@ def decode_reject(raw: BytesLike) -> Reject:
     by_start, by_stop = _var_octets_end(raw, pos, end, "triggeredBy")
     triggered_by = ""
     if by_stop > by_start:
-        try:
-            triggered_by = address_from_bytes(raw[by_start:by_stop])
-        except InvalidAddress as exc:
-            raise DecodeError(f"triggeredBy: {exc}", by_start) from None
+        triggered_by = _address(raw[by_start:by_stop], by_start, "triggeredBy")
 
     msg_start, msg_stop = _var_octets_end(raw, by_stop, end, "message")
     # Relayed messages must never fail a packet: decode like JS, with U+FFFD.

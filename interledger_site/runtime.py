@@ -7,8 +7,9 @@ code calls (``links.switch.get_switch``, ``links.registry.get``,
 ``links.supervisor.get_supervisor``, ``payments.recovery.get_recovery``,
 ``links.edge.current_switch``) are thin delegates to :func:`current` (reached from the
 lower layers through ``payments.node.runtime``, named by ``settings.ILP_RUNTIME_PROVIDER``).
-The ledger book and its writer are still the ledger's own process-wide objects
-(``payments.ledger.get_book``); the runtime closes them on stop.
+The ledger book (``payments.ledger.get_book`` delegates here) is the runtime's too; the
+receipt applier stays one per process (``payments.ledger.runtime.get_applier``), closed
+with the process's runtime.
 
 Who starts what — never an import, never a guess from ``sys.argv``:
 
@@ -47,6 +48,7 @@ import contextvars
 import logging
 import os
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
@@ -117,6 +119,8 @@ class NodeRuntime:
         self.recovery = Recovery()
         self.switch_override: Any = None
         self._switch: Any = None
+        self._book: Any = None
+        self._book_lock = threading.Lock()
         self._context: contextvars.Context | None = None
         self.started = False
         self.stopped = False
@@ -135,6 +139,30 @@ class NodeRuntime:
 
             self._switch = build_switch(self.registry.get)
         return self._switch
+
+    @property
+    def book(self) -> Any:
+        """The ledger book (``payments.ledger.BalanceBook``), built on first use (any
+        thread: the loop's and ``database_sync_to_async``'s)."""
+        book = self._book
+        if book is None:
+            with self._book_lock:
+                if self._book is None:
+                    from payments.ledger.runtime import new_book
+
+                    self._book = new_book()
+                book = self._book
+        return book
+
+    def peek_book(self) -> Any:
+        return self._book
+
+    def reset_book(self) -> None:
+        """Close the book (its writer commits what it holds) and forget it."""
+        with self._book_lock:
+            book, self._book = self._book, None
+        if book is not None:
+            book.close()
 
     def peek_switch(self) -> Any:
         return self._switch
@@ -210,8 +238,7 @@ class NodeRuntime:
                         await close()
         self.registry.clear()
         self.reset_switch()
-        if _process is self:
-            await _close_book()
+        await _close_ledger(self)
         log.info("node runtime %s stopped", self.name)
 
     def close(self) -> None:
@@ -220,18 +247,25 @@ class NodeRuntime:
         self.started = False
         self.registry.clear()
         self.reset_switch()
+        self.reset_book()
         leases = self.ownership.leases
         if isinstance(leases, RedisLeases):
             leases.close()
 
 
-async def _close_book() -> None:
+async def _close_ledger(runtime: NodeRuntime) -> None:
+    """The runtime's book, then (the process's runtime only) the process's applier."""
     from channels.db import database_sync_to_async
 
-    from payments.ledger import reset_book
+    from payments.ledger.runtime import close_applier
+
+    def close() -> None:
+        runtime.reset_book()
+        if _process is runtime:
+            close_applier()
 
     try:
-        await database_sync_to_async(reset_book)()
+        await database_sync_to_async(close)()
     except Exception:
         log.exception("closing the ledger book failed")
 

@@ -1,10 +1,12 @@
-"""The ledger's process-wide objects: the book and the receipt applier, and their wiring.
+"""The ledger's runtime objects: the book and the receipt applier, and their wiring.
 
-:func:`get_book` builds the process's :class:`~payments.ledger.book.BalanceBook` on first
-use, with :data:`PROCESS_RECEIPTS` as its receipt sink; :func:`get_applier` builds the
-process's :class:`~payments.ledger.applier.ReceiptApplier` on first use, with the payments
-services and the Celery task as its ``apply`` and ``publish``. ``interledger_site.runtime``
-closes both when the node stops (:func:`reset_book`).
+The book belongs to the node runtime (``interledger_site.runtime.NodeRuntime.book``, built
+with :func:`new_book` on its first use): :func:`get_book`, :func:`peek_book` and
+:func:`reset_book` are thin delegates to the current runtime (``payments.node.runtime``).
+Its receipt sink is :data:`PROCESS_RECEIPTS`. :func:`get_applier` is the process's
+:class:`~payments.ledger.applier.ReceiptApplier` (one thread per process, whichever runtime
+committed the receipts), with the payments services and the Celery task as its ``apply``
+and ``publish``. The runtime closes both when the node stops.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from typing import Any
 from payments.ledger.applier import APPLY_PUBLISH_RETRY, ReceiptApplier
 from payments.ledger.book import BalanceBook
 
-_book: BalanceBook | None = None
 _applier: ReceiptApplier | None = None
 _book_lock = threading.Lock()
 
@@ -106,32 +107,34 @@ def new_book(**options: Any) -> BalanceBook:
 
 
 def get_book() -> BalanceBook:
-    """The process-wide book (created on first use; accounts load lazily)."""
-    global _book
-    book = _book
-    if book is None:
-        with _book_lock:
-            if _book is None:
-                _book = new_book()
-            book = _book
+    """The current node runtime's book (built by the runtime on first use)."""
+    from payments.node import runtime
+
+    book: BalanceBook = runtime().book
     return book
 
 
 def peek_book() -> BalanceBook | None:
-    """The process-wide book if one exists (services notify it; they never create one)."""
-    return _book
+    """The current runtime's book if it was built (services notify it; they never build one)."""
+    from payments.node import runtime
+
+    book: BalanceBook | None = runtime().peek_book()
+    return book
 
 
-def reset_book() -> None:
-    """Close the process-wide book and applier and forget them (the node's stop, tests; the
-    next ``get_book`` makes a new one)."""
-    global _book
-    with _book_lock:
-        book, _book = _book, None
-    if book is not None:
-        book.close()
+def close_applier() -> None:
+    """Close the process's applier (pending receipts applied or published) and forget it."""
     global _applier
     with _book_lock:
         applier, _applier = _applier, None
     if applier is not None:
         applier.close()
+
+
+def reset_book() -> None:
+    """Close the current runtime's book and the process's applier and forget them (the
+    node's stop, tests; the next ``get_book`` makes a new one)."""
+    from payments.node import runtime
+
+    runtime().reset_book()
+    close_applier()

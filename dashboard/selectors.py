@@ -12,23 +12,21 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from django.apps import apps
 from django.conf import settings
-from django.db import connection
 from django.db.models import Count, Max, Q, QuerySet, Sum
 from django.db.models.functions import TruncDay, TruncHour
 from django.utils import timezone
 
 from links.models import Peer
-from payments.models import IncomingPayment, LedgerAccount, Receipt, Webhook
-from receivers.models import MonetizedPage, PaidToken, Receiver
+from links.selectors import PeerStatus, peer_status
+from payments.models import IncomingPayment, LedgerAccount, Receipt
+from payments.models_outgoing import OutgoingPayment
+from receivers.models import MonetizedPage, Receiver
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
 
 Range = Literal["24h", "30d"]
-PeerStatus = Literal["connected", "down", "ready", "idle", "disabled"]
-HTTP_LINKS = frozenset({"http-sync", "http-async"})
 RANGES: tuple[Range, ...] = ("24h", "30d")
 BAR_WARN_PCT = 80.0
 
@@ -85,21 +83,6 @@ class PeerRow:
     packets_out: int
     fulfilled: int
     rejected: int
-
-
-def peer_status(
-    *, enabled: bool, link: str, live_here: bool, connected_since: datetime | None
-) -> PeerStatus:
-    """``disabled``; for BTP links ``connected`` (a socket open in this process, or
-    ``Peer.connected_since`` set by the process that holds it) or ``down``; for HTTP-OER
-    links, which have no connection, ``ready`` (this process has an outgoing link: the
-    peer has a URL and the supervisor registered it) or ``idle`` (the peer only calls us,
-    or no supervisor runs here)."""
-    if not enabled:
-        return "disabled"
-    if link in HTTP_LINKS:
-        return "ready" if live_here else "idle"
-    return "connected" if live_here or connected_since is not None else "down"
 
 
 def _opt_int(value: Any) -> int | None:
@@ -311,7 +294,7 @@ def volume_series(*, range_: Range, now: datetime) -> list[Bucket]:
     return series
 
 
-# --- outgoing payments (slot for payments.OutgoingPayment) ------------------------------------------
+# --- outgoing payments ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,92 +302,40 @@ class OutgoingRow:
     id: str
     destination: str
     state: str
-    sent: int | None
-    target: int | None
+    sent: int
+    target: int
     scale: int | None  # of ``sent``/``target``; None when in the receiver's (unknown) units
     progress_pct: float | None
-    created_at: datetime | None
+    created_at: datetime
 
 
-_tables_seen: set[str] = set()
-
-
-def _table_exists(table: str) -> bool:
-    """Whether ``table`` exists (a positive answer is remembered for the process)."""
-    if table not in _tables_seen and table in connection.introspection.table_names():
-        _tables_seen.add(table)
-    return table in _tables_seen
-
-
-def _field(obj: Any, name: str) -> Any:
-    return getattr(obj, name, None)
-
-
-def outgoing_payments(*, limit: int = 10) -> list[OutgoingRow] | None:
-    """The latest outgoing payments, or ``None`` while ``payments`` has no
-    ``OutgoingPayment`` model (or its table is not migrated yet).
-
-    SLOT for sending (``payments.models_outgoing.OutgoingPayment``, being built): fields
-    ``receiver``, ``status``, ``mode`` (``source``: ``amount_sent`` of ``amount`` in the
-    source account's units; ``destination``: ``amount_delivered`` of ``amount`` in the
-    receiver's units). Read through ``apps.get_model`` and ``getattr`` until the model and
-    ``payments.outgoing_selectors`` are committed; then call the selector instead.
-    """
-    try:
-        model = apps.get_model("payments", "OutgoingPayment")
-    except LookupError:
-        return None
-    if not _table_exists(model._meta.db_table):  # model present, migration not applied yet
-        return None
-    payments = list(model.objects.select_related("source_account").order_by("-pk")[:limit])
+def outgoing_payments(*, limit: int = 10) -> list[OutgoingRow]:
+    """The latest outgoing payments, newest first. ``source`` mode: ``amount_sent`` of
+    ``amount`` in the source account's units; ``destination`` mode: ``amount_delivered``
+    of ``amount`` in the receiver's units."""
     rows = []
-    for p in payments:
-        destination_mode = _field(p, "mode") == "destination"
-        sent = _field(p, "amount_delivered" if destination_mode else "amount_sent")
-        target = _field(p, "amount")
-        account = _field(p, "source_account")
-        scale = None if destination_mode or account is None else account.asset_scale
-        pct = None
-        if sent is not None and target:
-            pct = round(min(100.0, int(sent) / int(target) * 100), 1)
+    for p in OutgoingPayment.objects.select_related("source_account").order_by("-pk")[:limit]:
+        destination_mode = p.mode == OutgoingPayment.Mode.DESTINATION
+        sent = int(p.amount_delivered if destination_mode else p.amount_sent)
+        target = int(p.amount)
+        scale = None if destination_mode else p.source_account.asset_scale
+        pct = round(min(100.0, sent / target * 100), 1) if target else None
         rows.append(
             OutgoingRow(
                 id=str(p.pk),
-                destination=str(_field(p, "receiver") or ""),
-                state=str(_field(p, "status") or ""),
-                sent=None if sent is None else int(sent),
-                target=None if target is None else int(target),
+                destination=p.receiver,
+                state=p.status,
+                sent=sent,
+                target=target,
                 scale=scale,
                 progress_pct=pct,
-                created_at=_field(p, "created_at"),
+                created_at=p.created_at,
             )
         )
     return rows
 
 
 # --- the user's own things -----------------------------------------------------------------------------
-
-
-def webhook_list_for_user(*, user: User) -> QuerySet[Webhook]:
-    """Webhooks on the accounts of ``user``'s receivers, with their receiver."""
-    return (
-        Webhook.objects.filter(account__receiver__user=user)
-        .select_related("account__receiver")
-        .order_by("account__code", "id")
-    )
-
-
-def webhook_get_for_user(*, user: User, webhook_id: int) -> Webhook | None:
-    return webhook_list_for_user(user=user).filter(pk=webhook_id).first()
-
-
-def paid_token_list_for_user(*, user: User) -> QuerySet[PaidToken]:
-    """Pay tokens charged by ``user``'s paid APIs (their receivers)."""
-    return (
-        PaidToken.objects.filter(receiver__user=user)
-        .select_related("receiver")
-        .order_by("-last_used_at", "-id")
-    )
 
 
 def monetized_page_list_for_user(*, user: User) -> QuerySet[MonetizedPage]:

@@ -19,7 +19,7 @@ Shape (``type`` is ``"snapshot"``)::
      "recent": [{"id", "receiver", "owner", "payment_id", "amount", "amount_units",
                  "asset_code", "chunks", "last_at"}],
      "chart": {"key", "svg"},            # svg omitted when unchanged since ``chart_key``
-     "outgoing": null | [{"id", "destination", "state", "sent", "target", "progress"}],
+     "outgoing": [{"id", "destination", "state", "sent", "target", "progress", "created_at"}],
      "health": [{"name", "level", "summary", "detail"}]   # only when checks were given
     }
 """
@@ -80,9 +80,7 @@ def when(moment: datetime | None) -> str:
     return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _outgoing_amount(value: int | None, scale: int | None) -> str | None:
-    if value is None:
-        return None
+def _outgoing_amount(value: int, scale: int | None) -> str:
     return f"{value} units" if scale is None else format_amount(value, scale)
 
 
@@ -160,9 +158,7 @@ def build_snapshot(
         ],
         "recent": recent_payments(),
         "chart": chart,
-        "outgoing": None
-        if outgoing is None
-        else [
+        "outgoing": [
             {
                 "id": o.id,
                 "destination": o.destination,

@@ -1,7 +1,8 @@
 """The signed-in user's pages next to ``/me/``: webhooks, API token, paid-API tokens.
 
-Everything goes through :mod:`dashboard.services` (writes, with the ownership rule) and
-:mod:`dashboard.selectors` (reads scoped to the user).
+Writes go through ``receivers.services`` (webhooks, with the ownership rule) and
+:mod:`dashboard.services` (the API token); reads through the selectors scoped to the user
+(``receivers.selectors``, :mod:`dashboard.selectors`).
 """
 
 from __future__ import annotations
@@ -15,24 +16,23 @@ from django.shortcuts import render
 from django.urls import NoReverseMatch, reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
-from dashboard.errors import DashboardError
 from dashboard.forms import WebhookCreateForm
-from dashboard.selectors import (
-    monetized_page_list_for_user,
+from dashboard.selectors import monetized_page_list_for_user
+from dashboard.services import api_token_get, api_token_regenerate
+from payments.errors import WebhookError
+from receivers.errors import ReceiverError
+from receivers.paid import InvalidPayToken, PayToken, paid_token_balance
+from receivers.pointers import public_base_url
+from receivers.selectors import (
     paid_token_list_for_user,
+    receiver_list_for_user,
     webhook_list_for_user,
 )
-from dashboard.services import (
-    api_token_get,
-    api_token_regenerate,
+from receivers.services import (
     webhook_create_for_user,
     webhook_delete_for_user,
     webhook_update_for_user,
 )
-from receivers.errors import ReceiverError
-from receivers.paid import InvalidPayToken, PayToken, paid_token_balance
-from receivers.pointers import public_base_url
-from receivers.selectors import receiver_list_for_user
 
 # (label, URL name) of the user's pages; names another app has not shipped yet are skipped.
 _ME_PAGES = (
@@ -68,7 +68,7 @@ def webhooks(request: HttpRequest) -> HttpResponse:
             hook = webhook_create_for_user(
                 user=user, receiver_name=form.cleaned_data["receiver"], url=form.cleaned_data["url"]
             )
-        except (DashboardError, ReceiverError) as exc:
+        except (WebhookError, ReceiverError) as exc:
             form.add_error("url", exc.message)
         else:
             messages.success(
@@ -96,7 +96,7 @@ def webhook_toggle(request: HttpRequest, webhook_id: int) -> HttpResponse:
     enable = request.POST.get("enabled") == "1"
     try:
         hook = webhook_update_for_user(user=user, webhook_id=webhook_id, enabled=enable)
-    except DashboardError as exc:
+    except WebhookError as exc:
         return _not_found(request, exc.message)
     messages.success(request, f"Webhook {hook.url} {'enabled' if hook.enabled else 'disabled'}.")
     return HttpResponseRedirect(reverse("dashboard_me:webhooks"))
@@ -108,7 +108,7 @@ def webhook_delete(request: HttpRequest, webhook_id: int) -> HttpResponse:
     user: Any = request.user
     try:
         webhook_delete_for_user(user=user, webhook_id=webhook_id)
-    except DashboardError as exc:
+    except WebhookError as exc:
         return _not_found(request, exc.message)
     messages.success(request, "Webhook deleted.")
     return HttpResponseRedirect(reverse("dashboard_me:webhooks"))

@@ -3,8 +3,8 @@
 Every error body is ``{"error": <stable code>, "detail": <message or field errors>}``:
 
 * the apps' error classes carry ``code`` and ``http_status`` (``payments.errors.PaymentsError``,
-  ``receivers.errors.ReceiverError``, ``dashboard.errors.DashboardError``); a few that
-  carry only a code are mapped here (``links.services.PeerError``, ``InvalidPeerName``);
+  ``receivers.errors.ReceiverError``); a few that carry only a code are mapped here
+  (``links.services.PeerError``, ``InvalidPeerName``);
 * DRF's own exceptions keep their status and headers; ``error`` is their code
   (``not_authenticated``, ``permission_denied``, ``not_found``, ``invalid`` for field errors...).
 

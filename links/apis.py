@@ -24,14 +24,13 @@ from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from dashboard.selectors import PeerStatus, peer_status
 from ilp.oer import UINT64_MAX
 from interledger_site.api import ApiError, ApiGenericView, error_responses, validated_query
 from links import registry
 from links.models import LinkKind, Peer, Relation
 from links.peers import context_from_peer
 from links.routing import DEFAULT_PREFIX, LOCAL_HOP, RouteEntry, static_routes
-from links.selectors import peer_get, peer_list
+from links.selectors import PeerStatus, peer_get, peer_list, peer_status
 from links.services import peer_create, peer_remove, peer_update
 from links.switch import dashboard_stats, peek_switch
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Literal
+
 from django.db.models import QuerySet
 
 from links.models import LinkKind, Peer
+
+PeerStatus = Literal["connected", "down", "ready", "idle", "disabled"]
+HTTP_LINKS = frozenset({"http-sync", "http-async"})
 
 
 def peer_get(*, name: str) -> Peer | None:
@@ -38,3 +44,18 @@ def http_peers() -> list[Peer]:
             enabled=True, link__in=[LinkKind.HTTP_SYNC, LinkKind.HTTP_ASYNC]
         ).order_by("name")
     )
+
+
+def peer_status(
+    *, enabled: bool, link: str, live_here: bool, connected_since: datetime | None
+) -> PeerStatus:
+    """``disabled``; for BTP links ``connected`` (a socket open in this process, or
+    ``Peer.connected_since`` set by the process that holds it) or ``down``; for HTTP-OER
+    links, which have no connection, ``ready`` (this process has an outgoing link: the
+    peer has a URL and the supervisor registered it) or ``idle`` (the peer only calls us,
+    or no supervisor runs here)."""
+    if not enabled:
+        return "disabled"
+    if link in HTTP_LINKS:
+        return "ready" if live_here else "idle"
+    return "connected" if live_here or connected_since is not None else "down"

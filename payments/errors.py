@@ -101,3 +101,16 @@ class WebhookError(PaymentsError):
     code = "webhook_error"
     http_status = 400
     ilp_code = "T00"
+
+
+class InvalidWebhook(WebhookError):
+    """A webhook's url or fields were refused."""
+
+    code = "invalid_webhook"
+
+
+class WebhookNotFound(WebhookError):
+    """No such webhook (or not one of the accounts the caller may change)."""
+
+    code = "webhook_not_found"
+    http_status = 404

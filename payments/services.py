@@ -15,7 +15,7 @@ import json
 import logging
 import secrets
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -23,13 +23,20 @@ from typing import Any
 
 import httpx
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from ilp.oer import UINT64_MAX
 from payments import outbound
-from payments.errors import InvalidAmount, UnknownAccount, WebhookError
+from payments.errors import (
+    InvalidAmount,
+    InvalidWebhook,
+    UnknownAccount,
+    WebhookError,
+    WebhookNotFound,
+)
 from payments.ledger import (
     _ACCOUNT_FIELDS,
     MAX_KEY_LENGTH,
@@ -340,6 +347,81 @@ def webhook_create(*, account_code: str, url: str, secret: str | None = None) ->
     webhook.full_clean()
     webhook.save()
     return webhook
+
+
+def webhook_url_check(url: str) -> str:
+    """``url`` without surrounding blanks, if deliveries may go there (the rule
+    :mod:`payments.outbound` applies to every delivery, told now); else
+    :class:`InvalidWebhook` with the reason."""
+    url = (url or "").strip()
+    if not url.startswith(("https://", "http://")):
+        raise InvalidWebhook("a webhook url must start with https:// or http://")
+    problem = outbound.url_problem(url)
+    if problem is not None:
+        raise InvalidWebhook(f"webhook url refused: {problem}")
+    return url
+
+
+def _webhook_locked(*, webhook_id: int, account_codes: Iterable[str] | None) -> Webhook:
+    """The webhook row, locked (``FOR UPDATE``, this row only); with ``account_codes``, only
+    a webhook on one of those accounts."""
+    qs = Webhook.objects.select_for_update().filter(pk=webhook_id)
+    if account_codes is not None:
+        ids = list(
+            LedgerAccount.objects.filter(code__in=list(account_codes)).values_list("id", flat=True)
+        )
+        qs = qs.filter(account_id__in=ids)
+    webhook = qs.first()
+    if webhook is None:
+        whose = "you have" if account_codes is not None else "there is"
+        raise WebhookNotFound(f"{whose} no webhook {webhook_id}")
+    return webhook
+
+
+@transaction.atomic
+def webhook_update(
+    *,
+    webhook_id: int,
+    url: str | None = None,
+    enabled: bool | None = None,
+    account_codes: Iterable[str] | None = None,
+) -> Webhook:
+    """Change the url and/or switch the webhook on or off (``None`` = keep).
+
+    ``account_codes`` limits the change to webhooks on those accounts (a user's own:
+    anything else is :class:`WebhookNotFound`, the same answer as a missing one). Locks the
+    webhook row. Pending deliveries of a disabled webhook fail on their next attempt
+    (:func:`webhook_deliver`). Raises :class:`InvalidWebhook` for a refused url.
+    """
+    webhook = _webhook_locked(webhook_id=webhook_id, account_codes=account_codes)
+    fields = []
+    if url is not None:
+        webhook.url = webhook_url_check(url)
+        fields.append("url")
+    if enabled is not None:
+        webhook.enabled = enabled
+        fields.append("enabled")
+    if fields:
+        try:
+            webhook.full_clean()
+        except ValidationError as exc:
+            raise InvalidWebhook("; ".join(exc.messages)) from None
+        webhook.save(update_fields=fields)
+    return webhook
+
+
+@transaction.atomic
+def webhook_delete(*, webhook_id: int, account_codes: Iterable[str] | None = None) -> None:
+    """Delete the webhook and its delivery log (``account_codes``: as :func:`webhook_update`).
+
+    Deliveries are notifications, not money; they go with the webhook (its foreign key
+    is ``PROTECT`` so that nothing else deletes them by accident). The webhook row is
+    locked first; a delivery attempt running at that moment finds its row gone and sends
+    nothing more.
+    """
+    webhook = _webhook_locked(webhook_id=webhook_id, account_codes=account_codes)
+    WebhookDelivery.objects.filter(webhook=webhook).delete()
+    webhook.delete()
 
 
 def webhook_body(payload: dict[str, Any]) -> bytes:

@@ -5,7 +5,7 @@
 (CRUD on the accounts of the user's receivers) and ``/api/v1/paid-tokens/`` (the pay
 tokens the user's paid APIs charged, with balances). Everything is scoped to
 ``request.user``: another user's object is a 404, never a 403, so names and ids do
-not leak. Writes go through ``receivers.services`` and ``dashboard.services``;
+not leak. Writes go through ``receivers.services`` (webhook rows: ``payments.services``);
 amounts are strings of integers in the asset's smallest unit (UInt64 is not JSON-safe).
 """
 
@@ -21,21 +21,26 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from dashboard.errors import WebhookNotFound
-from dashboard.selectors import paid_token_list_for_user, webhook_list_for_user
-from dashboard.services import (
-    webhook_create_for_user,
-    webhook_delete_for_user,
-    webhook_update_for_user,
-)
 from interledger_site.api import ApiGenericView, error_responses, validated_query
+from payments.errors import WebhookNotFound
 from payments.models import IncomingPayment, MoneyField, Webhook
 from receivers.errors import ReceiverNotFound
 from receivers.models import PaidToken, Receiver
 from receivers.paid import InvalidPayToken, PayToken, paid_token_balance
 from receivers.pointers import pointer_for, public_base_url, spsp_url_for
-from receivers.selectors import receiver_get_for_user, receiver_list_for_user
-from receivers.services import receiver_create, receiver_update
+from receivers.selectors import (
+    paid_token_list_for_user,
+    receiver_get_for_user,
+    receiver_list_for_user,
+    webhook_list_for_user,
+)
+from receivers.services import (
+    receiver_create,
+    receiver_update,
+    webhook_create_for_user,
+    webhook_delete_for_user,
+    webhook_update_for_user,
+)
 
 # --- serializers (shapes only) ---------------------------------------------------------------------
 

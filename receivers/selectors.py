@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING
 
 from django.db.models import QuerySet, Sum
 
-from payments.models import IncomingPayment, Receipt
+from payments.models import IncomingPayment, Receipt, Webhook
 from payments.selectors import incoming_payment_list, unapplied_receipts_total
 from receivers.addresses import tag_key_prefix
-from receivers.models import Receiver
+from receivers.models import PaidToken, Receiver
 from receivers.names import is_valid_name
 
 if TYPE_CHECKING:
@@ -47,6 +47,11 @@ def receiver_get_for_user(*, user: User, name: str) -> Receiver | None:
     return receiver_list_for_user(user=user).filter(name=name).first()
 
 
+def receiver_account_codes_for_user(*, user: User) -> list[str]:
+    """The ledger account codes of ``user``'s receivers (what their webhooks may be on)."""
+    return list(Receiver.objects.filter(user=user).values_list("account__code", flat=True))
+
+
 def receiver_account_code_get(*, name: str) -> str | None:
     """The ledger account code of the receiver ``name``, or ``None`` (one query)."""
     if not is_valid_name(name):
@@ -71,3 +76,28 @@ def tag_received_total(*, account_id: int, tag: bytes) -> int:
         account_id=account_id, key__startswith=tag_key_prefix(tag)
     ).aggregate(total=Sum("amount"))["total"]
     return int(total or 0)
+
+
+# --- the user's webhooks and pay tokens -------------------------------------------------------
+
+
+def webhook_list_for_user(*, user: User) -> QuerySet[Webhook]:
+    """Webhooks on the accounts of ``user``'s receivers, with their receiver."""
+    return (
+        Webhook.objects.filter(account__receiver__user=user)
+        .select_related("account__receiver")
+        .order_by("account__code", "id")
+    )
+
+
+def webhook_get_for_user(*, user: User, webhook_id: int) -> Webhook | None:
+    return webhook_list_for_user(user=user).filter(pk=webhook_id).first()
+
+
+def paid_token_list_for_user(*, user: User) -> QuerySet[PaidToken]:
+    """Pay tokens charged by ``user``'s paid APIs (their receivers)."""
+    return (
+        PaidToken.objects.filter(receiver__user=user)
+        .select_related("receiver")
+        .order_by("-last_used_at", "-id")
+    )

@@ -1,16 +1,23 @@
-"""Services of receivers: every write to :class:`~receivers.models.Receiver` goes here."""
+"""Services of receivers: every write to :class:`~receivers.models.Receiver` goes here, and
+the user-scoped webhook writes (a user changes webhooks on their own receivers only; the
+rows are written by ``payments.services``)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
+from payments.errors import InvalidWebhook
 from payments.ledger import ensure_account, receiver_account
-from receivers.errors import InvalidPointerName, PointerNameTaken
+from payments.models import Webhook
+from payments.services import webhook_create, webhook_delete, webhook_update, webhook_url_check
+from receivers.errors import InvalidPointerName, PointerNameTaken, ReceiverNotFound
 from receivers.models import Receiver
 from receivers.names import claim_problem, name_problem, route_conflict
+from receivers.selectors import receiver_account_codes_for_user, receiver_get_for_user
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -84,3 +91,40 @@ def user_ensure(
     if superuser:
         return users.create_superuser(username=username, email="", password=password), True
     return users.create_user(username=username, password=password), True
+
+
+# --- the user's webhooks ----------------------------------------------------------------------
+
+
+def webhook_create_for_user(*, user: User, receiver_name: str, url: str) -> Webhook:
+    """A webhook told about the incoming payments of ``user``'s receiver ``receiver_name``.
+
+    Raises ``ReceiverNotFound`` (not theirs or absent: the same answer, so names of other
+    users' receivers do not leak) or ``payments.errors.InvalidWebhook``.
+    """
+    receiver = receiver_get_for_user(user=user, name=receiver_name)
+    if receiver is None:
+        raise ReceiverNotFound(f"you have no payment pointer named '{receiver_name}'")
+    try:
+        return webhook_create(account_code=receiver.account.code, url=webhook_url_check(url))
+    except ValidationError as exc:
+        raise InvalidWebhook("; ".join(exc.messages)) from None
+
+
+def webhook_update_for_user(
+    *, user: User, webhook_id: int, url: str | None = None, enabled: bool | None = None
+) -> Webhook:
+    """``payments.services.webhook_update`` on one of ``user``'s webhooks (another's, or a
+    missing one: ``WebhookNotFound``)."""
+    return webhook_update(
+        webhook_id=webhook_id,
+        url=url,
+        enabled=enabled,
+        account_codes=receiver_account_codes_for_user(user=user),
+    )
+
+
+def webhook_delete_for_user(*, user: User, webhook_id: int) -> None:
+    """``payments.services.webhook_delete`` on one of ``user``'s webhooks (as
+    :func:`webhook_update_for_user`)."""
+    webhook_delete(webhook_id=webhook_id, account_codes=receiver_account_codes_for_user(user=user))

@@ -82,8 +82,10 @@ def _flag_off(name: str) -> bool:
 class NodeRuntime:
     """One process's (or one test's) node runtime; see the module docstring.
 
-    ``links``: run the supervisor and own links (a serving process); ``recovery``: run
-    the recovery sweeps; ``shared``: leases across processes (default: whether the
+    ``links``: run the supervisor (dial the ``btp-client`` peers whose leases it gets);
+    ``owner``: serve an owner channel, so links registered here (BTP children that connect
+    to this process) can be owned and reached from other processes (default: ``links``; a
+    serving process always is one); ``recovery``: run the recovery sweeps; ``shared``: leases across processes (default: whether the
     channel layer spans processes); ``leases``: the lease store (default Redis at
     ``settings.REDIS_URL``).
     """
@@ -93,6 +95,7 @@ class NodeRuntime:
         *,
         name: str = "node",
         links: bool = False,
+        owner: bool | None = None,
         recovery: bool = False,
         shared: bool | None = None,
         leases: Leases | None = None,
@@ -103,6 +106,7 @@ class NodeRuntime:
 
         self.name = name
         self.links_enabled = links
+        self.owner_enabled = links if owner is None else owner
         self.recovery_enabled = recovery
         if shared is None:
             shared = multiprocess_layer()
@@ -198,8 +202,9 @@ class NodeRuntime:
         self.stopped = False
         context = self._own_context()
         loop = asyncio.get_running_loop()
-        if self.links_enabled:
+        if self.owner_enabled or self.links_enabled:
             await loop.create_task(self.ownership.start(), context=context)
+        if self.links_enabled:
             context.run(self.supervisor.start)
             # Learned routes and peer/token cache invalidation shared across processes.
             from links import shared
@@ -306,6 +311,7 @@ def serving_runtime() -> NodeRuntime:
     return NodeRuntime(
         name=f"server-{os.getpid()}",
         links=not _flag_off(LINKS_FLAG),
+        owner=True,
         recovery=not _flag_off(RECOVERY_FLAG),
     )
 

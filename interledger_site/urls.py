@@ -20,7 +20,6 @@ urlpatterns = [
     path("me/", include("dashboard.urls_me")),
     path("api/v1/", include("interledger_site.api")),
     path("", include("links.urls")),
-    path("", include("payments.urls")),
     path("api/v1/", include("receivers.api_urls")),
     path("", include("receivers.open_payments.urls")),
     # Receivers last: it owns the catch-all payment pointer paths (/<name>).

@@ -15,5 +15,11 @@ urlpatterns = [
         apis.LedgerAccountDetailView.as_view(),
         name="account-detail",
     ),
+    path(
+        "ledger/accounts/<str:code>/incoming-payments/",
+        apis.AccountIncomingPaymentListView.as_view(),
+        name="account-incoming-payments",
+    ),
     path("ledger/postings/", apis.PostingListView.as_view(), name="posting-list"),
+    path("ledger/webhooks/", apis.WebhookCreateView.as_view(), name="webhook-create"),
 ]

@@ -1,11 +1,11 @@
 """REST API of the ledger, staff only.
 
-* ``/api/v1/ledger/accounts/`` (filter by kind, code), ``/api/v1/ledger/accounts/<code>/``
-  and ``/api/v1/ledger/postings/`` (filter by account, time): read-only
-  (``payments.api_urls``, included by ``interledger_site.api``).
-* ``/api/payments/accounts/<code>/``, ``.../incoming-payments/`` and
-  ``POST /api/payments/webhooks/`` (``payments.urls``): :class:`AccountDetailApi`,
-  :class:`IncomingPaymentListApi`, :class:`WebhookCreateApi`.
+All under ``/api/v1/ledger/`` (``payments.api_urls``, included by ``interledger_site.api``):
+
+* ``accounts/`` (filter by kind, code), ``accounts/<code>/`` (with the receipts not yet
+  applied), ``accounts/<code>/incoming-payments/`` and ``postings/`` (filter by account,
+  time): read-only;
+* ``POST webhooks/``: a webhook on any account.
 
 Money never moves through this API: adjustments are ``manage.py adjust_account``
 (``payments.services``). Amounts are strings of integers in the account's smallest unit.
@@ -23,7 +23,6 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from interledger_site.api import ApiError, ApiGenericView, error_responses, validated_query
-from payments.errors import PaymentsError
 from payments.models import LedgerAccount, Posting
 from payments.selectors import (
     account_get,
@@ -78,6 +77,19 @@ class LedgerAccountFilter(serializers.Serializer[Any]):
     code = serializers.CharField(required=False, help_text="Part of the account code.")
 
 
+class LedgerAccountDetailSerializer(LedgerAccountSerializer):
+    unapplied_receipts = serializers.SerializerMethodField(
+        help_text="Integer string: receipts committed but not applied to the account yet."
+    )
+
+    class Meta:
+        model = LedgerAccount
+        fields: tuple[str, ...] = (*LedgerAccountSerializer.Meta.fields, "unapplied_receipts")
+
+    def get_unapplied_receipts(self, obj: LedgerAccount) -> str:
+        return str(unapplied_receipts_total(account_code=obj.code))
+
+
 class PostingSerializer(serializers.ModelSerializer[Posting]):
     account = serializers.CharField(source="account.code")
     amount = serializers.SerializerMethodField(help_text="Signed integer string.")
@@ -125,13 +137,13 @@ class LedgerAccountListView(ApiGenericView):
 @extend_schema_view(
     get=extend_schema(
         operation_id="ledger_accounts_retrieve",
-        summary="One ledger account (staff)",
-        responses={200: LedgerAccountSerializer, **error_responses(401, 403, 404)},
+        summary="One ledger account with its unapplied receipts (staff)",
+        responses={200: LedgerAccountDetailSerializer, **error_responses(401, 403, 404)},
     )
 )
 class LedgerAccountDetailView(ApiGenericView):
     permission_classes = [IsAdminUser]
-    serializer_class = LedgerAccountSerializer
+    serializer_class = LedgerAccountDetailSerializer
 
     def get(self, request: Request, code: str) -> Response:
         account = account_get(code=code)
@@ -171,52 +183,8 @@ class PostingListView(ApiGenericView):
         return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
 
-# --- /api/payments/... (payments.urls) ------------------------------------------------------------
-
-
 @extend_schema(tags=["ledger (staff)"])
-class AccountDetailApi(ApiGenericView):
-    """One account with its balance, limits and receipts not yet applied (staff)."""
-
-    permission_classes = [IsAdminUser]
-
-    class AccountDetailSerializer(serializers.Serializer[Any]):
-        code = serializers.CharField()
-        kind = serializers.CharField()
-        asset_code = serializers.CharField()
-        asset_scale = serializers.IntegerField()
-        balance = serializers.CharField()
-        min_balance = serializers.CharField(allow_null=True)
-        max_balance = serializers.CharField(allow_null=True)
-        unapplied_receipts = serializers.CharField()
-
-    serializer_class = AccountDetailSerializer
-
-    @extend_schema(
-        operation_id="payments_account_retrieve",
-        summary="One ledger account with its unapplied receipts (staff)",
-        responses={200: AccountDetailSerializer, **error_responses(401, 403, 404)},
-    )
-    def get(self, request: Request, code: str) -> Response:
-        account = account_get(code=code)
-        if account is None:
-            raise ApiError("unknown_account", f"no ledger account {code!r}", 404)
-        return Response(
-            {
-                "code": account.code,
-                "kind": account.kind,
-                "asset_code": account.asset_code,
-                "asset_scale": account.asset_scale,
-                "balance": str(int(account.balance)),
-                "min_balance": _units(account.min_balance),
-                "max_balance": _units(account.max_balance),
-                "unapplied_receipts": str(unapplied_receipts_total(account_code=code)),
-            }
-        )
-
-
-@extend_schema(tags=["ledger (staff)"])
-class IncomingPaymentListApi(ApiGenericView):
+class AccountIncomingPaymentListView(ApiGenericView):
     """The latest incoming payments of one account (staff)."""
 
     permission_classes = [IsAdminUser]
@@ -232,7 +200,7 @@ class IncomingPaymentListApi(ApiGenericView):
     serializer_class = AccountIncomingPaymentSerializer
 
     @extend_schema(
-        operation_id="payments_account_incoming_payments_list",
+        operation_id="ledger_account_incoming_payments_list",
         summary="Latest incoming payments of one account (staff)",
         responses={
             200: AccountIncomingPaymentSerializer(many=True),
@@ -258,7 +226,7 @@ class IncomingPaymentListApi(ApiGenericView):
 
 
 @extend_schema(tags=["ledger (staff)"])
-class WebhookCreateApi(ApiGenericView):
+class WebhookCreateView(ApiGenericView):
     """Register a webhook on any account (staff)."""
 
     permission_classes = [IsAdminUser]
@@ -278,7 +246,7 @@ class WebhookCreateApi(ApiGenericView):
     serializer_class = WebhookCreatedSerializer
 
     @extend_schema(
-        operation_id="payments_webhook_create",
+        operation_id="ledger_webhook_create",
         summary="Add a webhook to any ledger account (staff)",
         request=WebhookCreateInputSerializer,
         responses={201: WebhookCreatedSerializer, **error_responses(400, 401, 403, 404)},
@@ -286,12 +254,9 @@ class WebhookCreateApi(ApiGenericView):
     def post(self, request: Request) -> Response:
         data = self.WebhookCreateInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        try:
-            webhook = webhook_create(
-                account_code=data.validated_data["account"],
-                url=data.validated_data["url"],
-                secret=data.validated_data.get("secret"),
-            )
-        except PaymentsError as exc:
-            return Response(exc.as_dict(), status=exc.http_status)
+        webhook = webhook_create(
+            account_code=data.validated_data["account"],
+            url=data.validated_data["url"],
+            secret=data.validated_data.get("secret"),
+        )
         return Response(self.WebhookCreatedSerializer(webhook).data, status=status.HTTP_201_CREATED)

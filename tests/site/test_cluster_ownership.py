@@ -3,7 +3,8 @@ worker and beat behind nginx, and a ``btp-client`` parent.
 
 The parent is a BTP server in this test (what ilp-plugin-btp's server does: any auth is
 accepted, every Prepare fulfilled) that counts authenticated connections. For 60 s the
-node holds exactly one connection to it, whichever Daphne owns the lease; and Prepares
+node holds exactly one connection to it, whichever Daphne owns the lease; after a ``kill -9`` of the owner, another
+Daphne dials once the lease runs out; and Prepares
 that children send through nginx (landing on all three Daphnes) reach the parent exactly
 once each, through the owner.
 
@@ -20,6 +21,7 @@ import asyncio
 import hashlib
 import os
 import random
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -71,6 +73,7 @@ class Parent:
     prepares: list[Prepare] = field(default_factory=list)
     second: asyncio.Event = field(default_factory=asyncio.Event)
     first: asyncio.Event = field(default_factory=asyncio.Event)
+    client_ports: list[int] = field(default_factory=list)  # the dialling side, per auth
 
     async def serve(self, ws: Any) -> None:
         authed = False
@@ -93,6 +96,7 @@ class Parent:
                     self.authenticated += 1
                     self.open_now += 1
                     self.most_open = max(self.most_open, self.open_now)
+                    self.client_ports.append(ws.remote_address[1])
                     self.first.set()
                     if self.authenticated > 1:
                         self.second.set()
@@ -112,6 +116,31 @@ def _manage(env: dict[str, str], *args: str) -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _pid_with_local_port(run: Path, port: int) -> int | None:
+    """The Daphne (by its pid file) holding a TCP socket whose local port is ``port``."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in list(f)[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+    for pid_file in sorted(run.glob("daphne-*.pid")):
+        pid = int(pid_file.read_text().strip())
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                return pid
+    return None
 
 
 @pytest.fixture
@@ -190,3 +219,16 @@ async def test_one_connection_per_btp_client_peer_for_60_s(cluster3: Cluster) ->
             await asyncio.wait_for(parent.second.wait(), WATCH_S)
         assert parent.authenticated == 1
         assert parent.most_open == 1 and parent.open_now == 1
+
+        # kill -9 the owner: another Daphne dials once its lease runs out (15 s + a retry).
+        owner = _pid_with_local_port(cluster3.run, parent.client_ports[0])
+        assert owner is not None
+        os.kill(owner, signal.SIGKILL)
+        await asyncio.wait_for(parent.second.wait(), 60)
+        assert parent.authenticated == 2 and parent.open_now == 1
+        successor = _pid_with_local_port(cluster3.run, parent.client_ports[1])
+        assert successor is not None and successor != owner
+        for n in range(6, 9):  # the children of the dead one reconnect elsewhere
+            await _send_through_a_child(cluster3, n)
+        assert len(parent.prepares) == 9
+        assert parent.most_open == 1

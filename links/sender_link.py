@@ -52,9 +52,13 @@ from links import edge, registry
 from links.models import LinkKind
 from links.peers import PeerContext, aload_peer_context
 from links.switch import PacketSwitch, packet_key, peek_switch, reset_switch
-from payments.outgoing import SWITCH_SOURCE_NAME, Route
-from payments.outgoing_circular import CIRCULAR_SEGMENT, circular_receive
-from payments.outgoing_errors import SendFailed
+from payments.sending import (
+    CIRCULAR_SEGMENT,
+    SWITCH_SOURCE_NAME,
+    Route,
+    SendFailed,
+    circular_receive,
+)
 
 __all__ = [
     "PeerSender",

@@ -17,8 +17,8 @@ from django.http import HttpRequest
 from payments.errors import PaymentsError
 from payments.models import LedgerAccount
 from payments.models_outgoing import CircularPayment, OutgoingChunk, OutgoingPayment
-from payments.outgoing import OPERATOR_ACCOUNT, outgoing_payment_create
-from payments.outgoing_circular import circular_payment_create
+from payments.sending import OPERATOR_ACCOUNT, outgoing_payment_create
+from payments.sending.circular import circular_payment_create
 
 if TYPE_CHECKING:
     _PaymentBase = admin.ModelAdmin[OutgoingPayment]

@@ -1,7 +1,7 @@
 """Money we send: outgoing SPSP/PSK2 payments, their chunks, and circular payments.
 
-Written only by :mod:`payments.outgoing` and :mod:`payments.outgoing_circular`; read through
-:mod:`payments.outgoing_selectors`. Amounts are :class:`~payments.models.MoneyField`
+Written only by :mod:`payments.sending`; read through
+:mod:`payments.sending.selectors`. Amounts are :class:`~payments.models.MoneyField`
 integers in the **source account's** units, except ``amount_delivered`` /
 ``OutgoingChunk.delivered`` and a destination-fixed ``amount``, which are in the
 receiver's units (what its PSK2 answers report). See ``docs/ARCHITECTURE.md``
@@ -31,7 +31,7 @@ class OutgoingPayment(models.Model):
 
     Reservation: ``amount_reserved`` source units are kept free on the source account for
     this payment while it is active (a DB-level hold, checked under a row lock of the
-    account: see :func:`payments.outgoing.outgoing_payment_create`); ``amount_debited`` is
+    account: see :func:`payments.sending.outgoing_payment_create`); ``amount_debited`` is
     what the ledger has already been charged for it (fulfilled chunks, and chunks whose
     outcome could not be known). Once the payment is over, ``amount_reserved`` is set to
     ``amount_debited``: the rest is released.
@@ -188,7 +188,7 @@ class CircularPayment(models.Model):
 
     ``amount_out`` leaves through ``out_peer`` (charged to ``source_account``);
     ``amount_in`` is what arrived from ``in_peer`` (credited back to it). The fulfillment
-    is derived from the token (:func:`payments.outgoing_circular.circular_fulfillment`), never
+    is derived from the token (:func:`payments.sending.circular.circular_fulfillment`), never
     stored.
     """
 

@@ -48,8 +48,14 @@ from typing import Any
 from django.conf import settings
 from django.db import close_old_connections
 
-from payments import outgoing, outgoing_circular, services
+from payments import services
 from payments.ledger import get_applier
+from payments.sending import (
+    circular_payment_run,
+    circular_payments_due,
+    outgoing_payment_run,
+    outgoing_payments_due,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -184,12 +190,12 @@ class Recovery:
         for payment_id in result.run_payments:
             result.payments += self._run_here(
                 ("payment", payment_id),
-                functools.partial(outgoing.outgoing_payment_run, payment_id=payment_id),
+                functools.partial(outgoing_payment_run, payment_id=payment_id),
             )
         for circular_id in result.run_circular:
             result.payments += self._run_here(
                 ("circular", circular_id),
-                functools.partial(outgoing_circular.circular_payment_run, circular_id=circular_id),
+                functools.partial(circular_payment_run, circular_id=circular_id),
             )
         report = PassReport(result.receipts, result.webhooks, result.payments, tuple(result.errors))
         if report.receipts or report.webhooks or report.payments or report.errors:
@@ -231,13 +237,13 @@ class Recovery:
             result.webhooks = services.webhook_deliveries_queue_due()
 
         def payments() -> None:
-            from payments.outgoing_tasks import resolve_circular_payments, resume_outgoing_payments
+            from payments.sending.tasks import resolve_circular_payments, resume_outgoing_payments
 
             if not eager:
                 result.payments = resume_outgoing_payments()
                 return
-            result.run_payments = outgoing.outgoing_payments_due()
-            to_start, to_resolve = outgoing_circular.circular_payments_due()
+            result.run_payments = outgoing_payments_due()
+            to_start, to_resolve = circular_payments_due()
             result.run_circular = to_start
             result.payments = resolve_circular_payments(to_resolve)
 

@@ -104,4 +104,4 @@ def wait_background_idle(timeout: float) -> bool:
         return _idle.wait_for(lambda: _pending == 0, timeout=timeout)
 
 
-from payments.outgoing_tasks import *  # noqa: E402,F403  (sending tasks: autodiscovery)
+from payments.sending.tasks import *  # noqa: E402,F403  (sending tasks: autodiscovery)

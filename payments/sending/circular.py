@@ -4,7 +4,7 @@ back in through another, fulfilled here; the loop's cost and round-trip time rec
 See ``docs/ARCHITECTURE.md`` ("Circular payments") for the setup on the far node, the
 money (``circular:<id>:out``/``:out:peer`` on the way out, ``<packet key>`` and
 ``circular:<id>:in`` on the way in) and the switch hook. Reservations, the sender port
-and booking are those of :mod:`payments.outgoing`.
+and booking are those of :mod:`payments.sending` (port, reservation, runner).
 """
 
 from __future__ import annotations
@@ -29,21 +29,16 @@ from payments.errors import BalanceLimitExceeded, PaymentsError
 from payments.ledger import PostingDraft, ensure_account, get_book
 from payments.models import LedgerAccount
 from payments.models_outgoing import CircularPayment
-from payments.outgoing import (
-    CHUNK_EXPIRY,
-    LEASE,
+from payments.sending.errors import IdempotencyKeyReused, OutgoingNotAllowed
+from payments.sending.port import Route, sender_opener
+from payments.sending.reservation import (
     OPERATOR_ACCOUNT,
-    RESOLVE_MARGIN,
-    Route,
     check_amount,
     commit_booking,
-    in_thread,
     lock_source_account,
-    publish_event,
     reserve_on,
-    sender_opener,
 )
-from payments.outgoing_errors import IdempotencyKeyReused, OutgoingNotAllowed
+from payments.sending.runner import CHUNK_EXPIRY, LEASE, RESOLVE_MARGIN, in_thread, publish_event
 
 __all__ = [
     "CIRCULAR_EVENT",
@@ -79,6 +74,7 @@ def circular_prefix() -> str:
 
 def circular_fulfillment(token: str) -> bytes:
     """The fulfillment of the circular payment ``token`` (derived: never stored)."""
+    # Derivation salt: changing it would strand the circular payments in flight.
     return salted_hmac("payments.outgoing.circular", token, algorithm="sha256").digest()
 
 
@@ -130,7 +126,7 @@ def circular_payment_create(
 
 
 def _queue_circular(circular_id: int) -> None:
-    from payments.outgoing_tasks import send_circular_payment
+    from payments.sending.tasks import send_circular_payment
 
     send_circular_payment.delay(circular_id=circular_id)
 

@@ -3,8 +3,8 @@
 For the REST API (``payments/apis.py``): list with :func:`outgoing_payment_list`
 (optionally for the accounts a user may send from), show with
 :func:`outgoing_payment_get` / :func:`outgoing_chunk_list`, serialize with
-:func:`payments.outgoing.payment_summary`; create with
-:func:`payments.outgoing.outgoing_payment_create` (its errors are ``PaymentsError``
+:func:`payments.sending.runner.payment_summary`; create with
+:func:`payments.sending.services.outgoing_payment_create` (its errors are ``PaymentsError``
 subclasses carrying ``http_status``).
 """
 
@@ -16,7 +16,7 @@ from django.db.models import QuerySet
 
 from payments.models import LedgerAccount
 from payments.models_outgoing import CircularPayment, OutgoingChunk, OutgoingPayment
-from payments.outgoing import account_available
+from payments.sending.reservation import account_available
 
 
 def outgoing_payment_get(

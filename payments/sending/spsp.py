@@ -40,7 +40,7 @@ from ilp.errors import DecodeError
 from ilp.oer import UINT64_MAX
 from ilp.psk2 import b64url_decode
 from ilp.stream import ReceiptSetup
-from payments.outgoing_errors import SpspError
+from payments.sending.errors import SpspError
 
 __all__ = [
     "PROTOCOL_PSK2",

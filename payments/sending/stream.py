@@ -1,7 +1,7 @@
 """Sending over STREAM (RFC 0029): the quote, the packets and the resume of an outgoing
-payment whose receiver answered SPSP4 (see :mod:`payments.outgoing_spsp`).
+payment whose receiver answered SPSP4 (see :mod:`payments.sending.spsp`).
 
-The runner of :mod:`payments.outgoing` (lease, reservation, money per chunk, progress)
+The runner of :mod:`payments.sending.runner` (lease, reservation, money per chunk, progress)
 is the same for both protocols; this module is what differs, on top of the pure
 :mod:`ilp.stream.sender`:
 
@@ -12,7 +12,7 @@ is the same for both protocols; this module is what differs, on top of the pure
   receiver's asset. The probes use sequences 1, 2, … of the connection.
 - **Packets** (:func:`stream_send`): :class:`ilp.stream.sender.StreamPayment`, one
   ``StreamMoney`` packet in flight, each with the quoted rate less
-  :data:`~payments.outgoing.SLIPPAGE_PERCENT` as its minimum. Every packet is an
+  :data:`~payments.sending.runner.SLIPPAGE_PERCENT` as its minimum. Every packet is an
   :class:`~payments.models_outgoing.OutgoingChunk` row (``sequence`` = its STREAM sequence)
   written before it is sent, booked like a PSK2 chunk; ``delivered`` is the receiver's
   authentic ``prepare_amount``. The payment ends with a best-effort ``ConnectionClose``.
@@ -31,8 +31,9 @@ import asyncio
 import logging
 import os
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
 from ilp.oer import UINT64_MAX
@@ -45,23 +46,21 @@ from ilp.stream.sender import (
     StreamConnection,
     StreamPayment,
 )
-from payments import outgoing as o  # the runner; it calls back into this module
 from payments.models_outgoing import OutgoingChunk, OutgoingPayment
-from payments.outgoing_errors import (
+from payments.sending import runner as r
+from payments.sending.errors import (
     InsufficientBalance,
     OutgoingNotAllowed,
     SendFailed,
     SpspError,
 )
-from payments.outgoing_spsp import SpspDetails
-
-if TYPE_CHECKING:
-    from payments.outgoing import _Run
+from payments.sending.spsp import SpspDetails
 
 __all__ = ["receipt_setup", "stream_quote", "stream_send", "stream_total"]
 
 log = logging.getLogger(__name__)
 
+# Derivation salt: changing it would break the resume of payments in flight.
 RECEIPT_SALT = "payments.outgoing.stream.receipts"
 IV_LENGTH = 12
 CONDITION_LENGTH = 32
@@ -81,14 +80,14 @@ def receipt_setup(payment: OutgoingPayment) -> ReceiptSetup:
     return ReceiptSetup(nonce.digest()[:16], secret.digest())
 
 
-def _connection(run: _Run) -> StreamConnection:
+def _connection(run: r.Run) -> StreamConnection:
     return StreamConnection(run.secret, run.payment.destination_address, receipt_setup(run.payment))
 
 
 # --- the quote ------------------------------------------------------------------------------
 
 
-async def stream_quote(run: _Run, details: SpspDetails) -> None:
+async def stream_quote(run: r.Run, details: SpspDetails) -> None:
     """Probe the rate to the STREAM receiver of ``details`` and move the payment to
     ``sending`` (``quoting`` → ``sending``; reserves a destination-fixed payment's quote)."""
     payment = run.payment
@@ -116,13 +115,13 @@ async def stream_quote(run: _Run, details: SpspDetails) -> None:
     )
     while True:
         prepare = probe.next_probe(
-            expires_at=o._expiry(run.options),
+            expires_at=r.expiry(run.options),
             iv=os.urandom(IV_LENGTH),
             condition=os.urandom(CONDITION_LENGTH),
         )
         if prepare is None:
             break
-        reply = await o._send(run, prepare)
+        reply = await r.send(run, prepare)
         probe.on_reply(prepare, reply)
         if probe.wait_ms:
             await asyncio.sleep(probe.wait_ms / 1000)
@@ -138,14 +137,14 @@ async def stream_quote(run: _Run, details: SpspDetails) -> None:
         reserve = (
             _int(payment.max_source_amount)
             if payment.max_source_amount is not None
-            else -(-quote_source * (100 + o.SLIPPAGE_PERCENT) // 100)
+            else -(-quote_source * (100 + r.SLIPPAGE_PERCENT) // 100)
         )
         if quote_source > reserve:
             raise OutgoingNotAllowed(
                 f"delivering {amount} costs about {quote_source}, more than the {reserve} allowed"
             )
         if reserve > _int(payment.amount_reserved):
-            await o._db_reserve_after_quote(payment, run.owner, reserve)
+            await r.db_reserve_after_quote(payment, run.owner, reserve)
         chunk_size = min(quote_source, cap)
     else:
         quote_source = amount
@@ -155,7 +154,7 @@ async def stream_quote(run: _Run, details: SpspDetails) -> None:
         chunk_size = result.source_amount
     if result.asset is not None:
         log.info("payments: outgoing %s: the receiver's asset is %s/%s", payment.pk, *result.asset)
-    run.payment = await o._db_save(
+    run.payment = await r.db_save(
         payment,
         run.owner,
         status=OutgoingPayment.Status.SENDING,
@@ -166,15 +165,15 @@ async def stream_quote(run: _Run, details: SpspDetails) -> None:
         quote_destination_amount=quote_destination,
         chunk_size=max(1, chunk_size),
         next_sequence=probe.sequence,
-        started_at=payment.started_at or o._now(),
+        started_at=payment.started_at or timezone.now(),
     )
-    await o._progress(run.payment, run.options)
+    await r.progress(run.payment, run.options)
 
 
 # --- the packets ----------------------------------------------------------------------------
 
 
-def _plan(run: _Run) -> StreamPayment:
+def _plan(run: r.Run) -> StreamPayment:
     p = run.payment
     destination_mode = p.mode == OutgoingPayment.Mode.DESTINATION
     rate = Fraction(_int(p.quote_destination_amount), max(1, _int(p.quote_source_amount)))
@@ -185,7 +184,7 @@ def _plan(run: _Run) -> StreamPayment:
         source_amount=None if destination_mode else _int(p.amount),
         destination_amount=_int(p.amount) if destination_mode else None,
         rate=rate,
-        min_rate=rate * (100 - o.SLIPPAGE_PERCENT) / 100,
+        min_rate=rate * (100 - r.SLIPPAGE_PERCENT) / 100,
         chunk_size=max(1, int(p.chunk_size)),
         # Chunks grow after each Fulfill: never past our own link's limit or the path's.
         max_packet=min(run.max_chunk or UINT64_MAX, run.sender.max_packet_amount, UINT64_MAX),
@@ -209,14 +208,14 @@ def _plan_state(plan: StreamPayment) -> dict[str, Any]:
     }
 
 
-async def stream_send(run: _Run) -> None:
+async def stream_send(run: r.Run) -> None:
     """Send the payment's packets until it is paid (``completed``) or fails
     (:class:`SendFailed`); then close the connection (best effort)."""
     plan = _plan(run)
     payment = run.payment
     try:
         while True:
-            prepare = plan.next_packet(expires_at=o._expiry(run.options), iv=os.urandom(IV_LENGTH))
+            prepare = plan.next_packet(expires_at=r.expiry(run.options), iv=os.urandom(IV_LENGTH))
             if prepare is None:
                 break
             sequence = plan.sequence - 1
@@ -226,23 +225,22 @@ async def stream_send(run: _Run) -> None:
                     f"the next packet would spend more than the {_int(payment.amount_reserved)} "
                     f"reserved ({debited} spent, {_int(payment.amount_delivered)} delivered)"
                 )
-            keys = run.sender.source_keys(prepare) or (o._hold_keys(payment, sequence)[0],)
-            chunk = await o._db_insert_chunk(
+            chunk = await r.db_insert_chunk(
                 payment,
                 run.owner,
                 sequence=sequence,
                 prepare=prepare,
                 minimum=plan.pending_minimum,
-                ledger_key=" ".join(keys),
+                ledger_key=r.source_keys(run, prepare, sequence),
             )
-            refused = await o._hold(run, prepare, sequence) if run.via else None
-            reply = refused or await o._send(run, prepare)
+            refused = await r.hold(run, prepare, sequence) if run.via else None
+            reply = refused or await r.send(run, prepare)
             before = plan.amount_delivered
             progress = plan.on_reply(prepare, reply)
             answer = plan.last
             assert answer is not None
             if isinstance(reply, Fulfill) and answer.fulfilled:
-                await o._book_fulfilled(run, prepare.amount, sequence)
+                await r.book_fulfilled(run, prepare.amount, sequence)
                 delivered = plan.amount_delivered - before
                 # The receiver's totals are exact so far (what lets a resume trust a total
                 # that did not move).
@@ -250,7 +248,7 @@ async def stream_send(run: _Run) -> None:
                     plan.total_received is not None
                     and answer.total_received == plan.amount_delivered
                 )
-                await o._db_settle_chunk(
+                await r.db_settle_chunk(
                     payment,
                     run.owner,
                     chunk,
@@ -262,8 +260,8 @@ async def stream_send(run: _Run) -> None:
                 )
             else:
                 if run.via:
-                    o._release_holds(run, sequence)
-                await o._db_settle_chunk(
+                    r.release(run, sequence)
+                await r.db_settle_chunk(
                     payment,
                     run.owner,
                     chunk,
@@ -272,7 +270,7 @@ async def stream_send(run: _Run) -> None:
                     message="" if isinstance(reply, Reject) else answer.describe(),
                     **_plan_state(plan),
                 )
-            await o._progress(payment, run.options)
+            await r.progress(payment, run.options)
             if progress is Progress.FAILED:
                 raise SendFailed(plan.failure)
             if plan.wait_ms:
@@ -280,24 +278,24 @@ async def stream_send(run: _Run) -> None:
     except SendFailed:
         await _close(run, plan)
         raise
-    run.payment = await o._db_finish(payment, run.owner, OutgoingPayment.Status.COMPLETED)
-    await o._progress(run.payment, run.options)
+    run.payment = await r.db_finish(payment, run.owner, OutgoingPayment.Status.COMPLETED)
+    await r.progress(run.payment, run.options)
     await _close(run, plan)
 
 
-async def _close(run: _Run, plan: StreamPayment) -> None:
+async def _close(run: r.Run, plan: StreamPayment) -> None:
     """``ConnectionClose`` to the receiver, once; its answer does not matter."""
     if plan.chunks_fulfilled == 0 and not plan.established:
         return
     prepare = plan.connection.close_packet(
         sequence=plan.sequence,
-        expires_at=o._expiry(run.options),
+        expires_at=r.expiry(run.options),
         iv=os.urandom(IV_LENGTH),
         condition=os.urandom(CONDITION_LENGTH),
     )
     plan.sequence += 1
     try:
-        await o._send(run, prepare)
+        await r.send(run, prepare)
     except Exception:  # best effort: the payment is already decided
         log.info("payments: outgoing %s: ConnectionClose failed", run.payment.pk, exc_info=True)
 
@@ -305,7 +303,7 @@ async def _close(run: _Run, plan: StreamPayment) -> None:
 # --- resuming -------------------------------------------------------------------------------
 
 
-async def stream_total(run: _Run, sequence: int) -> int | None:
+async def stream_total(run: r.Run, sequence: int) -> int | None:
     """The receiver's running total of stream 1 (``None`` when it would not say), from a
     0-amount fulfillable packet under a sequence beyond ``sequence`` and every recorded
     one, stored before it leaves."""
@@ -314,12 +312,12 @@ async def stream_total(run: _Run, sequence: int) -> int | None:
     wait = 0.1
     next_sequence = max(int(payment.next_sequence), sequence + 1)
     for _ in range(TOTAL_PROBES):
-        payment = await o._db_save(payment, run.owner, next_sequence=next_sequence + 1)
+        payment = await r.db_save(payment, run.owner, next_sequence=next_sequence + 1)
         prepare = connection.total_packet(
-            sequence=next_sequence, expires_at=o._expiry(run.options), iv=os.urandom(IV_LENGTH)
+            sequence=next_sequence, expires_at=r.expiry(run.options), iv=os.urandom(IV_LENGTH)
         )
         next_sequence += 1
-        reply = await o._send(run, prepare)
+        reply = await r.send(run, prepare)
         answer = connection.read_reply(prepare, reply)
         if answer.authentic:
             return answer.total_received

@@ -1,6 +1,6 @@
 """Celery tasks of sending. Each takes ids, calls one service, has a stable ``name=``.
 
-Queued with ``transaction.on_commit`` by :mod:`payments.outgoing`. Idempotency lives in
+Queued with ``transaction.on_commit`` by :mod:`payments.sending.services`. Idempotency lives in
 the services, in the three layers of the house style: a status check (a finished
 payment, or one whose lease another runner holds, returns at once), row locks (the
 source account, then the payment, in that order) and unique keys (``idempotency_key``,
@@ -16,8 +16,8 @@ import logging
 from celery import Task, shared_task
 from django.db import OperationalError
 
-from payments import outgoing, outgoing_circular
-from payments.outgoing_errors import BookingFailed
+from payments.sending import circular, services
+from payments.sending.errors import BookingFailed
 
 __all__ = [
     "resolve_circular_payments",
@@ -43,16 +43,16 @@ RETRY_COUNTDOWN_S = 5
     max_retries=10,
 )
 def send_outgoing_payment(self: Task, *, payment_id: int) -> str:
-    """Run or resume one outgoing payment (``outgoing.outgoing_payment_run``).
+    """Run or resume one outgoing payment (``services.outgoing_payment_run``).
 
     When another runner holds the payment (e.g. this is the redelivery of a task whose
     worker died mid-payment), try again once its lease has run out: the run that then
     takes it resolves whatever the dead one left in flight.
     """
-    payment = outgoing.outgoing_payment_run_sync(payment_id=payment_id)
+    payment = services.outgoing_payment_run_sync(payment_id=payment_id)
     if payment is not None:
         return str(payment.status)
-    wait = outgoing.outgoing_payment_lease_left(payment_id=payment_id)
+    wait = services.outgoing_payment_lease_left(payment_id=payment_id)
     if wait is not None and not self.request.is_eager:
         raise self.retry(countdown=wait + 1)
     return "skipped"
@@ -67,9 +67,9 @@ def send_outgoing_payment(self: Task, *, payment_id: int) -> str:
     max_retries=5,
 )
 def send_circular_payment(*, circular_id: int) -> str:
-    """Send one circular payment (``outgoing.circular_payment_run``)."""
-    circular = outgoing_circular.circular_payment_run_sync(circular_id=circular_id)
-    return circular.status if circular is not None else "skipped"
+    """Send one circular payment (``circular.circular_payment_run``)."""
+    payment = circular.circular_payment_run_sync(circular_id=circular_id)
+    return payment.status if payment is not None else "skipped"
 
 
 @shared_task(name="payments.resume_outgoing_payments")  # type: ignore[untyped-decorator]
@@ -81,8 +81,8 @@ def resume_outgoing_payments() -> int:
     resumes them on its own event loop instead (:mod:`payments.recovery`). A publish that
     fails is logged and left to the next sweep (the payment stays due).
     """
-    due = outgoing.outgoing_payments_due()
-    to_start, to_resolve = outgoing_circular.circular_payments_due()
+    due = services.outgoing_payments_due()
+    to_start, to_resolve = circular.circular_payments_due()
     handled = 0
     for payment_id in due:
         handled += _publish(send_outgoing_payment, payment_id=payment_id)
@@ -96,7 +96,7 @@ def resolve_circular_payments(circular_ids: list[int]) -> int:
     done = 0
     for circular_id in circular_ids:
         try:
-            outgoing_circular.circular_payment_resolve(circular_id=circular_id)
+            circular.circular_payment_resolve(circular_id=circular_id)
             done += 1
         except Exception:
             logger.exception("payments: cannot resolve circular payment %s", circular_id)

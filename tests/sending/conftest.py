@@ -25,7 +25,7 @@ from links.sender_link import open_sender
 from links.switch import reset_switch
 from payments.ledger import ensure_account, reset_book
 from payments.models import LedgerAccount
-from payments.outgoing import Route, Sender, set_sender_opener
+from payments.sending import Route, Sender, set_sender_opener
 from payments.services import account_adjust
 from receivers.directory import get_directory
 from tests.links.conftest import _reset_state as reset_links_state

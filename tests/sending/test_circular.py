@@ -15,15 +15,15 @@ from links.sender_link import register_local_destinations
 from links.switch import get_switch
 from payments.ledger import get_book
 from payments.models_outgoing import CircularPayment
-from payments.outgoing import OPERATOR_ACCOUNT
-from payments.outgoing_circular import (
+from payments.sending import OPERATOR_ACCOUNT
+from payments.sending.circular import (
     circular_fulfillment,
     circular_payment_create,
     circular_payment_resolve,
     circular_payment_run,
     circular_receive,
 )
-from payments.outgoing_errors import InsufficientBalance
+from payments.sending.errors import InsufficientBalance
 from tests.sending.conftest import NODE, Faults, balance, btp_pair, in_thread, install_faults
 
 pytestmark = pytest.mark.django_db(transaction=True)

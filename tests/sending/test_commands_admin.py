@@ -14,8 +14,8 @@ from django.test import Client
 
 from payments.models import LedgerAccount
 from payments.models_outgoing import CircularPayment, OutgoingChunk, OutgoingPayment
-from payments.outgoing import OPERATOR_ACCOUNT, outgoing_payment_create
-from payments.outgoing_errors import InsufficientBalance
+from payments.sending import OPERATOR_ACCOUNT, outgoing_payment_create
+from payments.sending.errors import InsufficientBalance
 from tests.conftest import requires_postgres
 from tests.sending.conftest import balance, fund, make_receiver
 
@@ -147,7 +147,7 @@ def test_the_sweeper_starts_payments_nobody_ran(live_server: Any) -> None:
 
     from django.utils import timezone
 
-    from payments.outgoing_tasks import resume_outgoing_payments
+    from payments.sending.tasks import resume_outgoing_payments
 
     make_receiver("bob")
     fund("receiver:alice", 1_000)

@@ -13,7 +13,7 @@ from django.db.models import Sum
 
 from payments.models import Posting, Receipt
 from payments.models_outgoing import OutgoingChunk, OutgoingPayment
-from payments.outgoing import (
+from payments.sending import (
     SUSPENSE_ACCOUNT,
     RunOptions,
     outgoing_payment_create,
@@ -21,7 +21,7 @@ from payments.outgoing import (
     outgoing_payment_run,
     outgoing_payments_due,
 )
-from payments.outgoing_tasks import send_outgoing_payment
+from payments.sending.tasks import send_outgoing_payment
 from tests.sending.conftest import (
     Crash,
     Faults,

@@ -12,12 +12,12 @@ from channels.layers import get_channel_layer
 
 from payments.models import IncomingPayment, LedgerAccount, Posting, Receipt
 from payments.models_outgoing import OutgoingChunk, OutgoingPayment
-from payments.outgoing import (
+from payments.sending import (
     RunOptions,
     outgoing_payment_create,
     outgoing_payment_run,
 )
-from payments.outgoing_errors import (
+from payments.sending.errors import (
     IdempotencyKeyReused,
     InsufficientBalance,
     OutgoingNotAllowed,

@@ -11,8 +11,8 @@ from django.utils import timezone
 
 from ilp.packet import Prepare, Reject, Reply, amount_too_large_data
 from ilp.psk2_receiver import Refuse, decide, issue
-from payments.outgoing import probe_rate
-from payments.outgoing_errors import SendFailed
+from payments.sending import probe_rate
+from payments.sending.errors import SendFailed
 
 RECEIVER_SECRET = bytes(range(32))
 

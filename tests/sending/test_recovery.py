@@ -11,8 +11,8 @@ import pytest
 from django.utils import timezone
 
 from payments.models_outgoing import OutgoingPayment
-from payments.outgoing import outgoing_payment_create
 from payments.recovery import Recovery
+from payments.sending import outgoing_payment_create
 from tests.sending.conftest import balance, eventually, fund, in_thread, make_receiver
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from ilp.psk2 import b64url_encode
-from payments.outgoing_errors import SpspError
-from payments.outgoing_spsp import parse_spsp, query_spsp, resolve_receiver
+from payments.sending.errors import SpspError
+from payments.sending.spsp import parse_spsp, query_spsp, resolve_receiver
 from tests.conftest import load_vectors
 from tests.sending.conftest import NODE, in_thread, make_receiver
 

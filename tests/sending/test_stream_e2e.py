@@ -15,7 +15,7 @@ from django.db.models import Sum
 
 from payments.models import IncomingPayment, Receipt
 from payments.models_outgoing import OutgoingChunk, OutgoingPayment
-from payments.outgoing import RunOptions, outgoing_payment_create, outgoing_payment_run
+from payments.sending import RunOptions, outgoing_payment_create, outgoing_payment_run
 from tests.sending.conftest import (
     Crash,
     Faults,

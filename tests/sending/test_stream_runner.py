@@ -33,11 +33,10 @@ from ilp.stream.receiver import (
     open_prepare,
     settle,
 )
-from payments import outgoing
 from payments.ledger import ensure_account
 from payments.models import Posting
 from payments.models_outgoing import OutgoingChunk, OutgoingPayment
-from payments.outgoing import (
+from payments.sending import (
     SUSPENSE_ACCOUNT,
     Route,
     RunOptions,
@@ -46,7 +45,8 @@ from payments.outgoing import (
     outgoing_payment_run,
     set_sender_opener,
 )
-from payments.outgoing_spsp import query_spsp
+from payments.sending import services as sending_services
+from payments.sending.spsp import query_spsp
 from tests.sending.conftest import Crash, balance, fund, in_thread
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -110,7 +110,7 @@ class FarEnd:
 
 
 class FarSender:
-    """``payments.outgoing.Sender`` through peer ``far`` to the :class:`FarEnd`."""
+    """``payments.sending.Sender`` through peer ``far`` to the :class:`FarEnd`."""
 
     def __init__(self, far: FarEnd) -> None:
         self.far = far
@@ -168,7 +168,7 @@ def spsp4(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
         async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as client:
             return await query_spsp(url, client=client, **kwargs)
 
-    monkeypatch.setattr(outgoing, "query_spsp", query)
+    monkeypatch.setattr(sending_services, "query_spsp", query)
     yield seen
 
 
@@ -338,7 +338,7 @@ async def test_an_invoice_that_accepts_less_is_refused_before_any_packet(
         async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as client:
             return await query_spsp(url, client=client, **kwargs)
 
-    monkeypatch.setattr(outgoing, "query_spsp", query)
+    monkeypatch.setattr(sending_services, "query_spsp", query)
     payment = await in_thread(_setup)(700, mode="destination", max_source_amount=1_000)
     done = await outgoing_payment_run(payment_id=payment.pk, options=SHORT)
     assert done is not None and done.status == "failed"

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from ilp.stream import ReceiptSetup
-from payments.outgoing_errors import SpspError
-from payments.outgoing_spsp import query_spsp
+from payments.sending.errors import SpspError
+from payments.sending.spsp import query_spsp
 
 SECRET = bytes(range(32))
 BODY = {

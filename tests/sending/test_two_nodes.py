@@ -30,8 +30,8 @@ from django.core.management import call_command
 from links import registry
 from links.btp_client import BtpClient
 from payments.models_outgoing import OutgoingPayment
-from payments.outgoing import OPERATOR_ACCOUNT
-from payments.outgoing_circular import circular_payment_create, circular_payment_run
+from payments.sending import OPERATOR_ACCOUNT
+from payments.sending.circular import circular_payment_create, circular_payment_run
 from tests.sending.conftest import (
     NODE,
     RECEIVER_SECRET_HEX,

@@ -19,9 +19,9 @@ from interledger_site.celery import app as celery_app
 from payments.errors import PaymentsError
 from payments.ledger import reset_book
 from payments.models_outgoing import CircularPayment
-from payments.outgoing import OPERATOR_ACCOUNT
-from payments.outgoing_circular import circular_payment_create, circular_payment_run_sync
-from payments.outgoing_selectors import circular_payment_get
+from payments.sending import OPERATOR_ACCOUNT
+from payments.sending.circular import circular_payment_create, circular_payment_run_sync
+from payments.sending.selectors import circular_payment_get
 
 
 class Command(BaseCommand):
@@ -52,7 +52,7 @@ class Command(BaseCommand):
                     circular_id=circular.pk, expiry=timedelta(seconds=options["expiry"])
                 )
             else:
-                from payments.outgoing_tasks import send_circular_payment
+                from payments.sending.tasks import send_circular_payment
 
                 send_circular_payment.delay(circular_id=circular.pk)
                 deadline = time.monotonic() + options["expiry"] + 10

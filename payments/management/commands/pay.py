@@ -1,7 +1,7 @@
 """``python manage.py pay POINTER AMOUNT [--from ACCOUNT] [--via PEER] [--destination-amount]
 [--protocol stream|psk2]``
 
-Creates an outgoing payment (``payments.outgoing.outgoing_payment_create``) and runs it:
+Creates an outgoing payment (``payments.sending.outgoing_payment_create``) and runs it:
 in this process when Celery is eager (the embedded default), else by queueing
 ``payments.send_outgoing_payment`` and following its progress in the database. Prints
 one line per chunk and a summary; exits 1 when the payment fails.
@@ -25,14 +25,14 @@ from interledger_site.celery import app as celery_app
 from payments.errors import PaymentsError
 from payments.ledger import ensure_account, reset_book
 from payments.models_outgoing import OutgoingPayment
-from payments.outgoing import (
+from payments.sending import (
     OPERATOR_ACCOUNT,
     RunOptions,
     outgoing_payment_create,
     outgoing_payment_run_sync,
     payment_summary,
 )
-from payments.outgoing_selectors import outgoing_payment_get
+from payments.sending.selectors import outgoing_payment_get
 
 
 def account_code(value: str) -> str:
@@ -115,7 +115,7 @@ class Command(BaseCommand):
                 )
                 final = outgoing_payment_get(payment_id=payment.pk) if final is None else final
             else:
-                from payments.outgoing_tasks import send_outgoing_payment
+                from payments.sending.tasks import send_outgoing_payment
 
                 send_outgoing_payment.delay(payment_id=payment.pk)
                 if options["no_wait"]:

@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from typing import Final
 
 from ilp.errors import DecodeError, EncodeError
 
-UINT64_MAX = 2**64 - 1
-INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
+UINT64_MAX: Final = 2**64 - 1
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1
 
 # Lengths beyond 2**32 never occur in ILP/BTP/CCP; refusing them early keeps a hostile
 # length from ever being compared against a huge number.
-_MAX_LENGTH_OF_LENGTH = 4
-_ILP_TIMESTAMP_LEN = 17
-_GENERALIZED_TIME = re.compile(rb"^(\d{14})(?:\.(\d{1,3}))?Z$")
-_from_iso = datetime.fromisoformat
+_MAX_LENGTH_OF_LENGTH: Final = 4
+_ILP_TIMESTAMP_LEN: Final = 17
+_GENERALIZED_TIME: Final = re.compile(rb"^(\d{14})(?:\.(\d{1,3}))?Z$")
+_from_iso: Final = datetime.fromisoformat
 
 
 def encode_length(length: int) -> bytes:

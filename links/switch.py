@@ -87,6 +87,7 @@ from links.registry import OutgoingLink
 from links.routing import LOCAL_HOP, RoutingTable, receivers_prefix, static_routes
 from payments.errors import AccountNotLoaded, BalanceLimitExceeded
 from payments.ledger import PostingDraft, ReceiptDraft
+from payments.ledger.shared import HoldDraft
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +274,11 @@ class PacketSwitch:
         self.asset_code = asset_code
         self.asset_scale = asset_scale
         self.book = book
+        # With shared credit (Redis) a packet's holds go to the book together, awaited;
+        # without it the in-memory holds below, unchanged (no await, no allocation).
+        self._hold_many: Callable[..., Awaitable[None]] | None = (
+            getattr(book, "hold_many", None) if getattr(book, "shared", None) else None
+        )
         self.links = links
         self.receiver = receiver
         self.peer_loader = peer_loader
@@ -562,7 +568,13 @@ class PacketSwitch:
         then let the receiver decide."""
         amount = prepare.amount
         if amount:
-            await self._hold(source.account_code, amount, key, "exceeded maximum balance.")
+            await self._hold(
+                source.account_code,
+                amount,
+                key,
+                "exceeded maximum balance.",
+                expires_at=prepare.expires_at,
+            )
         reply: Reply | None = None
         try:
             if handler is None:
@@ -665,8 +677,18 @@ class PacketSwitch:
         return out, fee
 
     async def _hold(
-        self, code: str, amount: int, key: str, message: str, *, credit: bool = False
+        self,
+        code: str,
+        amount: int,
+        key: str,
+        message: str,
+        *,
+        credit: bool = False,
+        expires_at: datetime | None = None,
     ) -> None:
+        if self._hold_many is not None:
+            await self._hold_together([(HoldDraft(code, amount, key, credit), message)], expires_at)
+            return
         hold = self.book.hold_credit if credit else self.book.hold
         try:
             try:
@@ -675,6 +697,19 @@ class PacketSwitch:
                 await self.book.load_account(code)
                 hold(code, amount, key)
         except BalanceLimitExceeded:
+            raise RejectError("T04", message) from None
+
+    async def _hold_together(
+        self, holds: list[tuple[HoldDraft, str]], expires_at: datetime | None
+    ) -> None:
+        """Shared credit: all of ``holds`` or none, in one step for every process; T04 with
+        the message of the hold whose account has no room."""
+        assert self._hold_many is not None
+        try:
+            await self._hold_many([h for h, _ in holds], expires_at=expires_at)
+        except BalanceLimitExceeded as exc:
+            account = exc.details.get("account")
+            message = next((m for h, m in holds if h.account_code == account), holds[0][1])
             raise RejectError("T04", message) from None
 
     async def _send(
@@ -694,18 +729,41 @@ class PacketSwitch:
         settled = False
         held_in = held_out = False
         try:
-            if in_amount:
+            if self._hold_many is not None and in_amount and out_amount:
+                await self._hold_together(
+                    [
+                        (
+                            HoldDraft(source.account_code, in_amount, in_key),
+                            "exceeded maximum balance.",
+                        ),
+                        (
+                            HoldDraft(target.account_code, out_amount, out_key, credit=True),
+                            f"insufficient liquidity. account={target.name}",
+                        ),
+                    ],
+                    out.expires_at,
+                )
+                held_in = held_out = True
+                in_amount_left = out_amount_left = 0
+            else:
+                in_amount_left, out_amount_left = in_amount, out_amount
+            if in_amount_left:
                 await self._hold(
-                    source.account_code, in_amount, in_key, "exceeded maximum balance."
+                    source.account_code,
+                    in_amount,
+                    in_key,
+                    "exceeded maximum balance.",
+                    expires_at=out.expires_at,
                 )
                 held_in = True
-            if out_amount:
+            if out_amount_left:
                 await self._hold(
                     target.account_code,
                     out_amount,
                     out_key,
                     f"insufficient liquidity. account={target.name}",
                     credit=True,
+                    expires_at=out.expires_at,
                 )
                 held_out = True
             self.stats.peer(target.name).packets_out += 1

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import threading
 import time
@@ -48,6 +49,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -67,6 +69,7 @@ from payments.errors import (
     UnknownAccount,
 )
 from payments.ledger.drafts import PostingDraft, ReceiptDraft, _check_int
+from payments.ledger.shared import HoldDraft, MirrorRow, SharedCredit, SharedHold
 from payments.ledger.sql import _ACCOUNT_FIELDS, _heal_connection
 from payments.ledger.writer import (
     BookStats,
@@ -129,6 +132,9 @@ class _Hold:
     amount: int  # > 0
     credit: bool
     at: float  # time.monotonic()
+    account_id: int = 0
+    shared: bool = False  # also held in Redis (payments.ledger.shared)
+    expires_ms: int = 0  # when Redis drops it (Unix ms), shared holds only
 
 
 def _opt_int(value: Decimal | int | None) -> int | None:
@@ -157,6 +163,7 @@ class BalanceBook:
         hold_ttl: float | None = None,
         totals_cache_size: int = 100_000,
         receipts: ReceiptSink | None = None,
+        shared: SharedCredit | None = None,
     ) -> None:
         self._receipts = receipts
         self.max_batch = max_batch
@@ -181,6 +188,12 @@ class BalanceBook:
         self._closed = False
         self._last_refresh = time.monotonic()
         self._query_counter = _QueryCounter(self.stats)
+        # Shared credit (Redis): limits checked for every process of the node at once.
+        self.shared = shared
+        if shared is not None:
+            shared.resync = self.refresh
+            shared.live_holds = self._live_shared_holds
+            shared.load_missing = self.load_account
 
     # -- holds (sync, in memory) ------------------------------------------------------------
 
@@ -211,6 +224,9 @@ class BalanceBook:
             return
         if account_code not in self._accounts:  # lock-free fast check (GIL-atomic)
             self._require_loaded(account_code)
+        if self.shared is not None:
+            self._hold_shared_sync(HoldDraft(account_code, amount, key, credit))
+            return
         with self._lock:
             acct = self._accounts.get(account_code)
             if acct is None:  # forgotten between the check and the lock
@@ -251,7 +267,10 @@ class BalanceBook:
     def release(self, key: str) -> None:
         """Drop the hold ``key`` (Reject or expiry). Unknown keys are ignored."""
         with self._lock:
+            held = self._holds.get(key)
             self._release_locked(key)
+        if held is not None and held.shared and self.shared is not None:
+            self.shared.release(held.account_id, key)
 
     def _release_locked(self, key: str) -> None:
         held = self._holds.pop(key, None)
@@ -264,6 +283,149 @@ class BalanceBook:
             acct.credits -= held.amount
         else:
             acct.debits -= held.amount
+
+    # -- holds of a packet together; across processes with shared credit ---------------------
+
+    async def hold_many(
+        self, holds: Sequence[HoldDraft], *, expires_at: datetime | None = None
+    ) -> None:
+        """Take ``holds`` together, all of them or none (a forward's debit hold on the source
+        and credit hold on the next hop), loading their accounts as needed.
+
+        With shared credit (:mod:`payments.ledger.shared`, ``REDIS_URL``) the holds of
+        accounts that have a limit on their side are checked and taken in Redis, in one
+        script call for everything the event loop queued meanwhile, so the limit holds for
+        every process of the node; ``expires_at`` (the Prepare's) bounds how long Redis
+        keeps them if this process dies. Raises :class:`BalanceLimitExceeded` (``account=``
+        the one without room), :class:`DuplicateHold`, :class:`InvalidAmount`.
+        """
+        live: list[HoldDraft] = []
+        for h in holds:
+            if _check_int(h.amount, "amount") < 0 or h.amount > UINT64_MAX:
+                raise InvalidAmount("hold amount must be 0 to 2**64-1", amount=str(h.amount))
+            if h.amount:
+                live.append(h)
+        for h in live:
+            if not self.is_loaded(h.account_code):
+                await self.load_account(h.account_code)
+        if self.shared is None:
+            taken: list[str] = []
+            try:
+                for h in live:
+                    self._hold(h.account_code, h.amount, h.key, credit=h.credit)
+                    taken.append(h.key)
+            except BaseException:
+                for key in taken:
+                    self.release(key)
+                raise
+            return
+        remote, local = self._plan_shared(live, expires_at)
+        if remote:
+            await self.shared.hold(remote)
+        self._record_shared(remote, local)
+
+    def _plan_shared(
+        self, holds: Sequence[HoldDraft], expires_at: datetime | None
+    ) -> tuple[list[SharedHold], list[SharedHold]]:
+        """Split into the holds Redis must check (a limit on their side) and the rest."""
+        expires_ms = self._expiry_ms(expires_at)
+        remote: list[SharedHold] = []
+        local: list[SharedHold] = []
+        with self._lock:
+            for h in holds:
+                acct = self._accounts.get(h.account_code)
+                if acct is None:
+                    raise AccountNotLoaded(f"account {h.account_code!r} is not loaded")
+                existing = self._holds.get(h.key)
+                if existing is not None:
+                    if (existing.account_code, existing.amount, existing.credit) == (
+                        h.account_code,
+                        h.amount,
+                        h.credit,
+                    ):
+                        continue
+                    raise DuplicateHold(f"hold key {h.key!r} is already used", key=h.key)
+                limit = acct.max_balance if h.credit else acct.min_balance
+                one = SharedHold(acct.id, h.account_code, h.amount, h.key, h.credit, expires_ms)
+                (remote if limit is not None else local).append(one)
+        return remote, local
+
+    def _record_shared(self, remote: list[SharedHold], local: list[SharedHold]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for shared, group in ((True, remote), (False, local)):
+                for h in group:
+                    acct = self._accounts.get(h.account_code)
+                    if acct is not None:
+                        if h.credit:
+                            acct.credits += h.amount
+                        else:
+                            acct.debits += h.amount
+                    self._holds[h.key] = _Hold(
+                        h.account_code, h.amount, h.credit, now, h.account_id, shared, h.expires_ms
+                    )
+
+    def _hold_shared_sync(self, hold: HoldDraft) -> None:
+        # The sync API with shared credit: one blocking round trip (the switch uses
+        # hold_many, batched per loop iteration).
+        remote, local = self._plan_shared([hold], None)
+        if remote:
+            assert self.shared is not None
+            self.shared.hold_sync(remote)
+        self._record_shared(remote, local)
+
+    def _expiry_ms(self, expires_at: datetime | None) -> int:
+        now_ms = int(time.time() * 1000)
+        ttl_ms = int(self.hold_ttl * 1000)
+        at = now_ms + ttl_ms if expires_at is None else int(expires_at.timestamp() * 1000)
+        # Within the book's own bounds whatever clock the Prepare's expiry came from.
+        at = min(max(at, now_ms + 1000), now_ms + ttl_ms)
+        return at + (self.shared.hold_margin_ms if self.shared is not None else 0)
+
+    def _live_shared_holds(self) -> list[SharedHold]:
+        with self._lock:
+            return [
+                SharedHold(h.account_id, h.account_code, h.amount, key, h.credit, h.expires_ms)
+                for key, h in self._holds.items()
+                if h.shared
+            ]
+
+    def _mirror(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Bring the shared mirror up to account rows read in a committed transaction."""
+        if self.shared is None:
+            return
+        mirror = [
+            MirrorRow(
+                int(r["id"]),
+                r["code"],
+                int(r["balance"]),
+                int(r["version"]),
+                _opt_int(r["min_balance"]),
+                _opt_int(r["max_balance"]),
+            )
+            for r in rows
+            if r["min_balance"] is not None or r["max_balance"] is not None
+        ]
+        if mirror:
+            self.shared.seed_sync(mirror)
+
+    def _mirror_commit(self, outcome: _Outcome) -> None:
+        """After COMMIT (writer thread): the new balances and the end of the committed
+        keys' shared holds, in one step in Redis (never one without the other)."""
+        if self.shared is None:
+            return
+        with self._lock:
+            released = [
+                (h.account_id, key)
+                for job in outcome.jobs
+                for key in itertools.chain(
+                    (p.key for p in job.postings), (r.key for r in job.receipts)
+                )
+                if (h := self._holds.get(key)) is not None and h.shared
+            ]
+        balances = [(pk, b, v) for pk, (b, v) in outcome.balances.items()]
+        if balances or released:
+            self.shared.commit_sync(balances, released)
 
     def balance(self, account_code: str) -> int:
         """The committed balance (positive = we owe them); holds are not included."""
@@ -434,9 +596,11 @@ class BalanceBook:
         Rows older than what the book has (lower ``version``) are ignored, so callers in any
         thread may report what they read; only accounts already loaded are updated.
         """
+        rows = list(rows)
         with self._lock:
             for row in rows:
                 self._observe_locked(row, add=False)
+        self._mirror(rows)  # e.g. new limits: every process checks them from now on
 
     def observe_balances(self, balances: dict[int, tuple[int, int]]) -> None:
         """Take ``{account id: (balance, version)}`` read inside a committed transaction
@@ -446,6 +610,8 @@ class BalanceBook:
                 acct = self._by_id.get(pk)
                 if acct is not None and version >= acct.version:
                     acct.balance, acct.version = balance, version
+        if self.shared is not None and balances:
+            self.shared.commit_sync([(pk, b, v) for pk, (b, v) in balances.items()], ())
 
     def forget(self, account_code: str) -> None:
         """Drop an account from memory (its holds stay accounted until released)."""
@@ -560,6 +726,7 @@ class BalanceBook:
             for row in rows:
                 self._observe_locked(row, add=True)
             found = {r["code"] for r in rows}
+        self._mirror(rows)
         for job in jobs:
             missing = [c for c in job.codes if c not in found]
             if missing:
@@ -571,15 +738,19 @@ class BalanceBook:
             codes = list(self._accounts)
             now = time.monotonic()
             stale = [k for k, h in self._holds.items() if now - h.at > self.hold_ttl]
+            gone = [(self._holds[k].account_id, k) for k in stale if self._holds[k].shared]
             for key in stale:
                 logger.warning("ledger: dropping hold %r older than %ss", key, self.hold_ttl)
                 self._release_locked(key)
+        if gone and self.shared is not None:
+            self.shared.release_sync(gone)
         if not codes:
             return
         rows = list(LedgerAccount.objects.filter(code__in=codes).values(*_ACCOUNT_FIELDS))
         with self._lock:
             for row in rows:
                 self._observe_locked(row, add=False)
+        self._mirror(rows)
 
     def _do_totals(self, jobs: list[_Job]) -> None:
         wanted: dict[tuple[str, bytes], int] = {}
@@ -645,6 +816,7 @@ class BalanceBook:
                 with self._lock:
                     self._ids.clear()  # in case an account id we cached is gone
                 _heal_connection()
+        self._mirror_commit(outcome)
         if defer_apply:
             self._deferred = outcome
         else:
@@ -678,6 +850,8 @@ class BalanceBook:
         """Close the per-loop queues, fail queued commits with :class:`BookClosed`, stop the
         writer thread (a batch it already took finishes)."""
         self._closed = True
+        if self.shared is not None:
+            self.shared.close()
         with self._writers_lock:
             writers = list(self._writers.values())
             self._writers.clear()

@@ -16,6 +16,7 @@ from typing import Any
 
 from payments.ledger.applier import APPLY_PUBLISH_RETRY, ReceiptApplier
 from payments.ledger.book import BalanceBook
+from payments.ledger.shared import shared_credit_from_settings
 
 _applier: ReceiptApplier | None = None
 _book_lock = threading.Lock()
@@ -103,6 +104,7 @@ PROCESS_RECEIPTS = ProcessReceipts()
 def new_book(**options: Any) -> BalanceBook:
     """A :class:`BalanceBook` whose receipts go to the process's applier (``options``: the
     book's tuning, e.g. ``max_batch``). Tests use it to stand in for another process."""
+    options.setdefault("shared", shared_credit_from_settings())
     return BalanceBook(receipts=PROCESS_RECEIPTS, **options)
 
 

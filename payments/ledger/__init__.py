@@ -12,7 +12,8 @@ The parts:
   :func:`receiver_account`, :func:`node_account`, :func:`node_equity_account`) and
   :func:`ensure_account`;
 * :mod:`.runtime` — the process-wide book and applier (:func:`get_book`, :func:`peek_book`,
-  :func:`reset_book`, :func:`get_applier`) and their wiring;
+  :func:`reset_book`, which reach the node runtime's book, and :func:`get_applier`) and their
+  wiring;
 * :mod:`.shared` — shared credit across processes (Redis).
 
 Today's public names are re-exported here (``UINT64_MAX`` and ``INT64_MAX`` are
@@ -118,16 +119,15 @@ __all__ = [
 
 # Names that tests replace on this package (``monkeypatch.setattr(payments.ledger, ...)``),
 # with the module whose code looks them up: an assignment here is passed on to it, so it
-# takes effect. ``_book`` and ``_applier`` are the process's current instances: read from
-# their module each time, never copied here. This goes once tests build their own book and
-# applier instead of patching the process's.
+# takes effect. ``_applier`` is the process's current applier: read from its module each
+# time, never copied here. This goes once tests build their own applier and sink instead of
+# patching the process's (the book already belongs to the node runtime).
 _SEAMS: dict[str, types.ModuleType] = {
     "post_in_transaction": _sql,
     "_queue_apply_receipts": _runtime,
-    "_book": _runtime,
     "_applier": _runtime,
 }
-_LIVE = frozenset({"_book", "_applier"})
+_LIVE = frozenset({"_applier"})
 
 
 class _LedgerPackage(types.ModuleType):

@@ -425,7 +425,10 @@ class BalanceBook:
             ]
         balances = [(pk, b, v) for pk, (b, v) in outcome.balances.items()]
         if balances or released:
-            self.shared.commit_sync(balances, released)
+            try:  # the batch is durable: nothing here may fail its commits
+                self.shared.commit_sync(balances, released)
+            except Exception:
+                logger.exception("ledger: shared credit not told of a commit (holds expire)")
 
     def balance(self, account_code: str) -> int:
         """The committed balance (positive = we owe them); holds are not included."""

@@ -385,6 +385,9 @@ class _LoopSide:
     releases: list[tuple[int, str]] = field(default_factory=list)
     runner: asyncio.Task[None] | None = None
     keeper: asyncio.Task[None] | None = None
+    # Set to stop the keeper between calls: cancelling redis-py's asyncio client in the
+    # middle of a command can leave the task hanging.
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class SharedCredit:
@@ -642,7 +645,11 @@ class SharedCredit:
     async def _keep(self, side: _LoopSide) -> None:
         """Notice a new epoch within ``keeper_s`` even when no packet comes."""
         while not self._closed:
-            await asyncio.sleep(self.keeper_s)
+            try:
+                await asyncio.wait_for(side.stop.wait(), self.keeper_s)
+                return
+            except TimeoutError:
+                pass
             try:
                 head = [self.prefix, self.epoch, os.urandom(8).hex(), str(self.grace_ms)]
                 reply = await side.script(keys=[], args=head)
@@ -673,9 +680,9 @@ class SharedCredit:
         side = self._sides.pop(loop, None)
         if side is None:
             return
+        side.stop.set()
         if side.keeper is not None:
-            side.keeper.cancel()
-            with contextlib.suppress(BaseException):
+            with contextlib.suppress(Exception):
                 await side.keeper
         if side.runner is not None and not side.runner.done():
             with contextlib.suppress(BaseException):
@@ -687,8 +694,8 @@ class SharedCredit:
         self._closed = True
         for side in list(self._sides.values()):
             if side.keeper is not None:
-                with contextlib.suppress(RuntimeError):
-                    side.keeper.get_loop().call_soon_threadsafe(side.keeper.cancel)
+                with contextlib.suppress(RuntimeError):  # its loop is closed: nothing runs
+                    side.keeper.get_loop().call_soon_threadsafe(side.stop.set)
         if self._sync is not None:
             with contextlib.suppress(Exception):
                 self._sync.close()

@@ -194,6 +194,7 @@ class BalanceBook:
             shared.resync = self.refresh
             shared.live_holds = self._live_shared_holds
             shared.load_missing = self.load_account
+            shared.load_missing_sync = self.load_account_sync
 
     # -- holds (sync, in memory) ------------------------------------------------------------
 

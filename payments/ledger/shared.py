@@ -421,6 +421,7 @@ class SharedCredit:
         self.resync: Callable[[], Awaitable[None]] | None = None
         self.live_holds: Callable[[], Iterable[SharedHold]] | None = None
         self.load_missing: Callable[[str], Awaitable[None]] | None = None  # by code
+        self.load_missing_sync: Callable[[str], None] | None = None
         self._sync: redis_sync.Redis | None = None
         self._sync_script: Any = None
         self._sides: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopSide] = (
@@ -481,17 +482,49 @@ class SharedCredit:
             return
 
     def hold_sync(self, holds: Sequence[SharedHold]) -> None:
-        """:meth:`hold` for callers that cannot await (one blocking round trip)."""
+        """:meth:`hold` for callers that cannot await (one blocking round trip, more on a new
+        epoch). A new epoch is adopted after re-asserting this process's live holds (the
+        mirror itself is seeded from Postgres by whoever rebuilt it, and an account it lacks
+        is loaded through ``load_missing_sync``); during the rebuild's grace the hold is
+        refused, not waited for (this may run on an event loop)."""
         ops = ["G", str(len(holds))] + [a for h in holds for a in h.argv()]
+        missing_loaded = False
+        for _ in range(4):
+            try:
+                reply = self._sync_call(ops)
+            except Exception as exc:
+                raise BalanceLimitExceeded(
+                    "credit check unavailable", account=holds[0].account_code
+                ) from exc
+            if _text(reply[0]) == "E":
+                self._adopt_sync(_text(reply[1]))
+                continue
+            res = _text(reply[3])
+            if res == "W":
+                raise BalanceLimitExceeded("credit is being rebuilt", account=holds[0].account_code)
+            if res.startswith("M") and not missing_loaded and self.load_missing_sync:
+                missing_loaded = True
+                try:
+                    self.load_missing_sync(holds[int(res[1:]) - 1].account_code)
+                except RuntimeError:  # on an event loop: no database here
+                    pass
+                else:
+                    continue
+            _raise_for(res, holds)
+            return
+        raise BalanceLimitExceeded("credit is being rebuilt", account=holds[0].account_code)
+
+    def _adopt_sync(self, epoch: str) -> None:
+        self.stats.resyncs += 1
+        previous, self.epoch = self.epoch, epoch
+        holds = list(self.live_holds()) if self.live_holds is not None else []
+        ops = [a for h in holds for a in ("A", *h.argv())]
         try:
-            reply = self._sync_call(ops)
-        except Exception as exc:
-            raise BalanceLimitExceeded(
-                "credit check unavailable", account=holds[0].account_code
-            ) from exc
-        if _text(reply[0]) != "OK":
-            raise BalanceLimitExceeded("credit is being rebuilt", account=holds[0].account_code)
-        _raise_for(_text(reply[3]), holds)
+            if ops:
+                self._sync_call(ops)
+        except Exception:
+            self.epoch = previous
+            raise
 
     def release_sync(self, released: Sequence[tuple[int, str]]) -> None:
         self.commit_sync((), released)

@@ -473,7 +473,9 @@ def _is_address(raw: bytes) -> bool:
 
 def _address(raw: bytes, at: int, what: str) -> str:
     """The address in ``raw`` (found at ``at`` in the packet), or :class:`DecodeError`."""
-    if _is_address(raw):
+    # The loop is the fast way only compiled; as Python, the regex is (a Python loop over
+    # a 66-byte address costs more than the whole rest of a Prepare decode).
+    if COMPILED and _is_address(raw):
         return raw.decode("ascii")
     try:
         return address_from_bytes(raw)

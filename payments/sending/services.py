@@ -88,12 +88,15 @@ def outgoing_payment_create(
     max_source_amount: int | None = None,
     requested_by: Any = None,
     protocol: str = "",
+    pay_to: SpspDetails | None = None,
     start: bool = True,
 ) -> OutgoingPayment:
     """Create an outgoing payment and (``start``) queue ``payments.send_outgoing_payment``.
 
     ``protocol`` ``""`` lets the receiver's SPSP answer choose (STREAM when it offers
-    SPSP4, else PSK2); ``"stream"`` or ``"psk2"`` insists on one.
+    SPSP4, else PSK2); ``"stream"`` or ``"psk2"`` insists on one. ``pay_to`` is the
+    receiver's address and shared secret when the caller already has them (an HTTP-ILP
+    ``Pay`` header): no SPSP query, PSK2; ``receiver`` then only names what is paid.
 
     ``amount`` is in source units (``mode="source"``) or in the receiver's units
     (``mode="destination"``, spending at most ``max_source_amount`` when given, else the
@@ -115,7 +118,20 @@ def outgoing_payment_create(
             raise OutgoingNotAllowed("max_source_amount is for destination-fixed payments")
     if protocol not in ("", *OutgoingPayment.Protocol.values):
         raise OutgoingNotAllowed(f"unknown protocol {protocol!r} (psk2 or stream)")
-    spsp_url = resolve_receiver(receiver)
+    known: dict[str, str] = {}
+    if pay_to is not None:
+        if protocol == OutgoingPayment.Protocol.STREAM:
+            raise OutgoingNotAllowed("a receiver given by address and secret is paid over PSK2")
+        if not 0 < len(receiver) <= 500:
+            raise OutgoingNotAllowed("name what is paid in at most 500 characters")
+        spsp_url = ""
+        protocol = OutgoingPayment.Protocol.PSK2
+        known = {
+            "destination_address": pay_to.destination_account,
+            "shared_secret": pay_to.shared_secret.hex(),
+        }
+    else:
+        spsp_url = resolve_receiver(receiver)
     if via_peer and len(via_peer) > 64:
         raise OutgoingNotAllowed("peer names are at most 64 characters")
     key = idempotency_key or f"auto:{uuid.uuid4().hex}"
@@ -155,6 +171,7 @@ def outgoing_payment_create(
                 amount_reserved=reserve,
                 created_at=now,
                 updated_at=now,
+                **known,
                 **request,
             )
             if start:
@@ -211,8 +228,13 @@ async def _quote(run: Run) -> None:
     payment = run.payment
     payment = await db_save(payment, run.owner, status=OutgoingPayment.Status.QUOTING)
     await progress(payment, run.options)
+    if not payment.spsp_url and payment.destination_address and payment.shared_secret:
+        # Given by address and secret at creation (``pay_to``): nothing to ask.
+        details = SpspDetails(payment.destination_address, bytes.fromhex(payment.shared_secret))
+        await psk2.psk2_quote(run, details)
+        return
     stream_allowed = payment.protocol != OutgoingPayment.Protocol.PSK2
-    details: SpspDetails = await query_spsp(
+    details = await query_spsp(
         payment.spsp_url or resolve_receiver(payment.receiver),
         protocol=payment.protocol or None,
         receipts=stream.receipt_setup(payment) if stream_allowed else None,

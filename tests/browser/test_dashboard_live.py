@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from ilp.packet import Fulfill, Reply
 from ilp.psk2_sender import build_chunk
-from receivers.sending import BtpSender
+from tests.browser.btp_sender import BtpSender
 from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, LiveNode
 
 pytestmark = [

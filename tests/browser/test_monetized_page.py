@@ -17,8 +17,8 @@ from django.utils import timezone
 from ilp.packet import Fulfill, Reply
 from ilp.psk2_sender import build_chunk
 from receivers.paid import PayHeader
-from receivers.sending import BtpSender
 from receivers.testing import UINT64_MAX
+from tests.browser.btp_sender import BtpSender
 from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, LiveNode
 
 pytestmark = [

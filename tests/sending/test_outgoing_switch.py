@@ -230,3 +230,51 @@ async def test_pays_a_shop_order_invoice_exactly(live_server: Any) -> None:
     paid = await in_thread(order_refresh)(order=order)
     assert paid.status == "paid" and int(paid.received) == 3_000
     assert await in_thread(balance)("receiver:alice") == 7_000
+
+
+async def test_a_receiver_given_by_address_and_secret_is_paid_without_an_spsp_query(
+    live_server: Any,
+) -> None:
+    """``pay_to`` (what an HTTP-ILP ``Pay`` header gives): PSK2 straight to that address,
+    with the same reservation, chunk rows and booking; the SPSP URL is never asked."""
+    from payments.sending import query_spsp
+
+    await in_thread(make_receiver)("bob")
+    await in_thread(fund)("receiver:alice", 10_000)
+    details = await query_spsp(f"{live_server.url}/bob", protocol="psk2")
+    payment = await in_thread(create)(
+        source_account_code="receiver:alice",
+        receiver="https://api.example/paid",  # only names what is paid: never queried
+        amount=2_500,
+        mode="destination",
+        max_source_amount=3_000,
+        pay_to=details,
+    )
+    assert payment.spsp_url == "" and payment.protocol == "psk2"
+    assert int(payment.amount_reserved) == 3_000
+
+    done = await outgoing_payment_run(payment_id=payment.pk)
+
+    assert done is not None and done.status == OutgoingPayment.Status.COMPLETED, done
+    assert int(done.amount_delivered) == 2_500 and int(done.amount_debited) == 2_500
+    assert done.shared_secret == ""
+    await eventually(lambda: balance("receiver:bob") == 2_500)
+    assert await in_thread(balance)("receiver:alice") == 7_500
+    chunks = await in_thread(list)(
+        OutgoingChunk.objects.filter(payment=payment).values_list("state", flat=True)
+    )
+    assert chunks and set(chunks) == {"fulfilled"}
+
+
+def test_a_receiver_given_by_address_is_not_paid_over_stream() -> None:
+    from payments.sending import SpspDetails
+
+    fund("receiver:alice", 1_000)
+    with pytest.raises(OutgoingNotAllowed, match="PSK2"):
+        create(
+            source_account_code="receiver:alice",
+            receiver="https://api.example/paid",
+            amount=10,
+            protocol="stream",
+            pay_to=SpspDetails("test.node.receivers.bob.x", b"\x01" * 32),
+        )

@@ -24,12 +24,7 @@ SITE_ENTRY_POINTS = frozenset(
 # Imports that break the direction and are still there, with why. Each goes when its
 # module does; an entry whose file remains but no longer matches fails the test, so the
 # list only shrinks.
-KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
-    # receivers.sending is the second sender (its own BTP client and switch sender); issue
-    # 11 replaces it with payments.sending, being built by another change meanwhile.
-    ("receivers/sending.py", "links.peers"): "second sender, goes with payments.sending",
-    ("receivers/sending.py", "links.switch"): "second sender, goes with payments.sending",
-}
+KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 
 def _module_name(path: Path) -> str:

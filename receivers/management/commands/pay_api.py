@@ -1,14 +1,15 @@
-"""``python manage.py pay_api URL [--token T] [--btp btp+ws://name:token@host/btp]``
+"""``python manage.py pay_api URL [--token T] [--via PEER] [--from ACCOUNT] [--max-price N]``
 
 Calls a paid HTTP API (HTTP-ILP draft 3) the way ilp-fetch does: the request with a
-``Pay-Token``; on 402, a PSK2 payment of the price to the destination of the ``Pay``
-header (a quote, then one chunk; a chunked payment if the path's packets are too small);
-then the request again. Prints the final body on stdout and a summary on stderr; exits 1
-unless the final answer is 2xx.
+``Pay-Token``; on 402, an outgoing payment of what is still owed through this node's one
+sender (:func:`receivers.paid_client.http_ilp_call`: to the token's payment pointer when the
+402 names one, STREAM or PSK2, else PSK2 to the ``Pay`` header's destination); then the
+request again. Prints the final body on stdout and a summary on stderr; exits 1 unless
+the final answer is 2xx.
 
-The money goes out over ``--btp`` (a BTP account on any node, e.g. a child account of
-ours or of another connector), or, without it, through this process's packet switch
-from the node's own account ``node:operator`` — which reaches this node's receivers only.
+The money leaves from ``--from`` (default the node's own ``node:operator``) like any
+outgoing payment: through this process's switch (our own receivers, or the routing
+table), or ``--via`` a peer's link.
 """
 
 from __future__ import annotations
@@ -19,20 +20,20 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from payments.errors import PaymentsError
 from payments.ledger import reset_book
+from payments.sending import OPERATOR_ACCOUNT
 from receivers.paid import InvalidPayToken, PayToken
-from receivers.sending import (
-    BtpSender,
-    CallResult,
-    IlpSender,
-    LocalSwitchSender,
-    SendError,
-    http_ilp_call,
-)
+from receivers.paid_client import http_ilp_call
+
+
+def account_code(value: str) -> str:
+    """``alice`` → ``receiver:alice``; codes with a kind prefix are kept."""
+    return value if ":" in value else f"receiver:{value}"
 
 
 class Command(BaseCommand):
-    help = "Call a paid HTTP-ILP API, paying what its 402 asks (PSK2), and print the answer."
+    help = "Call a paid HTTP-ILP API, paying what its 402 asks, and print the answer."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
@@ -42,9 +43,13 @@ class Command(BaseCommand):
             "--token", help="Pay-Token to use (default: base64url of 16 random bytes)"
         )
         parser.add_argument(
-            "--btp",
-            help="pay over this BTP account (btp+ws://name:token@host/btp) instead of "
-            "through this node's switch as node:operator",
+            "--via", default="", help="send through this peer's link (default: the switch)"
+        )
+        parser.add_argument(
+            "--from",
+            dest="source",
+            default=OPERATOR_ACCOUNT,
+            help=f"account (or receiver name) to pay from (default {OPERATOR_ACCOUNT})",
         )
         parser.add_argument(
             "--max-price",
@@ -60,19 +65,19 @@ class Command(BaseCommand):
                 PayToken.parse(token)
             except InvalidPayToken as exc:
                 raise CommandError(str(exc)) from exc
-        sender: IlpSender = BtpSender(options["btp"]) if options["btp"] else LocalSwitchSender()
         try:
             result = asyncio.run(
-                _run(
-                    sender,
+                http_ilp_call(
                     options["url"],
                     token=token,
                     method=options["method"].upper(),
                     max_price=options["max_price"],
+                    source_account=account_code(options["source"]),
+                    via_peer=options["via"],
                 )
             )
-        except SendError as exc:
-            raise CommandError(str(exc)) from exc
+        except PaymentsError as exc:
+            raise CommandError(exc.message) from exc
         finally:
             reset_book()
         paid = result.paid
@@ -80,7 +85,8 @@ class Command(BaseCommand):
         if paid is not None:
             summary.append(
                 f"paid {paid.delivered} (sent {paid.sent} in {paid.chunks} chunk"
-                f"{'s' if paid.chunks != 1 else ''})"
+                f"{'s' if paid.chunks != 1 else ''} over {paid.protocol.upper()}, "
+                f"outgoing payment {paid.payment_id})"
             )
         if result.balance is not None:
             summary.append(f"Pay-Balance {result.balance}")
@@ -89,13 +95,3 @@ class Command(BaseCommand):
         self.stdout.write(result.body.decode("utf-8", "replace"))
         if not 200 <= result.status < 300:
             raise CommandError(f"the API answered HTTP {result.status}")
-
-
-async def _run(
-    sender: IlpSender, url: str, *, token: str | None, method: str, max_price: int | None
-) -> CallResult:
-    await sender.connect()
-    try:
-        return await http_ilp_call(url, sender, token=token, method=method, max_price=max_price)
-    finally:
-        await sender.close()

@@ -1,0 +1,157 @@
+"""The client side of paid APIs (HTTP-ILP draft 3, as ilp-fetch): call, pay what a 402
+asks through this node's one sender (:mod:`payments.sending`), call again.
+
+:func:`http_ilp_call` calls with a ``Pay-Token``; on 402 it reads what is still owed
+(``price - Pay-Balance``) and pays it as an ordinary outgoing payment
+(``payments.sending.outgoing_payment_create``, destination-fixed, at most ``max_price``
+source units, run at once by ``outgoing_payment_run``): reservation on the source
+account, a chunk row before each Prepare, money booked per chunk, resumable like any
+other. The receiver is the token's own payment pointer when the 402 names one
+(``Link: <url>; rel="monetization"``, as our paid APIs do: SPSP4, so STREAM, else PSK2);
+else the ``Pay`` header's destination and shared secret, paid over PSK2 without an SPSP
+query. The payment has a Payment ID of its own: the destination was issued for the
+token, so the API credits it there (a running total keyed by the token's id would
+include its earlier top-ups, which the sender must not count). Then it calls again.
+
+The Prepares leave through the sending port: this process's switch (our own receivers,
+or the routing table), or ``via_peer``'s link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import httpx
+
+from payments.ledger import ensure_account
+from payments.models import LedgerAccount
+from payments.models_outgoing import OutgoingPayment
+from payments.sending import (
+    OPERATOR_ACCOUNT,
+    RunOptions,
+    SendFailed,
+    SpspDetails,
+    outgoing_payment_create,
+    outgoing_payment_run,
+)
+from payments.sending.runner import in_thread
+from receivers.paid import PAY_TOKEN_HEADER, PayToken, new_pay_token, parse_pay
+
+__all__ = ["CallResult", "Paid", "http_ilp_call"]
+
+MONETIZATION_REL = "monetization"
+
+
+@dataclass(frozen=True, slots=True)
+class Paid:
+    """What a 402 cost: the outgoing payment, source units sent, receiver units delivered."""
+
+    payment_id: int
+    sent: int
+    delivered: int
+    chunks: int
+    protocol: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    """The final answer of :func:`http_ilp_call` and what it paid on the way."""
+
+    status: int
+    body: bytes
+    balance: str | None
+    token: str
+    paid: Paid | None
+
+
+async def http_ilp_call(
+    url: str,
+    *,
+    token: str | None = None,
+    method: str = "GET",
+    max_price: int | None = None,
+    source_account: str = OPERATOR_ACCOUNT,
+    via_peer: str = "",
+    retries: int = 10,
+    options: RunOptions | None = None,
+) -> CallResult:
+    """Call ``url``; on 402 pay what it asks (see the module docstring) and call again.
+
+    Raises :class:`~payments.sending.SendFailed` when the 402 is unusable or the payment
+    fails (its ``last_error``), and the sending services' errors
+    (:class:`~payments.sending.InsufficientBalance`, ...) when it cannot start."""
+    token = token or new_pay_token()
+    PayToken.parse(token)
+    headers = {PAY_TOKEN_HEADER: token}
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+        response = await client.request(method, url, headers=headers)
+        if response.status_code != 402:
+            return _result(response, token, None)
+        try:
+            pay = parse_pay(response.headers.get("Pay"))
+        except ValueError as exc:
+            raise SendFailed(f"402 without a usable Pay header: {exc}") from exc
+        if pay.price is None:
+            raise SendFailed("the Pay header has no price (streaming payments are not supported)")
+        try:
+            balance = int(response.headers.get("Pay-Balance", "0") or 0)
+        except ValueError:
+            raise SendFailed("the Pay-Balance header is not an integer") from None
+        needed = max(pay.price - balance, 0) or pay.price
+        pointer = response.links.get(MONETIZATION_REL, {}).get("url")
+        payment = await _create(
+            receiver=pointer or url,
+            pay_to=None if pointer else SpspDetails(pay.destination, pay.shared_secret),
+            amount=needed,
+            max_source=max_price if max_price is not None else 2 * pay.price,
+            source_account=source_account,
+            via_peer=via_peer,
+        )
+        done = await outgoing_payment_run(payment_id=payment.pk, options=options)
+        if done is None or done.status != OutgoingPayment.Status.COMPLETED:
+            reason = done.last_error if done is not None else "another runner holds it"
+            raise SendFailed(f"the payment of {needed} failed: {reason}")
+        paid = Paid(
+            done.pk,
+            int(done.amount_sent),
+            int(done.amount_delivered),
+            done.chunks_fulfilled,
+            done.protocol,
+        )
+        for _ in range(retries):
+            response = await client.request(method, url, headers=headers)
+            if response.status_code != 402:
+                break
+            await asyncio.sleep(0.2)  # the API's view of the token's balance may lag
+        return _result(response, token, paid)
+
+
+@in_thread
+def _create(
+    *,
+    receiver: str,
+    pay_to: SpspDetails | None,
+    amount: int,
+    max_source: int,
+    source_account: str,
+    via_peer: str,
+) -> OutgoingPayment:
+    if source_account == OPERATOR_ACCOUNT:
+        ensure_account(OPERATOR_ACCOUNT, kind=LedgerAccount.Kind.NODE)
+    return outgoing_payment_create(
+        source_account_code=source_account,
+        receiver=receiver,
+        amount=amount,
+        mode=OutgoingPayment.Mode.DESTINATION,
+        max_source_amount=max_source,
+        via_peer=via_peer,
+        pay_to=pay_to,
+        start=False,
+    )
+
+
+def _result(response: httpx.Response, token: str, paid: Paid | None) -> CallResult:
+    return CallResult(
+        response.status_code, response.content, response.headers.get("Pay-Balance"), token, paid
+    )

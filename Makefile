@@ -76,8 +76,11 @@ cluster-status:
 cluster-interop: install
 	bash scripts/cluster.sh interop
 
+# Node vs the JS reference, same run, per shape (scripts/bench.sh): BENCH_SHAPE=both|embedded|postgres
+# (postgres starts its own Postgres + Redis + a Celery worker), BENCH_N=10000, BENCH_C=50,
+# BENCH_PROFILE=1 (py-spy + pg_stat_statements). Under the interop lock: fixed ports.
 bench: install
-	INTEROP_ONLY=load bash scripts/interop.sh
+	flock /tmp/interop.lock bash scripts/bench.sh
 
 bench-codec: install
 	$(BIN)/python -m ilp.bench

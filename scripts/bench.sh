@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# `make bench`: the load scenario (PSK2 over one BTP link) against the node and the JS reference
+# stand-in (ilp-connector 21.3.0 + psk2 0.2.1) in the same run, for each shape, and one table.
+#
+#   BENCH_SHAPE=both|embedded|postgres   (both)  embedded: SQLite, in-memory channel layer, no
+#                                        worker; postgres: Postgres + Redis started here (their own
+#                                        SVC_DIR and ports, scripts/services.sh) and a Celery worker
+#   BENCH_N=10000 BENCH_C=50             payments and how many in flight (100000: sustained)
+#   BENCH_ROUNDS=1                       node, reference, node, reference, ... on the same node
+#   BENCH_PROFILE=1                      py-spy record of Daphne during the node's load, and
+#                                        pg_stat_statements on the bench Postgres (top statements)
+#   BENCH_PORT=8792  BENCH_OUT=/tmp/bench-<ts>
+#   SVC_DIR=/tmp/ilp-bench-services PG_PORT=55440 REDIS_PORT=56440
+# Prints per shape: node payments/s and p99, reference payments/s and p99, ratio, RSS at start
+# and end (node's Daphne, reference's stand-in), the load average, and the CPU ms per payment of
+# each process (Daphne, worker, Postgres, Redis; the stand-in) during each load. The node's ledger
+# must have one receipt per fulfilled payment (durable before Fulfill), else the run fails.
+# Needs the harness installed by scripts/interop.sh (.interop/harness). Run it under
+# `flock /tmp/interop.lock` (the Makefile target does).
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+BIN="$ROOT/.venv/bin"
+HARNESS="$ROOT/.interop/harness"
+SHAPE="${BENCH_SHAPE:-both}"
+N="${BENCH_N:-10000}"
+C="${BENCH_C:-50}"
+ROUNDS="${BENCH_ROUNDS:-1}"
+PORT="${BENCH_PORT:-8792}"
+OUT="${BENCH_OUT:-/tmp/bench-$(date -u +%Y%m%dT%H%M%SZ)}"
+export SVC_DIR="${SVC_DIR:-/tmp/ilp-bench-services}" PG_PORT="${PG_PORT:-55440}" REDIS_PORT="${REDIS_PORT:-56440}"
+HZ=$(getconf CLK_TCK)
+mkdir -p "$OUT"
+case "$SHAPE" in both) SHAPES="embedded postgres" ;; embedded|postgres) SHAPES="$SHAPE" ;;
+  *) echo "BENCH_SHAPE=both|embedded|postgres" >&2; exit 2 ;; esac
+if [ ! -d "$HARNESS/node_modules" ]; then
+  INTEROP_ONLY=none INTEROP_REFERENCE=0 INTEROP_MODE_A=0 INTEROP_STREAM_SEND=0 \
+    INTEROP_STREAM_MULTIHOP=0 INTEROP_STREAM_LOAD=0 bash scripts/interop.sh >/dev/null 2>&1 || true
+  [ -d "$HARNESS/node_modules" ] || { echo "bench: the interop harness is not installed"; exit 2; }
+fi
+
+PIDS=()
+stop_all() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
+  PIDS=()
+}
+trap stop_all EXIT
+
+ticks() {  # utime+stime of the given pids and their children, in clock ticks
+  local total=0 p
+  for p in "$@"; do
+    for q in "$p" $(pgrep -P "$p" 2>/dev/null || true); do
+      [ -r "/proc/$q/stat" ] && total=$((total + $(sed -E 's/^.*\) //' "/proc/$q/stat" | awk '{print $12 + $13}')))
+    done
+  done
+  echo "$total"
+}
+rss_mb() { awk '/VmRSS/ {printf "%d", $2/1024}' "/proc/$1/status" 2>/dev/null || echo "?"; }
+loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+
+# One load run: prints the scenario's JSON line to $2; CPU ticks of the named process groups
+# before/after to $2.cpu ("name ticks_before ticks_after" lines).
+run_load() {  # env-file-or-empty out.json groups...
+  local envfile="$1" out="$2"; shift 2
+  local -A before=()
+  local g
+  for g in "$@"; do before[$g]=$(ticks ${GROUP[$g]}); done
+  (
+    [ -z "$envfile" ] || { set -a; . "$envfile"; set +a; }
+    cd "$HARNESS" && LOAD_N="$N" LOAD_C="$C" LOAD_DURATION_S="${BENCH_DURATION_S:-$((N / 20 + 120))}" \
+      node scenarios/08-load.js 2>>"$out.stderr.log"
+  ) | grep -E '^\{' | tail -n 1 >"$out" || true
+  : >"$out.cpu"
+  for g in "$@"; do echo "$g ${before[$g]} $(ticks ${GROUP[$g]})" >>"$out.cpu"; done
+}
+
+declare -A GROUP=()
+ROWS="$OUT/rows.tsv"
+: >"$ROWS"
+status=0
+for shape in $SHAPES; do
+  echo "=== bench: $shape, N=$N C=$C, load average $(loadavg) ==="
+  dir="$OUT/$shape"; mkdir -p "$dir/var"
+  export ILP_ADDRESS=test.sut ILP_ASSET_CODE=XRP ILP_ASSET_SCALE=9 DJANGO_DEBUG=0 LOG_LEVEL=WARNING
+  export ILP_VAR_DIR="$dir/var"
+  GROUP=()
+  if [ "$shape" = postgres ]; then
+    # shellcheck source=scripts/services.sh
+    source scripts/services.sh start 2>/dev/null
+    pgq() { psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qtAX "$@"; }
+    want=""; [ "${BENCH_PROFILE:-0}" = 1 ] && want=pg_stat_statements
+    if [ "$(pgq -c 'SHOW shared_preload_libraries')" != "$want" ]; then
+      pgq -c "ALTER SYSTEM SET shared_preload_libraries = '$want'" >/dev/null
+      pg_ctl_bin="$(ls -d /usr/lib/postgresql/*/bin | tail -n 1)/pg_ctl"
+      runuser -u postgres -- "$pg_ctl_bin" -D "$SVC_DIR/pg" -m fast -w restart \
+        -o "-p $PG_PORT -k $SVC_DIR -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=200" \
+        -l "$SVC_DIR/pg.log" >/dev/null
+    fi
+    pgq -c "DROP DATABASE IF EXISTS ilp_bench" -c "CREATE DATABASE ilp_bench" >/dev/null
+    export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/ilp_bench"
+    export REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
+    redis-cli -p "$REDIS_PORT" flushall >/dev/null
+    GROUP[postgres]="$(head -n 1 "$SVC_DIR/pg/postmaster.pid")"
+    GROUP[redis]="$(cat "$SVC_DIR/redis.pid")"
+  else
+    unset REDIS_URL
+    export DATABASE_URL="sqlite:///$dir/var/bench.sqlite3"
+  fi
+  "$BIN/python" manage.py migrate --noinput -v0
+  "$BIN/python" manage.py add_peer alice --relation child --link btp-server --token alicetoken >/dev/null
+  "$BIN/python" manage.py add_pointer bob >/dev/null
+  if [ "$shape" = postgres ]; then
+    [ "${BENCH_PROFILE:-0}" = 1 ] && pgq -d ilp_bench -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" >/dev/null
+    "$BIN/celery" -A interledger_site worker -l warning --concurrency 2 >"$dir/celery.log" 2>&1 &
+    PIDS+=("$!"); GROUP[worker]=$!
+  fi
+  "$BIN/daphne" -b 127.0.0.1 -p "$PORT" interledger_site.asgi:application >"$dir/daphne.log" 2>&1 &
+  DAPHNE=$!; PIDS+=("$DAPHNE"); GROUP[daphne]=$DAPHNE
+  STANDIN_ENV_FILE="$dir/standin.env" STANDIN_LOG_FILE="$dir/standin.connector.log" STANDIN_PORT_BASE=7760 \
+    node "$HARNESS/reference-sut/standin.js" >"$dir/standin.stdout" 2>"$dir/standin.stderr" &
+  STANDIN=$!; PIDS+=("$STANDIN"); GROUP[standin]=$STANDIN
+  for _ in $(seq 1 150); do curl -fs -o /dev/null "http://127.0.0.1:$PORT/" && [ -s "$dir/standin.env" ] && break; sleep 0.2; done
+  curl -fs -o /dev/null "http://127.0.0.1:$PORT/" || { echo "node did not start"; tail -30 "$dir/daphne.log"; exit 1; }
+  [ -s "$dir/standin.env" ] || { echo "stand-in did not start"; tail -30 "$dir/standin.stderr"; exit 1; }
+  node_groups=(daphne); [ "$shape" = postgres ] && node_groups+=(worker postgres redis)
+  node_rss0=$(rss_mb "$DAPHNE"); ref_rss0=$(rss_mb "$STANDIN")
+  for round in $(seq 1 "$ROUNDS"); do
+    la="$(loadavg)"
+    export SUT_BTP_URL="btp+ws://alice:alicetoken@127.0.0.1:$PORT/btp" SUT_SPSP_URL="http://127.0.0.1:$PORT/bob"
+    SPY=""
+    if [ "${BENCH_PROFILE:-0}" = 1 ]; then
+      [ "$shape" = postgres ] && pgq -d ilp_bench -c "SELECT pg_stat_statements_reset()" >/dev/null
+      "$BIN/py-spy" record -p "$DAPHNE" -r 100 -f speedscope -o "$dir/daphne-$round.speedscope.json" \
+        >"$dir/py-spy-$round.log" 2>&1 &
+      SPY=$!; sleep 0.5
+    fi
+    run_load "" "$dir/node-$round.json" "${node_groups[@]}"
+    if [ -n "$SPY" ]; then kill -INT "$SPY" 2>/dev/null || true; wait "$SPY" 2>/dev/null || true; fi
+    if [ "${BENCH_PROFILE:-0}" = 1 ] && [ "$shape" = postgres ]; then
+      pgq -d ilp_bench -F $'\t' -c "SELECT calls, round(total_exec_time::numeric,1) AS ms, round(mean_exec_time::numeric,3) AS mean_ms, rows, left(regexp_replace(query, '\s+', ' ', 'g'), 160) FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 25" >"$dir/pg_stat_statements-$round.tsv" || true
+    fi
+    run_load "$dir/standin.env" "$dir/reference-$round.json" standin
+    echo -e "$shape\t$round\t$la\t$dir/node-$round.json\t$dir/reference-$round.json" >>"$ROWS"
+  done
+  node_rss1=$(rss_mb "$DAPHNE"); ref_rss1=$(rss_mb "$STANDIN")
+  echo -e "$shape\trss\t$node_rss0\t$node_rss1\t$ref_rss0\t$ref_rss1" >>"$ROWS"
+  # Durable before Fulfill: a receipt for every payment the harness saw fulfilled (and warm-up).
+  sleep 1
+  receipts="$("$BIN/python" manage.py shell -c 'from payments.models import Receipt; print(Receipt.objects.filter(account__code="receiver:bob").count())' 2>/dev/null | tail -n 1)"
+  echo -e "$shape\treceipts\t$receipts" >>"$ROWS"
+  stop_all
+  [ "$shape" = postgres ] && bash scripts/services.sh stop
+done
+
+OUT="$OUT" N="$N" HZ="$HZ" ROUNDS="$ROUNDS" "$BIN/python" - <<'PY' || status=1
+import json, os
+out, n, hz, rounds = os.environ["OUT"], int(os.environ["N"]), int(os.environ["HZ"]), int(os.environ["ROUNDS"])
+def load(path):
+    try:
+        text = open(path).read().strip()
+    except FileNotFoundError:
+        text = ""
+    return json.loads(text) if text else {"ok": False, "detail": "no result line", "metrics": {}}
+def cpu(path):
+    rows = {}
+    for line in open(path + ".cpu"):
+        name, a, b = line.split()
+        rows[name] = (int(b) - int(a)) * 1000 / hz
+    return rows
+table, extra, failed = [], [], False
+fulfilled = {}
+rss, receipts = {}, {}
+for line in open(f"{out}/rows.tsv"):
+    f = line.rstrip("\n").split("\t")
+    if f[1] == "rss":
+        rss[f[0]] = f[2:]
+        continue
+    if f[1] == "receipts":
+        receipts[f[0]] = f[2]
+        continue
+    shape, round_, la, node_p, ref_p = f
+    node, ref = load(node_p), load(ref_p)
+    m, r = node["metrics"], ref["metrics"]
+    failed |= not node["ok"] or not ref["ok"]
+    fulfilled[shape] = fulfilled.get(shape, 0) + int(m.get("fulfilled") or 0) + int(os.environ.get("LOAD_WARMUP", "20"))
+    a, b = m.get("payments_per_sec"), r.get("payments_per_sec")
+    ratio = f"{a / b:.2f}" if a and b else "-"
+    p99 = lambda x: (x.get("latency") or {}).get("p99_ms", "-")
+    table.append(f"| {shape} | {round_} | {a} ({p99(m)} ms) | {b} ({p99(r)} ms) | **{ratio}** | {la} |")
+    nodecpu, refcpu = cpu(node_p), cpu(ref_p)
+    done_n, ref_n = int(m.get("fulfilled") or 0) or n, int(r.get("fulfilled") or 0) or n
+    parts = ", ".join(f"{k} {v / done_n:.2f}" for k, v in nodecpu.items())
+    total = sum(nodecpu.values()) / done_n
+    extra.append(f"  {shape} r{round_} CPU ms/payment: node: {parts} (total {total:.2f}); reference: standin {refcpu['standin'] / ref_n:.2f}")
+    if not node["ok"]:
+        extra.append(f"  {shape} r{round_} node FAIL: {node['detail']}")
+    if not ref["ok"]:
+        extra.append(f"  {shape} r{round_} reference FAIL: {ref['detail']}")
+print()
+print(f"=== bench: node vs JS reference, same run, N={n} (payments/s (p99)) ===")
+print("| shape | round | node | reference | ratio | load average |")
+print("| --- | --- | --- | --- | --- | --- |")
+print("\n".join(table))
+print("\n".join(extra))
+for shape, (n0, n1, r0, r1) in rss.items():
+    print(f"  {shape} RSS MB: node (Daphne) {n0} -> {n1}; reference (stand-in) {r0} -> {r1}")
+for shape, got in receipts.items():
+    ok = got.isdigit() and int(got) == fulfilled.get(shape)
+    failed |= not ok
+    print(f"  {shape} ledger: {got} receipts for {fulfilled.get(shape)} fulfilled (warm-up included): {'exact' if ok else 'MISMATCH'}")
+print("bench: " + ("FAIL" if failed else "PASS"))
+raise SystemExit(1 if failed else 0)
+PY
+echo "results under $OUT"
+exit $status

@@ -5,7 +5,8 @@ BTP link must live in exactly one of them, or the node dials a ``btp-client`` pa
 per process (ilp-plugin-btp keeps one socket per account: the others are orphaned) and a
 Prepare sent "to the link" goes out once per process holding one.
 
-**The lease (a Redis key per peer, renewed).** ``ilp:link-owner:<peer>`` holds the owner's
+**The lease (a Redis key per peer, renewed).** ``ilp:link-owner:<database>:<peer>`` (the
+node's database name keeps two nodes on one Redis apart) holds the owner's
 *channel name* (:attr:`LinkOwnership.channel`, a process-specific channel of the channel
 layer) with a time to live of ``ILP_LINK_LEASE_S`` (15 s), renewed every third of it by a
 compare-and-extend script. Why Redis and not a Postgres advisory lock: the owner's address
@@ -69,6 +70,14 @@ def multiprocess_layer() -> bool:
     return bool(backend) and "InMemory" not in backend
 
 
+def node_namespace() -> str:
+    """What tells this node's leases from another node's on the same Redis: its database
+    (one node, one database; test workers each have their own)."""
+    from django.db import connection
+
+    return str(connection.settings_dict.get("NAME", ""))
+
+
 class Leases(Protocol):
     """Blocking lease operations (run off the event loop)."""
 
@@ -107,17 +116,17 @@ return 0
 class RedisLeases:
     """Leases as Redis keys (see the module docstring). Thread-safe (a connection pool)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, namespace: str | None = None) -> None:
         import redis
 
+        self.namespace = node_namespace() if namespace is None else namespace
         self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         self._acquire = self.client.register_script(_ACQUIRE)
         self._renew = self.client.register_script(_RENEW)
         self._release = self.client.register_script(_RELEASE)
 
-    @staticmethod
-    def key(peer: str) -> str:
-        return KEY_PREFIX + peer
+    def key(self, peer: str) -> str:
+        return f"{KEY_PREFIX}{self.namespace}:{peer}"
 
     def acquire(self, peer: str, owner: str, ttl_ms: int, take: bool) -> bool:
         return bool(

@@ -248,6 +248,9 @@ async def test_supervisor_starts_and_stops_clients(
         await database_sync_to_async(make_peer)(
             "hub", relation="parent", link="btp-client", url=url
         )
+        # The runtime serves its owner channel (with Redis, a supervisor dials only the
+        # peers whose lease it holds).
+        await registry.current().ownership.start()
         sup = Supervisor()
         sup.start()
         try:
@@ -261,3 +264,4 @@ async def test_supervisor_starts_and_stops_clients(
             await wait_for(lambda: "hub" not in sup.clients and registry.local("hub") is None)
         finally:
             await sup.stop()
+            await registry.current().ownership.stop()

@@ -7,8 +7,10 @@
 #                                        SVC_DIR and ports, scripts/services.sh) and a Celery worker
 #   BENCH_N=10000 BENCH_C=50             payments and how many in flight (100000: sustained)
 #   BENCH_ROUNDS=1                       node, reference, node, reference, ... on the same node
-#   BENCH_PROFILE=1                      py-spy record of Daphne during the node's load, and
+#   BENCH_PROFILE=1                      py-spy record of Daphne (and the worker) during the node's load, and
 #                                        pg_stat_statements on the bench Postgres (top statements)
+#   BENCH_MIN_BALANCE=-1000000000000000  the sender's limit (its holds then take the shared credit
+#                                        path with Redis); `none`: an unlimited peer
 #   BENCH_PORT=8792  BENCH_OUT=/tmp/bench-<ts>
 #   SVC_DIR=/tmp/ilp-bench-services PG_PORT=55440 REDIS_PORT=56440
 # Prints per shape: node payments/s and p99, reference payments/s and p99, ratio, RSS at start
@@ -108,7 +110,9 @@ for shape in $SHAPES; do
     export DATABASE_URL="sqlite:///$dir/var/bench.sqlite3"
   fi
   "$BIN/python" manage.py migrate --noinput -v0
-  "$BIN/python" manage.py add_peer alice --relation child --link btp-server --token alicetoken >/dev/null
+  # A limited peer (the production shape): its holds go through the shared credit (Redis).
+  limit=(); [ "${BENCH_MIN_BALANCE:--1000000000000000}" != none ] && limit=(--min-balance "${BENCH_MIN_BALANCE:--1000000000000000}")
+  "$BIN/python" manage.py add_peer alice --relation child --link btp-server --token alicetoken "${limit[@]}" >/dev/null
   "$BIN/python" manage.py add_pointer bob >/dev/null
   if [ "$shape" = postgres ]; then
     [ "${BENCH_PROFILE:-0}" = 1 ] && pgq -d ilp_bench -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" >/dev/null
@@ -133,10 +137,17 @@ for shape in $SHAPES; do
       [ "$shape" = postgres ] && pgq -d ilp_bench -c "SELECT pg_stat_statements_reset()" >/dev/null
       "$BIN/py-spy" record -p "$DAPHNE" -r 100 -f speedscope -o "$dir/daphne-$round.speedscope.json" \
         >"$dir/py-spy-$round.log" 2>&1 &
-      SPY=$!; sleep 0.5
+      SPY=$!
+      if [ "$shape" = postgres ]; then
+        "$BIN/py-spy" record -p "${GROUP[worker]}" --subprocesses -r 100 -f speedscope \
+          -o "$dir/worker-$round.speedscope.json" >"$dir/py-spy-worker-$round.log" 2>&1 &
+        SPY="$SPY $!"
+      fi
+      sleep 0.5
     fi
     run_load "" "$dir/node-$round.json" "${node_groups[@]}"
-    if [ -n "$SPY" ]; then kill -INT "$SPY" 2>/dev/null || true; wait "$SPY" 2>/dev/null || true; fi
+    # shellcheck disable=SC2086  # SPY: the py-spy pids
+    if [ -n "$SPY" ]; then kill -INT $SPY 2>/dev/null || true; wait $SPY 2>/dev/null || true; fi
     if [ "${BENCH_PROFILE:-0}" = 1 ] && [ "$shape" = postgres ]; then
       pgq -d ilp_bench -F $'\t' -c "SELECT calls, round(total_exec_time::numeric,1) AS ms, round(mean_exec_time::numeric,3) AS mean_ms, rows, left(regexp_replace(query, '\s+', ' ', 'g'), 160) FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 25" >"$dir/pg_stat_statements-$round.tsv" || true
     fi

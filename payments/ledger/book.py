@@ -81,6 +81,10 @@ from payments.ledger.writer import (
 )
 from payments.models import LedgerAccount, Receipt
 
+# After a commit, for the shared credit: (account id, balance, version) and the shared
+# holds (account id, key) it ended.
+_MirrorArgs = tuple[list[tuple[int, int, int]], list[tuple[int, str]]]
+
 logger = logging.getLogger(__name__)
 
 
@@ -413,8 +417,13 @@ class BalanceBook:
     def _mirror_commit(self, outcome: _Outcome) -> None:
         """After COMMIT (writer thread): the new balances and the end of the committed
         keys' shared holds, in one step in Redis (never one without the other)."""
+        self.mirror_outcome(self._mirror_args(outcome))
+
+    def _mirror_args(self, outcome: _Outcome) -> _MirrorArgs | None:
+        """What :meth:`mirror_outcome` sends for a committed batch. Read before the loop
+        applies the batch (its release drops the holds this looks up)."""
         if self.shared is None:
-            return
+            return None
         with self._lock:
             released = [
                 (h.account_id, key)
@@ -425,11 +434,16 @@ class BalanceBook:
                 if (h := self._holds.get(key)) is not None and h.shared
             ]
         balances = [(pk, b, v) for pk, (b, v) in outcome.balances.items()]
-        if balances or released:
-            try:  # the batch is durable: nothing here may fail its commits
-                self.shared.commit_sync(balances, released)
-            except Exception:
-                logger.exception("ledger: shared credit not told of a commit (holds expire)")
+        return (balances, released) if balances or released else None
+
+    def mirror_outcome(self, args: _MirrorArgs | None) -> None:
+        """The Redis call of :meth:`_mirror_commit` (writer thread)."""
+        if self.shared is None or args is None:
+            return
+        try:  # the batch is durable: nothing here may fail its commits
+            self.shared.commit_sync(*args)
+        except Exception:
+            logger.exception("ledger: shared credit not told of a commit (holds expire)")
 
     def balance(self, account_code: str) -> int:
         """The committed balance (positive = we owe them); holds are not included."""
@@ -820,10 +834,15 @@ class BalanceBook:
                 with self._lock:
                     self._ids.clear()  # in case an account id we cached is gone
                 _heal_connection()
-        self._mirror_commit(outcome)
         if defer_apply:
+            # The writer makes the Redis call once the loop has the results (writer's
+            # _drain): a Fulfill waits for the durable COMMIT only, not for a round trip to
+            # Redis too. Until the call the mirror keeps the old balance and the holds:
+            # conservative (less room for a moment), never counted twice.
+            outcome.mirror = self._mirror_args(outcome)
             self._deferred = outcome
         else:
+            self._mirror_commit(outcome)
             self._apply(outcome)
 
     def apply_outcome(self, outcome: _Outcome) -> None:

@@ -73,6 +73,9 @@ class _Outcome:
     balances: dict[int, tuple[int, int]] = field(default_factory=dict)
     jobs: list[_Job] = field(default_factory=list)
     new_receipts: list[ReceiptDraft] = field(default_factory=list)
+    # The shared-credit call of a deferred batch (BalanceBook.mirror_outcome), made by the
+    # writer after it handed the results to the loop.
+    mirror: Any = None
 
 
 class _Batches(Protocol):
@@ -89,6 +92,8 @@ class _Batches(Protocol):
     def process_jobs(self, jobs: list[_Job], *, defer_apply: bool = False) -> _Outcome | None: ...
 
     def apply_outcome(self, outcome: _Outcome) -> None: ...
+
+    def mirror_outcome(self, args: Any) -> None: ...
 
     def due_for_refresh(self) -> bool: ...
 
@@ -157,6 +162,8 @@ class _LoopWriter:
             except BaseException as exc:  # delivered to the waiters below
                 outer = exc if isinstance(exc, PaymentsError) else CommitFailed(str(exc))
             self._send_results(jobs, outer, outcome)
+            if outcome is not None and outcome.mirror is not None:
+                self.book.mirror_outcome(outcome.mirror)
         self._scheduled = False
         if queue and not self._scheduled:
             # More came in meanwhile. Through the executor's queue, not a loop here:

@@ -35,6 +35,7 @@ async def run(mode: str, url: str, count: int, concurrency: int, batch: int) -> 
 
     prefix = f"bench:credit:{secrets.token_hex(4)}:"
     credit = SharedCredit(url, prefix=prefix, grace_ms=0, keeper_s=0, batch=mode != "single")
+    credit.scope = "bench"
     lock = threading.Lock()
     held: dict[str, tuple[int, bool]] = {}
     if mode != "memory":

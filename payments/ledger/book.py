@@ -141,6 +141,17 @@ class _Hold:
     expires_ms: int = 0  # when Redis drops it (Unix ms), shared holds only
 
 
+def _ledger_scope() -> str:
+    """Which ledger this is, for the shared credit's Redis keys: account ids restart with a
+    re-created database (a restore, the test suite), and must not meet an older mirror."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT oid FROM pg_database WHERE datname = current_database()")
+            (oid,) = cursor.fetchone()
+        return f"{connection.settings_dict['NAME']}.{oid}"
+    return str(connection.settings_dict["NAME"])
+
+
 def _opt_int(value: Decimal | int | None) -> int | None:
     return None if value is None else int(value)
 
@@ -697,6 +708,8 @@ class BalanceBook:
         hot path (``hold``) never waits for a lock the writer thread holds.
         """
         self._writer_thread_ident = threading.get_ident()
+        if self.shared is not None and not self.shared.scope:
+            self.shared.scope = _ledger_scope()
         self._deferred = None
         self.stats.batches += 1
         self.stats.max_batch_size = max(self.stats.max_batch_size, len(jobs))

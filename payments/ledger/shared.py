@@ -69,8 +69,8 @@ GRACE_MS = 2_000
 KEEPER_S = 0.5
 MAX_OPS = 1_000  # hold groups and releases per script call
 
-# ARGV: prefix, caller's epoch, a fresh epoch id (used if Redis has none), grace ms, then
-# ops. Returns {status, epoch id, ms until ready, results of the G ops...}; status 'E'
+# ARGV: prefix, caller's epoch, a fresh epoch id (used if Redis has none), grace ms, the
+# epoch's key, then ops. Returns {status, epoch id, ms until ready, results of the G ops...}; status 'E'
 # (epoch differs: nothing done) or 'OK'.
 LUA = r"""
 local P = ARGV[1]
@@ -78,7 +78,7 @@ local mine = ARGV[2]
 local B = 4294967296
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ek = P .. 'epoch'
+local ek = ARGV[5]
 local e = redis.call('HMGET', ek, 'id', 'ready')
 local eid, ready = e[1], tonumber(e[2])
 if not eid then
@@ -166,7 +166,7 @@ local function release(code, key)
 end
 
 local out = {'OK', eid, f(ready - now)}
-local i = 5
+local i = 6
 local n = #ARGV
 while i <= n do
   local op = ARGV[i]
@@ -411,6 +411,9 @@ class SharedCredit:
         batch: bool = True,
     ) -> None:
         self.url = url
+        # The ledger's identity (database name and oid), set by the book's writer before
+        # its first call: keys are ``<prefix><scope>:...``.
+        self.scope = ""
         self.hold_margin_ms = hold_margin_ms
         self.prefix = prefix if prefix is not None else default_prefix()
         self.grace_ms = grace_ms
@@ -430,6 +433,19 @@ class SharedCredit:
         self._resyncing: asyncio.Future[None] | None = None
         self._closed = False
 
+    def _keys(self) -> str:
+        return f"{self.prefix}{self.scope}:"
+
+    def _head(self) -> list[str]:
+        # The epoch is Redis's, not one ledger's: one key per prefix.
+        return [
+            self._keys(),
+            self.epoch,
+            os.urandom(8).hex(),
+            str(self.grace_ms),
+            f"{self.prefix}epoch",
+        ]
+
     # --- sync side (the writer thread, services, threads without a loop) ---------------
 
     def _sync_call(self, ops: list[str]) -> list[Any]:
@@ -440,56 +456,62 @@ class SharedCredit:
                 self.url, socket_timeout=2, socket_connect_timeout=2
             )
             self._sync_script = self._sync.register_script(LUA)
-        head = [self.prefix, self.epoch, os.urandom(8).hex(), str(self.grace_ms)]
+        head = self._head()
         reply: list[Any] = self._sync_script(keys=[], args=head + ops)
         return reply
 
     def seed_sync(self, rows: Iterable[MirrorRow]) -> bool:
         """Bring these accounts' mirror up to the rows (created if missing; a balance only
-        if its version is newer; limits always). False when the epoch moved (the next
-        async call resyncs) or Redis failed."""
+        if its version is newer; limits always). False when Redis failed."""
         ops = [a for row in rows for a in row.argv()]
-        if not ops:
+        if not ops or not self.scope:  # no scope: this book has held nothing yet
             return True
-        try:
-            reply = self._sync_call(ops)
-        except Exception:
-            log.warning("shared credit: cannot update the mirror", exc_info=True)
-            return False
-        return _text(reply[0]) == "OK"
+        return self._call_adopting(ops, "cannot update the mirror")
 
     def commit_sync(
         self, balances: Sequence[tuple[int, int, int]], released: Sequence[tuple[int, str]]
     ) -> None:
         """After COMMIT: the new ``(account id, balance, version)`` and the holds ``(account
-        id, key)``
-        the commit turned into postings, in one call (one atomic step in Redis)."""
+        id, key)`` the commit turned into postings, in one call (one atomic step in Redis).
+        A failure is logged: the holds then stay until they expire (conservative) and the
+        next refresh brings the balance."""
         ops: list[str] = []
         for pk, balance, version in balances:
             ops += ["B", str(pk), *limbs(balance), str(version)]
         for pk, key in released:
             ops += ["R", str(pk), key]
-        if not ops:
-            return
+        if ops and self.scope:
+            self._call_adopting(ops, "commit not mirrored (holds expire)")
+
+    def _call_adopting(self, ops: list[str], failure: str) -> bool:
+        # A new epoch met here (a fresh book, or Redis lost its data): adopt it (this
+        # process's live holds re-asserted) and send again.
         try:
-            reply = self._sync_call(ops)
+            for _ in range(3):
+                reply = self._sync_call(ops)
+                if _text(reply[0]) == "OK":
+                    return True
+                self._adopt_sync(_text(reply[1]))
         except Exception:
-            log.warning("shared credit: commit not mirrored (holds expire)", exc_info=True)
-            return
-        if _text(reply[0]) != "OK":
-            # A new epoch: the resync reloads balances from Postgres (this commit is
-            # there) and re-asserts only live holds, so nothing is left to do.
-            return
+            log.warning("shared credit: %s", failure, exc_info=True)
+        return False
 
     def hold_sync(self, holds: Sequence[SharedHold]) -> None:
         """:meth:`hold` for callers that cannot await (one blocking round trip, more on a new
         epoch). A new epoch is adopted after re-asserting this process's live holds (the
         mirror itself is seeded from Postgres by whoever rebuilt it, and an account it lacks
-        is loaded through ``load_missing_sync``); during the rebuild's grace the hold is
-        refused, not waited for (this may run on an event loop)."""
+        is loaded through ``load_missing_sync``); during a rebuild's grace it blocks until
+        the grace ends (at most ``grace_ms``, only after Redis lost its data)."""
         ops = ["G", str(len(holds))] + [a for h in holds for a in h.argv()]
+        # Releases this loop queued go first, in the same call: a sync caller that released
+        # then holds again sees its room back, as with the in-memory book.
+        with contextlib.suppress(RuntimeError):
+            side = self._sides.get(asyncio.get_running_loop())
+            if side is not None and side.releases:
+                queued, side.releases = side.releases, []
+                ops = [a for pk, key in queued for a in ("R", str(pk), key)] + ops
         missing_loaded = False
-        for _ in range(4):
+        for _ in range(8):
             try:
                 reply = self._sync_call(ops)
             except Exception as exc:
@@ -501,7 +523,9 @@ class SharedCredit:
                 continue
             res = _text(reply[3])
             if res == "W":
-                raise BalanceLimitExceeded("credit is being rebuilt", account=holds[0].account_code)
+                # A rebuild's grace (at most grace_ms, only after Redis lost its data).
+                time.sleep(max(int(reply[2]), 10) / 1000)
+                continue
             if res.startswith("M") and not missing_loaded and self.load_missing_sync:
                 missing_loaded = True
                 try:
@@ -604,7 +628,7 @@ class SharedCredit:
             ops += ["R", str(pk), key]
         for g in groups:
             ops += ["G", str(len(g.holds))] + [a for h in g.holds for a in h.argv()]
-        head = [self.prefix, self.epoch, os.urandom(8).hex(), str(self.grace_ms)]
+        head = self._head()
         started = time.perf_counter()
         reply = await side.script(keys=[], args=head + ops)
         self.stats.seconds += time.perf_counter() - started
@@ -664,7 +688,7 @@ class SharedCredit:
                 ops: list[str] = []
                 for h in holds:
                     ops += ["A", *h.argv()]
-                head = [self.prefix, self.epoch, os.urandom(8).hex(), str(self.grace_ms)]
+                head = self._head()
                 reply = await side.script(keys=[], args=head + ops)
                 if _text(reply[0]) == "E":  # moved again; the next call resyncs again
                     self.epoch = ""
@@ -684,7 +708,7 @@ class SharedCredit:
             except TimeoutError:
                 pass
             try:
-                head = [self.prefix, self.epoch, os.urandom(8).hex(), str(self.grace_ms)]
+                head = self._head()
                 reply = await side.script(keys=[], args=head)
                 if _text(reply[0]) == "E":
                     await self._resync(_text(reply[1]))
@@ -696,7 +720,7 @@ class SharedCredit:
     async def check_epoch(self) -> None:
         """One keeper pass now (tests; start-up)."""
         side = self._side()
-        head = [self.prefix, self.epoch, os.urandom(8).hex(), str(self.grace_ms)]
+        head = self._head()
         reply = await side.script(keys=[], args=head)
         if _text(reply[0]) == "E":
             await self._resync(_text(reply[1]))

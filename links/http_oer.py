@@ -509,7 +509,10 @@ class Waiters:
             assert layer is not None
             self._loop = loop
             self._redis = shared._async_client()
-            self.channel = await layer.new_channel("ilp-http-wait.")
+            # The default "specific." prefix: channels_redis reads every process-specific
+            # channel of a layer through one list per prefix, and another prefix would wait
+            # behind the reader of the first (the link owner's channel) for ever.
+            self.channel = await layer.new_channel()
             self._listener = loop.create_task(self._listen(layer, self.channel))
         return self._redis
 

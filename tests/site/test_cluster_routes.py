@@ -1,10 +1,13 @@
-"""Shared CCP routes on the real cluster: ``scripts/cluster.sh`` with 2 Daphnes (+ nginx,
-a Celery worker and beat) on PostgreSQL + Redis.
+"""State shared between Daphnes on the real cluster: ``scripts/cluster.sh`` with 2 Daphnes
+(+ nginx, a Celery worker and beat) on PostgreSQL + Redis.
 
-A peer ``farpeer`` connects to the first Daphne directly and advertises ``test.far`` by CCP;
-a child connected to the second Daphne pays ``test.far.alice``: the second Daphne routes by
-the route the first one learned (through the peer's link owner) and the peer fulfils. When
-the peer goes away, the route goes away on the second Daphne too (F02 again).
+* CCP routes: a peer ``farpeer`` connects to the first Daphne directly and advertises
+  ``test.far``; a child connected to the second Daphne pays ``test.far.alice``: the second
+  Daphne routes by the route the first one learned (through the peer's link owner) and the
+  peer fulfils. When the peer goes away, the route goes away on the second Daphne too.
+* HTTP-OER async replies: the node pays an ``http-async`` child; the child's replies come
+  back through nginx, so they land on either Daphne, whichever one waits: every payment
+  completes.
 
 Runs in the Postgres+Redis pass of ``.ci/run`` when Debian's nginx is installed (like
 ``test_cluster.py``); by hand: ``flock /tmp/interop.lock .venv/bin/python -m pytest
@@ -24,9 +27,9 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import websockets
 
@@ -41,8 +44,17 @@ from ilp.btp import (
 )
 from ilp.ccp import CCP_UPDATE_DESTINATION, Route, RouteUpdateRequest, encode_route_update_request
 from ilp.conditions import PEER_CONDITION, PEER_FULFILLMENT
-from ilp.packet import Fulfill, Prepare, Reject, Reply, decode_prepare, decode_reply, encode_packet
+from ilp.packet import (
+    Fulfill,
+    Prepare,
+    Reject,
+    Reply,
+    decode_prepare,
+    decode_reply,
+    encode_packet,
+)
 from tests.conftest import on_postgres, on_redis
+from tests.links.http_server import serve_http
 from tests.site.test_cluster import ROOT, Cluster, _free_run, _nginx
 
 FULFILLMENT = b"\x17" * 32
@@ -73,8 +85,9 @@ def _manage(env: dict[str, str], *args: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-@pytest.fixture
-def cluster2(tmp_path: Path) -> Iterator[Cluster]:
+@pytest.fixture(scope="module")
+def cluster2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    tmp_path = tmp_path_factory.mktemp("cluster-routes")
     nginx_port = _free_run(1)
     env = {
         k: v
@@ -203,3 +216,68 @@ async def test_a_route_learned_by_one_daphne_is_used_by_another(cluster2: Cluste
         # The peer went away: its routes go from the second Daphne too.
         reply = await _pay_until(kid, lambda r: isinstance(r, Reject) and r.code == "F02")
         assert isinstance(reply, Reject) and "no route found" in reply.message
+
+
+async def test_http_oer_async_replies_reach_the_waiting_daphne(cluster2: Cluster) -> None:
+    """The child answers each async Prepare by POSTing the Fulfill through nginx: round
+    robin sends about half of the replies to the Daphne that is not waiting."""
+    replies: set[asyncio.Task[None]] = set()
+    statuses: list[int] = []
+    # A name of its own: the cluster's database outlives a run (an old URL would linger).
+    async_child = f"asynckid{random.getrandbits(32):08x}"
+    async_token = f"{async_child}-token"
+
+    async def reply_later(request_id: str) -> None:
+        async with httpx.AsyncClient(trust_env=False) as client:
+            response = await client.post(
+                f"{cluster2.url}/ilp/{request_id}",
+                content=encode_packet(Fulfill(FULFILLMENT, b"")),
+                headers={
+                    "Authorization": f"Bearer {async_token}",
+                    "Content-Type": "application/octet-stream",
+                },
+            )
+            statuses.append(response.status_code)
+
+    async def child_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        request_id = scope["path"].rsplit("/", 1)[-1]
+        await send({"type": "http.response.start", "status": 202, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        task = asyncio.get_running_loop().create_task(reply_later(request_id))
+        replies.add(task)
+        task.add_done_callback(replies.discard)
+
+    async with serve_http(child_app) as base:
+        await asyncio.to_thread(
+            _manage, cluster2.env, "add_peer", async_child, "--relation", "child",
+            "--link", "http-async", "--url", base, "--token", async_token,
+            "--outgoing-token", "to-the-child",
+        )  # fmt: skip
+        await asyncio.to_thread(
+            _manage, cluster2.env, "add_peer", CHILD, "--relation", "child",
+            "--link", "btp-server", "--token", CHILD_TOKEN, "--min-balance", "-1000000",
+        )  # fmt: skip
+        first = int(cluster2.env["CLUSTER_DAPHNE_PORT"])
+        destination = f"test.croutes.{async_child}.bob"
+        for port in (first, first + 1):
+            async with BtpPeer.connect(port, CHILD, CHILD_TOKEN) as kid:
+                # The supervisors register the HTTP link (and its route) within their
+                # 10 s sync: until then F02 or T01.
+                async with asyncio.timeout(60):
+                    while True:
+                        reply = await kid.send(Prepare(10, _expiry(), CONDITION, destination, b""))
+                        if not (isinstance(reply, Reject) and reply.code in ("F02", "T01")):
+                            break
+                        await asyncio.sleep(0.5)
+                assert reply == Fulfill(FULFILLMENT, b""), reply
+                for _ in range(4):
+                    reply = await kid.send(Prepare(10, _expiry(), CONDITION, destination, b""))
+                    assert reply == Fulfill(FULFILLMENT, b""), reply
+    assert statuses and set(statuses) == {200}, statuses
+    # The replies did land on both Daphnes (so some on the one that was not waiting).
+    log = (cluster2.run / "logs" / "nginx-access.log").read_text()
+    upstreams = {
+        line.rsplit("upstream=", 1)[1].strip() for line in log.splitlines() if "POST /ilp/" in line
+    }
+    assert upstreams == {f"127.0.0.1:{first}", f"127.0.0.1:{first + 1}"}

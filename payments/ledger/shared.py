@@ -5,7 +5,9 @@ of accounts that have a limit through one Lua script on Redis instead of its own
 ``min_balance`` / ``max_balance`` hold for the node, not per process. Embedded mode (no
 ``REDIS_URL``) does not use this module: the in-process book is the whole truth, as before.
 
-**What Redis holds** (key prefix ``ilp:<node address>:credit:``, :func:`default_prefix`):
+**What Redis holds** (key prefix ``ilp:<node address>:credit:``, :func:`default_prefix`, then
+the ledger's scope ``<database name>.<oid>:``, so a re-created database whose account ids
+start over never meets an older mirror; the ``epoch`` key is the prefix's alone):
 
 * ``a:<account id>`` (hash) — the mirror of one limited account: its committed balance and
   ``version`` (from Postgres), its limits, and the sums of its live debit and credit holds.

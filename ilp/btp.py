@@ -241,7 +241,12 @@ def _init_entry(
 def _trusted_entry(protocol_name: str, content_type: int, data: bytes) -> ProtocolData:
     """A :class:`ProtocolData` from fields the decoder has checked (IA5 name, UInt8, bytes)."""
     entry: ProtocolData = ProtocolData.__new__(ProtocolData)
-    _store_entry(entry, protocol_name, content_type, data)
+    if COMPILED:  # one native call
+        _store_entry(entry, protocol_name, content_type, data)
+    else:  # inlined: a Python call costs as much as the stores
+        _SET_NAME(entry, protocol_name)
+        _SET_CONTENT_TYPE(entry, content_type)
+        _SET_DATA(entry, data)
     return entry
 
 
@@ -434,13 +439,21 @@ def _init_response(self: BtpResponse, request_id: object, protocol_data: object 
 
 def _trusted_message(request_id: int, entries: tuple[ProtocolData, ...]) -> BtpMessage:
     message: BtpMessage = BtpMessage.__new__(BtpMessage)
-    _store_message(message, request_id, entries)
+    if COMPILED:
+        _store_message(message, request_id, entries)
+    else:
+        _SET_MESSAGE_ID(message, request_id)
+        _SET_MESSAGE_DATA(message, entries)
     return message
 
 
 def _trusted_response(request_id: int, entries: tuple[ProtocolData, ...]) -> BtpResponse:
     response: BtpResponse = BtpResponse.__new__(BtpResponse)
-    _store_response(response, request_id, entries)
+    if COMPILED:
+        _store_response(response, request_id, entries)
+    else:
+        _SET_RESPONSE_ID(response, request_id)
+        _SET_RESPONSE_DATA(response, entries)
     return response
 
 

@@ -301,19 +301,39 @@ def _trusted_prepare(
     amount: int, expires_at: datetime, condition: bytes, destination: str, data: bytes
 ) -> Prepare:
     prepare: Prepare = Prepare.__new__(Prepare)
-    _store_prepare(prepare, amount, expires_at, condition, destination, data)
+    if COMPILED:  # one native call
+        _store_prepare(prepare, amount, expires_at, condition, destination, data)
+    else:  # inlined: a Python call costs as much as the five stores
+        set_amount, set_expires_at, set_condition, set_destination, set_data = _PREPARE_SETTERS
+        set_amount(prepare, amount)
+        set_expires_at(prepare, expires_at)
+        set_condition(prepare, condition)
+        set_destination(prepare, destination)
+        set_data(prepare, data)
     return prepare
 
 
 def _trusted_fulfill(fulfillment: bytes, data: bytes) -> Fulfill:
     fulfill: Fulfill = Fulfill.__new__(Fulfill)
-    _store_fulfill(fulfill, fulfillment, data)
+    if COMPILED:
+        _store_fulfill(fulfill, fulfillment, data)
+    else:
+        set_fulfillment, set_data = _FULFILL_SETTERS
+        set_fulfillment(fulfill, fulfillment)
+        set_data(fulfill, data)
     return fulfill
 
 
 def _trusted_reject(code: str, triggered_by: str, message: str, data: bytes) -> Reject:
     reject: Reject = Reject.__new__(Reject)
-    _store_reject(reject, code, triggered_by, message, data)
+    if COMPILED:
+        _store_reject(reject, code, triggered_by, message, data)
+    else:
+        set_code, set_triggered_by, set_message, set_data = _REJECT_SETTERS
+        set_code(reject, code)
+        set_triggered_by(reject, triggered_by)
+        set_message(reject, message)
+        set_data(reject, data)
     return reject
 
 

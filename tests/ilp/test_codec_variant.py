@@ -8,6 +8,7 @@ compiler runs the pure-Python modules and must pass all the same.
 
 from __future__ import annotations
 
+import importlib.machinery
 import re
 import subprocess
 import sys
@@ -52,7 +53,7 @@ def test_the_decoders_address_check_keeps_the_length_limit(length: int) -> None:
 
 def _fake_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, digest: str) -> None:
     (tmp_path / "packet.py").write_text("X = 1\n")
-    (tmp_path / f"packet{_variant.importlib.machinery.EXTENSION_SUFFIXES[0]}").write_bytes(b"")
+    (tmp_path / f"packet{importlib.machinery.EXTENSION_SUFFIXES[0]}").write_bytes(b"")
     (tmp_path / "_codec_build.json").write_text(f'{{"ilp.packet": "{digest}"}}')
     monkeypatch.setattr(_variant, "PACKAGE_DIR", tmp_path)
     monkeypatch.setattr(_variant, "MANIFEST", tmp_path / "_codec_build.json")

@@ -568,6 +568,7 @@ class Waiters:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                shared._reraise_cancel()
                 log.warning("http-oer: reply channel failed; retrying", exc_info=True)
                 await asyncio.sleep(1)
                 continue

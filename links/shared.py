@@ -109,6 +109,15 @@ def _async_client() -> aioredis.Redis:
     return client
 
 
+def _reraise_cancel() -> None:
+    """Raise ``CancelledError`` if the current task is being cancelled: redis-py may
+    swallow a cancellation that arrives in the middle of a command (or turn it into a
+    connection error), and a loop that goes on would then outlive its cancellation."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 # --- peer and token caches ---------------------------------------------------------------------
 
 _sync_client: redis_sync.Redis | None = None
@@ -178,7 +187,9 @@ class PeerCacheWatch:
                 except asyncio.CancelledError:
                     raise
                 except Exception:
+                    _reraise_cancel()
                     log.warning("shared: cannot read the peers version", exc_info=True)
+                _reraise_cancel()  # a cancel some library call swallowed
                 await asyncio.sleep(POLL_S)
         finally:
             with contextlib.suppress(Exception):
@@ -287,11 +298,17 @@ class SharedRoutes:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                _reraise_cancel()
                 log.warning("shared: route sync failed; retrying", exc_info=True)
+            _reraise_cancel()  # a cancel some library call swallowed
             self._kick.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(POLL_S):
-                    await self._kick.wait()
+            # A timer rather than asyncio.timeout: on 3.11 a cancel arriving as the
+            # timeout fires can be swallowed, and this loop would never end.
+            timer = loop.call_later(POLL_S, self._kick.set)
+            try:
+                await self._kick.wait()
+            finally:
+                timer.cancel()
 
     async def step(self, now: float) -> None:
         """Write what changed here, then adopt what changed elsewhere."""

@@ -93,7 +93,8 @@ for shape in $SHAPES; do
     pgq() { psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qtAX "$@"; }
     want=""; [ "${BENCH_PROFILE:-0}" = 1 ] && want=pg_stat_statements
     if [ "$(pgq -c 'SHOW shared_preload_libraries')" != "$want" ]; then
-      pgq -c "ALTER SYSTEM SET shared_preload_libraries = '$want'" >/dev/null
+      if [ -n "$want" ]; then pgq -c "ALTER SYSTEM SET shared_preload_libraries = '$want'" >/dev/null
+      else pgq -c "ALTER SYSTEM RESET shared_preload_libraries" >/dev/null; fi
       pg_ctl_bin="$(ls -d /usr/lib/postgresql/*/bin | tail -n 1)/pg_ctl"
       runuser -u postgres -- "$pg_ctl_bin" -D "$SVC_DIR/pg" -m fast -w restart \
         -o "-p $PG_PORT -k $SVC_DIR -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=200" \

@@ -89,7 +89,7 @@ for shape in $SHAPES; do
   GROUP=()
   if [ "$shape" = postgres ]; then
     # shellcheck source=scripts/services.sh
-    source scripts/services.sh start 2>/dev/null
+    source scripts/services.sh start
     pgq() { psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qtAX "$@"; }
     want=""; [ "${BENCH_PROFILE:-0}" = 1 ] && want=pg_stat_statements
     if [ "$(pgq -c 'SHOW shared_preload_libraries')" != "$want" ]; then

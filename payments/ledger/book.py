@@ -185,6 +185,7 @@ class BalanceBook:
         self.refresh_interval = refresh_interval
         max_hold_ms = int(getattr(settings, "ILP_MAX_HOLD_TIME_MS", 30_000))
         self.hold_ttl = hold_ttl if hold_ttl is not None else max(60.0, 4 * max_hold_ms / 1000)
+        self.max_hold_ms = max_hold_ms
         self.totals_cache_size = totals_cache_size
         self.stats = BookStats()
         self._lock = threading.Lock()
@@ -393,7 +394,9 @@ class BalanceBook:
     def _expiry_ms(self, expires_at: datetime | None) -> int:
         now_ms = int(time.time() * 1000)
         ttl_ms = int(self.hold_ttl * 1000)
-        at = now_ms + ttl_ms if expires_at is None else int(expires_at.timestamp() * 1000)
+        # No Prepare given (the sync API): a hold guards one Prepare, at most max_hold long.
+        default = now_ms + self.max_hold_ms
+        at = default if expires_at is None else int(expires_at.timestamp() * 1000)
         # Within the book's own bounds whatever clock the Prepare's expiry came from.
         at = min(max(at, now_ms + 1000), now_ms + ttl_ms)
         return at + (self.shared.hold_margin_ms if self.shared is not None else 0)
@@ -887,6 +890,11 @@ class BalanceBook:
         writer thread (a batch it already took finishes)."""
         self._closed = True
         if self.shared is not None:
+            # Our packets in flight cannot commit any more (BookClosed): their room goes
+            # back to the node now, not at their expiry (a kill -9 leaves them to expire).
+            gone = self._live_shared_holds()
+            if gone:
+                self.shared.release_sync([(h.account_id, h.key) for h in gone])
             self.shared.close()
         with self._writers_lock:
             writers = list(self._writers.values())

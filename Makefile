@@ -80,7 +80,7 @@ cluster-interop: install
 # (postgres starts its own Postgres + Redis + a Celery worker), BENCH_N=10000, BENCH_C=50,
 # BENCH_PROFILE=1 (py-spy + pg_stat_statements). Under the interop lock: fixed ports.
 bench: install
-	flock /tmp/interop.lock bash scripts/bench.sh
+	flock -o /tmp/interop.lock bash scripts/bench.sh
 
 bench-codec: install
 	$(BIN)/python -m ilp.bench

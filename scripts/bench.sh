@@ -47,7 +47,11 @@ stop_all() {
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
   PIDS=()
 }
-trap stop_all EXIT
+SERVICES=0
+stop_services() { [ "$SERVICES" = 0 ] || bash scripts/services.sh stop; SERVICES=0; }
+# The services are daemons started from here: stopped on any exit (they also inherit our
+# file descriptors, a lock's included; the Makefile takes the lock with `flock -o`).
+trap 'stop_all; stop_services' EXIT
 
 ticks() {  # utime+stime of the given pids and their children, in clock ticks
   local total=0 p
@@ -89,6 +93,7 @@ for shape in $SHAPES; do
   GROUP=()
   if [ "$shape" = postgres ]; then
     # shellcheck source=scripts/services.sh
+    SERVICES=1
     source scripts/services.sh start
     pgq() { psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qtAX "$@"; }
     want=""; [ "${BENCH_PROFILE:-0}" = 1 ] && want=pg_stat_statements
@@ -162,7 +167,7 @@ for shape in $SHAPES; do
   receipts="$("$BIN/python" manage.py shell -c 'from payments.models import Receipt; print(Receipt.objects.filter(account__code="receiver:bob").count())' 2>/dev/null | tail -n 1)"
   echo -e "$shape\treceipts\t$receipts" >>"$ROWS"
   stop_all
-  [ "$shape" = postgres ] && bash scripts/services.sh stop
+  stop_services
 done
 
 OUT="$OUT" N="$N" HZ="$HZ" ROUNDS="$ROUNDS" "$BIN/python" - <<'PY' || status=1

@@ -113,6 +113,7 @@ for shape in $SHAPES; do
     GROUP[redis]="$(cat "$SVC_DIR/redis.pid")"
   else
     unset REDIS_URL
+    rm -f "$dir/var/bench.sqlite3"*  # a fresh ledger (BENCH_OUT may be reused)
     export DATABASE_URL="sqlite:///$dir/var/bench.sqlite3"
   fi
   "$BIN/python" manage.py migrate --noinput -v0

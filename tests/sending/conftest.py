@@ -96,6 +96,17 @@ def in_thread(fn: Callable[..., Any]) -> Callable[..., Any]:
     return sync_to_async(_closing(fn))
 
 
+def as_worker(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A sync entry point that blocks until a payment run ends (a Celery task, a command)
+    called from an async test, in a thread of its own as a worker would be. Not
+    :func:`in_thread`: that is asgiref's one thread-sensitive thread, which every
+    ``database_sync_to_async`` of this loop's other tasks also needs — the far end's
+    switch and receiver serving the run's packets here (on Postgres + Redis a draft-1
+    receiver reads its total from the database) would wait for the run that waits for
+    them. The run itself still goes to this loop (``async_to_sync``), where the links are."""
+    return sync_to_async(_closing(fn), thread_sensitive=False)
+
+
 def fund(code: str, amount: int, *, kind: str = "receiver") -> LedgerAccount:
     """Create ``code`` and give it ``amount`` (an operator adjustment)."""
     ensure_account(code, kind=kind)

@@ -25,6 +25,7 @@ from payments.sending.tasks import send_outgoing_payment
 from tests.sending.conftest import (
     Crash,
     Faults,
+    as_worker,
     balance,
     btp_pair,
     eventually,
@@ -181,7 +182,7 @@ async def test_a_runner_that_dies_mid_payment_is_resumed_without_resending(
         assert await outgoing_payment_run(payment_id=payment.pk, options=SHORT) is None
         left = await in_thread(outgoing_payment_lease_left)(payment_id=payment.pk)
         assert left is not None and 60 < left <= 130
-        skipped = await in_thread(send_outgoing_payment.apply)(kwargs={"payment_id": payment.pk})
+        skipped = await as_worker(send_outgoing_payment.apply)(kwargs={"payment_id": payment.pk})
         assert skipped.result == "skipped"
         assert await in_thread(outgoing_payments_due)() == []
         # ... and the sweeper hands it on once the lease has run out.
@@ -192,7 +193,7 @@ async def test_a_runner_that_dies_mid_payment_is_resumed_without_resending(
 
         # The redelivered task (or the sweeper's) resumes it.
         install_faults(resumed := Faults())
-        result = await in_thread(send_outgoing_payment.apply)(kwargs={"payment_id": payment.pk})
+        result = await as_worker(send_outgoing_payment.apply)(kwargs={"payment_id": payment.pk})
         assert result.result == "completed"
         done = await in_thread(OutgoingPayment.objects.get)(pk=payment.pk)
         view = await in_thread(ledger_view)(payment)

@@ -8,7 +8,7 @@ PORT ?= 8000
 STAMP := $(VENV)/.installed
 
 .PHONY: run test lint install build-codec migrate demo worker interop bench bench-codec clean faults
-.PHONY: cluster cluster-stop cluster-status cluster-interop
+.PHONY: cluster cluster-stop cluster-status cluster-interop bench-cluster
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +81,12 @@ cluster-interop: install
 # BENCH_PROFILE=1 (py-spy + pg_stat_statements). Under the interop lock: fixed ports.
 bench: install
 	flock -o /tmp/interop.lock bash scripts/bench.sh
+
+# The cluster shape (nginx + CLUSTER_DAPHNES=3 Daphnes, worker, Postgres + Redis of its own) with
+# one BTP link per Daphne next to one link, same run; CPU per payment per process and the
+# projection to 8 cores (scripts/bench_cluster.py: BENCH_N per link, BENCH_C, BENCH_ROUNDS).
+bench-cluster: install
+	flock -o /tmp/interop.lock $(BIN)/python scripts/bench_cluster.py
 
 bench-codec: install
 	$(BIN)/python -m ilp.bench

@@ -62,11 +62,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import heapq
 import logging
 import os
 import re
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -303,7 +304,10 @@ class PacketSwitch:
         self._node_dot = node_address + "."
         self._locals: dict[str, LocalHandler] = {}  # segment -> handler
         self._inflight: dict[str, asyncio.Future[Reply]] = {}
-        self._recent: OrderedDict[str, tuple[Fulfill, datetime]] = OrderedDict()
+        self._recent: dict[str, tuple[Fulfill, datetime]] = {}
+        # (expiry in POSIX seconds, key) of every remembered Fulfill, a heap: purged in
+        # expiry order whatever the arrival order (one far-future Prepare pins nothing).
+        self._recent_expiry: list[tuple[float, str]] = []
         self._remembered = 0
         self._housekeeping = housekeeping
         self._housekeeping_task: asyncio.Task[None] | None = None
@@ -544,11 +548,15 @@ class PacketSwitch:
         return reply
 
     def _remember(self, key: str, fulfill: Fulfill, expires_at: datetime) -> None:
-        recent = self._recent
-        recent[key] = (fulfill, expires_at)
-        if len(recent) > RECENT_FULFILLS_MAX:
-            recent.popitem(last=False)
-            self._purge_recent(self.clock())
+        """Keep ``fulfill`` for retransmissions until ``expires_at``; at most
+        :data:`RECENT_FULFILLS_MAX` entries (when full, the one closest to its expiry goes:
+        it is the least likely to be asked for again)."""
+        self._recent[key] = (fulfill, expires_at)
+        heap = self._recent_expiry
+        # A packet key covers the expiry, so one key never has two expiries in the heap.
+        heapq.heappush(heap, (expires_at.timestamp(), key))
+        if len(heap) > RECENT_FULFILLS_MAX:
+            self._recent.pop(heapq.heappop(heap)[1], None)
         self._remembered += 1
         if not self._remembered % RECENT_PURGE_EVERY:
             # Drop what expired every so often, not only at housekeeping: the cache then
@@ -556,10 +564,11 @@ class PacketSwitch:
             self._purge_recent(self.clock())
 
     def _purge_recent(self, now: datetime) -> None:
+        heap = self._recent_expiry
         recent = self._recent
-        # Roughly in expiry order; anything expired at the front goes.
-        while recent and next(iter(recent.values()))[1] <= now:
-            recent.popitem(last=False)
+        limit = now.timestamp()
+        while heap and heap[0][0] <= limit:
+            recent.pop(heapq.heappop(heap)[1], None)
 
     async def _receive(
         self, source: PeerContext, prepare: Prepare, key: str, handler: LocalHandler | None = None

@@ -78,6 +78,20 @@ def assert_reject(reply: object, code: str, message: str | None = None) -> Rejec
     return reply
 
 
+async def settle(done: Callable[[], bool], what: str) -> None:
+    """Let the loop run until ``done()`` (a few hundred turns at most; no clock)."""
+    for _ in range(1000):
+        if done():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"never happened: {what}")
+
+
+def awaited_by(future: asyncio.Future[Any]) -> bool:
+    """Whether something waits on ``future`` (a copy of a packet in flight does)."""
+    return bool(future._callbacks)  # type: ignore[attr-defined]
+
+
 # --- forwarding: happy path ------------------------------------------------------------
 
 
@@ -303,9 +317,9 @@ async def test_holds_count_while_in_flight() -> None:
         await gate.wait()
         return Fulfill(FULFILLMENT)
 
-    rig.link("carl", slow)
+    carl = rig.link("carl", slow)
     first = asyncio.create_task(rig.switch.handle_prepare(ALICE, prepare("test.conn.carl", 100)))
-    await asyncio.sleep(0.01)
+    await settle(lambda: len(carl.seen) == 1, "the first packet reached carl")
     second = await rig.switch.handle_prepare(ALICE, prepare("test.conn.carl", 100, data=b"2"))
     assert_reject(second, "T04")
     gate.set()
@@ -418,7 +432,9 @@ async def test_retransmission_in_flight_is_forwarded_and_booked_once() -> None:
     p = prepare("test.conn.carl", 100)
     first = asyncio.create_task(rig.switch.handle_prepare(ALICE, p))
     second = asyncio.create_task(rig.switch.handle_prepare(ALICE, p))
-    await asyncio.sleep(0.01)
+    await settle(lambda: len(carl.seen) == 1, "the first copy reached carl")
+    (in_flight,) = rig.switch._inflight.values()
+    await settle(lambda: awaited_by(in_flight), "the second copy waits for the first")
     gate.set()
     assert await first == await second == Fulfill(FULFILLMENT)
     assert len(carl.seen) == 1
@@ -489,6 +505,49 @@ async def test_recent_fulfills_are_purged_as_they_expire() -> None:
         p = prepare(f"test.conn.receivers.demo.t{i}", 1, expires_in=10, now=now[0])
         assert isinstance(await rig.switch.handle_prepare(ALICE, p), Fulfill)
     assert len(rig.switch._recent) == RECENT_PURGE_EVERY - half
+
+
+async def test_a_far_future_fulfill_does_not_pin_the_later_ones() -> None:
+    """Insertion order is not expiry order: one Prepare expiring in a year, then many
+    expiring in 10 s; once those expired, a purge drops them all and keeps the far one."""
+    from links.switch import RECENT_PURGE_EVERY
+
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    rig = make_rig([ALICE], clock=lambda: now[0])
+    far = prepare("test.conn.receivers.demo.far", 1, expires_in=365 * 86400, now=now[0])
+    assert isinstance(await rig.switch.handle_prepare(ALICE, far), Fulfill)
+    for i in range(RECENT_PURGE_EVERY - 2):
+        p = prepare(f"test.conn.receivers.demo.s{i}", 1, expires_in=10, now=now[0])
+        assert isinstance(await rig.switch.handle_prepare(ALICE, p), Fulfill)
+    now[0] += timedelta(seconds=20)
+    last = prepare("test.conn.receivers.demo.last", 1, expires_in=10, now=now[0])
+    assert isinstance(await rig.switch.handle_prepare(ALICE, last), Fulfill)  # purges
+    assert set(rig.switch._recent) == {packet_key("alice", far), packet_key("alice", last)}
+    # the far one is still answered from memory, without the receiver
+    seen = len(rig.receiver.calls)
+    assert isinstance(await rig.switch.handle_prepare(ALICE, far), Fulfill)
+    assert len(rig.receiver.calls) == seen
+
+
+async def test_recent_fulfills_are_capped_whatever_their_expiry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Full cache: the entry closest to its expiry goes, never more than the cap is kept."""
+    monkeypatch.setattr("links.switch.RECENT_FULFILLS_MAX", 8)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    rig = make_rig([ALICE], clock=lambda: now)
+    far = prepare("test.conn.receivers.demo.far", 1, expires_in=365 * 86400, now=now)
+    await rig.switch.handle_prepare(ALICE, far)
+    for i in range(50):
+        p = prepare(f"test.conn.receivers.demo.s{i}", 1, expires_in=10 + i, now=now)
+        await rig.switch.handle_prepare(ALICE, p)
+    assert len(rig.switch._recent) == 8
+    assert len(rig.switch._recent_expiry) == 8
+    kept = set(rig.switch._recent)
+    assert packet_key("alice", far) in kept  # the latest expiries are the ones kept
+    for i in range(43, 50):
+        p = prepare(f"test.conn.receivers.demo.s{i}", 1, expires_in=10 + i, now=now)
+        assert packet_key("alice", p) in kept
 
 
 # --- registered local destinations (register_local) ------------------------------------------
@@ -660,12 +719,13 @@ async def test_internal_errors_become_t00() -> None:
 
 async def test_cancelled_packet_releases_holds_and_waiters_get_a_reject() -> None:
     rig = make_rig([ALICE, CARL])
-    rig.link("carl", never())
+    carl = rig.link("carl", never())
     p = prepare("test.conn.carl", 10)
     first = asyncio.create_task(rig.switch.handle_prepare(ALICE, p))
-    await asyncio.sleep(0.01)
+    await settle(lambda: len(carl.seen) == 1, "the packet reached carl")
     copy = asyncio.create_task(rig.switch.handle_prepare(ALICE, p))
-    await asyncio.sleep(0.01)
+    (in_flight,) = rig.switch._inflight.values()
+    await settle(lambda: awaited_by(in_flight), "the copy waits for the first")
     first.cancel()
     with pytest.raises(asyncio.CancelledError):
         await first

@@ -15,6 +15,13 @@ include its earlier top-ups, which the sender must not count). Then it calls aga
 
 The Prepares leave through the sending port: this process's switch (our own receivers,
 or the routing table), or ``via_peer``'s link.
+
+The API's URL is the caller's choice: its calls go out through :mod:`payments.outbound`'s
+transport (like the SPSP query of the pointer a 402 names), so its host must resolve to
+public addresses only, checked at connect time, unless ``ILP_ALLOW_PRIVATE_URLS``; a
+refused address raises :class:`~payments.sending.SendFailed` with the reason before
+anything is paid. Each call ends within :data:`CALL_TIMEOUT_S` and reads at most
+:data:`MAX_RESPONSE_BYTES` of body; redirects are not followed.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from payments import outbound
 from payments.ledger import ensure_account
 from payments.models import LedgerAccount
 from payments.models_outgoing import OutgoingPayment
@@ -41,6 +49,9 @@ from receivers.paid import PAY_TOKEN_HEADER, PayToken, new_pay_token, parse_pay
 __all__ = ["CallResult", "Paid", "http_ilp_call"]
 
 MONETIZATION_REL = "monetization"
+CALL_TIMEOUT_S = 30.0
+# A paid API's answer is its product (a page, a file): more than a webhook's 64 KiB.
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,14 +89,14 @@ async def http_ilp_call(
 ) -> CallResult:
     """Call ``url``; on 402 pay what it asks (see the module docstring) and call again.
 
-    Raises :class:`~payments.sending.SendFailed` when the 402 is unusable or the payment
-    fails (its ``last_error``), and the sending services' errors
+    Raises :class:`~payments.sending.SendFailed` when ``url``'s address is refused, the
+    402 is unusable or the payment fails (its ``last_error``), and the sending services' errors
     (:class:`~payments.sending.InsufficientBalance`, ...) when it cannot start."""
     token = token or new_pay_token()
     PayToken.parse(token)
     headers = {PAY_TOKEN_HEADER: token}
-    async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
-        response = await client.request(method, url, headers=headers)
+    async with _client() as client:
+        response = await _call(client, method, url, headers)
         if response.status_code != 402:
             return _result(response, token, None)
         try:
@@ -120,11 +131,31 @@ async def http_ilp_call(
             done.protocol,
         )
         for _ in range(retries):
-            response = await client.request(method, url, headers=headers)
+            response = await _call(client, method, url, headers)
             if response.status_code != 402:
                 break
             await asyncio.sleep(0.2)  # the API's view of the token's balance may lag
         return _result(response, token, paid)
+
+
+def _client() -> httpx.AsyncClient:
+    transport = outbound.GuardedTransport(
+        total_timeout=CALL_TIMEOUT_S, max_bytes=MAX_RESPONSE_BYTES
+    )
+    return httpx.AsyncClient(
+        transport=transport, timeout=CALL_TIMEOUT_S, trust_env=False, follow_redirects=False
+    )
+
+
+async def _call(
+    client: httpx.AsyncClient, method: str, url: str, headers: dict[str, str]
+) -> httpx.Response:
+    try:
+        return await client.request(method, url, headers=headers)
+    except httpx.HTTPError as exc:
+        if outbound.refused(exc):
+            raise SendFailed(f"the call to {url} was refused: {exc}") from None
+        raise
 
 
 @in_thread

@@ -21,6 +21,12 @@ must be 200 with a JSON object carrying an ILP address in ``destination_account`
 (``maximum``/``current`` integer strings < 2**64) and ``asset_info`` are read when present.
 Redirects are followed only to the same scheme (at most 3).
 
+The query goes out through :mod:`payments.outbound` (the pointer is the user's choice): its
+host, and the host of every redirect, must resolve to public addresses only, checked at
+connect time, unless ``ILP_ALLOW_PRIVATE_URLS`` (a loopback development pointer needs it;
+a refused address is an :class:`SpspError` naming it); the whole query ends within
+:data:`SPSP_TIMEOUT_S` and reads at most :data:`MAX_BODY` of answer.
+
 The grammar is the one :mod:`receivers.pointers` parses (payments cannot import
 receivers); this one differs only in accepting loopback ports.
 """
@@ -40,6 +46,7 @@ from ilp.errors import DecodeError
 from ilp.oer import UINT64_MAX
 from ilp.psk2 import b64url_decode
 from ilp.stream import ReceiptSetup
+from payments import outbound
 from payments.sending.errors import SpspError
 
 __all__ = [
@@ -64,7 +71,7 @@ _ACCEPT: dict[str | None, str] = {
 WELL_KNOWN_PATH = "/.well-known/pay"
 SHARED_SECRET_LENGTH = 32
 SPSP_TIMEOUT_S = 15.0
-MAX_BODY = 64 * 1024
+MAX_BODY = outbound.MAX_RESPONSE_BYTES
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
 
 _UNRESERVED = r"A-Za-z0-9\-._~"
@@ -189,9 +196,7 @@ async def query_spsp(
         headers["Receipt-Nonce"] = base64.b64encode(receipts.nonce).decode()
         headers["Receipt-Secret"] = base64.b64encode(receipts.secret).decode()
     own = client is None
-    http = client or httpx.AsyncClient(
-        timeout=SPSP_TIMEOUT_S, trust_env=False, follow_redirects=False
-    )
+    http = client or outbound.async_client(total_timeout=SPSP_TIMEOUT_S)
     try:
         current = url
         asked_again = False
@@ -199,6 +204,10 @@ async def query_spsp(
             try:
                 response = await http.get(current, headers=headers)
             except httpx.HTTPError as exc:
+                if outbound.refused(exc):
+                    raise SpspError(f"SPSP query to {current} refused: {exc}") from None
+                if isinstance(exc, outbound.ResponseTooLarge):
+                    raise SpspError("the SPSP answer is too large") from None
                 raise SpspError(f"SPSP query to {current} failed: {exc!r}") from None
             if response.status_code == 406 and protocol is None and not asked_again:
                 # It cannot weigh the offer (a PSK2-only endpoint refusing any mention of

@@ -93,3 +93,37 @@ def test_pay_api_without_a_link_pays_the_pay_headers_address_over_psk2(
     assert payment.protocol == "psk2" and payment.spsp_url == ""
     assert payment.receiver.endswith("/api/v1/demo/paid") and payment.status == "completed"
     assert int(PaidToken.objects.get(token=token).charged) == 250
+
+
+def test_pay_api_refuses_a_private_address_before_paying(live_server: Any, settings: Any) -> None:
+    """The API's URL is the caller's: as every outgoing request to a user-given URL
+    (payments.outbound), a loopback host is refused unless ILP_ALLOW_PRIVATE_URLS."""
+    settings.ILP_ALLOW_PRIVATE_URLS = False
+    with pytest.raises(CommandError, match=r"refused.*loopback"):
+        run(f"{live_server.url}/api/v1/demo/paid")
+    assert not OutgoingPayment.objects.exists() and not Receipt.objects.exists()
+
+
+def test_pay_api_refuses_a_private_pointer_named_by_the_402(
+    live_server: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API may be public and still name a private pointer in its 402: the SPSP query
+    of the sender refuses it, and nothing is paid."""
+    from payments import outbound
+
+    calls: list[str] = []
+    real = outbound.aresolve_checked
+
+    async def api_host_passes(host: str, port: int, *, allow: bool | None = None) -> list[str]:
+        """The first connection (the API call) passes as a public host would; the
+        connections after it (the pointer's SPSP query) are checked for real."""
+        calls.append(host)
+        return await real(host, port, allow=True if len(calls) == 1 else allow)
+
+    monkeypatch.setattr(outbound, "aresolve_checked", api_host_passes)
+    settings.ILP_ALLOW_PRIVATE_URLS = False
+    with pytest.raises(CommandError, match=r"refused.*loopback"):
+        run(f"{live_server.url}/api/v1/demo/paid")
+    assert not Receipt.objects.exists()
+    (payment,) = OutgoingPayment.objects.all()
+    assert payment.status == "failed" and int(payment.amount_debited) == 0

@@ -90,3 +90,18 @@ async def test_query_our_own_spsp_endpoint(live_server: Any) -> None:
         await query_spsp(f"{live_server.url}/nobody")
     with pytest.raises(SpspError, match="failed"):
         await query_spsp("http://127.0.0.1:9/nothing-listens-here")
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_query_refuses_private_addresses_unless_allowed(
+    live_server: Any, settings: Any
+) -> None:
+    """The pointer is the user's choice: as every outgoing request to a user-given URL
+    (payments.outbound), a loopback/private host is refused after resolution, before any
+    byte is sent, unless ILP_ALLOW_PRIVATE_URLS (as this suite sets it)."""
+    await in_thread(make_receiver)("bob")
+    settings.ILP_ALLOW_PRIVATE_URLS = False
+    with pytest.raises(SpspError, match=r"refused.*loopback"):
+        await query_spsp(f"{live_server.url}/bob")
+    settings.ILP_ALLOW_PRIVATE_URLS = True
+    assert (await query_spsp(f"{live_server.url}/bob")).destination_account.startswith(NODE)

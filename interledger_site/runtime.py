@@ -1,7 +1,8 @@
 """The composition root: one object builds and owns a node process's runtime objects.
 
 :class:`NodeRuntime` holds the packet switch, the link registry and link ownership
-(:mod:`links.ownership`), the links supervisor and the recovery sweeps, with an explicit
+(:mod:`links.ownership`), the links supervisor, the recovery sweeps and (eager Celery) the
+listener of payments handed over by commands (:mod:`payments.sending.handoff`), with an explicit
 :meth:`~NodeRuntime.start` and :meth:`~NodeRuntime.stop`. The accessors the rest of the
 code calls (``links.switch.get_switch``, ``links.registry.get``,
 ``links.supervisor.get_supervisor``, ``payments.recovery.get_recovery``,
@@ -54,6 +55,7 @@ from typing import Any
 
 from django.conf import settings
 
+from links.limits import build_limiter
 from links.ownership import (
     Leases,
     LinkOwnership,
@@ -83,6 +85,8 @@ class NodeRuntime:
     """One process's (or one test's) node runtime; see the module docstring.
 
     ``links``: run the supervisor (dial the ``btp-client`` peers whose leases it gets);
+    ``handoff``: listen for payments handed over by commands
+    (:mod:`payments.sending.handoff`; a serving process with eager Celery);
     ``owner``: serve an owner channel, so links registered here (BTP children that connect
     to this process) can be owned and reached from other processes (default: ``links``; a
     serving process always is one); ``recovery``: run the recovery sweeps; ``shared``: leases across processes (default: whether the
@@ -97,12 +101,14 @@ class NodeRuntime:
         links: bool = False,
         owner: bool | None = None,
         recovery: bool = False,
+        handoff: bool = False,
         shared: bool | None = None,
         leases: Leases | None = None,
         lease_s: float | None = None,
     ) -> None:
         from links.supervisor import Supervisor
         from payments.recovery import Recovery
+        from payments.sending.handoff import HandoffListener
 
         self.name = name
         self.links_enabled = links
@@ -121,6 +127,9 @@ class NodeRuntime:
         self.registry.ownership = self.ownership
         self.supervisor = Supervisor(self.registry)
         self.recovery = Recovery()
+        # Per-peer limits (links.limits): in Redis with REDIS_URL, else in this process.
+        self.limiter: Any = build_limiter()
+        self.handoff = HandoffListener(name=name) if handoff else None
         self.switch_override: Any = None
         self._switch: Any = None
         self._book: Any = None
@@ -212,6 +221,11 @@ class NodeRuntime:
             await loop.create_task(shared.start(self.switch.ccp), context=context)
         if self.recovery_enabled:
             context.run(self.recovery.start)
+        if self.handoff is not None:
+            try:
+                await loop.create_task(self.handoff.start(), context=context)
+            except OSError:
+                log.exception("payments: cannot listen for handed-off payments")
         log.info(
             "node runtime %s started (links %s, recovery %s, leases %s)",
             self.name,
@@ -228,6 +242,8 @@ class NodeRuntime:
             return
         self.stopped = True
         self.started = False
+        if self.handoff is not None:
+            await self.handoff.stop()
         await self.supervisor.stop()
         await self.recovery.stop()
         from links import http_oer, shared
@@ -243,6 +259,7 @@ class NodeRuntime:
                         await close()
         self.registry.clear()
         self.reset_switch()
+        await _close_limits(self)
         await _close_ledger(self)
         log.info("node runtime %s stopped", self.name)
 
@@ -253,9 +270,18 @@ class NodeRuntime:
         self.registry.clear()
         self.reset_switch()
         self.reset_book()
+        self.limiter.close()
         leases = self.ownership.leases
         if isinstance(leases, RedisLeases):
             leases.close()
+
+
+async def _close_limits(runtime: NodeRuntime) -> None:
+    aclose = getattr(runtime.limiter, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()
+    runtime.limiter.close()
 
 
 async def _close_ledger(runtime: NodeRuntime) -> None:
@@ -307,12 +333,16 @@ def peek() -> NodeRuntime | None:
 
 
 def serving_runtime() -> NodeRuntime:
-    """The runtime of a serving (ASGI) process: links and sweeps unless turned off."""
+    """The runtime of a serving (ASGI) process: links and sweeps unless turned off; the
+    handoff listener where it runs the payments (eager Celery)."""
+    from payments.sending.handoff import handoff_wanted
+
     return NodeRuntime(
         name=f"server-{os.getpid()}",
         links=not _flag_off(LINKS_FLAG),
         owner=True,
         recovery=not _flag_off(RECOVERY_FLAG),
+        handoff=handoff_wanted(),
     )
 
 

@@ -1,22 +1,41 @@
 """``python manage.py pay POINTER AMOUNT [--from ACCOUNT] [--via PEER] [--destination-amount]
-[--protocol stream|psk2]``
+[--protocol stream|psk2] [--key KEY] [--no-wait]``
 
-Creates an outgoing payment (``payments.sending.outgoing_payment_create``) and runs it:
-in this process when Celery is eager (the embedded default), else by queueing
-``payments.send_outgoing_payment`` and following its progress in the database. Prints
-one line per chunk and a summary; exits 1 when the payment fails.
+Creates an outgoing payment (``payments.sending.outgoing_payment_create``: validation,
+reservation, the row) in this process, then has it run where the node's links are, and
+follows its progress in the database: one line per change and a summary; exits 1 when
+the payment fails.
+
+* **A node is serving (eager Celery, the embedded default).** The serving process
+  (``make run``, Daphne) holds the links: its parent's BTP connection, the children that
+  dialled in. The payment is handed to it (:mod:`payments.sending.handoff`: a Unix
+  socket in ``ILP_VAR_DIR``) and runs there, through its own links: no second
+  connection, ``--via`` or not. If the node stops mid-payment the command says so and
+  exits 1; the payment keeps its state and the node's recovery resumes it when it
+  serves again (Ctrl-C only stops following: the node finishes the payment).
+* **No node is serving** (no socket, or one left by a process that is gone): the command
+  says so on stderr and runs the payment itself, as a node of its own: our own
+  receivers, or ``--via`` a peer (a ``btp-client`` peer is dialled for the payment).
+  A socket that accepts but does not answer within a few seconds (a stopped process) is
+  an error, before anything is created.
+* **A Celery worker** (Redis, not eager): the command queues
+  ``payments.send_outgoing_payment``; the worker reaches each link through the process
+  that owns it (``links.ownership.RemoteLink``).
 
 ``--from`` takes a ledger account code (``receiver:alice``, ``node:operator``) or a
 receiver name (``alice``); the default is the node's own ``node:operator`` (created on
 demand). ``--via PEER`` sends through that peer's link; without it the Prepares go into
-this node's switch (our own receivers, or whatever the routing table says). The receiver's
-SPSP answer chooses the protocol (STREAM when it offers SPSP4, else PSK2) unless
-``--protocol`` insists on one.
+the node's switch (our own receivers, or whatever the routing table says: the parent).
+The receiver's SPSP answer chooses the protocol (STREAM when it offers SPSP4, else PSK2)
+unless ``--protocol`` insists on one. ``--key`` makes it idempotent: running the same
+command again follows (or finishes) the same payment. ``--no-wait`` returns once the
+payment is queued or handed over.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -32,7 +51,16 @@ from payments.sending import (
     outgoing_payment_run_sync,
     payment_summary,
 )
+from payments.sending.handoff import (
+    NodeConnection,
+    NodeGone,
+    NodeNotAnswering,
+    NoNodeServing,
+    connect,
+)
 from payments.sending.selectors import outgoing_payment_get
+
+FOLLOW_EVERY_S = 0.5
 
 
 def account_code(value: str) -> str:
@@ -55,7 +83,8 @@ def progress_line(payment: OutgoingPayment) -> str:
 
 class Command(BaseCommand):
     help = (
-        "Pay a payment pointer (SPSP4 + STREAM, or SPSP + PSK2) from one of this node's accounts."
+        "Pay a payment pointer (SPSP4 + STREAM, or SPSP + PSK2) from one of this node's "
+        "accounts, through the serving node's links."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -84,11 +113,31 @@ class Command(BaseCommand):
         )
         parser.add_argument("--key", help="idempotency key (a repeated key pays once)")
         parser.add_argument(
-            "--no-wait", action="store_true", help="queue it and return (non-eager Celery)"
+            "--no-wait",
+            action="store_true",
+            help="return once the payment is queued (Celery) or handed to the serving node",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
         source = account_code(options["source"])
+        eager = bool(celery_app.conf.task_always_eager)
+        # Before anything is created: a node that does not answer is an error.
+        node = serving_node(self.stderr.write) if eager else None
+        try:
+            final = self._pay(source, node, eager, options)
+        finally:
+            if node is not None:
+                node.close()
+            reset_book()
+        if final is None:
+            return
+        self.stdout.write(progress_line(final))
+        if final.status != OutgoingPayment.Status.COMPLETED:
+            raise CommandError(f"payment {final.pk} {final.status}: {final.last_error}")
+
+    def _pay(
+        self, source: str, node: NodeConnection | None, eager: bool, options: dict[str, Any]
+    ) -> OutgoingPayment | None:
         if source == OPERATOR_ACCOUNT:
             ensure_account(OPERATOR_ACCOUNT, kind="node")
         try:
@@ -106,31 +155,60 @@ class Command(BaseCommand):
         except PaymentsError as exc:
             raise CommandError(exc.message) from exc
         self.stdout.write(f"outgoing payment {payment.pk} to {payment.spsp_url}")
-        eager = bool(celery_app.conf.task_always_eager)
-        try:
-            if eager:
-                final = outgoing_payment_run_sync(
-                    payment_id=payment.pk,
-                    options=RunOptions(on_progress=lambda p: self.stdout.write(progress_line(p))),
-                )
-                final = outgoing_payment_get(payment_id=payment.pk) if final is None else final
-            else:
-                from payments.sending.tasks import send_outgoing_payment
+        if node is not None:
+            return self._hand_over(node, payment.pk, wait=not options["no_wait"])
+        if eager:
+            final = outgoing_payment_run_sync(
+                payment_id=payment.pk,
+                options=RunOptions(on_progress=lambda p: self.stdout.write(progress_line(p))),
+            )
+            final = outgoing_payment_get(payment_id=payment.pk) if final is None else final
+        else:
+            from payments.sending.tasks import send_outgoing_payment
 
-                send_outgoing_payment.delay(payment_id=payment.pk)
-                if options["no_wait"]:
-                    self.stdout.write("queued")
-                    return
-                final = self._follow(payment.pk)
-        finally:
-            reset_book()
+            send_outgoing_payment.delay(payment_id=payment.pk)
+            if options["no_wait"]:
+                self.stdout.write("queued")
+                return None
+            final = self._follow(payment.pk)
         if final is None:
             raise CommandError("the payment disappeared")
-        self.stdout.write(progress_line(final))
-        if final.status != OutgoingPayment.Status.COMPLETED:
-            raise CommandError(f"payment {final.pk} {final.status}: {final.last_error}")
+        return final
 
-    def _follow(self, payment_id: int) -> OutgoingPayment | None:
+    def _hand_over(
+        self, node: NodeConnection, payment_id: int, *, wait: bool
+    ) -> OutgoingPayment | None:
+        left = (
+            f"payment {payment_id} stays in the database: the node resumes it when it "
+            "serves again (its recovery sweep), or run this command again with the same "
+            "--key"
+        )
+        try:
+            node.start_run(payment_id)
+        except (NodeGone, NodeNotAnswering) as exc:
+            raise CommandError(
+                f"the serving node did not take the payment ({exc}); {left}"
+            ) from None
+        self.stdout.write(f"running in the serving {node.describe}")
+        if not wait:
+            self.stdout.write("handed over")
+            return None
+        try:
+            final = self._follow(payment_id, node, left)
+        except KeyboardInterrupt:
+            raise CommandError(
+                f"stopped following; payment {payment_id} goes on in the serving node"
+            ) from None
+        if final is None:
+            raise CommandError("the payment disappeared")
+        return final
+
+    def _follow(
+        self, payment_id: int, node: NodeConnection | None = None, left: str = ""
+    ) -> OutgoingPayment | None:
+        """Print the payment's progress from the database until it is over. With ``node``
+        (the handed-over run's connection) its ``done`` wakes this up early, and its going
+        away ends the wait with an error."""
         last = ""
         while True:
             payment = outgoing_payment_get(payment_id=payment_id)
@@ -142,4 +220,33 @@ class Command(BaseCommand):
                 last = line
             if not payment.is_active:
                 return payment
-            time.sleep(0.5)
+            if node is None:
+                time.sleep(FOLLOW_EVERY_S)
+                continue
+            try:
+                done = node.wait_done(FOLLOW_EVERY_S)
+            except (NodeGone, NodeNotAnswering) as exc:
+                payment = outgoing_payment_get(payment_id=payment_id)
+                if payment is not None and not payment.is_active:
+                    continue  # it ended just before the node went away
+                raise CommandError(
+                    f"the serving node went away during the payment ({exc}); {left}"
+                ) from None
+            if done is None:
+                continue
+            if done.get("error"):
+                raise CommandError(f"the node's run stopped: {done['error']}; {left}")
+            # Over (the next read shows it), or another runner holds it: follow the row.
+            node = None
+
+
+def serving_node(warn: Callable[[str], Any]) -> NodeConnection | None:
+    """The serving node's handoff connection; ``None`` (said on ``warn``) when no node
+    serves this database; :class:`CommandError` when one listens but does not answer."""
+    try:
+        return connect()
+    except NoNodeServing as exc:
+        warn(f"no node is serving this database ({exc}): paying from this process")
+        return None
+    except NodeNotAnswering as exc:
+        raise CommandError(f"{exc}; nothing was sent") from exc

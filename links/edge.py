@@ -14,8 +14,9 @@ from typing import Any, Protocol
 from django.conf import settings
 
 from ilp.packet import Prepare, Reject, Reply
-from links.limits import edge_limiter
+from links.limits import Limiter, Slot
 from links.peers import PeerContext
+from payments.node import runtime as _runtime
 
 log = logging.getLogger(__name__)
 
@@ -66,37 +67,42 @@ async def handle_prepare(source: PeerContext, prepare: Prepare, *, owned: bool =
     task (~10 us per packet) for a caller that already runs in a task the node owns and
     never cancels (a BTP link's per-request task, HTTP-OER async's background task).
 
-    First the peer's limits (:mod:`links.limits`): over one, the T05/T04 Reject at once.
+    First the peer's limits (:mod:`links.limits`, the runtime's limiter: in Redis, batched
+    per loop iteration, when the node has several processes): over one, the T05/T04 Reject.
     """
-    refused = _limiter.admit(source.name, source.limits, prepare.amount)
-    if refused is not None:
-        return reject(*refused)
+    limiter: Limiter = _runtime().limiter
+    slot = await limiter.admit_prepare(
+        source.name, source.limits, prepare.amount, prepare.expires_at
+    )
+    if type(slot) is tuple:
+        return reject(*slot)
+    assert isinstance(slot, Slot)
     if owned:
         current = asyncio.current_task()
         if current is None:  # not in a task (cannot be cancelled either)
-            return await _call_switch(source, prepare)
+            return await _call_switch(source, prepare, limiter, slot)
         _in_flight.add(current)
         try:
-            return await _call_switch(source, prepare)
+            return await _call_switch(source, prepare, limiter, slot)
         finally:
             _in_flight.discard(current)
-    task = asyncio.get_running_loop().create_task(_call_switch(source, prepare))
+    task = asyncio.get_running_loop().create_task(_call_switch(source, prepare, limiter, slot))
     _in_flight.add(task)
     task.add_done_callback(_in_flight.discard)
     return await asyncio.shield(task)
 
 
-async def _call_switch(source: PeerContext, prepare: Prepare) -> Reply:
+async def _call_switch(
+    source: PeerContext, prepare: Prepare, limiter: Limiter, slot: Slot
+) -> Reply:
     try:
         return await current_switch().handle_prepare(source, prepare)
     except Exception:
         log.exception("switch failed on a Prepare from %s", source.name)
         return reject("T00", "internal error")
     finally:
-        _limiter.release(source.name)  # the reply is known: its in-flight slot is free
+        limiter.release_slot(slot)  # the reply is known: its in-flight slot is free
 
-
-_limiter = edge_limiter()
 
 # The tasks running a switch call: the shielded ones and the owned callers.
 _in_flight: set[asyncio.Task[Any]] = set()

@@ -1,0 +1,90 @@
+"""Cost per packet of the shared limiter (Redis) against the in-memory one, same run.
+
+    .venv/bin/python scripts/bench_shared_limits.py redis://127.0.0.1:56379/4 [packets] [in_flight]
+
+Each of ``in_flight`` workers loops: admit a Prepare of peer ``kid`` (``admit_prepare``),
+yield to the loop once (the switch's work), release its slot. Reports this process's CPU
+time per packet (``time.process_time``), Redis's CPU per packet (``INFO cpu``), wall time
+and the script calls per packet, for both limiters on the same loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import redis
+
+from links.limits import EdgeLimiter, PeerLimits, SharedLimiter, Slot
+
+
+async def run(limiter: EdgeLimiter | SharedLimiter, packets: int, in_flight: int) -> int:
+    rules = PeerLimits(packets_per_second=10**9, burst=10**9, max_in_flight=10**6)
+    expiry = datetime.now(UTC) + timedelta(seconds=30)
+    per_worker = packets // in_flight
+    refused = 0
+
+    async def worker() -> None:
+        nonlocal refused
+        for _ in range(per_worker):
+            slot = await limiter.admit_prepare("kid", rules, 10, expiry)
+            await asyncio.sleep(0)
+            if isinstance(slot, Slot):
+                limiter.release_slot(slot)
+            else:
+                refused += 1
+
+    await asyncio.gather(*(worker() for _ in range(in_flight)))
+    return refused
+
+
+def redis_cpu(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+async def main() -> None:
+    url = sys.argv[1]
+    packets = int(sys.argv[2]) if len(sys.argv) > 2 else 60_000
+    in_flight = int(sys.argv[3]) if len(sys.argv) > 3 else 60
+    client = redis.Redis.from_url(url)
+    prefix = f"ilp:bench:limits:{uuid.uuid4().hex}:"
+    for round_ in range(2):
+        for name, limiter in (
+            ("in-memory", EdgeLimiter()),
+            ("shared (Redis)", SharedLimiter(url, prefix)),
+        ):
+            if isinstance(limiter, SharedLimiter):
+                await run(limiter, in_flight * 10, in_flight)  # connect, load the script
+                calls0 = limiter.stats.calls
+            r0 = redis_cpu(client)
+            t0 = os.times()
+            w0 = time.perf_counter()
+            refused = await run(limiter, packets, in_flight)
+            wall = time.perf_counter() - w0
+            t1 = os.times()
+            user, system = t1.user - t0.user, t1.system - t0.system
+            cpu = user + system
+            rcpu = redis_cpu(client) - r0
+            extra = ""
+            if isinstance(limiter, SharedLimiter):
+                calls = limiter.stats.calls - calls0
+                extra = f", {calls} calls ({packets / calls:.1f} packets per call)"
+                await limiter.aclose()
+            print(
+                f"round {round_ + 1} {name:15s}: {cpu / packets * 1e6:6.1f} us CPU/packet here "
+                f"({user / packets * 1e6:.1f} user, {system / packets * 1e6:.1f} sys), "
+                f"{rcpu / packets * 1e6:5.1f} us in Redis, {packets / wall:8.0f} packets/s, "
+                f"{refused} refused{extra}"
+            )
+    keys = list(client.scan_iter(match=f"{prefix}*"))
+    if keys:
+        client.delete(*keys)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

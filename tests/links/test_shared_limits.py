@@ -1,0 +1,222 @@
+"""Per-peer limits shared across processes (``links.limits.SharedLimiter``, Redis).
+
+Two limiters on one Redis prefix stand for two processes of one node: a peer's rate,
+throughput and in-flight cap hold for the node, not per process; a dead process's slots
+free themselves at their expiry; with Redis away, each process admits its share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from ilp.packet import Fulfill, Prepare, Reject
+from links.limits import (
+    BANDWIDTH_EXCEEDED,
+    RATE_LIMITED,
+    TOO_MANY_IN_FLIGHT,
+    EdgeLimiter,
+    PeerLimits,
+    SharedLimiter,
+    Slot,
+)
+from links.peers import PeerContext
+from tests.conftest import requires_redis
+from tests.links.conftest import FakeSwitch, prepare_to
+
+REDIS_URL = os.environ.get("REDIS_URL", "")
+
+
+def soon(seconds: float = 30.0) -> datetime:
+    return datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[Callable[..., SharedLimiter]]:
+    """Limiters on one fresh prefix: each one a process of the same node."""
+    prefix = f"ilp:test:limits:{uuid.uuid4().hex}:"
+    made: list[SharedLimiter] = []
+
+    def make(**kw: object) -> SharedLimiter:
+        limiter = SharedLimiter(REDIS_URL, prefix, **kw)  # type: ignore[arg-type]
+        made.append(limiter)
+        return limiter
+
+    yield make
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(REDIS_URL)
+    keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+    for limiter in made:
+        await limiter.aclose()
+
+
+@requires_redis
+async def test_a_peer_gets_its_rate_once_across_two_processes(
+    pair: Callable[..., SharedLimiter],
+) -> None:
+    a, b = pair(), pair()
+    rules = PeerLimits(packets_per_second=1, burst=20)
+    started = time.monotonic()
+    outcomes = []
+    for i in range(40):  # alternating processes, as a load balancer would
+        outcomes.append(await (a if i % 2 else b).admit_prepare("kid", rules, 0, soon()))
+    elapsed = time.monotonic() - started
+    admitted = [o for o in outcomes if isinstance(o, Slot)]
+    refused = [o for o in outcomes if not isinstance(o, Slot)]
+    # The burst once for the node (plus what refilled meanwhile at 1/s), not once per process.
+    assert 20 <= len(admitted) <= 20 + int(elapsed) + 1
+    assert set(refused) == {RATE_LIMITED}
+    # Two in-memory limiters (what each process had before) admit the burst twice.
+    local_a, local_b = EdgeLimiter(), EdgeLimiter()
+    local = sum((local_a if i % 2 else local_b).admit("kid", rules, 0) is None for i in range(40))
+    assert local == 40
+
+
+@requires_redis
+async def test_in_flight_is_counted_for_the_node(pair: Callable[..., SharedLimiter]) -> None:
+    a, b = pair(), pair()
+    rules = PeerLimits(max_in_flight=3)
+    s1 = await a.admit_prepare("kid", rules, 10, soon())
+    s2 = await a.admit_prepare("kid", rules, 10, soon())
+    s3 = await b.admit_prepare("kid", rules, 10, soon())
+    assert all(isinstance(s, Slot) for s in (s1, s2, s3))
+    assert await b.admit_prepare("kid", rules, 10, soon()) == TOO_MANY_IN_FLIGHT
+    assert await a.admit_prepare("kid", rules, 10, soon()) == TOO_MANY_IN_FLIGHT
+    assert await a.in_flight_shared("kid") == 3
+    assert isinstance(s1, Slot)
+    a.release_slot(s1)  # released on A: B has the room
+    s4 = await b.admit_prepare("kid", rules, 10, soon())
+    assert isinstance(s4, Slot)
+    for limiter, slot in ((a, s2), (b, s3), (b, s4)):
+        assert isinstance(slot, Slot)
+        limiter.release_slot(slot)
+    await a.admit_prepare("other", rules, 0, soon())  # flushes A's queued release
+    await b.admit_prepare("other", rules, 0, soon())
+    assert await a.in_flight_shared("kid") == 0
+
+
+@requires_redis
+async def test_throughput_is_counted_for_the_node(pair: Callable[..., SharedLimiter]) -> None:
+    a, b = pair(), pair()
+    rules = PeerLimits(throughput_per_second=100)
+    assert isinstance(await a.admit_prepare("kid", rules, 60, soon()), Slot)
+    assert await b.admit_prepare("kid", rules, 60, soon()) == BANDWIDTH_EXCEEDED
+    assert isinstance(await b.admit_prepare("kid", rules, 0, soon()), Slot)
+
+
+@requires_redis
+async def test_a_dead_process_slots_expire(pair: Callable[..., SharedLimiter]) -> None:
+    dead, alive = pair(), pair()
+    dead.slot_margin_ms = 0
+    rules = PeerLimits(max_in_flight=2)
+    expiry = datetime.now(UTC) + timedelta(milliseconds=300)
+    assert isinstance(await dead.admit_prepare("kid", rules, 1, expiry), Slot)
+    assert isinstance(await dead.admit_prepare("kid", rules, 1, expiry), Slot)
+    # The process is killed: its slots are never released.
+    await dead.aclose()
+    assert await alive.admit_prepare("kid", rules, 1, soon()) == TOO_MANY_IN_FLIGHT
+    deadline = time.monotonic() + 20
+    while True:  # admitted once the dead process's slots pass their Prepare's expiry
+        outcome = await alive.admit_prepare("kid", rules, 1, soon())
+        if isinstance(outcome, Slot):
+            break
+        assert outcome == TOO_MANY_IN_FLIGHT
+        assert time.monotonic() < deadline, "the dead process's slots never expired"
+        await asyncio.sleep(0.05)
+    assert datetime.now(UTC) >= expiry
+    assert await alive.in_flight_shared("kid") == 1
+
+
+@requires_redis
+async def test_one_call_per_loop_iteration(pair: Callable[..., SharedLimiter]) -> None:
+    a = pair()
+    rules = PeerLimits()
+    slots = await asyncio.gather(*(a.admit_prepare("kid", rules, 1, soon()) for _ in range(60)))
+    assert all(isinstance(s, Slot) for s in slots)
+    # The first packet's call goes alone; the 59 queued behind it share the next one.
+    assert a.stats.calls <= 2
+    assert a.stats.admits == 60
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_redis_away_each_process_admits_its_share() -> None:
+    down = SharedLimiter(f"redis://127.0.0.1:{_closed_port()}/0", "ilp:test:limits:down:")
+    down.processes = 2  # what Redis counted on the last call before it went away
+    rules = PeerLimits(packets_per_second=1, burst=10, max_in_flight=1_000)
+    outcomes = [await down.admit_prepare("kid", rules, 0, soon()) for _ in range(10)]
+    admitted = [o for o in outcomes if isinstance(o, Slot)]
+    assert len(admitted) == 5  # half the burst: the other process has the other half
+    assert outcomes[-1] == RATE_LIMITED
+    assert down.stats.failures >= 1
+    for slot in admitted:  # slots taken locally go back locally
+        down.release_slot(slot)
+    assert down.local.in_flight("kid") == 0
+    await down.aclose()
+
+
+@requires_redis
+async def test_the_edge_refuses_over_the_node_limit_from_either_runtime(
+    pair: Callable[..., SharedLimiter],
+) -> None:
+    from interledger_site.runtime import NodeRuntime
+    from links import edge
+    from links.peers import PeerContext as Ctx
+
+    kid = Ctx(
+        name="kid",
+        relation="child",
+        account_code="peer:kid",
+        address="test.local.kid",
+        asset_code="XRP",
+        asset_scale=9,
+        max_packet_amount=2**64 - 1,
+        send_routes=False,
+        receive_routes=False,
+        limits=PeerLimits(max_in_flight=2),
+    )
+    gate = asyncio.Event()
+    runtimes = [NodeRuntime(name="one"), NodeRuntime(name="two")]
+    switches: list[FakeSwitch] = []
+    for rt in runtimes:
+        rt.limiter = pair()
+
+        async def held(source: PeerContext, p: Prepare) -> Fulfill:
+            await gate.wait()
+            return Fulfill(bytes(range(32)))
+
+        fake = FakeSwitch(handler=held)
+        rt.switch_override = fake
+        switches.append(fake)
+    tasks = []
+    for rt in runtimes:
+        with rt.activated():
+            tasks.append(asyncio.ensure_future(edge.handle_prepare(kid, prepare_to())))
+    while sum(len(s.calls) for s in switches) < 2:
+        await asyncio.sleep(0.01)
+    for rt in runtimes:
+        with rt.activated():
+            extra = await edge.handle_prepare(kid, prepare_to())
+        assert isinstance(extra, Reject)
+        assert (extra.code, extra.message) == TOO_MANY_IN_FLIGHT
+    gate.set()
+    assert all(isinstance(r, Fulfill) for r in await asyncio.gather(*tasks))
+    with runtimes[1].activated():
+        assert isinstance(await edge.handle_prepare(kid, prepare_to()), Fulfill)
+    for rt in runtimes:
+        rt.close()

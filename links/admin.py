@@ -1,4 +1,11 @@
-"""Admin for peers: live status, the ledger balance, tokens set through the services."""
+"""Admin for peers: live status, the ledger balance, tokens set through the services.
+
+The peer form sets what ``manage.py add_peer`` sets: the credit limits, the header profile
+(``http_profile``) and the abuse limits of ``links.limits`` (each field checked by the
+model's range, then the whole set by :class:`~links.limits.PeerLimits`; a bad value is a
+form error on its field). An empty limit keeps the current value (a new peer: the
+default); an empty ``throughput_per_second`` is unbounded.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.db import transaction
 from django.http import HttpRequest
 
-from links.models import BtpStoredResponse, HttpAsyncRequest, Peer
+from links.limits import DEFAULT_LIMITS, LIMIT_FIELDS, InvalidLimits, PeerLimits
+from links.models import BtpStoredResponse, HttpAsyncRequest, HttpProfile, Peer
+from links.peers import limits_of
 from links.services import PeerError, peer_create, peer_update
 
 if TYPE_CHECKING:
@@ -31,6 +41,7 @@ _EDITABLE = (
     "receive_routes",
     "enabled",
     "idempotent",
+    "http_profile",
 )
 
 
@@ -45,7 +56,36 @@ class PeerForm(_PeerFormBase):
 
     class Meta:
         model = Peer
-        fields = ("name", *_EDITABLE)
+        fields = ("name", *_EDITABLE, *LIMIT_FIELDS)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for field in (*LIMIT_FIELDS, "http_profile"):
+            self.fields[field].required = False
+
+    def clean(self) -> dict[str, Any]:
+        data: dict[str, Any] = super().clean() or {}
+        if not data.get("http_profile"):
+            data["http_profile"] = (
+                self.instance.http_profile if self.instance.pk else HttpProfile.INTERLEDGER
+            )
+        current = limits_of(self.instance) if self.instance.pk else DEFAULT_LIMITS
+        values: dict[str, int | None] = {}
+        for field in LIMIT_FIELDS:
+            if field in self.errors:
+                return data  # a field's own range error is reported already
+            value = data.get(field)
+            if value is None and field != "throughput_per_second":
+                value = getattr(current, field)
+            values[field] = None if value is None else int(value)
+        try:
+            PeerLimits(**values)  # type: ignore[arg-type]  # ints or None, checked here
+        except InvalidLimits as exc:
+            named = next((f for f in LIMIT_FIELDS if str(exc).startswith(f)), None)
+            self.add_error(named, str(exc))
+            return data
+        data.update(values)
+        return data
 
 
 @admin.register(Peer)
@@ -81,23 +121,27 @@ class PeerAdmin(_PeerAdminBase):
         token = data.get("new_token") or None
         values = {f: data.get(f) for f in _EDITABLE}
         values["max_packet_amount"] = int(values["max_packet_amount"])
+        limits = {f: data.get(f) for f in LIMIT_FIELDS}
         try:
-            if change:
-                saved = peer_update(
-                    name=obj.name,
-                    token=token,
-                    min_balance=data.get("min_balance"),
-                    max_balance=data.get("max_balance"),
-                    **values,
-                )
-            else:
-                saved = peer_create(
-                    name=data["name"],
-                    token=token,
-                    min_balance=data.get("min_balance"),
-                    max_balance=data.get("max_balance"),
-                    **values,
-                )
+            with transaction.atomic():
+                if change:
+                    saved = peer_update(
+                        name=obj.name,
+                        token=token,
+                        min_balance=data.get("min_balance"),
+                        max_balance=data.get("max_balance"),
+                        limits=limits,
+                        **values,
+                    )
+                else:
+                    saved = peer_create(
+                        name=data["name"],
+                        token=token,
+                        min_balance=data.get("min_balance"),
+                        max_balance=data.get("max_balance"),
+                        limits=limits,
+                        **values,
+                    )
         except PeerError as exc:
             self.message_user(request, str(exc), messages.ERROR)
             return

@@ -9,6 +9,12 @@ its switch would start with when no packet has reached it yet).
 Live status and packet counters are this process's (``links.registry``,
 ``links.switch.dashboard_stats``); ``connected_since`` covers links held by other
 processes (flushed by ``links.activity`` every few seconds).
+
+A peer's abuse limits (``links.limits``: ``packets_per_second``, ``burst``,
+``throughput_per_second``, ``max_in_flight``, ``replay_quota``, ``max_routes``) and its
+``http_profile`` are read and set here as with ``manage.py add_peer``: a value out of range
+is a 400 naming the field, a combination ``links.limits`` refuses a 400 ``peer_invalid``.
+``throughput_per_second`` is an integer string (UInt64), ``null`` = unbounded.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from rest_framework.response import Response
 from ilp.oer import UINT64_MAX
 from interledger_site.api import ApiError, ApiGenericView, error_responses, validated_query
 from links import registry
-from links.models import LinkKind, Peer, Relation
+from links.limits import LIMIT_FIELDS
+from links.models import HttpProfile, LinkKind, Peer, Relation
 from links.peers import context_from_peer
 from links.routing import DEFAULT_PREFIX, LOCAL_HOP, RouteEntry, static_routes
 from links.selectors import PeerStatus, peer_get, peer_list, peer_status
@@ -77,6 +84,9 @@ class PeerSerializer(serializers.ModelSerializer[Peer]):
     traffic = serializers.SerializerMethodField(
         help_text="This process's counters: packets_in, packets_out, fulfilled, rejected."
     )
+    throughput_per_second = serializers.SerializerMethodField(
+        help_text="Amount per second the peer may send (integer string); null = unbounded."
+    )
 
     class Meta:
         model = Peer
@@ -100,6 +110,13 @@ class PeerSerializer(serializers.ModelSerializer[Peer]):
             "send_routes",
             "receive_routes",
             "idempotent",
+            "http_profile",
+            "packets_per_second",
+            "burst",
+            "throughput_per_second",
+            "max_in_flight",
+            "replay_quota",
+            "max_routes",
             "traffic",
             "created_at",
         )
@@ -118,6 +135,9 @@ class PeerSerializer(serializers.ModelSerializer[Peer]):
 
     def get_max_packet_amount(self, obj: Peer) -> str:
         return str(int(obj.max_packet_amount))
+
+    def get_throughput_per_second(self, obj: Peer) -> str | None:
+        return _units(obj.throughput_per_second)
 
     def get_traffic(self, obj: Peer) -> dict[str, int]:
         counters = self.context.get("traffic", {}).get(obj.name, {})
@@ -149,7 +169,44 @@ def _uint(**kwargs: Any) -> serializers.IntegerField:
     return serializers.IntegerField(min_value=0, max_value=UINT64_MAX, **kwargs)
 
 
-class PeerCreateSerializer(serializers.Serializer[Any]):
+# The limit columns are PositiveIntegerFields: 32-bit on Postgres, whatever the backend.
+INT32_MAX = 2**31 - 1
+
+
+def _count(least: int, help_text: str) -> serializers.IntegerField:
+    return serializers.IntegerField(
+        required=False, min_value=least, max_value=INT32_MAX, help_text=help_text
+    )
+
+
+class _PeerSettingsSerializer(serializers.Serializer[Any]):
+    """What create and change share: the header profile and the abuse limits."""
+
+    http_profile = serializers.ChoiceField(
+        choices=HttpProfile.choices,
+        required=False,
+        help_text="Headers of our HTTP-OER requests to the peer (rafiki: RFC 35's alone).",
+    )
+    packets_per_second = _count(1, "Prepares per second (token bucket refill; more → T05).")
+    burst = _count(1, "Prepares the peer may send at once (token bucket capacity).")
+    throughput_per_second = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        max_value=UINT64_MAX,
+        help_text="Amount per second the peer may send (more → T04); null = unbounded.",
+    )
+    max_in_flight = _count(1, "Prepares of the peer in progress at once (more → T05).")
+    replay_quota = _count(0, "Entries of the BTP/2.0-I replay memory the peer may fill.")
+    max_routes = _count(0, "CCP routes accepted from the peer; more are ignored.")
+
+
+def _split_limits(values: dict[str, Any]) -> dict[str, int | None]:
+    """Take the limit fields out of validated ``values`` (only those given)."""
+    return {field: values.pop(field) for field in LIMIT_FIELDS if field in values}
+
+
+class PeerCreateSerializer(_PeerSettingsSerializer):
     name = serializers.CharField(help_text="`[a-z0-9][a-z0-9_~-]*`, at most 64 characters.")
     relation = serializers.ChoiceField(choices=Relation.choices)
     link = serializers.ChoiceField(choices=LinkKind.choices)
@@ -168,7 +225,7 @@ class PeerCreateSerializer(serializers.Serializer[Any]):
     enabled = serializers.BooleanField(required=False, default=True)
 
 
-class PeerUpdateSerializer(serializers.Serializer[Any]):
+class PeerUpdateSerializer(_PeerSettingsSerializer):
     relation = serializers.ChoiceField(choices=Relation.choices, required=False)
     link = serializers.ChoiceField(choices=LinkKind.choices, required=False)
     token = serializers.CharField(required=False, help_text="Replace the peer's token.")
@@ -246,7 +303,8 @@ class PeerListView(_PeerView):
         data = PeerCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = dict(data.validated_data)
-        saved = peer_create(**values)
+        limits = _split_limits(values)
+        saved = peer_create(**values, limits=limits)
         peer = _peer_or_404(saved.peer.name)
         body = PeerSerializer(peer, context=self.get_serializer_context()).data
         body["token"] = saved.token
@@ -282,7 +340,9 @@ class PeerDetailView(_PeerView):
         _peer_or_404(name)
         data = PeerUpdateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        peer_update(name=name, **data.validated_data)
+        values = dict(data.validated_data)
+        limits = _split_limits(values)
+        peer_update(name=name, **values, limits=limits)
         return Response(self.get_serializer(_peer_or_404(name)).data)
 
     def delete(self, request: Request, name: str) -> Response:

@@ -159,11 +159,13 @@ def peer_create(
     asset_code: str | None = None,
     asset_scale: int | None = None,
     http_profile: str = HttpProfile.INTERLEDGER,
+    limits: Mapping[str, int | None] | None = None,
 ) -> PeerSaved:
     """Create a peer and its ledger account ``peer:<name>``.
 
     A token is generated when none is given (returned once in ``PeerSaved.token``; only
     its salted hash is stored). Raises :class:`PeerExists` when the name is taken.
+    ``limits``: abuse limits to set (as :func:`peer_set_limits`), the others default.
     """
     validate_peer_name(name)
     _validate(relation=relation, link=link, url=url, max_packet_amount=max_packet_amount)
@@ -192,6 +194,9 @@ def peer_create(
         enabled=enabled,
         http_profile=http_profile,
     )
+    if limits:
+        peer_set_limits(name=name, changes=limits)
+        peer.refresh_from_db()
     transaction.on_commit(lambda: peer_changed(name))
     return PeerSaved(peer=peer, created=True, token=token)
 
@@ -214,8 +219,10 @@ def peer_update(
     idempotent: bool | None = None,
     enabled: bool | None = None,
     http_profile: str | None = None,
+    limits: Mapping[str, int | None] | None = None,
 ) -> PeerSaved:
-    """Change the given fields of an existing peer (``None`` = keep). Idempotent."""
+    """Change the given fields of an existing peer (``None`` = keep; ``limits`` as
+    :func:`peer_set_limits`, where ``throughput_per_second: None`` is unbounded). Idempotent."""
     peer = Peer.objects.select_for_update().select_related("account").filter(name=name).first()
     if peer is None:
         raise PeerNotFound(f"no peer named {name!r}")
@@ -246,6 +253,9 @@ def peer_update(
         peer.token_hash = hash_token(token) if token else ""
     peer.save()
     _set_limits(peer.account, min_balance=min_balance, max_balance=max_balance)
+    if limits:
+        peer_set_limits(name=name, changes=limits)
+        peer.refresh_from_db()
     transaction.on_commit(lambda: peer_changed(name))
     return PeerSaved(peer=peer, created=False, token=token)
 

@@ -172,3 +172,89 @@ def test_ledger_accounts_and_postings(as_staff: APIClient, alice: User) -> None:
     assert [p["amount"] for p in payer["results"]] == ["-300"]
     future = as_staff.get("/api/v1/ledger/postings/", {"since": "2999-01-01T00:00:00Z"}).json()
     assert future["count"] == 0
+
+
+def test_peer_limits_and_http_profile_are_read_and_set(as_staff: APIClient) -> None:
+    """What add_peer sets, the API sets: the abuse limits (links.limits) and the profile."""
+    created = as_staff.post(
+        "/api/v1/peers/",
+        {
+            "name": "raf",
+            "relation": "peer",
+            "link": "http-sync",
+            "url": "https://rafiki.example",
+            "http_profile": "rafiki",
+            "packets_per_second": 50,
+            "burst": 100,
+            # (a string, as every amount; beyond 10**15 SQLite's DecimalField reading rounds)
+            "throughput_per_second": "123456789012345",
+            "max_in_flight": 7,
+            "replay_quota": 0,
+            "max_routes": 3,
+        },
+        format="json",
+    )
+    assert created.status_code == 201, created.json()
+    body = created.json()
+    assert body["http_profile"] == "rafiki"
+    assert (body["packets_per_second"], body["burst"], body["max_in_flight"]) == (50, 100, 7)
+    assert (body["replay_quota"], body["max_routes"]) == (0, 3)
+    assert body["throughput_per_second"] == "123456789012345"
+    peer = Peer.objects.get(name="raf")
+    assert (peer.http_profile, peer.packets_per_second, int(peer.throughput_per_second)) == (
+        "rafiki",
+        50,
+        123456789012345,
+    )
+    # PATCH: only the given ones change; null throughput is unbounded
+    changed = as_staff.patch(
+        "/api/v1/peers/raf/",
+        {"burst": 10, "throughput_per_second": None, "http_profile": "interledger"},
+        format="json",
+    )
+    assert changed.status_code == 200, changed.json()
+    body = changed.json()
+    assert (body["burst"], body["packets_per_second"], body["throughput_per_second"]) == (
+        10,
+        50,
+        None,
+    )
+    assert body["http_profile"] == "interledger"
+    # defaults when nothing is given
+    plain = as_staff.post(
+        "/api/v1/peers/", {"name": "kid", "relation": "child", "link": "btp-server"}, format="json"
+    ).json()
+    assert (plain["http_profile"], plain["throughput_per_second"]) == ("interledger", None)
+    assert plain["packets_per_second"] == Peer._meta.get_field("packets_per_second").default
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("packets_per_second", 0),
+        ("burst", -1),
+        ("max_in_flight", 0),
+        ("replay_quota", -1),
+        ("max_routes", 2**31),
+        ("throughput_per_second", 0),
+        ("throughput_per_second", str(2**64)),
+        ("packets_per_second", "many"),
+        ("http_profile", "grpc"),
+    ],
+)
+def test_bad_peer_limits_are_400_naming_the_field(
+    as_staff: APIClient, field: str, value: object
+) -> None:
+    peer_create(name="kid", relation="child", link="btp-server", token="k" * 20)
+    before = as_staff.get("/api/v1/peers/kid/").json()
+    refused = as_staff.patch("/api/v1/peers/kid/", {field: value}, format="json")
+    assert refused.status_code == 400
+    assert refused.json()["error"] == "invalid" and field in refused.json()["detail"]
+    assert as_staff.get("/api/v1/peers/kid/").json() == before
+    created = as_staff.post(
+        "/api/v1/peers/",
+        {"name": "new", "relation": "child", "link": "btp-server", field: value},
+        format="json",
+    )
+    assert created.status_code == 400 and field in created.json()["detail"]
+    assert not Peer.objects.filter(name="new").exists()

@@ -240,3 +240,79 @@ def test_admin_pages(make_peer: Callable[..., Any], admin_client: Any) -> None:
     assert response.status_code == 302, response.content[:2000]
     assert services.peer_authenticate("bob", "bobtoken") is not None
     assert LedgerAccount.objects.filter(code="peer:bob").exists()
+
+
+def _admin_form(**changes: str) -> dict[str, str]:
+    form = {
+        "name": "bob",
+        "relation": "peer",
+        "link": "http-sync",
+        "url": "https://bob.example",
+        "outgoing_token": "",
+        "ilp_address": "",
+        "max_packet_amount": "1000",
+        "send_routes": "on",
+        "enabled": "on",
+        "new_token": "bobtoken",
+    }
+    form.update(changes)
+    return form
+
+
+def test_admin_sets_limits_and_http_profile(
+    make_peer: Callable[..., Any], admin_client: Any
+) -> None:
+    """The admin's peer form sets what add_peer sets (links.limits, http_profile)."""
+    response = admin_client.post(
+        "/admin/links/peer/add/",
+        _admin_form(
+            http_profile="rafiki",
+            packets_per_second="40",
+            burst="80",
+            throughput_per_second="5000",
+            max_in_flight="9",
+            replay_quota="0",
+            max_routes="12",
+        ),
+    )
+    assert response.status_code == 302, response.content[:2000]
+    bob = Peer.objects.get(name="bob")
+    assert bob.http_profile == "rafiki"
+    assert peers.limits_of(bob) == peers.PeerLimits(40, 80, 5000, 9, 0, 12)
+    # The change page shows them; an empty limit keeps it, an empty throughput is unbounded.
+    page = admin_client.get(f"/admin/links/peer/{bob.pk}/change/").content.decode()
+    assert 'name="packets_per_second"' in page and 'value="rafiki" selected' in page
+    form = _admin_form(http_profile="", burst="", max_routes="13", throughput_per_second="")
+    del form["name"]
+    response = admin_client.post(f"/admin/links/peer/{bob.pk}/change/", form)
+    assert response.status_code == 302, response.content[:2000]
+    bob.refresh_from_db()
+    assert bob.http_profile == "rafiki"
+    assert peers.limits_of(bob) == peers.PeerLimits(40, 80, None, 9, 0, 13)
+    # a new peer with nothing given gets the defaults
+    response = admin_client.post("/admin/links/peer/add/", _admin_form(name="carl"))
+    assert response.status_code == 302
+    carl = Peer.objects.get(name="carl")
+    assert peers.limits_of(carl) == peers.PeerLimits()
+    assert carl.http_profile == "interledger"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("packets_per_second", "0"),
+        ("burst", "-3"),
+        ("max_in_flight", "0"),
+        ("replay_quota", "-1"),
+        ("throughput_per_second", "0"),
+        ("throughput_per_second", str(2**64)),
+        ("max_routes", "lots"),
+        ("http_profile", "grpc"),
+    ],
+)
+def test_admin_refuses_bad_limits_with_a_reason(admin_client: Any, field: str, value: str) -> None:
+    response = admin_client.post("/admin/links/peer/add/", _admin_form(**{field: value}))
+    assert response.status_code == 200  # the form again, with the error on the field
+    errors = response.context["adminform"].form.errors
+    assert field in errors and errors[field][0]
+    assert not Peer.objects.filter(name="bob").exists()

@@ -1,4 +1,5 @@
-"""The node's Prometheus metrics: every definition in this one module, and ``/metrics``.
+"""The node's Prometheus metrics: every definition in this one module, ``/metrics``, and the
+node-wide traffic the operator dashboard shows.
 
 Multi-process: when ``PROMETHEUS_MULTIPROC_DIR`` is set (``scripts/cluster.sh`` sets it
 for every Daphne, the Celery worker and beat, and empties it at start) each process writes
@@ -8,28 +9,42 @@ must be in the environment before ``prometheus_client`` is imported (it picks it
 store at import), so it is set by the process's starter, never by Django settings.
 Without it (``make run``, tests) the samples live in this process's default registry.
 
-Hot-path cost: the recording functions below cache the labelled children, so a packet
-costs one dict look-up and one ``inc`` per metric (an mmap write under a lock in
-multi-process mode). Amounts are reported as floats, as Prometheus stores every sample:
-exact up to 2**53; the ledger stays the truth for money.
+Hot-path cost: a ``prometheus_client`` increment is ~0.35 µs in one process and ~0.85 µs
+in multi-process mode (an mmap write under a lock), and a packet touches five or six
+series. So the packet path does not call it: :func:`prepare_started`,
+:func:`packet_handled`, :func:`packet_forwarded` and :func:`packet_local` add to plain
+dicts of the calling thread (:class:`_Pending`), and the first record of a loop iteration
+schedules one :meth:`_Pending.flush` with ``call_soon``: the series are written once per
+iteration with the iteration's sums, however many packets it carried (a thread with no
+running loop writes at once). Readers in this process flush their own thread first.
+Amounts are reported as floats, as Prometheus stores every sample: exact up to 2**53;
+the ledger stays the truth for money.
 
-Where the recording calls go (one line each, at the points where the outcome is known):
+Where the recording calls are (one line each, where the outcome is known):
 
-- :func:`packet_handled`: ``links.edge._call_switch``, on the reply of every Prepare any
-  transport hands to the switch.
-- :func:`packet_forwarded`: ``links.switch.PacketSwitch._send``, after the commit of a
-  fulfilled forward (``target.name``, ``out_amount``).
-- :func:`ledger_batch`: ``payments.ledger.BalanceBook.process_jobs`` (jobs in the batch,
-  seconds it took, whether a part failed).
-- :func:`link_state`: ``links.activity.note_connected`` / ``note_disconnected``.
+- :func:`prepare_started` / :func:`packet_handled`: ``links.edge._call_switch``, around
+  the switch call of every Prepare any transport hands to the switch.
+- :func:`packet_forwarded`: ``links.switch.PacketSwitch._send``, on the reply of the next
+  hop (forwards and echo), after the commit of a fulfilled one.
+- :func:`packet_local`: ``links.switch.PacketSwitch._receive``, on the reply of a local
+  receiver or handler.
+- :func:`ledger_batch`: ``payments.ledger.writer.write_batch`` (commits in the batch, the
+  transaction's seconds, whether it failed), in the ledger-writer thread.
+- :func:`link_state`: ``links.presence`` (the process that owns the peer's link, only).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, Protocol
 
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
@@ -43,6 +58,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import multiprocess as prom_multiprocess
+from prometheus_client.metrics_core import Metric
 
 from ilp.packet import Fulfill, Reply
 
@@ -58,41 +74,54 @@ FULFILLED_AMOUNT = Counter(
     "ilp_fulfilled_amount",
     "Sum of the amounts of the fulfilled Prepares received from each peer, in that "
     "peer's asset units.",
-    ["peer"],
+    ["peer", "asset_code", "asset_scale"],
+)
+FORWARDED = Counter(
+    "ilp_forwarded",
+    "Prepares this node sent to each next hop (forwards and echo), by outcome.",
+    ["peer", "outcome"],
 )
 FORWARDED_AMOUNT = Counter(
     "ilp_forwarded_amount",
     "Sum of the amounts of the fulfilled Prepares this node sent to each next hop, in "
     "that peer's asset units.",
-    ["peer"],
+    ["peer", "asset_code", "asset_scale"],
+)
+LOCAL = Counter(
+    "ilp_local",
+    "Prepares delivered to this node's own receivers and local handlers, by outcome.",
+    ["outcome"],
+)
+IN_FLIGHT = Gauge(
+    "ilp_packets_in_flight",
+    "Prepares in the switch now (received, not yet answered), summed over live processes.",
+    multiprocess_mode="livesum",
 )
 LEDGER_BATCH_SIZE = Histogram(
     "ilp_ledger_batch_size",
-    "Jobs (commits, loads, totals) per ledger-writer batch.",
+    "Commits (packets' postings and receipts) per ledger-writer batch (one transaction).",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000),
 )
 LEDGER_BATCH_SECONDS = Histogram(
     "ilp_ledger_batch_seconds",
-    "Time of one ledger-writer batch (one database transaction).",
+    "Time of one ledger-writer batch's database transaction.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 LEDGER_BATCH_FAILURES = Counter(
     "ilp_ledger_batch_failures",
-    "Ledger-writer batches of which a part failed (nothing of that part was applied).",
+    "Ledger-writer batches whose transaction failed (nothing of it was applied).",
 )
 LINKS_CONNECTED = Gauge(
     "ilp_links_connected",
-    "Processes of the node holding a live BTP link to each peer (summed over live "
-    "processes: 1 when the link is held once, more when several processes hold one).",
+    "1 for each peer with a live BTP link, reported by the process that owns the link "
+    "(its lease), so the sum over the live processes is 1 per connected peer.",
     ["peer"],
     multiprocess_mode="livesum",
 )
 
+FULFILLED = "fulfilled"
+REJECTED = "rejected"
 _CODE = re.compile(r"[FTR][0-9]{2}")
-# Labelled children by label values: ``labels()`` parses its arguments on every call.
-_packet_children: dict[tuple[str, str, str], Counter] = {}
-_amount_children: dict[str, Counter] = {}
-_forwarded_children: dict[str, Counter] = {}
 
 
 def _code_label(code: str) -> str:
@@ -100,35 +129,188 @@ def _code_label(code: str) -> str:
     return code if _CODE.fullmatch(code) else "other"
 
 
-def packet_handled(peer: str, amount: int, reply: Reply) -> None:
-    """Count the reply the switch gave to a Prepare of ``amount`` from ``peer``."""
-    if type(reply) is Fulfill:
-        key = (peer, "fulfilled", "")
-    else:
-        key = (peer, "rejected", _code_label(str(getattr(reply, "code", ""))))
-    child = _packet_children.get(key)
+# --- recording (batched per loop iteration) -----------------------------------------------
+
+_AssetKey = tuple[str, str, int]  # peer, asset code, asset scale
+
+
+class Peer(Protocol):
+    """What the recording calls read of a source or next hop (``links.peers.PeerContext``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def asset_code(self) -> str: ...
+    @property
+    def asset_scale(self) -> int: ...
+
+
+class _Pending:
+    """One thread's increments not yet written to the series (see the module docstring).
+
+    Only its own thread touches it: the record functions add, :meth:`flush` (scheduled on
+    that thread's loop, or called by a reader in that thread) writes and empties.
+    """
+
+    __slots__ = (
+        "amounts",
+        "forwarded",
+        "forwarded_amounts",
+        "in_flight",
+        "local",
+        "loop",
+        "packets",
+    )
+
+    def __init__(self) -> None:
+        self.packets: dict[tuple[str, str, str], int] = {}
+        self.amounts: dict[_AssetKey, int] = {}
+        self.forwarded: dict[tuple[str, str], int] = {}
+        self.forwarded_amounts: dict[_AssetKey, int] = {}
+        self.local: dict[str, int] = {}
+        self.in_flight = 0
+        # The loop a flush is scheduled on (None: none is).
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def touch(self) -> None:
+        """Make sure a flush comes: at the end of this loop iteration, or now."""
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.loop = None
+            self.flush()
+            return
+        self.loop = loop
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.loop = None
+        if self.packets:
+            packets, self.packets = self.packets, {}
+            for key, n in packets.items():
+                _child(_packet_children, PACKETS, key).inc(n)
+        if self.amounts:
+            amounts, self.amounts = self.amounts, {}
+            for akey, amount in amounts.items():
+                _child(_amount_children, FULFILLED_AMOUNT, akey).inc(amount)
+        if self.forwarded:
+            forwarded, self.forwarded = self.forwarded, {}
+            for fkey, n in forwarded.items():
+                _child(_forwarded_children, FORWARDED, fkey).inc(n)
+        if self.forwarded_amounts:
+            famounts, self.forwarded_amounts = self.forwarded_amounts, {}
+            for akey, amount in famounts.items():
+                _child(_forwarded_amount_children, FORWARDED_AMOUNT, akey).inc(amount)
+        if self.local:
+            local, self.local = self.local, {}
+            for outcome, n in local.items():
+                _child(_local_children, LOCAL, (outcome,)).inc(n)
+        if self.in_flight:
+            delta, self.in_flight = self.in_flight, 0
+            IN_FLIGHT.inc(delta)
+
+
+# Labelled children by label values: ``labels()`` parses its arguments on every call.
+# Read and extended by whichever thread flushes: a race only builds the same child twice.
+_packet_children: dict[Any, Any] = {}
+_amount_children: dict[Any, Any] = {}
+_forwarded_children: dict[Any, Any] = {}
+_forwarded_amount_children: dict[Any, Any] = {}
+_local_children: dict[Any, Any] = {}
+
+
+def _child(cache: dict[Any, Any], metric: Any, key: tuple[Any, ...]) -> Any:
+    child = cache.get(key)
     if child is None:
-        child = _packet_children[key] = PACKETS.labels(*key)
-    child.inc()
-    if amount and key[1] == "fulfilled":
-        fulfilled = _amount_children.get(peer)
-        if fulfilled is None:
-            fulfilled = _amount_children[peer] = FULFILLED_AMOUNT.labels(peer)
-        fulfilled.inc(amount)
+        child = cache[key] = metric.labels(*key)
+    return child
 
 
-def packet_forwarded(peer: str, amount: int) -> None:
-    """Count ``amount`` sent to the next hop ``peer`` in a Prepare it fulfilled."""
-    if amount <= 0:
+_local = threading.local()
+
+
+def _pending() -> _Pending:
+    try:
+        pending: _Pending = _local.pending
+    except AttributeError:
+        pending = _local.pending = _Pending()
+    return pending
+
+
+def _forget_after_fork() -> None:
+    # The parent's unwritten increments are the parent's: a forked child (Celery's
+    # prefork pool) must not write them again.
+    global _local
+    _local = threading.local()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def flush() -> None:
+    """Write this thread's pending increments now (readers, tests, before a process ends)."""
+    _pending().flush()
+
+
+def prepare_started() -> None:
+    """A Prepare entered the switch (the in-flight gauge; :func:`packet_handled` ends it)."""
+    pending = _pending()
+    pending.in_flight += 1
+    pending.touch()
+
+
+def packet_handled(source: Peer, amount: int, reply: Reply | None, *, started: bool = True) -> None:
+    """The node answered ``reply`` to a Prepare of ``amount`` (the source's asset units)
+    from ``source``. ``started``: it ends a :func:`prepare_started` (``False``: refused at
+    the edge, before the switch). ``None``: the caller was cancelled before a reply (the
+    Prepare only leaves the in-flight gauge)."""
+    pending = _pending()
+    if started:
+        pending.in_flight -= 1
+    if reply is None:
+        pending.touch()
         return
-    child = _forwarded_children.get(peer)
-    if child is None:
-        child = _forwarded_children[peer] = FORWARDED_AMOUNT.labels(peer)
-    child.inc(amount)
+    if type(reply) is Fulfill:
+        key = (source.name, FULFILLED, "")
+        if amount:
+            akey = (source.name, source.asset_code, source.asset_scale)
+            amounts = pending.amounts
+            amounts[akey] = amounts.get(akey, 0) + amount
+    else:
+        key = (source.name, REJECTED, _code_label(str(getattr(reply, "code", ""))))
+    packets = pending.packets
+    packets[key] = packets.get(key, 0) + 1
+    pending.touch()
+
+
+def packet_forwarded(target: Peer, amount: int, fulfilled: bool) -> None:
+    """The next hop ``target`` was sent a Prepare of ``amount`` (its units); ``fulfilled``:
+    it fulfilled it and the node committed it (else the switch answered a Reject)."""
+    pending = _pending()
+    key = (target.name, FULFILLED if fulfilled else REJECTED)
+    forwarded = pending.forwarded
+    forwarded[key] = forwarded.get(key, 0) + 1
+    if fulfilled and amount:
+        akey = (target.name, target.asset_code, target.asset_scale)
+        amounts = pending.forwarded_amounts
+        amounts[akey] = amounts.get(akey, 0) + amount
+    pending.touch()
+
+
+def packet_local(reply: Reply | None) -> None:
+    """A local receiver or handler answered ``reply`` (``None``: it never did)."""
+    pending = _pending()
+    outcome = FULFILLED if type(reply) is Fulfill else REJECTED
+    pending.local[outcome] = pending.local.get(outcome, 0) + 1
+    pending.touch()
 
 
 def ledger_batch(size: int, seconds: float, *, failed: bool = False) -> None:
-    """Record one ledger-writer batch of ``size`` jobs that took ``seconds``."""
+    """Record one ledger-writer batch of ``size`` commits that took ``seconds`` (once per
+    transaction, in the writer thread: written at once)."""
     LEDGER_BATCH_SIZE.observe(size)
     LEDGER_BATCH_SECONDS.observe(seconds)
     if failed:
@@ -136,7 +318,7 @@ def ledger_batch(size: int, seconds: float, *, failed: bool = False) -> None:
 
 
 def link_state(peer: str, connected: bool) -> None:
-    """This process now holds (``True``) or no longer holds a live link to ``peer``."""
+    """This process now owns (``True``) or no longer owns a live link to ``peer``."""
     LINKS_CONNECTED.labels(peer).set(1 if connected else 0)
 
 
@@ -175,6 +357,7 @@ def forget_dead_processes(path: Path) -> list[int]:
 
 def render() -> tuple[bytes, str]:
     """The exposition text of the whole node (all processes in multi-process mode)."""
+    flush()
     path = multiproc_dir()
     if path is None:
         return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
@@ -190,3 +373,88 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     public side (the nginx of ``scripts/cluster.sh`` answers it to loopback only)."""
     body, content_type = render()
     return HttpResponse(body, content_type=content_type)
+
+
+# --- the node's traffic, for the dashboard ------------------------------------------------
+
+RATE_WINDOW_S = 10.0
+RATE_MIN_SPAN_S = 0.5
+
+
+def _counter_families() -> Iterable[Metric]:
+    """The packet counters of the whole node: every process's files in multi-process
+    mode (counters only: no histogram merging), else this process's series."""
+    path = multiproc_dir()
+    if path is None:
+        return [*PACKETS.collect(), *FORWARDED.collect()]
+    files = [str(f) for f in path.glob("counter_*.db")]
+    families: list[Metric] = prom_multiprocess.MultiProcessCollector.merge(  # type: ignore[no-untyped-call]
+        files, accumulate=True
+    )
+    return families
+
+
+class _RateHistory:
+    """(time, node-wide packets in) at each read, in this process: packets/s is the
+    difference over the last :data:`RATE_WINDOW_S` (what Prometheus' ``rate()`` does)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._samples: deque[tuple[float, float]] = deque()
+
+    def rate(self, total: float, now: float) -> float | None:
+        """Packets/s over the last ``RATE_WINDOW_S`` (or since the previous read, when
+        reads are further apart); ``None`` until two reads ``RATE_MIN_SPAN_S`` apart."""
+        with self._lock:
+            samples = self._samples
+            if samples and total < samples[-1][1]:
+                samples.clear()  # the counters restarted (the node's directory was emptied)
+            samples.append((now, total))
+            # Keep the newest sample that is at least a window old, and the ones after it.
+            while len(samples) > 2 and now - samples[1][0] >= RATE_WINDOW_S:
+                samples.popleft()
+            then, before = samples[0]
+            if now - then < RATE_MIN_SPAN_S:
+                return None
+            return (total - before) / (now - then)
+
+
+_rates = _RateHistory()
+
+
+def node_traffic(*, now: float | None = None) -> dict[str, Any]:
+    """The whole node's packet counters (every process on this host in multi-process
+    mode, since the node's metrics directory was emptied), in the shape of
+    ``links.switch.dashboard_stats()``: ``packets_per_second`` (``None`` until this
+    process has read twice), ``packets_in``, ``fulfilled``, ``rejected`` and ``peers``
+    (name -> ``packets_in``, ``packets_out``, ``fulfilled``, ``rejected``). Sync, reads
+    files: call it off the event loop in multi-process mode."""
+    flush()
+    peers: dict[str, dict[str, int]] = {}
+
+    def peer(name: str) -> dict[str, int]:
+        counters = peers.get(name)
+        if counters is None:
+            counters = peers[name] = dict.fromkeys(
+                ("packets_in", "packets_out", "fulfilled", "rejected"), 0
+            )
+        return counters
+
+    for family in _counter_families():
+        for s in family.samples:
+            if s.name == "ilp_packets_total":
+                counters = peer(s.labels["peer"])
+                n = int(s.value)
+                counters["packets_in"] += n
+                outcome = s.labels["outcome"]
+                if outcome in (FULFILLED, REJECTED):
+                    counters[outcome] += n
+            elif s.name == "ilp_forwarded_total":
+                peer(s.labels["peer"])["packets_out"] += int(s.value)
+    totals = {k: sum(p[k] for p in peers.values()) for k in ("packets_in", "fulfilled", "rejected")}
+    moment = time.monotonic() if now is None else now
+    return {
+        "packets_per_second": _rates.rate(float(totals["packets_in"]), moment),
+        **totals,
+        "peers": dict(sorted(peers.items())),
+    }

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from django.conf import settings
 
 from ilp.packet import Prepare, Reject, Reply
+from interledger_site import metrics
 from links.limits import Limiter, Slot
 from links.peers import PeerContext
 from payments.node import runtime as _runtime
@@ -75,7 +76,9 @@ async def handle_prepare(source: PeerContext, prepare: Prepare, *, owned: bool =
         source.name, source.limits, prepare.amount, prepare.expires_at
     )
     if type(slot) is tuple:
-        return reject(*slot)
+        refused = reject(*slot)
+        metrics.packet_handled(source, prepare.amount, refused, started=False)
+        return refused
     assert isinstance(slot, Slot)
     if owned:
         current = asyncio.current_task()
@@ -95,13 +98,18 @@ async def handle_prepare(source: PeerContext, prepare: Prepare, *, owned: bool =
 async def _call_switch(
     source: PeerContext, prepare: Prepare, limiter: Limiter, slot: Slot
 ) -> Reply:
+    metrics.prepare_started()
+    reply: Reply | None = None
     try:
-        return await current_switch().handle_prepare(source, prepare)
+        reply = await current_switch().handle_prepare(source, prepare)
+        return reply
     except Exception:
         log.exception("switch failed on a Prepare from %s", source.name)
-        return reject("T00", "internal error")
+        reply = reject("T00", "internal error")
+        return reply
     finally:
         limiter.release_slot(slot)  # the reply is known: its in-flight slot is free
+        metrics.packet_handled(source, prepare.amount, reply)
 
 
 # The tasks running a switch call: the shielded ones and the owned callers.

@@ -80,6 +80,7 @@ from ilp.errors import DecodeError
 from ilp.ildcp import ILDCP_DESTINATION
 from ilp.oer import UINT64_MAX
 from ilp.packet import Fulfill, Prepare, Reject, RejectError, Reply, amount_too_large_data
+from interledger_site import metrics
 from links import peer_protocols
 from links.ccp import CcpService
 from links.echo import echo_prepare, parse_echo_request
@@ -599,6 +600,7 @@ class PacketSwitch:
             # The receiver commits (and so releases) the hold before it returns a Fulfill.
             if amount and type(reply) is not Fulfill:
                 self.book.release(key)
+            metrics.packet_local(reply)
         return reply
 
     async def _forward(self, source: PeerContext, prepare: Prepare, key: str) -> Reply:
@@ -737,6 +739,7 @@ class PacketSwitch:
         book = self.book
         settled = False
         held_in = held_out = False
+        sent = False
         try:
             if self._hold_many is not None and in_amount and out_amount:
                 await self._hold_together(
@@ -776,6 +779,7 @@ class PacketSwitch:
                 )
                 held_out = True
             self.stats.peer(target.name).packets_out += 1
+            sent = True
             reply = await self._call(link, out)
             if type(reply) is Reject:
                 return reply
@@ -815,6 +819,8 @@ class PacketSwitch:
                     book.release(in_key)
                 if held_out:
                     book.release(out_key)
+            if sent:
+                metrics.packet_forwarded(target, out_amount, settled)
 
     async def _call(self, link: OutgoingLink, out: Prepare) -> Reply:
         """``link.send_prepare(out)``, bounded by ``out``'s expiry; failures as Rejects.

@@ -58,6 +58,7 @@ from django.db import DatabaseError, connection, connections
 from django.db.models import Q, Sum
 
 from ilp.oer import INT64_MAX, UINT64_MAX
+from interledger_site import metrics
 from payments.errors import (
     AccountNotLoaded,
     BalanceLimitExceeded,
@@ -835,6 +836,7 @@ class BalanceBook:
         attempts = 0
         while True:
             attempts += 1
+            started = time.perf_counter()
             try:
                 outcome = write_batch(
                     live,
@@ -842,8 +844,10 @@ class BalanceBook:
                     known_ids=self._ids,
                     on_new_receipts=self._receipts.submit if self._receipts else None,
                 )
+                metrics.ledger_batch(len(live), time.perf_counter() - started)
                 break
             except DatabaseError as exc:
+                metrics.ledger_batch(len(live), time.perf_counter() - started, failed=True)
                 if attempts >= 2:
                     raise
                 logger.warning("ledger: batch failed (%s); retrying once", exc)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -49,15 +51,34 @@ def _links_clean() -> Iterator[None]:
     activity._last_packet.clear()
 
 
+@dataclass(frozen=True)
+class _Peer:
+    name: str
+    asset_code: str = "USD"
+    asset_scale: int = 9
+
+
 def test_packet_outcomes_are_counted_by_peer_and_code() -> None:
+    alice = _Peer("m-alice")
     before_ok = sample("ilp_packets_total", peer="m-alice", outcome="fulfilled", code="")
     before_f02 = sample("ilp_packets_total", peer="m-alice", outcome="rejected", code="F02")
     before_other = sample("ilp_packets_total", peer="m-alice", outcome="rejected", code="other")
-    before_amount = sample("ilp_fulfilled_amount_total", peer="m-alice")
-    metrics.packet_handled("m-alice", 1500, Fulfill(bytes(32), b""))
-    metrics.packet_handled("m-alice", 2500, Fulfill(bytes(32), b""))
-    metrics.packet_handled("m-alice", 700, Reject("F02", "test.x", "unreachable", b""))
-    metrics.packet_handled("m-alice", 700, Reject("X!?", "test.x", "odd code", b""))
+    before_amount = sample(
+        "ilp_fulfilled_amount_total", peer="m-alice", asset_code="USD", asset_scale="9"
+    )
+    in_flight = sample("ilp_packets_in_flight")
+    for _ in range(4):
+        metrics.prepare_started()
+    metrics.packet_handled(alice, 1500, Fulfill(bytes(32), b""))
+    metrics.packet_handled(alice, 2500, Fulfill(bytes(32), b""))
+    metrics.packet_handled(alice, 700, Reject("F02", "test.x", "unreachable", b""))
+    # Refused at the edge: counted, never in flight.
+    metrics.packet_handled(alice, 700, Reject("T05", "test.x", "slow down", b""), started=False)
+    metrics.flush()
+    assert sample("ilp_packets_in_flight") == in_flight + 1
+    metrics.packet_handled(alice, 700, Reject("X!?", "test.x", "odd code", b""))
+    metrics.flush()
+    assert sample("ilp_packets_in_flight") == in_flight
     assert sample("ilp_packets_total", peer="m-alice", outcome="fulfilled", code="") == (
         before_ok + 2
     )
@@ -69,23 +90,53 @@ def test_packet_outcomes_are_counted_by_peer_and_code() -> None:
         before_other + 1
     )
     # Only fulfilled amounts count.
-    assert sample("ilp_fulfilled_amount_total", peer="m-alice") == before_amount + 4000
+    assert sample(
+        "ilp_fulfilled_amount_total", peer="m-alice", asset_code="USD", asset_scale="9"
+    ) == (before_amount + 4000)
 
 
-def test_ledger_batches_and_forwarded_amounts() -> None:
+def test_ledger_batches_forwards_and_local_deliveries() -> None:
+    bob = _Peer("m-bob", "XRP", 6)
     count = sample("ilp_ledger_batch_size_count")
     total = sample("ilp_ledger_batch_size_sum")
     failures = sample("ilp_ledger_batch_failures_total")
-    forwarded = sample("ilp_forwarded_amount_total", peer="m-bob")
+    amount = sample("ilp_forwarded_amount_total", peer="m-bob", asset_code="XRP", asset_scale="6")
+    ok = sample("ilp_forwarded_total", peer="m-bob", outcome="fulfilled")
+    rejected = sample("ilp_forwarded_total", peer="m-bob", outcome="rejected")
+    local_ok = sample("ilp_local_total", outcome="fulfilled")
+    local_rejected = sample("ilp_local_total", outcome="rejected")
     metrics.ledger_batch(40, 0.003)
     metrics.ledger_batch(2, 0.001, failed=True)
-    metrics.packet_forwarded("m-bob", 990)
-    metrics.packet_forwarded("m-bob", 0)
+    metrics.packet_forwarded(bob, 990, True)
+    metrics.packet_forwarded(bob, 990, False)
+    metrics.packet_local(Fulfill(bytes(32), b""))
+    metrics.packet_local(None)
+    metrics.flush()
     assert sample("ilp_ledger_batch_size_count") == count + 2
     assert sample("ilp_ledger_batch_size_sum") == total + 42
     assert sample("ilp_ledger_batch_seconds_count") >= 2
     assert sample("ilp_ledger_batch_failures_total") == failures + 1
-    assert sample("ilp_forwarded_amount_total", peer="m-bob") == forwarded + 990
+    assert sample(
+        "ilp_forwarded_amount_total", peer="m-bob", asset_code="XRP", asset_scale="6"
+    ) == (amount + 990)
+    assert sample("ilp_forwarded_total", peer="m-bob", outcome="fulfilled") == ok + 1
+    assert sample("ilp_forwarded_total", peer="m-bob", outcome="rejected") == rejected + 1
+    assert sample("ilp_local_total", outcome="fulfilled") == local_ok + 1
+    assert sample("ilp_local_total", outcome="rejected") == local_rejected + 1
+
+
+async def test_increments_wait_for_the_end_of_the_loop_iteration() -> None:
+    """On a loop the series are written once per iteration, with the iteration's sums."""
+    carol = _Peer("m-carol-batch")
+    before = sample("ilp_packets_total", peer=carol.name, outcome="fulfilled", code="")
+    for _ in range(5):
+        metrics.prepare_started()
+        metrics.packet_handled(carol, 10, Fulfill(bytes(32), b""))
+    assert sample("ilp_packets_total", peer=carol.name, outcome="fulfilled", code="") == before
+    await asyncio.sleep(0)  # the flush scheduled by the first record runs
+    assert sample("ilp_packets_total", peer=carol.name, outcome="fulfilled", code="") == (
+        before + 5
+    )
 
 
 @pytest.mark.django_db(transaction=True)
@@ -132,18 +183,27 @@ def test_multiprocess_sums_processes_and_forgets_dead_links(tmp_path: Path) -> N
     record = textwrap.dedent(
         """
         import sys
+        from types import SimpleNamespace
         from ilp.packet import Fulfill
         from interledger_site import metrics
-        metrics.packet_handled("alice", int(sys.argv[1]), Fulfill(bytes(32), b""))
+        alice = SimpleNamespace(name="alice", asset_code="USD", asset_scale=9)
+        metrics.prepare_started()
+        metrics.packet_handled(alice, int(sys.argv[1]), Fulfill(bytes(32), b""))
+        metrics.packet_forwarded(alice, 7, True)
+        metrics.flush()
         metrics.link_state("alice", True)
         metrics.ledger_batch(3, 0.002)
+        import os
+        print(os.getpid())
         """
     )
+    recorders = []
     for amount in ("100", "250"):
         done = subprocess.run(
             [sys.executable, "-c", record, amount], env=env, capture_output=True, timeout=60
         )
         assert done.returncode == 0, done.stderr
+        recorders.append(int(done.stdout.split()[-1]))
     render = textwrap.dedent(
         """
         import sys
@@ -158,7 +218,12 @@ def test_multiprocess_sums_processes_and_forgets_dead_links(tmp_path: Path) -> N
     got = parse(shown.stdout)
     key = (("code", ""), ("outcome", "fulfilled"), ("peer", "alice"))
     assert got[("ilp_packets_total", key)] == 2.0
-    assert got[("ilp_fulfilled_amount_total", (("peer", "alice"),))] == 350.0
+    amount_key = (("asset_code", "USD"), ("asset_scale", "9"), ("peer", "alice"))
+    assert got[("ilp_fulfilled_amount_total", amount_key)] == 350.0
+    assert got[("ilp_forwarded_total", (("outcome", "fulfilled"), ("peer", "alice")))] == 2.0
+    assert got[("ilp_packets_in_flight", ())] == 0.0
     assert got[("ilp_ledger_batch_size_count", ())] == 2.0
     assert ("ilp_links_connected", (("peer", "alice"),)) not in got
-    assert not list(prom_dir.glob("gauge_live*"))
+    # The recorders' live gauges are gone (only the renderer's own may remain).
+    left = {int(f.stem.rsplit("_", 1)[-1]) for f in prom_dir.glob("gauge_live*")}
+    assert not left & set(recorders)

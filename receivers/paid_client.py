@@ -13,8 +13,8 @@ query. The payment has a Payment ID of its own: the destination was issued for t
 token, so the API credits it there (a running total keyed by the token's id would
 include its earlier top-ups, which the sender must not count). Then it calls again.
 
-The Prepares leave through the sending port: this process's switch (our own receivers,
-or the routing table), or ``via_peer``'s link.
+The Prepares leave through the sending port: the switch of the process that runs the
+payment (our own receivers, or the routing table), or ``via_peer``'s link.
 
 The API's URL is the caller's choice: its calls go out through :mod:`payments.outbound`'s
 transport (like the SPSP query of the pointer a 402 names), so its host must resolve to
@@ -27,6 +27,7 @@ anything is paid. Each call ends within :data:`CALL_TIMEOUT_S` and reads at most
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
@@ -46,12 +47,16 @@ from payments.sending import (
 from payments.sending.runner import in_thread
 from receivers.paid import PAY_TOKEN_HEADER, PayToken, new_pay_token, parse_pay
 
-__all__ = ["CallResult", "Paid", "http_ilp_call"]
+__all__ = ["CallResult", "Paid", "PaymentRunner", "http_ilp_call"]
 
 MONETIZATION_REL = "monetization"
 CALL_TIMEOUT_S = 30.0
 # A paid API's answer is its product (a page, a file): more than a webhook's 64 KiB.
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+
+
+PaymentRunner = Callable[[int, RunOptions | None], Awaitable[OutgoingPayment | None]]
+"""Runs an outgoing payment until it is over and returns it (``None``: not run here)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +91,13 @@ async def http_ilp_call(
     via_peer: str = "",
     retries: int = 10,
     options: RunOptions | None = None,
+    run: PaymentRunner | None = None,
 ) -> CallResult:
     """Call ``url``; on 402 pay what it asks (see the module docstring) and call again.
+
+    ``run(payment_id, options)`` runs the payment it created and returns it when over
+    (default ``outgoing_payment_run`` in this process; ``manage.py pay_api`` hands it to
+    the serving node, ``payments.sending.handoff``).
 
     Raises :class:`~payments.sending.SendFailed` when ``url``'s address is refused, the
     402 is unusable or the payment fails (its ``last_error``), and the sending services' errors
@@ -119,7 +129,7 @@ async def http_ilp_call(
             source_account=source_account,
             via_peer=via_peer,
         )
-        done = await outgoing_payment_run(payment_id=payment.pk, options=options)
+        done = await (run or _run_here)(payment.pk, options)
         if done is None or done.status != OutgoingPayment.Status.COMPLETED:
             reason = done.last_error if done is not None else "another runner holds it"
             raise SendFailed(f"the payment of {needed} failed: {reason}")
@@ -156,6 +166,10 @@ async def _call(
         if outbound.refused(exc):
             raise SendFailed(f"the call to {url} was refused: {exc}") from None
         raise
+
+
+async def _run_here(payment_id: int, options: RunOptions | None) -> OutgoingPayment | None:
+    return await outgoing_payment_run(payment_id=payment_id, options=options)
 
 
 @in_thread

@@ -57,11 +57,15 @@ import socket
 import stat
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import connections
+
+if TYPE_CHECKING:
+    from payments.models_outgoing import OutgoingPayment
 
 __all__ = [
     "ANSWER_TIMEOUT_S",
@@ -70,14 +74,18 @@ __all__ = [
     "NodeConnection",
     "NodeGone",
     "NodeNotAnswering",
+    "RunStopped",
     "connect",
+    "follow",
     "handoff_wanted",
+    "serving_node",
     "socket_path",
 ]
 
 log = logging.getLogger(__name__)
 
 ANSWER_TIMEOUT_S = 5.0
+FOLLOW_EVERY_S = 0.5
 # sun_path is 108 bytes on Linux (104 on the BSDs) including the NUL.
 MAX_SOCKET_PATH = 100
 MAX_LINE = 4096
@@ -94,6 +102,11 @@ class NodeNotAnswering(Exception):
 
 class NodeGone(Exception):
     """The serving process closed the connection before the run ended."""
+
+
+class RunStopped(Exception):
+    """The node's run stopped on an error of the node's (database, ledger writer): the
+    payment stays active, for its recovery sweep."""
 
 
 def handoff_wanted() -> bool:
@@ -258,6 +271,58 @@ def connect(*, path: Path | None = None, timeout: float | None = None) -> NodeCo
         )
     connection.hello = hello
     return connection
+
+
+def serving_node(warn: Callable[[str], object]) -> NodeConnection | None:
+    """The serving node's connection, or ``None`` when no node serves this database (said
+    on ``warn``: the caller then runs the payment itself). :class:`NodeNotAnswering`
+    propagates: a command must not pay from its own process beside a node it cannot
+    reach."""
+    try:
+        return connect()
+    except NoNodeServing as exc:
+        warn(f"no node is serving this database ({exc}): paying from this process")
+        return None
+
+
+def follow(
+    payment_id: int,
+    *,
+    node: NodeConnection | None = None,
+    every: float = FOLLOW_EVERY_S,
+    on_progress: Callable[[OutgoingPayment], object] | None = None,
+) -> OutgoingPayment | None:
+    """Read the payment from the database until it is over (``None`` if it is gone),
+    calling ``on_progress`` with each read. With ``node`` (a handed-over run's
+    connection) its ``done`` ends the wait at once, its going away raises
+    :class:`NodeGone` and an error of its run :class:`RunStopped`; without, the row is
+    read every ``every`` seconds (a Celery worker's run, another runner's)."""
+    from payments.sending.selectors import outgoing_payment_get
+
+    while True:
+        payment = outgoing_payment_get(payment_id=payment_id)
+        if payment is None:
+            return None
+        if on_progress is not None:
+            on_progress(payment)
+        if not payment.is_active:
+            return payment
+        if node is None:
+            time.sleep(every)
+            continue
+        try:
+            done = node.wait_done(every)
+        except (NodeGone, NodeNotAnswering) as exc:
+            payment = outgoing_payment_get(payment_id=payment_id)
+            if payment is not None and not payment.is_active:
+                continue  # it ended just before the node went away
+            raise NodeGone(str(exc)) from None
+        if done is None:
+            continue
+        if done.get("error"):
+            raise RunStopped(str(done["error"]))
+        # Over (the next read shows it), or another runner holds it: follow the row.
+        node = None
 
 
 # --- the serving process's side ----------------------------------------------------------------

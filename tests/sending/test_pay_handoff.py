@@ -284,6 +284,23 @@ def test_pay_runs_in_the_serving_node_through_its_own_link(pair: Pair) -> None:
     assert pair.proxy.connections == 1
 
 
+@pytest.mark.slow
+def test_pay_api_runs_its_payment_in_the_serving_node(pair: Pair) -> None:
+    parent, child = pair.parent, pair.child
+    before = child.balance("node:operator")
+    done = child.manage("pay_api", f"http://127.0.0.1:{parent.port}/api/v1/demo/paid")
+    assert json.loads(done.stdout)["message"] == "Hello World!", done.stdout + done.stderr
+    assert "HTTP 200" in done.stderr and "no node is serving" not in done.stderr
+    ((status, lease_owner, address),) = child.query(
+        "SELECT status, lease_owner, destination_address FROM payments_outgoingpayment "
+        "WHERE receiver LIKE '%/tokens/%'"
+    )
+    assert (status, lease_owner) == ("completed", "")
+    assert address.startswith("test.far.receivers.")
+    assert child.balance("node:operator") < before
+    assert pair.proxy.connections == 1, child.log()
+
+
 # --- in this process: no node, a stale socket, a wedged one, one that goes away ---------------
 
 

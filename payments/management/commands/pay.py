@@ -34,8 +34,6 @@ payment is queued or handed over.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -55,12 +53,11 @@ from payments.sending.handoff import (
     NodeConnection,
     NodeGone,
     NodeNotAnswering,
-    NoNodeServing,
-    connect,
+    RunStopped,
+    follow,
+    serving_node,
 )
 from payments.sending.selectors import outgoing_payment_get
-
-FOLLOW_EVERY_S = 0.5
 
 
 def account_code(value: str) -> str:
@@ -122,7 +119,10 @@ class Command(BaseCommand):
         source = account_code(options["source"])
         eager = bool(celery_app.conf.task_always_eager)
         # Before anything is created: a node that does not answer is an error.
-        node = serving_node(self.stderr.write) if eager else None
+        try:
+            node = serving_node(self.stderr.write) if eager else None
+        except NodeNotAnswering as exc:
+            raise CommandError(f"{exc}; nothing was sent") from exc
         try:
             final = self._pay(source, node, eager, options)
         finally:
@@ -206,47 +206,22 @@ class Command(BaseCommand):
     def _follow(
         self, payment_id: int, node: NodeConnection | None = None, left: str = ""
     ) -> OutgoingPayment | None:
-        """Print the payment's progress from the database until it is over. With ``node``
-        (the handed-over run's connection) its ``done`` wakes this up early, and its going
-        away ends the wait with an error."""
+        """Print the payment's progress from the database until it is over (with
+        ``node``, the handed-over run's connection, woken early by its ``done``)."""
         last = ""
-        while True:
-            payment = outgoing_payment_get(payment_id=payment_id)
-            if payment is None:
-                return None
+
+        def show(payment: OutgoingPayment) -> None:
+            nonlocal last
             line = progress_line(payment)
             if line != last:
                 self.stdout.write(line)
                 last = line
-            if not payment.is_active:
-                return payment
-            if node is None:
-                time.sleep(FOLLOW_EVERY_S)
-                continue
-            try:
-                done = node.wait_done(FOLLOW_EVERY_S)
-            except (NodeGone, NodeNotAnswering) as exc:
-                payment = outgoing_payment_get(payment_id=payment_id)
-                if payment is not None and not payment.is_active:
-                    continue  # it ended just before the node went away
-                raise CommandError(
-                    f"the serving node went away during the payment ({exc}); {left}"
-                ) from None
-            if done is None:
-                continue
-            if done.get("error"):
-                raise CommandError(f"the node's run stopped: {done['error']}; {left}")
-            # Over (the next read shows it), or another runner holds it: follow the row.
-            node = None
 
-
-def serving_node(warn: Callable[[str], Any]) -> NodeConnection | None:
-    """The serving node's handoff connection; ``None`` (said on ``warn``) when no node
-    serves this database; :class:`CommandError` when one listens but does not answer."""
-    try:
-        return connect()
-    except NoNodeServing as exc:
-        warn(f"no node is serving this database ({exc}): paying from this process")
-        return None
-    except NodeNotAnswering as exc:
-        raise CommandError(f"{exc}; nothing was sent") from exc
+        try:
+            return follow(payment_id, node=node, on_progress=show)
+        except NodeGone as exc:
+            raise CommandError(
+                f"the serving node went away during the payment ({exc}); {left}"
+            ) from None
+        except RunStopped as exc:
+            raise CommandError(f"the node's run stopped: {exc}; {left}") from None

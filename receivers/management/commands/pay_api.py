@@ -8,8 +8,12 @@ request again. Prints the final body on stdout and a summary on stderr; exits 1 
 the final answer is 2xx.
 
 The money leaves from ``--from`` (default the node's own ``node:operator``) like any
-outgoing payment: through this process's switch (our own receivers, or the routing
-table), or ``--via`` a peer's link.
+outgoing payment, and the payment runs where ``manage.py pay``'s does: in the serving
+node, through its own links (:mod:`payments.sending.handoff`: no second connection to a
+parent, ``--via`` or not); on the Celery worker when there is one (Redis, not eager);
+in this process only when no node is serving this database (said on stderr). Without
+``--via`` the Prepares go into that process's switch (our own receivers, or the routing
+table: the parent); with it, through that peer's link.
 """
 
 from __future__ import annotations
@@ -20,11 +24,22 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from interledger_site.celery import app as celery_app
 from payments.errors import PaymentsError
 from payments.ledger import reset_book
-from payments.sending import OPERATOR_ACCOUNT
+from payments.models_outgoing import OutgoingPayment
+from payments.sending import OPERATOR_ACCOUNT, RunOptions
+from payments.sending.handoff import (
+    NodeConnection,
+    NodeGone,
+    NodeNotAnswering,
+    RunStopped,
+    follow,
+    serving_node,
+)
+from payments.sending.runner import in_thread
 from receivers.paid import InvalidPayToken, PayToken
-from receivers.paid_client import http_ilp_call
+from receivers.paid_client import PaymentRunner, http_ilp_call
 
 
 def account_code(value: str) -> str:
@@ -65,6 +80,16 @@ class Command(BaseCommand):
                 PayToken.parse(token)
             except InvalidPayToken as exc:
                 raise CommandError(str(exc)) from exc
+        eager = bool(celery_app.conf.task_always_eager)
+        try:
+            node = serving_node(self.stderr.write) if eager else None
+        except NodeNotAnswering as exc:
+            raise CommandError(f"{exc}; nothing was sent") from exc
+        run: PaymentRunner | None = None
+        if node is not None:
+            run = in_node(node)
+        elif not eager:
+            run = by_worker
         try:
             result = asyncio.run(
                 http_ilp_call(
@@ -74,11 +99,19 @@ class Command(BaseCommand):
                     max_price=options["max_price"],
                     source_account=account_code(options["source"]),
                     via_peer=options["via"],
+                    run=run,
                 )
             )
         except PaymentsError as exc:
             raise CommandError(exc.message) from exc
+        except (NodeGone, NodeNotAnswering, RunStopped) as exc:
+            raise CommandError(
+                f"the serving node did not finish the payment ({exc}); it stays in the "
+                "database and the node resumes it when it serves again"
+            ) from exc
         finally:
+            if node is not None:
+                node.close()
             reset_book()
         paid = result.paid
         summary = [f"HTTP {result.status}", f"Pay-Token {result.token}"]
@@ -95,3 +128,28 @@ class Command(BaseCommand):
         self.stdout.write(result.body.decode("utf-8", "replace"))
         if not 200 <= result.status < 300:
             raise CommandError(f"the API answered HTTP {result.status}")
+
+
+def in_node(node: NodeConnection) -> PaymentRunner:
+    """Run the payment in the serving node and wait for it (one per connection)."""
+
+    def run(payment_id: int) -> OutgoingPayment | None:
+        node.start_run(payment_id)
+        return follow(payment_id, node=node)
+
+    async def runner(payment_id: int, options: RunOptions | None) -> OutgoingPayment | None:
+        return await in_thread(run)(payment_id)
+
+    return runner
+
+
+async def by_worker(payment_id: int, options: RunOptions | None) -> OutgoingPayment | None:
+    """Queue the payment to the Celery worker and wait for it to end."""
+
+    def run() -> OutgoingPayment | None:
+        from payments.sending.tasks import send_outgoing_payment
+
+        send_outgoing_payment.delay(payment_id=payment_id)
+        return follow(payment_id)
+
+    return await in_thread(run)()

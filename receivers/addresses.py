@@ -6,7 +6,9 @@ page visitor, an order). The secret is derived from the whole destination, tag
 included, so only addresses we issued decrypt: a tag seen on the hot path is authentic.
 Receipts of tagged addresses get the key ``tag:<tag hex>:<packet key>``
 (:func:`tagged_receipt_key`), which is how the tag's owner finds them (an indexed
-prefix lookup on the unique ``key``); their ``payment_id`` stays the PSK2 one.
+prefix lookup on the unique ``key``); their ``payment_id`` stays the PSK2 one. Untagged
+receipts are keyed ``psk2:``, ``psk2-addr:`` or ``stream:`` + packet key, by where their
+``payment_id`` came from (see :data:`PAYER_ID_KEY_PREFIX`).
 
 ``<node>`` is ``settings.ILP_ADDRESS``. The token is random (chosen at the view edge) and
 the shared secret is derived from ``settings.ILP_RECEIVER_SECRET`` (hex) and the whole
@@ -126,9 +128,39 @@ def tagged_receipt_key(tag: bytes, packet_key: str) -> str:
     Deterministic in ``(tag, packet_key)``, so a repeated packet is still written once.
     A packet key too long to fit is replaced by its SHA-256 (hex).
     """
-    key = f"{TAG_KEY_PREFIX}{tag.hex()}:{packet_key}"
+    return _prefixed_key(f"{TAG_KEY_PREFIX}{tag.hex()}:", packet_key)
+
+
+# Untagged receipts say where their ``payment_id`` came from, because a pay token may be
+# redeemed against a payment id only when the payer chose it: a PSK2 Payment ID (draft 1)
+# or the first 16 bytes of PSK2 data (draft 2) travel encrypted, so only the payer knows
+# them. A STREAM connection id and the draft-2 fallback id are digests of the destination,
+# which every connector on the path reads: anyone could present them.
+PAYER_ID_KEY_PREFIX = "psk2:"
+ADDRESS_ID_KEY_PREFIX = "psk2-addr:"
+STREAM_KEY_PREFIX = "stream:"
+
+
+def payer_id_receipt_key(packet_key: str) -> str:
+    """Receipt key of an untagged PSK2 chunk whose payment id the payer chose (redeemable
+    by that id: :func:`receivers.paid.paid_token_credited`)."""
+    return _prefixed_key(PAYER_ID_KEY_PREFIX, packet_key)
+
+
+def address_id_receipt_key(packet_key: str) -> str:
+    """Receipt key of an untagged PSK2 chunk whose payment id is derived from the address."""
+    return _prefixed_key(ADDRESS_ID_KEY_PREFIX, packet_key)
+
+
+def stream_receipt_key(packet_key: str) -> str:
+    """Receipt key of an untagged STREAM packet (payment id = the connection id)."""
+    return _prefixed_key(STREAM_KEY_PREFIX, packet_key)
+
+
+def _prefixed_key(prefix: str, packet_key: str) -> str:
+    key = f"{prefix}{packet_key}"
     if len(key) > _MAX_RECEIPT_KEY:
-        key = f"{TAG_KEY_PREFIX}{tag.hex()}:{hashlib.sha256(packet_key.encode()).hexdigest()}"
+        key = f"{prefix}{hashlib.sha256(packet_key.encode()).hexdigest()}"
     return key
 
 

@@ -19,6 +19,12 @@ the token, by any of the three conventions of the interop README:
    ``Pay-Token`` names an address tagged with ``pay_token_tag(token)`` (see
    :mod:`receivers.addresses`), whose receipts are keyed ``tag:<tag>:<packet key>``.
 
+1 and 2 count only receipts keyed ``psk2:`` (:data:`receivers.addresses.PAYER_ID_KEY_PREFIX`):
+an id the payer chose and sent encrypted, which only the payer can present. A STREAM
+connection id (``stream:`` receipts) and the draft-2 id derived from the address
+(``psk2-addr:``) are digests of a destination that every connector on the path reads, so
+money paid to the receiver's plain pointer that way credits no token.
+
 STREAM (RFC 0029) senders top a token up through the token's own payment pointer: an
 answer to a request with ``Pay-Token`` carries ``Link: <token pointer>; rel="monetization"``
 (:func:`paid_token_spsp_url`, ``/api/v1/paid/<receiver>/tokens/<tag>``), whose SPSP4
@@ -83,8 +89,8 @@ from ilp.psk2 import b64url_decode, b64url_encode
 from ilp.stream import ReceiptSetup
 from payments.models import Receipt
 from receivers.addresses import (
+    PAYER_ID_KEY_PREFIX,
     STREAM_IV_LENGTH,
-    TAG_KEY_PREFIX,
     TOKEN_LENGTH,
     issue_address,
     issue_stream,
@@ -228,7 +234,11 @@ def paid_token_credited(*, receiver: Receiver, token: PayToken) -> int:
     on indexed columns: ``(account, payment_id)`` and the unique ``key``."""
     attributable = Q(key__startswith=tag_key_prefix(token.tag))
     if token.payment_id is not None:
-        attributable |= Q(payment_id=token.payment_id.hex()) & ~Q(key__startswith=TAG_KEY_PREFIX)
+        # Only untagged PSK2 receipts whose payment id the payer chose (never a STREAM
+        # connection id or an id derived from the address: anyone on the path reads those).
+        attributable |= Q(payment_id=token.payment_id.hex()) & Q(
+            key__startswith=PAYER_ID_KEY_PREFIX
+        )
     total = (
         Receipt.objects.filter(account_id=receiver.account_id)
         .filter(attributable)

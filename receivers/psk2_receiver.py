@@ -13,10 +13,12 @@ after it has placed a hold of ``prepare.amount`` on the source account under
    encrypted PSK2 error, F05 wrong condition): :func:`ilp.psk2_receiver.open_prepare` and
    :func:`~ilp.psk2_receiver.respond`;
 4. on accept, ``await book.commit([source posting -amount], [receipt +amount])`` and only
-   then return the Fulfill (for a tagged address ``<name>.<tag>.<token>`` the receipt key
-   carries the tag, see :mod:`receivers.addresses`, and listeners of the tag are told,
-   without waiting, through the channel layer: :func:`receivers.live.notify_tag`). If the commit fails: **T00**, never a Fulfill without the
-   durable record. The receipt becomes an ``IncomingPayment`` and the receiver's
+   then return the Fulfill (the receipt key says what may redeem it: ``psk2:`` a
+   payer-chosen payment id, ``psk2-addr:`` one derived from the address, and for a tagged
+   address ``<name>.<tag>.<token>`` the tag, see :mod:`receivers.addresses`; listeners
+   of the tag are told, without waiting, through the channel layer:
+   :func:`receivers.live.notify_tag`). If the commit fails: **T00**, never a Fulfill
+   without the durable record. The receipt becomes an ``IncomingPayment`` and the receiver's
    ``+amount`` posting in ``payments.apply_receipts``.
 
 Steady state does no database query per packet: the receiver name → account code map is
@@ -55,8 +57,10 @@ from payments.ledger import PostingDraft, ReceiptDraft, get_book
 from payments.selectors import payment_total_db
 from receivers.addresses import (
     LOCAL_PREFIX_SEGMENT,
+    address_id_receipt_key,
     node_address,
     parse_tag_segment,
+    payer_id_receipt_key,
     receiver_secret,
     tagged_receipt_key,
 )
@@ -116,17 +120,31 @@ def _reject(code: str, message: str) -> Reject:
     return Reject(code, node_address(), message)
 
 
-def _payment_id(opened: Opened) -> bytes:
-    """The key receipts of this chunk are grouped under (an ``IncomingPayment``).
+def _receipt_ids(opened: Opened, packet_key: str, tag: bytes | None) -> tuple[bytes, str]:
+    """``(payment_id, receipt key)`` of this chunk: the payment id groups receipts into an
+    ``IncomingPayment``; the key makes the write idempotent and says what may redeem it.
 
     Draft 1: the Payment ID. Draft 2 has none: the first 16 data bytes when there are
     (HTTP-ILP pay tokens), else a digest of the destination, so that the requests made
-    with one SPSP answer form one payment.
+    with one SPSP answer form one payment. Only a payer-chosen id is keyed ``psk2:`` (a
+    pay token may be redeemed against it); the digest is readable by anyone on the path,
+    so it is keyed ``psk2-addr:``. A tagged address keys by its tag
+    (:func:`receivers.addresses.tagged_receipt_key`) whatever the id.
     """
     request = opened.request
-    if isinstance(request, ChunkRequest) or len(request.data) >= PAYMENT_ID_LENGTH:
-        return opened.payment_id
-    return hashlib.sha256(opened.prepare.destination.encode("ascii")).digest()[:PAYMENT_ID_LENGTH]
+    payer_chosen = isinstance(request, ChunkRequest) or len(request.data) >= PAYMENT_ID_LENGTH
+    if payer_chosen:
+        payment_id = opened.payment_id
+    else:
+        destination = opened.prepare.destination.encode("ascii")
+        payment_id = hashlib.sha256(destination).digest()[:PAYMENT_ID_LENGTH]
+    if tag is not None:
+        key = tagged_receipt_key(tag, packet_key)
+    elif payer_chosen:
+        key = payer_id_receipt_key(packet_key)
+    else:
+        key = address_id_receipt_key(packet_key)
+    return payment_id, key
 
 
 def _totals_shared() -> bool:
@@ -237,16 +255,15 @@ async def _record(
 ) -> bool:
     """Write the source posting and the receipt durably; ``False`` if that failed.
 
-    The receipt of a tagged address is keyed ``tag:<tag hex>:<packet key>``
-    (:func:`receivers.addresses.tagged_receipt_key`); the posting keeps ``packet_key``
-    (the key of the switch's hold).
+    The receipt's key is :func:`_receipt_ids`'s (``tag:<tag hex>:<packet key>`` on a
+    tagged address); the posting keeps ``packet_key`` (the key of the switch's hold).
     """
     amount = opened.amount
-    receipt_key = packet_key if tag is None else tagged_receipt_key(tag, packet_key)
+    payment_id, receipt_key = _receipt_ids(opened, packet_key, tag)
     try:
         await get_book().commit(
             [PostingDraft(source_account, -amount, packet_key)],
-            [ReceiptDraft(account_code, _payment_id(opened), opened.sequence, amount, receipt_key)],
+            [ReceiptDraft(account_code, payment_id, opened.sequence, amount, receipt_key)],
         )
     except Exception:
         stats.commit_failures += 1

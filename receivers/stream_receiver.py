@@ -16,11 +16,14 @@ the switch has already placed a hold of ``prepare.amount`` on the source account
    only then the Fulfill (commit failure: **T00**, the pending credit is cancelled). The
    receipt's ``payment_id`` is the connection id (``SHA-256(destination)[:16]``), so a
    connection is **one** ``IncomingPayment``; its ``sequence`` is the STREAM sequence; its
-   key is the hold's ``packet_key`` (``tag:<tag>:<packet key>`` on a tagged address, as
-   PSK2), the same key as the source posting. A repeated Prepare is therefore recorded once;
-   a *different* Prepare re-using a sequence is a different transfer of value and is
-   recorded as such (keying it on the sequence alone would take the money from the source
-   without crediting the receiver);
+   key is ``stream:<packet key>`` (``tag:<tag>:<packet key>`` on a tagged address, as
+   PSK2), from the hold's ``packet_key``, the key of the source posting. A repeated
+   Prepare is therefore recorded once; a *different* Prepare re-using a sequence is a
+   different transfer of value and is recorded as such (keying it on the sequence alone
+   would take the money from the source without crediting the receiver). The connection
+   id is a digest of the destination, which every connector on the path reads, so it is
+   no credential: ``stream:`` receipts credit no pay token (a token's own tagged pointer
+   does, :mod:`receivers.paid`);
 4. when the connection was set up with RFC 0039 receipt details, the Fulfill carries a
    ``StreamReceipt`` for stream 1 with the connection's **durable** total
    (``book.payment_total`` after the commit), as ``@interledger/stream-receiver`` does. The
@@ -70,7 +73,7 @@ from ilp.stream.receiver import (
     settle,
 )
 from payments.ledger import PostingDraft, ReceiptDraft, get_book
-from receivers.addresses import node_address, open_stream
+from receivers.addresses import node_address, open_stream, stream_receipt_key
 from receivers.live import notify_tag
 from receivers.open_payments import limits as op_limits
 
@@ -314,7 +317,11 @@ async def _accept(
     if amount:
         # An incoming payment made on a page visitor's wallet address: keyed for the
         # visitor too (receivers.open_payments.limits.receipt_key).
-        receipt_key = packet_key if tag is None else op_limits.receipt_key(payment, tag, packet_key)
+        receipt_key = (
+            stream_receipt_key(packet_key)
+            if tag is None
+            else op_limits.receipt_key(payment, tag, packet_key)
+        )
         try:
             await book.commit(
                 [PostingDraft(source_account, -amount, packet_key)],

@@ -121,7 +121,7 @@ async def test_single_chunk_is_recorded_before_the_fulfill(setup: dict[str, Any]
     assert result.delivered == 1234
     assert result.total == 1234
     assert [(r.account.code, int(r.amount), r.key, r.sequence) for r in rows] == [
-        ("receiver:bob", 1234, "pkt-1", 0)
+        ("receiver:bob", 1234, "psk2:pkt-1", 0)
     ]
     assert postings == [("pkt-1", -1234)]
 

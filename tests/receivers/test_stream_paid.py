@@ -5,6 +5,7 @@ packets paid to them credit that token, once each, next to PSK2 top-ups."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 from typing import Any
@@ -16,11 +17,12 @@ from django.test import Client
 from django.urls import reverse
 
 from ilp.packet import Fulfill, Reject
-from ilp.psk2 import b64url_encode
-from ilp.stream import StreamMoneyFrame, StreamReceiptFrame, verify_receipt
+from ilp.psk2 import b64url_decode, b64url_encode
+from ilp.stream import StreamMoneyFrame, StreamReceiptFrame, connection_id, verify_receipt
 from payments.ledger import wait_receipts_applied
 from payments.models import IncomingPayment, Receipt
-from receivers.paid import pay_token_tag
+from receivers.models import PaidToken
+from receivers.paid import MSG_NO_FUNDS, pay_token_tag
 from receivers.stream_receiver import connections
 from receivers.testing import ensure_payer, parse_pay, pay_draft2
 from tests.receivers.test_stream_receiver import Sender
@@ -173,6 +175,34 @@ async def test_only_the_tokens_own_addresses_count() -> None:
     assert unpaid.status_code == 402 and unpaid["Pay-Balance"] == "0"
     paid = await acall(other)
     assert paid.status_code == 200 and paid["Pay-Balance"] == "200"
+
+
+async def test_someone_elses_stream_payment_cannot_be_claimed_by_its_connection_id() -> None:
+    """A STREAM payment to the receiver's plain pointer is keyed by its connection id,
+    SHA-256(destination)[:16]: any connector on the path can compute it. Presented as a
+    Pay-Token (its canonical base64url, the shape of a PSK2 payment-id token), it must not
+    spend that money: 402 with the no-funds reason, and nothing charged."""
+    await acall()  # creates the paid API's receiver
+    victim = await sync_to_async(credentials)("/paidapi")
+    await pay_stream(victim, 300)
+    receipt = await sync_to_async(lambda: Receipt.objects.get())()
+    stolen = b64url_encode(connection_id(victim["destination_account"]))
+    assert receipt.payment_id == b64url_decode(stolen).hex()  # the id the attacker holds
+    claim = await acall(stolen)
+    assert claim.status_code == 402 and claim["Pay-Balance"] == "0"
+    assert claim.json()["detail"] == MSG_NO_FUNDS.format(token=stolen, price=PRICE)
+    assert not await sync_to_async(PaidToken.objects.exists)()
+
+
+async def test_a_draft2_payment_without_data_cannot_be_claimed_by_its_address() -> None:
+    """Draft 2 without 16 bytes of data groups a payment by SHA-256(destination)[:16]:
+    as public as a STREAM connection id, so no pay token redeems it either."""
+    pay = parse_pay((await acall())["Pay"])
+    assert isinstance(await pay_draft2(pay.destination, pay.shared_secret, 300), Fulfill)
+    stolen = b64url_encode(hashlib.sha256(pay.destination.encode()).digest()[:16])
+    claim = await acall(stolen)
+    assert claim.status_code == 402 and claim["Pay-Balance"] == "0"
+    assert claim.json()["detail"] == MSG_NO_FUNDS.format(token=stolen, price=PRICE)
 
 
 async def test_psk2_and_stream_top_ups_add_up() -> None:

@@ -234,7 +234,7 @@ async def test_a_whole_stream_payment(payer: str) -> None:
     rows = await receipts()
     conn = connection_id(sender.destination)
     assert [(r.account.code, int(r.amount), r.key, r.sequence, r.payment_id) for r in rows] == [
-        ("receiver:bob", amount, key, seq, conn.hex())
+        ("receiver:bob", amount, f"stream:{key}", seq, conn.hex())
         for amount, key, seq in zip((2000, 2000, 1000), keys, (6, 7, 8), strict=True)
     ]
     assert await peer_postings() == [(k, -a) for k, a in zip(keys, (2000, 2000, 1000), strict=True)]

@@ -25,8 +25,31 @@ live in the serving process. Idempotence: the request id and its outcome are sto
 again but never processed twice (a different body under a known id → ``409``). The
 callback is retried with backoff (0.5 s doubling to 8 s) on 5xx and network errors
 until a 2xx, a 4xx (RFC 35: stop), or the Prepare's expiry + 60 s. After a restart the
-supervisor resumes owed callbacks; a request whose processing was cut by the restart is
-answered with Reject T00.
+supervisor resumes owed callbacks (see "Restarts" below).
+
+**Restarts.** The row keeps the Prepare itself. A request whose processing a restart cut
+(the process died between storing the request and storing its reply: while the switch
+worked on it, while the next hop had it, or between the ledger commit of its Fulfill and
+the reply row) is given the outcome the node's books hold, never a second booking:
+
+* **forwarded and fulfilled**: the switch commits ``<packet key>:in`` with the
+  fulfillment in its memo when the source is an HTTP-OER-ASYNC peer, atomically with the
+  money, so the ledger holds the proof exactly when it holds the payment: the peer gets
+  that Fulfill (with empty data: the next hop's data was not kept; a STREAM sender still
+  counts the money as delivered);
+* **for one of our receivers** (or a registered local handler), booked or not: the
+  Prepare runs through the switch again. A receiver's booking is idempotent on the packet
+  key and its fulfillment deterministic, so this finishes the work (a Prepare expired by
+  now gets the receiver's R00; if it had been booked already, an error is logged for
+  reconciliation);
+* **forwarded and nothing booked**: Reject, R00 if the Prepare expired, else T00. It is
+  never sent on again: the next hop may hold the first copy and could be paid twice. A
+  Fulfill that reached the dead process but was not committed, or that the next hop
+  sends after the restart (its request id is unknown now: ``400``; with Redis the dead
+  process's channel swallows it), is lost to the node, as it is to ilp-connector when it
+  dies with packets in flight; the books say unpaid, as the peer is told.
+
+Rows written before the Prepare was kept are answered T00.
 
 Client links (``OutgoingLink``, registered by :func:`sync_http_links`):
 :class:`HttpSyncLink` sends the headers ilp-plugin-http 1.6.1 sends
@@ -75,8 +98,10 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from ilp.conditions import fulfillment_matches
 from ilp.errors import DecodeError
 from ilp.packet import (
+    Fulfill,
     Prepare,
     Reject,
     Reply,
@@ -278,6 +303,7 @@ async def _receive_async(
         received_at=now,
         expires_at=_give_up_at(prepare, now),
         lease_until=now + timedelta(seconds=LEASE_S),
+        prepare=body,
     )
     if receipt.new:
         activity.note_packet(ctx.name)
@@ -368,34 +394,96 @@ async def _deliver(
 
 async def resume_pending_callbacks() -> int:
     """Claim and deliver every callback still owed whose lease ran out (see the module
-    doc): at start-up, and every :data:`RESUME_EVERY_S` once :func:`start` ran."""
+    doc): at start-up, and every :data:`RESUME_EVERY_S` once :func:`start` ran. A request
+    whose processing was cut is first given its outcome (:func:`_recover`)."""
     now = datetime.now(UTC)
     owed = await database_sync_to_async(services.http_async_interrupted)(
         now=now, lease_until=now + timedelta(seconds=LEASE_S)
     )
-    for peer_name, request_id, callback_url, reply, expires_at in owed:
-        if (peer_name, request_id) in _leased:
+    for row in owed:
+        if (row.peer_name, row.request_id) in _leased:
             continue  # ours already (a renewal failed): it is being worked on here
-        _hold_lease(peer_name, request_id)
-        if reply is None:
-            reply = encode_packet(edge.reject("T00", "processing interrupted by a restart"))
-            await database_sync_to_async(services.http_async_complete)(
-                peer_name=peer_name, request_id=request_id, reply=reply
-            )
-        _spawn(_deliver_leased(peer_name, request_id, reply, callback_url, expires_at))
+        _hold_lease(row.peer_name, row.request_id)
+        _spawn(_resume(row))
     if not _resuming:
         # Called at start-up (by the links supervisor): keep resuming lapsed leases.
         start(resume_now=False)
     return len(owed)
 
 
-async def _deliver_leased(
-    peer_name: str, request_id: str, reply: bytes, callback_url: str, give_up_at: datetime
-) -> None:
+async def _resume(row: services.OwedCallback) -> None:
     try:
-        await _deliver(peer_name, request_id, reply, callback_url, give_up_at)
+        reply = row.reply
+        if reply is None:
+            reply = encode_packet(await _recover(row))
+            await database_sync_to_async(services.http_async_complete)(
+                peer_name=row.peer_name, request_id=row.request_id, reply=reply
+            )
+        await _deliver(row.peer_name, row.request_id, reply, row.callback_url, row.expires_at)
     finally:
-        _leased.discard((peer_name, request_id))
+        _leased.discard((row.peer_name, row.request_id))
+
+
+async def _recover(row: services.OwedCallback) -> Reply:
+    """The outcome of a request whose processing a restart cut (see the module doc):
+    the Fulfill the ledger holds, a re-run for our own destinations, else a Reject.
+    Never raises."""
+    try:
+        return await _recover_outcome(row)
+    except Exception:
+        log.exception("could not recover %s/%s", row.peer_name, row.request_id)
+        return edge.reject("T00", "processing interrupted by a restart")
+
+
+async def _recover_outcome(row: services.OwedCallback) -> Reply:
+    if row.prepare is None:  # a row from before the Prepare was kept
+        return edge.reject("T00", "processing interrupted by a restart")
+    from links.switch import FULFILLMENT_MEMO, packet_key
+    from payments.selectors import posting_memos
+
+    prepare = decode_prepare(row.prepare)
+    key = packet_key(row.peer_name, prepare)
+    booked = await database_sync_to_async(posting_memos)(keys=[f"{key}:in", key])
+    memo = booked.get(f"{key}:in")
+    if memo is not None:  # forwarded, fulfilled and booked before the restart
+        proof = memo.removeprefix(FULFILLMENT_MEMO)
+        with contextlib.suppress(ValueError):
+            fulfillment = bytes.fromhex(proof)
+            if memo.startswith(FULFILLMENT_MEMO) and fulfillment_matches(
+                fulfillment, prepare.execution_condition
+            ):
+                log.info("%s/%s: Fulfill recovered from the ledger", row.peer_name, row.request_id)
+                return Fulfill(fulfillment)  # the next hop's data was not kept
+        log.error(
+            "%s/%s: packet %s was paid but its fulfillment is not in the ledger; "
+            "answering T00, reconcile with the peer",
+            row.peer_name,
+            row.request_id,
+            key,
+        )
+        return edge.reject("T00", "processing interrupted by a restart")
+    switch = edge.current_switch()
+    is_local = getattr(switch, "is_local", None)
+    if key in booked or (is_local is not None and is_local(prepare.destination)):
+        # Our own receiver: its booking is idempotent on the packet key and its
+        # fulfillment deterministic, so running the Prepare again is safe.
+        ctx = await aload_peer_context(row.peer_name)
+        if ctx is not None:
+            reply = await edge.handle_prepare(ctx, prepare, owned=True)
+            if key in booked and not isinstance(reply, Fulfill):
+                log.error(
+                    "%s/%s: packet %s was received and booked, but its re-run answers %s",
+                    row.peer_name,
+                    row.request_id,
+                    key,
+                    getattr(reply, "code", "?"),
+                )
+            return reply
+    # Forwarded and nothing booked: never sent on again (the next hop may have paid
+    # the first copy); the node's books say unpaid, and so does the answer.
+    if prepare.expires_at <= datetime.now(UTC):
+        return edge.reject("R00", "packet expired while processing was interrupted by a restart")
+    return edge.reject("T00", "processing interrupted by a restart; nothing was paid")
 
 
 # --- leases of incoming async requests --------------------------------------------------------

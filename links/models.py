@@ -173,6 +173,9 @@ class HttpAsyncRequest(models.Model):
     peer = models.ForeignKey(Peer, on_delete=models.CASCADE, related_name="async_requests")
     request_id = models.CharField(max_length=64)
     digest = models.BinaryField(max_length=32)
+    # The Prepare itself (OER), kept until the row goes: a request cut by a restart is
+    # resumed from it (links.http_oer: its outcome looked up in the ledger or re-run).
+    prepare = models.BinaryField(null=True, blank=True)
     state = models.CharField(
         max_length=16, choices=HttpAsyncState.choices, default=HttpAsyncState.IN_PROGRESS
     )

@@ -388,6 +388,20 @@ class AsyncReceipt:
     reply: bytes | None
 
 
+@dataclass(frozen=True, slots=True)
+class OwedCallback:
+    """A request :func:`http_async_interrupted` claimed: ``reply`` is its stored outcome,
+    ``None`` when its processing was cut (then ``prepare``, the Prepare's OER, says what
+    it was; ``None`` for a row written before the Prepare was kept)."""
+
+    peer_name: str
+    request_id: str
+    callback_url: str
+    reply: bytes | None
+    expires_at: datetime
+    prepare: bytes | None
+
+
 def http_async_receive(
     *,
     peer_name: str,
@@ -397,12 +411,14 @@ def http_async_receive(
     received_at: datetime,
     expires_at: datetime,
     lease_until: datetime | None = None,
+    prepare: bytes | None = None,
 ) -> AsyncReceipt:
     """Record an incoming async Prepare once (idempotent on ``(peer, request id)``).
 
     A repeat with the same digest is reported (never processed twice); a different body
     under a known id is a conflict. ``lease_until``: the new row is held by the caller
-    until then (see :func:`http_async_renew`).
+    until then (see :func:`http_async_renew`). ``prepare``: the Prepare's OER, kept for a
+    restart to resume the request from.
     """
     from django.db import IntegrityError
 
@@ -417,6 +433,7 @@ def http_async_receive(
                 received_at=received_at,
                 expires_at=expires_at,
                 lease_until=lease_until,
+                prepare=prepare,
             )
         return AsyncReceipt(True, False, HttpAsyncState.IN_PROGRESS, None)
     except IntegrityError:
@@ -462,15 +479,14 @@ def http_async_renew(*, keys: Sequence[tuple[str, str]], until: datetime) -> int
 
 def http_async_interrupted(
     *, now: datetime, lease_until: datetime | None = None
-) -> list[tuple[str, str, str, bytes | None, datetime]]:
+) -> list[OwedCallback]:
     """Claim every request whose callback is still owed and whose lease ran out.
 
     A request is leased by the process working on it, which renews the lease while it
     works; a request whose lease ran out (its process stopped) is claimed here until
     ``lease_until`` (rows locked with ``SKIP LOCKED``, so two processes never claim the
-    same one). Requests that were in progress cannot be finished; they are returned
-    with ``reply=None`` and the caller answers them with a Reject.
-    Returns ``(peer, request id, callback url, reply, expires_at)``.
+    same one). Requests that were in progress are returned with ``reply=None`` and their
+    Prepare: the caller finds their outcome (``links.http_oer``).
     """
     with transaction.atomic():
         rows = list(
@@ -487,7 +503,7 @@ def http_async_interrupted(
                 lease_until=lease_until
             )
     return [
-        (
+        OwedCallback(
             row.peer.name,
             row.request_id,
             row.callback_url,
@@ -495,6 +511,7 @@ def http_async_interrupted(
             if row.state == HttpAsyncState.DONE and row.reply is not None
             else None,
             row.expires_at,
+            bytes(row.prepare) if row.prepare is not None else None,
         )
         for row in rows
     ]

@@ -84,6 +84,7 @@ from interledger_site import metrics
 from links import peer_protocols
 from links.ccp import CcpService
 from links.echo import echo_prepare, parse_echo_request
+from links.models import LinkKind
 from links.peers import PeerContext
 from links.registry import OutgoingLink
 from links.routing import LOCAL_HOP, RoutingTable, receivers_prefix, static_routes
@@ -96,6 +97,9 @@ log = logging.getLogger(__name__)
 FEE_ACCOUNT = "node:fees"
 PPM = 1_000_000
 RECENT_FULFILLS_MAX = 100_000
+# The memo of a forwarded packet's ``<key>:in`` posting from an HTTP-OER-ASYNC source:
+# this prefix and the fulfillment in hex (see _send).
+FULFILLMENT_MEMO = "fulfillment:"
 RECENT_PURGE_EVERY = 1024
 RATE_WINDOW_S = 10
 # How often sends past their expiry are looked for (links normally answer R00 first).
@@ -451,6 +455,13 @@ class PacketSwitch:
         """Stop serving ``<node>.<segment>.…`` here (unknown segments are ignored)."""
         self._locals.pop(segment, None)
 
+    def is_local(self, destination: str) -> bool:
+        """Whether this node itself answers Prepares to ``destination`` (a receiver or a
+        registered local handler), rather than forwarding them (echo forwards)."""
+        return destination.startswith(self._receivers_dot) or (
+            bool(self._locals) and self._local_handler(destination) is not None
+        )
+
     def _local_handler(self, destination: str) -> LocalHandler | None:
         if not destination.startswith(self._node_dot):
             return None
@@ -790,8 +801,16 @@ class PacketSwitch:
                 log.warning("switch: wrong fulfillment from %s", target.name)
                 return Reject("F05", self.address, "fulfillment did not match expected value.")
             if in_amount or out_amount:
+                # From an HTTP-OER-ASYNC peer, the proof of payment goes with the money: a
+                # request cut by a restart before its reply was stored is answered with
+                # this Fulfill (links.http_oer), the posting being committed atomically.
+                memo = (
+                    FULFILLMENT_MEMO + reply.fulfillment.hex()
+                    if source.link == LinkKind.HTTP_ASYNC
+                    else ""
+                )
                 postings = [
-                    PostingDraft(source.account_code, -in_amount, in_key),
+                    PostingDraft(source.account_code, -in_amount, in_key, memo),
                     PostingDraft(target.account_code, out_amount, out_key),
                 ]
                 if fee:

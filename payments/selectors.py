@@ -24,6 +24,12 @@ def posting_list(*, account_code: str, limit: int = 100) -> list[Posting]:
     return list(Posting.objects.filter(account__code=account_code).order_by("-id")[:limit])
 
 
+def posting_memos(*, keys: list[str]) -> dict[str, str]:
+    """``key → memo`` of the postings among ``keys`` that are in the ledger (a key is
+    there once it was committed: the way to learn, after a restart, what was booked)."""
+    return dict(Posting.objects.filter(key__in=keys).values_list("key", "memo"))
+
+
 def incoming_payment_get(*, account_code: str, payment_id: bytes) -> IncomingPayment | None:
     return IncomingPayment.objects.filter(
         account__code=account_code, payment_id=payment_id.hex()

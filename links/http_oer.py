@@ -468,17 +468,21 @@ async def _recover_outcome(row: services.OwedCallback) -> Reply:
         # Our own receiver: its booking is idempotent on the packet key and its
         # fulfillment deterministic, so running the Prepare again is safe.
         ctx = await aload_peer_context(row.peer_name)
-        if ctx is not None:
-            reply = await edge.handle_prepare(ctx, prepare, owned=True)
-            if key in booked and not isinstance(reply, Fulfill):
-                log.error(
-                    "%s/%s: packet %s was received and booked, but its re-run answers %s",
-                    row.peer_name,
-                    row.request_id,
-                    key,
-                    getattr(reply, "code", "?"),
-                )
-            return reply
+        reply = (
+            await edge.handle_prepare(ctx, prepare, owned=True)
+            if ctx is not None
+            else edge.reject("T00", "processing interrupted by a restart; peer disabled")
+        )
+        if key in booked and not isinstance(reply, Fulfill):
+            log.error(
+                "%s/%s: packet %s was received and booked, but its re-run answers %s; "
+                "reconcile with the peer",
+                row.peer_name,
+                row.request_id,
+                key,
+                getattr(reply, "code", "?"),
+            )
+        return reply
     # Forwarded and nothing booked: never sent on again (the next hop may have paid
     # the first copy); the node's books say unpaid, and so does the answer.
     if prepare.expires_at <= datetime.now(UTC):

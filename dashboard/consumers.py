@@ -5,8 +5,9 @@ The route sits behind ``AllowedHostsOriginValidator(AuthMiddlewareStack(...))`` 
 session. Anyone else is refused at the handshake (close code 4403, an HTTP 403).
 
 Once open, the consumer pushes a snapshot (:mod:`dashboard.snapshot`) every
-``interval_s`` seconds: the switch counters and live links of this process are read on
-the event loop (copies, no I/O), the database aggregates in a worker thread. Health
+``interval_s`` seconds: this process's live links are read on the event loop (copies, no
+I/O); the node's counters and connected peers and the database aggregates in a worker
+thread. Health
 checks (and whether the user is still active staff) are refreshed every
 ``health_every_s`` seconds. The client may send ``{"type": "range", "range": "24h"|"30d"}``
 to switch the chart, and ``{"type": "refresh"}`` for an immediate snapshot.

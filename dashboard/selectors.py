@@ -1,8 +1,9 @@
 """Reads for the operator dashboard and the users' pages (sync; no writes, no locks).
 
-In-process state (the switch's counters, the registry of live links) is read by the
-caller on the event loop and passed in; everything here only touches the database, so
-the consumer can run it through ``database_sync_to_async``.
+State outside the database (the node's packet counters, the registry of this process's
+live links, the peers connected anywhere in the node) is read by the caller and passed
+in; everything here only touches the database, so the consumer can run it through
+``database_sync_to_async``.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ class PeerRow:
     address: str
     status: PeerStatus
     connected_here: bool  # a live link in the process that answered
+    # Status ``connected``: in this process or, with several processes, in the link's
+    # owner (``links.presence``); ``connected_since`` is shown only then.
     connected_since: datetime | None
     last_packet_at: datetime | None
     asset_code: str
@@ -90,15 +93,23 @@ def _opt_int(value: Any) -> int | None:
 
 
 def peer_rows(
-    *, traffic: Mapping[str, Mapping[str, int]] | None = None, live: Iterable[str] = ()
+    *,
+    traffic: Mapping[str, Mapping[str, int]] | None = None,
+    live: Iterable[str] = (),
+    connected: Iterable[str] | None = None,
 ) -> list[PeerRow]:
     """Every peer with its balance, limits and status (one query).
 
-    ``traffic`` is ``dashboard_stats()["peers"]`` and ``live`` the registry's live peers,
-    both of the calling process. Status: see :func:`peer_status`.
+    ``traffic`` is the node's counters by peer (``interledger_site.metrics.node_traffic``),
+    ``live`` the calling process's live links, ``connected`` the peers with a live link
+    anywhere in the node (``links.presence.connected_peers``; ``None`` in embedded mode).
+    With ``connected`` a BTP peer's status comes from it alone: ``Peer.connected_since``
+    is written late and stays behind when a process is killed. Without it: see
+    :func:`peer_status`.
     """
     traffic = traffic or {}
     live_here = set(live)
+    anywhere = None if connected is None else set(connected)
     node = settings.ILP_ADDRESS
     rows = []
     for peer in Peer.objects.select_related("account").order_by("name"):
@@ -106,12 +117,20 @@ def peer_rows(
         balance = int(account.balance)
         lo, hi = _opt_int(account.min_balance), _opt_int(account.max_balance)
         here = peer.name in live_here
-        status = peer_status(
-            enabled=peer.enabled,
-            link=peer.link,
-            live_here=here,
-            connected_since=peer.connected_since,
-        )
+        if anywhere is None:
+            status = peer_status(
+                enabled=peer.enabled,
+                link=peer.link,
+                live_here=here,
+                connected_since=peer.connected_since,
+            )
+        else:
+            status = peer_status(
+                enabled=peer.enabled,
+                link=peer.link,
+                live_here=here or peer.name in anywhere,
+                connected_since=None,
+            )
         counters = traffic.get(peer.name, {})
         rows.append(
             PeerRow(

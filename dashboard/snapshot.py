@@ -1,11 +1,15 @@
 """The dashboard's live snapshot: one JSON-safe dict the page renders from and the
 ``ws/ops/`` consumer pushes every couple of seconds.
 
-:func:`process_state` reads this process's switch counters and live links (call it on
-the event loop that owns them: no I/O, copies only). :func:`build_snapshot` adds the
-database aggregates (sync: run it through ``database_sync_to_async``). Amounts are sent
-already formatted with the asset scale (UInt64 does not fit a JavaScript number) and as
-exact integer strings.
+:func:`process_state` reads what only this process knows: whether its switch runs and
+its live links (call it on the event loop that owns them: no I/O, copies only).
+:func:`build_snapshot` adds the whole node's state (:func:`node_state`: the packet
+counters of every process from the Prometheus metrics, the peers connected in any
+process from their link owners) and the database aggregates (sync: run it through
+``database_sync_to_async``). Amounts are sent already formatted with the asset scale
+(UInt64 does not fit a JavaScript number) and as exact integer strings.
+``traffic.packets_per_second`` is ``null`` until the process answering has read the
+counters twice (the page's first render; the live feed has it from its second snapshot).
 
 Shape (``type`` is ``"snapshot"``)::
 
@@ -52,17 +56,18 @@ RECENT_PAYMENTS = 10
 
 @dataclass(frozen=True, slots=True)
 class ProcessState:
+    """This process's own view: ``live`` its live links; ``traffic["live"]`` whether its
+    switch was built."""
+
     traffic: Mapping[str, Any]
     live: tuple[str, ...] = field(default_factory=tuple)
 
 
 def process_state() -> ProcessState:
-    """This process's switch counters and live links (cheap copies, no I/O)."""
+    """This process's switch state and live links (cheap copies, no I/O)."""
     from links import registry
-    from links.switch import dashboard_stats, peek_switch
+    from links.switch import peek_switch
 
-    stats = dict(dashboard_stats())
-    stats["live"] = peek_switch() is not None
     for _ in range(3):  # a sync view reads from a worker thread while the loop may change it
         try:
             live = tuple(registry.live_peers())
@@ -71,7 +76,29 @@ def process_state() -> ProcessState:
             continue
     else:
         live = ()
-    return ProcessState(traffic=stats, live=live)
+    return ProcessState(traffic={"live": peek_switch() is not None}, live=live)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    """The whole node's view: ``traffic`` the packet counters of every process
+    (``interledger_site.metrics.node_traffic``), ``connected`` the peers with a live link
+    in any process (``links.presence.connected_peers``; ``None`` in embedded mode, where
+    this process's links are the node's)."""
+
+    traffic: Mapping[str, Any]
+    connected: frozenset[str] | None
+
+
+def node_state() -> NodeState:
+    """Read the node's state (sync: the metrics files, one or two Redis round trips)."""
+    from interledger_site.metrics import node_traffic
+    from links.presence import connected_peers
+
+    connected = connected_peers()
+    return NodeState(
+        traffic=node_traffic(), connected=None if connected is None else frozenset(connected)
+    )
 
 
 def when(moment: datetime | None) -> str:
@@ -82,6 +109,10 @@ def when(moment: datetime | None) -> str:
 
 def _outgoing_amount(value: int, scale: int | None) -> str:
     return f"{value} units" if scale is None else format_amount(value, scale)
+
+
+def _rate(value: Any) -> float | None:
+    return None if value is None else round(float(value), 1)
 
 
 def _opt_amount(value: int | None, scale: int) -> str | None:
@@ -95,12 +126,14 @@ def build_snapshot(
     now: datetime | None = None,
     chart_key: str = "",
     checks: Sequence[Check] | None = None,
+    node: NodeState | None = None,
 ) -> dict[str, Any]:
-    """The snapshot (sync: a handful of indexed queries)."""
+    """The snapshot (sync: a handful of indexed queries; ``node`` read here if not given)."""
     now = now or timezone.now()
     scale, code = settings.ILP_ASSET_SCALE, settings.ILP_ASSET_CODE
-    traffic = state.traffic
-    peers = peer_rows(traffic=traffic.get("peers", {}), live=state.live)
+    node = node or node_state()
+    traffic = node.traffic
+    peers = peer_rows(traffic=traffic.get("peers", {}), live=state.live, connected=node.connected)
     counts = totals(now=now)
     series = volume_series(range_=range_, now=now)
     key = hashlib.sha256(
@@ -115,8 +148,8 @@ def build_snapshot(
         "at": now.isoformat(),
         "range": range_,
         "traffic": {
-            "live": bool(traffic.get("live", False)),
-            "packets_per_second": round(float(traffic.get("packets_per_second", 0.0)), 1),
+            "live": bool(state.traffic.get("live", False)),
+            "packets_per_second": _rate(traffic.get("packets_per_second")),
             "packets_in": int(traffic.get("packets_in", 0)),
             "fulfilled": int(traffic.get("fulfilled", 0)),
             "rejected": int(traffic.get("rejected", 0)),
@@ -135,7 +168,7 @@ def build_snapshot(
                 "link": p.link,
                 "status": p.status,
                 "connected_here": p.connected_here,
-                "connected_since": when(p.connected_since),
+                "connected_since": when(p.connected_since) if p.status == "connected" else "",
                 "last_packet_at": when(p.last_packet_at),
                 "balance": format_amount(p.balance, p.asset_scale),
                 "balance_units": str(p.balance),

@@ -15,8 +15,7 @@ from datetime import UTC, datetime
 
 from channels.db import database_sync_to_async
 
-from interledger_site import metrics
-from links import services
+from links import presence, services
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +36,13 @@ def note_packet(peer_name: str) -> None:
 
 def note_connected(peer_name: str) -> None:
     _connection[peer_name] = datetime.now(UTC)
-    metrics.link_state(peer_name, True)
+    presence.changed(peer_name)
     _schedule()
 
 
 def note_disconnected(peer_name: str) -> None:
     _connection[peer_name] = None
-    metrics.link_state(peer_name, False)
+    presence.changed(peer_name)
     _schedule()
 
 

@@ -296,6 +296,14 @@ class LinkOwnership:
     def release_soon(self, peer: str) -> None:
         self._soon(self.release(peer))
 
+    async def claims_settled(self) -> None:
+        """Wait for the claims and releases sync code asked for so far on this loop
+        (:meth:`claim_soon`, :meth:`release_soon`): :meth:`holds` is then their outcome."""
+        loop = asyncio.get_running_loop()
+        pending = [t for t in self._pending if t.get_loop() is loop and not t.done()]
+        if pending:
+            await asyncio.wait(pending)
+
     def _soon(self, coro: Any) -> None:
         if not self.shared or self.channel is None:
             coro.close()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
@@ -17,8 +20,8 @@ from django.test import AsyncClient
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from ilp.btp import BtpResponse
-from ilp.packet import Fulfill, Reject
+from ilp.btp import BtpMessage, BtpResponse, BtpType, encode_ilp_frame, find_entry
+from ilp.packet import Fulfill, Prepare, Reject, decode_prepare, decode_reply, encode_packet
 from interledger_site import metrics
 from links import activity, registry, services
 from tests.links.btp_helpers import RawBtp
@@ -227,3 +230,119 @@ def test_multiprocess_sums_processes_and_forgets_dead_links(tmp_path: Path) -> N
     # The recorders' live gauges are gone (only the renderer's own may remain).
     left = {int(f.stem.rsplit("_", 1)[-1]) for f in prom_dir.glob("gauge_live*")}
     assert not left & set(recorders)
+
+
+async def _serve_next_hop(raw: RawBtp, destination: str, fulfillment: bytes) -> Prepare:
+    """Answer the frames the node sends ``raw`` until the Prepare for ``destination``
+    arrives; fulfil that one (the node's own side messages, if any, get an F02)."""
+    while True:
+        frame = await raw.next(timeout=10)
+        assert isinstance(frame, BtpMessage), frame
+        entry = find_entry(frame, "ilp")
+        assert entry is not None
+        prepare = decode_prepare(entry.data)
+        if prepare.destination == destination:
+            reply: Fulfill | Reject = Fulfill(fulfillment, b"")
+        else:
+            reply = Reject("F02", "test.x", "not here", b"")
+        await raw.send(encode_ilp_frame(BtpType.RESPONSE, frame.request_id, encode_packet(reply)))
+        if prepare.destination == destination:
+            return prepare
+
+
+def _ilp_reply(frame: object) -> Fulfill | Reject:
+    assert isinstance(frame, BtpResponse), frame
+    entry = find_entry(frame, "ilp")
+    assert entry is not None
+    return decode_reply(entry.data)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("_links_clean")
+async def test_packets_through_a_live_node_move_the_counters(settings: Any) -> None:
+    """Two children on the node's /btp: one pays the other through the real switch and
+    ledger, and sends one Prepare nobody serves. /metrics and the dashboard's node
+    traffic count both."""
+    for name in ("mx-alice", "mx-bob"):
+        await database_sync_to_async(services.peer_create)(
+            name=name,
+            relation="child",
+            link="btp-server",
+            token=f"{name}-token",
+            min_balance=-(10**12),
+        )
+    client = AsyncClient()
+
+    async def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        response = await client.get("/metrics")
+        assert response.status_code == 200
+        return parse(response.content.decode())
+
+    def value(got: dict[Any, float], name: str, **labels: str) -> float:
+        return got.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    asset = {"asset_code": settings.ILP_ASSET_CODE, "asset_scale": str(settings.ILP_ASSET_SCALE)}
+    before = await scrape()
+    traffic_before = await database_sync_to_async(metrics.node_traffic)()
+    alice = await RawBtp().open()
+    bob = await RawBtp().open()
+    try:
+        assert isinstance(await alice.auth("mx-alice", "mx-alice-token"), BtpResponse)
+        assert isinstance(await bob.auth("mx-bob", "mx-bob-token"), BtpResponse)
+        fulfillment = os.urandom(32)
+        destination = f"{settings.ILP_ADDRESS}.mx-bob.pay"
+        prepare = Prepare(
+            1000,
+            datetime.now(UTC) + timedelta(seconds=30),
+            hashlib.sha256(fulfillment).digest(),
+            destination,
+            b"",
+        )
+        hop = asyncio.create_task(_serve_next_hop(bob, destination, fulfillment))
+        rid = await alice.send_prepare(prepare)
+        frame = await alice.next(timeout=10)
+        assert frame is not None and frame.request_id == rid
+        assert _ilp_reply(frame) == Fulfill(fulfillment, b"")
+        forwarded = await hop
+        rid = await alice.send_prepare(
+            Prepare(5, prepare.expires_at, bytes(32), "test.nowhere.x", b"")
+        )
+        frame = await alice.next(timeout=10)
+        assert frame is not None and frame.request_id == rid
+        assert _ilp_reply(frame).code == "F02"  # type: ignore[union-attr]
+    finally:
+        await alice.close()
+        await bob.close()
+    got = await scrape()
+
+    def moved(name: str, **labels: str) -> float:
+        return value(got, name, **labels) - value(before, name, **labels)
+
+    assert moved("ilp_packets_total", peer="mx-alice", outcome="fulfilled", code="") == 1
+    assert moved("ilp_packets_total", peer="mx-alice", outcome="rejected", code="F02") == 1
+    assert moved("ilp_fulfilled_amount_total", peer="mx-alice", **asset) == 1000
+    assert moved("ilp_forwarded_total", peer="mx-bob", outcome="fulfilled") == 1
+    assert moved("ilp_forwarded_amount_total", peer="mx-bob", **asset) == forwarded.amount
+    assert moved("ilp_ledger_batch_size_count") >= 1
+    assert value(got, "ilp_packets_in_flight") == value(before, "ilp_packets_in_flight")
+    # The dashboard reads the same counters.
+    traffic = await database_sync_to_async(metrics.node_traffic)()
+    peers_before = traffic_before["peers"]
+    alice_before = peers_before.get("mx-alice", {"packets_in": 0, "fulfilled": 0, "rejected": 0})
+    assert traffic["peers"]["mx-alice"]["packets_in"] == alice_before["packets_in"] + 2
+    assert traffic["peers"]["mx-alice"]["fulfilled"] == alice_before["fulfilled"] + 1
+    assert traffic["peers"]["mx-alice"]["rejected"] == alice_before["rejected"] + 1
+    bob_out = peers_before.get("mx-bob", {"packets_out": 0})["packets_out"]
+    assert traffic["peers"]["mx-bob"]["packets_out"] == bob_out + 1
+    assert traffic["packets_in"] == traffic_before["packets_in"] + 2
+
+
+def test_packets_per_second_is_the_difference_over_the_window() -> None:
+    history = metrics._RateHistory()
+    assert history.rate(100.0, 1000.0) is None  # one read: no rate yet
+    assert history.rate(101.0, 1000.1) is None  # too close to tell
+    assert history.rate(150.0, 1002.0) == pytest.approx(25.0)
+    for t in range(3, 30):  # read every second at 10 packets/s
+        history.rate(150.0 + 10 * (t - 2), 1000.0 + t)
+    assert history.rate(150.0 + 10 * 28, 1030.0) == pytest.approx(10.0)
+    assert history.rate(0.0, 1031.0) is None  # the counters restarted

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -173,8 +174,9 @@ def test_metrics_refuses_post(client: object) -> None:
 
 
 def test_multiprocess_sums_processes_and_forgets_dead_links(tmp_path: Path) -> None:
-    """Two processes record, a third renders: counters summed, the gauges of the
-    processes that are gone dropped (their links went with them)."""
+    """Two live processes record, a third renders /metrics and the dashboard's traffic:
+    counters and live gauges summed; once the two are gone their gauges are dropped (their
+    links and in-flight packets went with them) and their counters stay."""
     prom_dir = tmp_path / "prom"
     prom_dir.mkdir()
     env = {
@@ -185,7 +187,7 @@ def test_multiprocess_sums_processes_and_forgets_dead_links(tmp_path: Path) -> N
     }
     record = textwrap.dedent(
         """
-        import sys
+        import os, sys
         from types import SimpleNamespace
         from ilp.packet import Fulfill
         from interledger_site import metrics
@@ -193,43 +195,74 @@ def test_multiprocess_sums_processes_and_forgets_dead_links(tmp_path: Path) -> N
         metrics.prepare_started()
         metrics.packet_handled(alice, int(sys.argv[1]), Fulfill(bytes(32), b""))
         metrics.packet_forwarded(alice, 7, True)
+        metrics.prepare_started()  # still in flight while this process lives
         metrics.flush()
-        metrics.link_state("alice", True)
+        metrics.link_state(sys.argv[2], True)
         metrics.ledger_batch(3, 0.002)
-        import os
-        print(os.getpid())
+        print(os.getpid(), flush=True)
+        sys.stdin.read()  # live until the test closes stdin
         """
     )
-    recorders = []
-    for amount in ("100", "250"):
-        done = subprocess.run(
-            [sys.executable, "-c", record, amount], env=env, capture_output=True, timeout=60
-        )
-        assert done.returncode == 0, done.stderr
-        recorders.append(int(done.stdout.split()[-1]))
     render = textwrap.dedent(
         """
-        import sys
+        import json, sys
         from interledger_site import metrics
+        print(json.dumps(metrics.node_traffic()))
         sys.stdout.write(metrics.render()[0].decode())
         """
     )
-    shown = subprocess.run(
-        [sys.executable, "-c", render], env=env, capture_output=True, timeout=60, text=True
-    )
-    assert shown.returncode == 0, shown.stderr
-    got = parse(shown.stdout)
-    key = (("code", ""), ("outcome", "fulfilled"), ("peer", "alice"))
+
+    def rendered() -> tuple[dict[str, Any], dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
+        shown = subprocess.run(
+            [sys.executable, "-c", render], env=env, capture_output=True, timeout=60, text=True
+        )
+        assert shown.returncode == 0, shown.stderr
+        first, _, rest = shown.stdout.partition("\n")
+        return json.loads(first), parse(rest)
+
+    recorders = [
+        subprocess.Popen(
+            [sys.executable, "-c", record, amount, peer],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for amount, peer in (("100", "parent-a"), ("250", "parent-b"))
+    ]
+    try:
+        pids = []
+        for proc in recorders:
+            assert proc.stdout is not None
+            pids.append(int(proc.stdout.readline()))  # it has recorded
+        traffic, got = rendered()
+        key = (("code", ""), ("outcome", "fulfilled"), ("peer", "alice"))
+        assert got[("ilp_packets_total", key)] == 2.0
+        amount_key = (("asset_code", "USD"), ("asset_scale", "9"), ("peer", "alice"))
+        assert got[("ilp_fulfilled_amount_total", amount_key)] == 350.0
+        assert got[("ilp_forwarded_total", (("outcome", "fulfilled"), ("peer", "alice")))] == 2.0
+        assert got[("ilp_packets_in_flight", ())] == 2.0
+        assert got[("ilp_links_connected", (("peer", "parent-a"),))] == 1.0
+        assert got[("ilp_links_connected", (("peer", "parent-b"),))] == 1.0
+        assert got[("ilp_ledger_batch_size_count", ())] == 2.0
+        assert traffic["packets_in"] == 2 and traffic["fulfilled"] == 2
+        assert traffic["peers"]["alice"] == {
+            "packets_in": 2,
+            "packets_out": 2,
+            "fulfilled": 2,
+            "rejected": 0,
+        }
+    finally:
+        for proc in recorders:
+            proc.communicate("", timeout=60)
+    traffic, got = rendered()
     assert got[("ilp_packets_total", key)] == 2.0
-    amount_key = (("asset_code", "USD"), ("asset_scale", "9"), ("peer", "alice"))
-    assert got[("ilp_fulfilled_amount_total", amount_key)] == 350.0
-    assert got[("ilp_forwarded_total", (("outcome", "fulfilled"), ("peer", "alice")))] == 2.0
-    assert got[("ilp_packets_in_flight", ())] == 0.0
-    assert got[("ilp_ledger_batch_size_count", ())] == 2.0
-    assert ("ilp_links_connected", (("peer", "alice"),)) not in got
-    # The recorders' live gauges are gone (only the renderer's own may remain).
+    assert traffic["packets_in"] == 2
+    assert got.get(("ilp_packets_in_flight", ()), 0.0) == 0.0
+    assert ("ilp_links_connected", (("peer", "parent-a"),)) not in got
+    # The recorders' live gauges are gone (only a renderer's own may remain).
     left = {int(f.stem.rsplit("_", 1)[-1]) for f in prom_dir.glob("gauge_live*")}
-    assert not left & set(recorders)
+    assert not left & set(pids)
 
 
 async def _serve_next_hop(raw: RawBtp, destination: str, fulfillment: bytes) -> Prepare:

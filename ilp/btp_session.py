@@ -406,6 +406,15 @@ class ResponderMemory:
         """Load a persisted entry (e.g. after a restart; the quota is not checked)."""
         self._account(record.account).records[record.request_id] = record
 
+    def forget(self, account: str, request_id: int) -> None:
+        """Drop an entry still in progress (its request is handled elsewhere: a shared
+        memory above this one said so), so that its repeat is admitted afresh."""
+        held = self._accounts.get(account)
+        if held is not None:
+            record = held.records.get(request_id)
+            if record is not None and record.reply is None:
+                del held.records[request_id]
+
 
 # --- the state machine -----------------------------------------------------------------
 
@@ -634,6 +643,21 @@ class _Session:
         self._answer(request_id)
         frame = encode_btp(btp_error(request_id, code, name, message, now))
         return self._remember(request_id, frame, now, deadline)
+
+    def respond_stored(
+        self, request_id: int, frame: bytes, now: datetime, *, deadline: datetime | None = None
+    ) -> bytes:
+        """Answer with a reply already made elsewhere (BTP/2.0-I: another process of the
+        node answered this request; the bytes are replayed as they are, and remembered)."""
+        self._answer(request_id)
+        return self._remember(request_id, frame, now, deadline)
+
+    def withdraw(self, request_id: int) -> None:
+        """Leave a request unanswered and forgotten here (BTP/2.0-I: it is in progress
+        elsewhere, or refused for now): its repeat is handed to the application again."""
+        self._unanswered.discard(request_id)
+        if self.idempotent and self._memory is not None:
+            self._memory.forget(self.username, request_id)
 
     def _answer(self, request_id: int) -> None:
         # Allowed after close too: the reply is still recorded for BTP/2.0-I replays.

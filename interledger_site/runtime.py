@@ -129,6 +129,14 @@ class NodeRuntime:
         self.recovery = Recovery()
         # Per-peer limits (links.limits): in Redis with REDIS_URL, else in this process.
         self.limiter: Any = build_limiter()
+        # BTP/2.0-I replay memories and outboxes (links.idempotency, links.btp_link).
+        from links.btp_link import PeerOutboxes
+        from links.idempotency import build_replay
+
+        self.replay = build_replay()
+        self.outboxes = PeerOutboxes()
+        # A peer another process took: its replay memory is restored again if it returns.
+        self.ownership.on_lost.append(self.replay.forget_restored)
         self.handoff = HandoffListener(name=name) if handoff else None
         self.switch_override: Any = None
         self._switch: Any = None
@@ -271,17 +279,22 @@ class NodeRuntime:
         self.reset_switch()
         self.reset_book()
         self.limiter.close()
+        self.replay.close()
+        self.outboxes.clear()
         leases = self.ownership.leases
         if isinstance(leases, RedisLeases):
             leases.close()
 
 
 async def _close_limits(runtime: NodeRuntime) -> None:
-    aclose = getattr(runtime.limiter, "aclose", None)
-    if aclose is not None:
-        with contextlib.suppress(Exception):
-            await aclose()
+    for closing in (runtime.limiter, runtime.replay.shared):
+        aclose = getattr(closing, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()
     runtime.limiter.close()
+    runtime.replay.close()
+    runtime.outboxes.clear()
 
 
 async def _close_ledger(runtime: NodeRuntime) -> None:

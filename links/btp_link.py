@@ -54,6 +54,8 @@ from ilp.btp import (
     BtpTransfer,
     BtpType,
     ProtocolData,
+    btp_error,
+    encode_btp,
     encode_ilp_frame,
 )
 from ilp.btp_session import (
@@ -72,6 +74,7 @@ from ilp.btp_session import (
     SideProtocolRequest,
     State,
     TransferRequest,
+    Verdict,
 )
 from ilp.errors import DecodeError
 from ilp.packet import Prepare, Reply, decode_prepare, decode_reply, encode_packet, encode_prepare
@@ -92,6 +95,8 @@ CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008
 # links.activity flushes "last packet at" every 5 s: telling it once a second is plenty.
 ACTIVITY_NOTE_INTERVAL_S = 1.0
+# When a new BTP/2.0-I connection looks for requests handed over by another process.
+TAKE_OVER_AGAIN_S = (0.0, 1.0)
 
 
 class LinkDown(Exception):
@@ -113,6 +118,11 @@ class _Pending:
     future: asyncio.Future[_Result]
     frame: bytes = b""
     link: BtpLink | None = None  # the connection whose session tracks this request
+    deadline: float = 0.0  # time.monotonic() at which its caller stops waiting
+
+    @property
+    def timeout_s(self) -> float:
+        return self.deadline - time.monotonic()
 
 
 class Outbox:
@@ -179,9 +189,19 @@ class Outbox:
 
     async def request(self, ilp: bytes, timeout: float) -> _Result | None:
         """Send an ILP Prepare and wait for the reply; ``None`` on timeout."""
+        return await self._request(self.new_request_id(), ilp, timeout)
+
+    async def adopt(self, request_id: int, ilp: bytes, timeout: float) -> _Result | None:
+        """Take over a request another process of the node sent to this peer (BTP/2.0-I:
+        its connection moved here): the same id and bytes, so the peer's replay memory
+        answers a copy it already has instead of processing it twice."""
+        if request_id in self.pending:
+            return _Failed("request id already in use here")
+        return await self._request(request_id, ilp, timeout)
+
+    async def _request(self, request_id: int, ilp: bytes, timeout: float) -> _Result | None:
         loop = asyncio.get_running_loop()
-        request_id = self.new_request_id()
-        pending = _Pending(ilp, loop.create_future())
+        pending = _Pending(ilp, loop.create_future(), deadline=time.monotonic() + timeout)
         self.pending[request_id] = pending
         retrier: asyncio.Task[None] | None = None
         try:
@@ -209,15 +229,154 @@ class Outbox:
             delay = min(delay * 2, RETRY_MAX_S)
 
 
-_peer_outboxes: dict[str, Outbox] = {}
+class PeerOutboxes:
+    """The BTP/2.0-I outboxes of one runtime (``interledger_site.runtime`` holds one)."""
+
+    def __init__(self) -> None:
+        self._outboxes: dict[str, Outbox] = {}
+
+    def get(self, peer_name: str) -> Outbox:
+        outbox = self._outboxes.get(peer_name)
+        if outbox is None:
+            outbox = self._outboxes[peer_name] = Outbox(peer_name, retry=True)
+        return outbox
+
+    def peek(self, peer_name: str) -> Outbox | None:
+        return self._outboxes.get(peer_name)
+
+    def clear(self) -> None:
+        self._outboxes.clear()
 
 
 def peer_outbox(peer_name: str) -> Outbox:
-    """The BTP/2.0-I outbox of a peer (shared by its successive connections)."""
-    outbox = _peer_outboxes.get(peer_name)
-    if outbox is None:
-        outbox = _peer_outboxes[peer_name] = Outbox(peer_name, retry=True)
-    return outbox
+    """The BTP/2.0-I outbox of a peer (shared by its successive connections), the
+    current runtime's."""
+    from payments.node import runtime
+
+    outboxes: PeerOutboxes = runtime().outboxes
+    return outboxes.get(peer_name)
+
+
+# --- the outbox follows the peer (several processes) ----------------------------------------
+#
+# A BTP/2.0-I peer whose connection drops may come back to another process of the node.
+# Our requests still pending to it then wait here, in callers this process serves; so the
+# process whose connection was lost hands them over (:func:`_hand_over`: the request id,
+# bytes and expiry, and its owner channel, in Redis until their expiry) and tells the
+# peer's current owner; the process the peer authenticates to takes them
+# (:func:`_take_over`, atomically: each once), sends them on its connection with the same
+# ids and bytes, and sends each reply back to the waiting process's channel
+# (``link.outbox_reply``), which resolves its caller. Its own entries (the peer came back
+# here) stay with its own outbox, which resends them on the new connection.
+
+
+def _ownership() -> Any:
+    from payments.node import runtime
+
+    return runtime().ownership
+
+
+async def _hand_over(peer_name: str, outbox: Outbox) -> None:
+    ownership = _ownership()
+    shared = idempotency.memories().shared
+    if shared is None or not ownership.shared or ownership.channel is None:
+        return
+    now_ms = int(time.time() * 1000)
+    entries = {
+        request_id: (pending.ilp, now_ms + int(pending.timeout_s * 1000))
+        for request_id, pending in outbox.pending.items()
+        if not pending.future.done() and pending.timeout_s > 0
+    }
+    if not entries:
+        return
+    try:
+        await shared.hand_over(peer_name, ownership.channel, entries)
+        owner = await ownership.owner_of(peer_name)
+    except Exception:
+        log.warning("BTP %s: cannot hand pending requests over", peer_name, exc_info=True)
+        return
+    log.info(
+        "BTP %s: %d pending requests handed over (owner now %s)", peer_name, len(entries), owner
+    )
+    if owner is not None and owner != ownership.channel:
+        from channels.layers import get_channel_layer
+
+        layer = get_channel_layer()
+        if layer is not None:
+            with contextlib.suppress(Exception):
+                await layer.send(owner, {"type": "link.outbox_adopt", "peer": peer_name})
+
+
+async def take_over(peer_name: str) -> None:
+    """Send the requests other processes handed over for ``peer_name`` on our link."""
+    ownership = _ownership()
+    shared = idempotency.memories().shared
+    if shared is None or not ownership.shared or ownership.channel is None:
+        return
+    link = registry.local(peer_name)
+    if not isinstance(link, BtpLink) or not link.is_open or link._outbox is None:
+        return
+    outbox = link._outbox
+    if not outbox.retry:
+        return
+    try:
+        entries = await shared.take_over(peer_name)
+    except Exception:
+        log.warning("BTP %s: cannot take handed-over requests", peer_name, exc_info=True)
+        return
+    now_ms = int(time.time() * 1000)
+    if entries:
+        log.info("BTP %s: took over %d pending requests", peer_name, len(entries))
+    for request_id, ilp, expires_ms, origin in entries:
+        if origin == ownership.channel:
+            continue  # ours: our outbox resends it on the new connection
+        timeout = (expires_ms - now_ms) / 1000
+        if timeout > 0:
+            link.spawn(_relay(outbox, request_id, ilp, timeout, origin, peer_name))
+
+
+async def _relay(
+    outbox: Outbox, request_id: int, ilp: bytes, timeout: float, origin: str, peer_name: str
+) -> None:
+    from channels.layers import get_channel_layer
+
+    result = await outbox.adopt(request_id, ilp, timeout)
+    event: dict[str, Any] = {
+        "type": "link.outbox_reply",
+        "peer": peer_name,
+        "request_id": request_id,
+    }
+    if isinstance(result, bytes):
+        event["reply"] = result
+    elif isinstance(result, _Failed):
+        event["failed"] = result.reason
+    else:
+        return  # expired (or not an ILP reply): the waiting caller times out by itself
+    layer = get_channel_layer()
+    if layer is not None:
+        with contextlib.suppress(Exception):
+            await layer.send(origin, event)
+
+
+def on_outbox_event(event: dict[str, Any]) -> None:
+    """An owner-channel event of the outbox hand-over (``links.ownership`` calls this)."""
+    peer_name = str(event.get("peer", ""))
+    if event.get("type") == "link.outbox_adopt":
+        with contextlib.suppress(RuntimeError):
+            link = registry.local(peer_name)
+            if isinstance(link, BtpLink):
+                link.spawn(take_over(peer_name))
+        return
+    from payments.node import runtime
+
+    outbox = runtime().outboxes.peek(peer_name)
+    request_id = event.get("request_id")
+    if outbox is None or not isinstance(request_id, int):
+        return
+    if isinstance(event.get("reply"), bytes):
+        outbox.resolve(request_id, event["reply"])
+    elif event.get("failed"):
+        outbox.resolve(request_id, _Failed(str(event["failed"])))
 
 
 async def _authenticate(username: str, token: str) -> PeerContext | None:
@@ -327,10 +486,13 @@ class BtpLink:
         if not was_open or self.peer is None or self._outbox is None:
             return
         name = self.peer.name
-        self._outbox.detach(self)
+        outbox = self._outbox
+        outbox.detach(self)
         if registry.unregister(name, self):
             edge.link_down(name)
             activity.note_disconnected(name)
+        if outbox.retry and outbox.pending and outbox.link is None:
+            self.spawn(_hand_over(name, outbox))
 
     def spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
@@ -440,6 +602,8 @@ class BtpLink:
         self._outbox = peer_outbox(peer.name) if idem else Outbox(peer.name, retry=False)
         self._outbox.attach(self)
         registry.register(peer.name, self)
+        if idem:
+            self.spawn(self._take_over())
         activity.note_connected(peer.name)
         edge.link_up(peer)
         if self._auth_done is not None and not self._auth_done.done():
@@ -477,6 +641,10 @@ class BtpLink:
             reply: Reply = edge.reject("F01", f"invalid packet: {exc.reason}")
             deadline = None
         else:
+            if self.session.idempotent and await self._handled_elsewhere(
+                event.request_id, prepare.expires_at
+            ):
+                return
             # This task is the link's (never cancelled, it outlives the socket): no shield.
             reply = await edge.handle_prepare(peer, prepare, owned=True)
             deadline = prepare.expires_at
@@ -504,6 +672,8 @@ class BtpLink:
         deadline = now + (
             idempotency.TRANSFER_DEADLINE if is_transfer else idempotency.MESSAGE_DEADLINE
         )
+        if self.session.idempotent and await self._handled_elsewhere(event.request_id, None):
+            return
         handler = side_protocols.handler_for(packet)
         session = self.session
         try:
@@ -534,6 +704,51 @@ class BtpLink:
             log.exception("BTP %s: could not answer request %d", self.label, event.request_id)
             return
         await self._deliver(event.request_id, frame)
+
+    async def _take_over(self) -> None:
+        # Now, and once more a moment later: the process whose connection was lost may
+        # hand its requests over just after this one looked (it tells the lease's owner
+        # itself only once this process's lease claim has landed).
+        for delay in TAKE_OVER_AGAIN_S:
+            await asyncio.sleep(delay)
+            if not self.is_open:
+                return
+            await take_over(self.peer_name)
+
+    async def _handled_elsewhere(self, request_id: int, deadline: datetime | None) -> bool:
+        """BTP/2.0-I with several processes: this runtime's memory admitted the request as
+        new; ask the node's (``links.idempotency.claim``). ``True`` when it is answered
+        here from there (a replay, F05, T00) or left to the process processing it."""
+        session = self.session
+        record = idempotency.find_record(self._memory(), session.username, request_id)
+        if record is None or record.reply is not None:
+            return False
+        quota = self.peer.limits.replay_quota if self.peer is not None else 0
+        verdict, stored = await idempotency.claim(self.peer_name, record, quota, deadline)
+        if verdict is Verdict.NEW:
+            return False
+        now = datetime.now(UTC)
+        if verdict is Verdict.REPLAY and stored is not None:
+            try:
+                frame = session.respond_stored(request_id, stored, now, deadline=deadline)
+            except Exception:
+                log.exception("BTP %s: could not record replay %d", self.label, request_id)
+                frame = stored
+            await self.transmit(frame)
+        elif verdict is Verdict.CONFLICT:
+            frame = session.respond_error(
+                request_id, BtpErrorCode.F05, "request id reused with different content", now
+            )
+            await self.transmit(frame)
+        elif verdict is Verdict.FULL:
+            session.withdraw(request_id)
+            message = "this account's share of the replay memory is full, retry later"
+            await self.transmit(
+                encode_btp(btp_error(request_id, BtpErrorCode.T00, None, message, now))
+            )
+        else:  # in progress in another process: its reply is replayed on the next retry
+            session.withdraw(request_id)
+        return True
 
     async def _deliver(self, request_id: int, frame: bytes) -> None:
         """Send a reply; on a BTP/2.0-I link make it durable first."""

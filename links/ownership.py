@@ -25,8 +25,10 @@ clean stop releases at once.
   (the lease is *taken*, whoever held it: the peer chose where it connects). The old owner
   notices on its next renewal, and forgets that it restored the peer's BTP/2.0-I replay
   memory, so if the peer comes back to it the memory is rebuilt from the persisted rows
-  (``links.idempotency``); the outbox of our own requests is per connection owner and
-  starts empty there (its pending requests fail over to the peer's retries).
+  (``links.idempotency``). With Redis the replay memory is the node's (a repeat sent to
+  the new owner is replayed, never processed twice) and the requests still pending in the
+  old owner's outbox are handed over: the new owner sends them with the same ids and
+  bytes and returns each reply to the old owner's channel (``links.btp_link``).
 * Another process (or a Celery worker) sends through :class:`RemoteLink`: it reads the
   owner's channel from the lease and ``send``\\ s the Prepare to that one channel, never a
   group broadcast, so exactly one process puts it on the wire. The owner answers T01
@@ -344,9 +346,6 @@ class LinkOwnership:
             if not ok and peer in self.held:
                 self.held.discard(peer)
                 log.info("links: another process took %s", peer)
-                from links import idempotency
-
-                idempotency.forget_restored(peer)
                 for callback in list(self.on_lost):
                     try:
                         callback(peer)
@@ -367,7 +366,17 @@ class LinkOwnership:
                 log.warning("links: owner channel receive failed", exc_info=True)
                 await asyncio.sleep(0.5)
                 continue
-            if event.get("type") != "link.prepare":
+            kind = event.get("type")
+            if kind in ("link.outbox_reply", "link.outbox_adopt"):
+                # A BTP/2.0-I outbox following its peer (links.btp_link).
+                from links.btp_link import on_outbox_event
+
+                try:
+                    on_outbox_event(event)
+                except Exception:
+                    log.exception("links: outbox event failed")
+                continue
+            if kind != "link.prepare":
                 continue
             task = loop.create_task(self._serve(event))
             self._inflight.add(task)

@@ -71,10 +71,9 @@ def _reset_state() -> None:
     services.forget_verified_tokens(None)
     if "links.registry" not in sys.modules:
         return
-    from links import activity, btp_link, idempotency, registry
+    from links import activity, idempotency, registry
 
     registry.current().clear()
-    btp_link._peer_outboxes.clear()
     idempotency.reset()
     activity.cancel()
     activity._connection.clear()

@@ -31,7 +31,7 @@ from ilp.btp import (
 )
 from ilp.packet import Fulfill, Prepare, Reject, decode_prepare, encode_packet
 from interledger_site.runtime import NodeRuntime
-from links import idempotency, registry
+from links import registry
 from links.ownership import Leases, MemoryLeases, RedisLeases, settle_layer
 from tests.conftest import on_redis
 from tests.links.conftest import prepare_to
@@ -287,10 +287,10 @@ async def test_a_server_peer_moves_its_ownership(make_peer: Callable[..., Any]) 
         with b.activated():
             b.registry.register(peer, on_b)  # the peer reconnected to b
         await until(lambda: b.ownership.holds(peer))
-        idempotency._restored.add(peer)  # a restored the peer's replay memory once
+        a.replay.restored.add(peer)  # a restored the peer's replay memory once
         await a.ownership.renew_once()
         assert not a.ownership.holds(peer)
-        assert peer not in idempotency._restored  # rebuilt from the rows if it comes back
+        assert peer not in a.replay.restored  # rebuilt from the rows if it comes back
         with worker.activated():
             reply = await registry.get(peer).send_prepare(prepare_to(condition=CONDITION))  # type: ignore[union-attr]
         assert isinstance(reply, Fulfill)

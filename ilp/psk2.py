@@ -15,31 +15,32 @@ as draft 2, else as legacy draft 1". Like the reference readers, the decoders ig
 everything after the application data (a missing extension byte included) and keep it as
 ``junk``, so a sender may pad packets to hide their size.
 
-Crypto (identical in every published version): ``encryption_key = HMAC(S,
-"ilp_psk2_encryption")`` (the draft-1 text's ``"ilp_psk_encryption"`` is wrong),
-``fulfillment_key = HMAC(S, "ilp_psk2_fulfillment")``, AES-256-GCM with a 12-byte IV and
-no associated data laid out as ``IV ‖ tag ‖ ciphertext``; ``fulfillment = HMAC(
-fulfillment_key, data)`` over the whole encrypted blob and ``condition = SHA-256(
-fulfillment)``.
-
-Sans-IO: IVs are passed in. Derived keys are cached per secret (bounded LRU) because the
-receiver hot path sees the same secret for every chunk of a payment.
+Crypto (identical in every published version): :mod:`ilp.crypto`'s envelope under the
+labels ``"ilp_psk2_encryption"`` (the draft-1 text's ``"ilp_psk_encryption"`` is wrong) and
+``"ilp_psk2_fulfillment"``: AES-256-GCM, ``IV ‖ tag ‖ ciphertext``, ``fulfillment =
+HMAC(fulfillment_key, data)``, ``condition = SHA-256(fulfillment)``. Sans-IO: IVs are
+passed in.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
 from dataclasses import dataclass
 from enum import IntEnum
 from functools import lru_cache
 from typing import ClassVar, Final, TypeAlias
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
+from ilp.crypto import (
+    IV_LENGTH,
+    MAX_PLAINTEXT_LENGTH,
+    MIN_ENCRYPTED_LENGTH,
+    PSK2_LABELS,
+    TAG_LENGTH,
+    DecryptionError,
+    Envelope,
+    hmac_sha256,
+)
 from ilp.errors import DecodeError, EncodeError
 from ilp.oer import UINT64_MAX, Reader, encode_var_octets
 
@@ -82,27 +83,20 @@ __all__ = [
     "secret_address_suffix",
 ]
 
-ENCRYPTION_KEY_STRING: Final = b"ilp_psk2_encryption"
-FULFILLMENT_KEY_STRING: Final = b"ilp_psk2_fulfillment"
+ENCRYPTION_KEY_STRING: Final = PSK2_LABELS.encryption
+FULFILLMENT_KEY_STRING: Final = PSK2_LABELS.fulfillment
 # The three labels below are those of the reference receivers (0.2.1 and 0.3+); they are
 # here so that addresses and secrets minted by those receivers can be reproduced.
 _RECEIVER_ID_STRING: Final = b"ilp_psk2_receiver_id"
 _GENERATION_STRING: Final = b"ilp_psk2_generation"
 _ADDRESS_FROM_SECRET_STRING: Final = b"ilp_psk2_address_from_secret"
 
-IV_LENGTH: Final = 12
-TAG_LENGTH: Final = 16
-MIN_ENCRYPTED_LENGTH: Final = IV_LENGTH + TAG_LENGTH
-# ILP data is at most 32767 bytes and the envelope takes 28 of them.
-MAX_CIPHERTEXT_LENGTH: Final = 32767 - MIN_ENCRYPTED_LENGTH
+# The name says ciphertext; it is the most plaintext that fits (AES-GCM keeps the length).
+MAX_CIPHERTEXT_LENGTH: Final = MAX_PLAINTEXT_LENGTH
 PAYMENT_ID_LENGTH: Final = 16
 UINT32_MAX: Final = 2**32 - 1
 # Draft 1: Payment Amount 2^64-1 means "unbounded"; a quote sets both amounts to it.
 QUOTE_AMOUNT: Final = UINT64_MAX
-
-# Enough for every secret in flight at a busy receiver: each SPSP query mints one, and a
-# miss only costs two HMACs and an AES key schedule.
-_KEY_CACHE_SIZE: Final = 4096
 
 
 class Psk2Type(IntEnum):
@@ -117,7 +111,7 @@ class Psk2Type(IntEnum):
     ERROR = 6  # draft 2, inside a Reject
 
 
-class Psk2DecryptionError(DecodeError):
+class Psk2DecryptionError(DecryptionError):
     """The data is not an AES-GCM envelope under this secret (short, or the tag fails).
 
     A subclass of :class:`~ilp.errors.DecodeError`, so "cannot read the PSK2 data" is one
@@ -388,111 +382,22 @@ def decode_psk2(plaintext: bytes) -> Psk2Packet:
     raise DecodeError(f"unknown PSK2 type {kind}", 0)
 
 
-# --- keys and crypto ----------------------------------------------------------------------
+# --- keys and crypto (ilp.crypto, under PSK2's labels) -------------------------------------
 
-
-def _hmac(key: bytes, message: bytes) -> bytes:
-    return hmac.digest(key, message, "sha256")
-
-
-_IPAD: Final = bytes(x ^ 0x36 for x in range(256))
-_OPAD: Final = bytes(x ^ 0x5C for x in range(256))
-
-
-class HmacKey:
-    """HMAC-SHA256 (RFC 2104) under one fixed key, for keys used once per packet.
-
-    The inner and outer SHA-256 states after the padded key are computed once; each MAC
-    is then two small ``copy``/``update``/``digest`` rounds. Same output as
-    ``hmac.digest(key, message, "sha256")``, about half the time, and it keeps the GIL
-    for messages under 2 KiB, where ``hmac.digest`` releases and re-takes it on every
-    call (on a busy multi-threaded server that round trip can cost milliseconds).
-    """
-
-    __slots__ = ("_inner", "_outer")
-
-    def __init__(self, key: bytes) -> None:
-        if len(key) > _SHA256_BLOCK:
-            key = hashlib.sha256(key).digest()
-        key = key.ljust(_SHA256_BLOCK, b"\0")
-        self._inner = hashlib.sha256(key.translate(_IPAD))
-        self._outer = hashlib.sha256(key.translate(_OPAD))
-
-    def digest(self, message: bytes) -> bytes:
-        inner = self._inner.copy()
-        inner.update(message)
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.digest()
-
-
-_SHA256_BLOCK: Final = 64
+_ENVELOPE: Final = Envelope(PSK2_LABELS, Psk2DecryptionError)
+encryption_key = _ENVELOPE.encryption_key
+fulfillment_key = _ENVELOPE.fulfillment_key
+fulfillment_for = _ENVELOPE.fulfillment_for
+condition_for_data = _ENVELOPE.condition_for_data
+encrypt = _ENVELOPE.encrypt
+decrypt = _ENVELOPE.decrypt
 
 
 def _check_secret(secret: bytes) -> None:
-    # lru_cache would happily key on a str or bytearray; refuse them before they get there.
     if not isinstance(secret, bytes):
         raise TypeError(f"a PSK2 secret is bytes, not {type(secret).__name__}")
     if not secret:
         raise EncodeError("a PSK2 secret must not be empty")
-
-
-@lru_cache(maxsize=_KEY_CACHE_SIZE)
-def _keys(secret: bytes) -> tuple[AESGCM, bytes, bytes, HmacKey]:
-    enc = _hmac(secret, ENCRYPTION_KEY_STRING)
-    fulfillment = _hmac(secret, FULFILLMENT_KEY_STRING)
-    return AESGCM(enc), enc, fulfillment, HmacKey(fulfillment)
-
-
-def encryption_key(secret: bytes) -> bytes:
-    """``HMAC-SHA256(secret, "ilp_psk2_encryption")``, the AES-256 key."""
-    _check_secret(secret)
-    return _keys(secret)[1]
-
-
-def fulfillment_key(secret: bytes) -> bytes:
-    """``HMAC-SHA256(secret, "ilp_psk2_fulfillment")``."""
-    _check_secret(secret)
-    return _keys(secret)[2]
-
-
-def fulfillment_for(secret: bytes, data: bytes) -> bytes:
-    """The fulfillment of a Prepare whose ``data`` is the encrypted blob ``data``."""
-    _check_secret(secret)
-    return _keys(secret)[3].digest(data)
-
-
-def condition_for_data(secret: bytes, data: bytes) -> bytes:
-    """``SHA-256(fulfillment_for(secret, data))``: the condition a sender puts on the Prepare."""
-    return hashlib.sha256(fulfillment_for(secret, data)).digest()
-
-
-def encrypt(secret: bytes, plaintext: bytes, iv: bytes) -> bytes:
-    """``iv ‖ tag ‖ ciphertext`` under the secret's encryption key; ``iv`` is 12 fresh bytes."""
-    _check_secret(secret)
-    _check_bytes("iv", iv, IV_LENGTH)
-    _check_bytes("plaintext", plaintext)
-    if len(plaintext) > MAX_CIPHERTEXT_LENGTH:
-        raise EncodeError(f"PSK2 plaintext of {len(plaintext)} bytes does not fit ILP data")
-    sealed = _keys(secret)[0].encrypt(iv, plaintext, None)
-    # cryptography returns ciphertext ‖ tag; PSK2 puts the tag first.
-    return iv + sealed[-TAG_LENGTH:] + sealed[:-TAG_LENGTH]
-
-
-def decrypt(secret: bytes, data: bytes) -> bytes:
-    """The plaintext inside ``data``, or :class:`Psk2DecryptionError`."""
-    _check_secret(secret)
-    if len(data) < MIN_ENCRYPTED_LENGTH:
-        raise Psk2DecryptionError(
-            f"PSK2 data of {len(data)} bytes is shorter than IV and tag ({MIN_ENCRYPTED_LENGTH})",
-            0,
-        )
-    iv = data[:IV_LENGTH]
-    tag = data[IV_LENGTH:MIN_ENCRYPTED_LENGTH]
-    try:
-        return _keys(secret)[0].decrypt(iv, data[MIN_ENCRYPTED_LENGTH:] + tag, None)
-    except InvalidTag:
-        raise Psk2DecryptionError("AES-GCM tag does not verify", IV_LENGTH) from None
 
 
 def encrypt_psk2(secret: bytes, packet: Psk2Packet, iv: bytes) -> bytes:
@@ -534,23 +439,23 @@ def generation_key(receiver_secret: bytes) -> bytes:
     """``HMAC(receiver_secret, "ilp_psk2_generation")``, the reference receivers' secret
     generator (0.2.1 and 0.3+ alike)."""
     _check_secret(receiver_secret)
-    return _hmac(receiver_secret, _GENERATION_STRING)
+    return hmac_sha256(receiver_secret, _GENERATION_STRING)
 
 
 def reference_shared_secret(receiver_secret: bytes, keygen: bytes) -> bytes:
     """``HMAC(generation_key, keygen)``: the secret a reference receiver hands out for the
     token ``keygen`` (18 random bytes, in 0.3+ followed by the keyId)."""
-    return _hmac(generation_key(receiver_secret), keygen)
+    return hmac_sha256(generation_key(receiver_secret), keygen)
 
 
 def receiver_id(receiver_secret: bytes) -> str:
     """0.2.1's receiverId segment: ``base64url(HMAC(receiver_secret, "ilp_psk2_receiver_id")[:8])``."""
     _check_secret(receiver_secret)
-    return b64url_encode(_hmac(receiver_secret, _RECEIVER_ID_STRING)[:8])
+    return b64url_encode(hmac_sha256(receiver_secret, _RECEIVER_ID_STRING)[:8])
 
 
 def secret_address_suffix(receiver_secret: bytes, shared_secret: bytes) -> str:
     """The address segment 0.4+ ``registerRequestHandlerForSecret`` serves a chosen secret at."""
     _check_secret(receiver_secret)
-    generator = _hmac(receiver_secret, _ADDRESS_FROM_SECRET_STRING)
-    return b64url_encode(_hmac(generator, shared_secret)[:18])
+    generator = hmac_sha256(receiver_secret, _ADDRESS_FROM_SECRET_STRING)
+    return b64url_encode(hmac_sha256(generator, shared_secret)[:18])

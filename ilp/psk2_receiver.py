@@ -43,7 +43,6 @@ clock, randomness or I/O: ``now`` and the response IV are passed in.
 from __future__ import annotations
 
 import hashlib
-import hmac
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -51,6 +50,7 @@ from functools import lru_cache
 from typing import Final, NamedTuple
 
 from ilp.address import MAX_ADDRESS_LENGTH, validate_address
+from ilp.crypto import MIN_RECEIVER_SECRET_LENGTH, HmacKey, check_receiver_secret, hmac_sha256
 from ilp.errors import DecodeError, EncodeError
 from ilp.oer import UINT64_MAX
 from ilp.packet import Fulfill, Prepare, Reject
@@ -59,7 +59,6 @@ from ilp.psk2 import (
     ChunkRejection,
     ChunkRequest,
     ChunkResponse,
-    HmacKey,
     Rejection,
     Request,
     Response,
@@ -97,7 +96,6 @@ __all__ = [
 ]
 
 ADDRESS_SECRET_LABEL: Final = b"ilp_psk2_destination_secret"
-MIN_RECEIVER_SECRET_LENGTH: Final = 32
 MIN_TOKEN_LENGTH: Final = 16
 MAX_TOKEN_LENGTH: Final = 64
 _MIN_SEGMENT = len(b64url_encode(bytes(MIN_TOKEN_LENGTH)))
@@ -123,18 +121,11 @@ class IssuedAddress(NamedTuple):
 
 @lru_cache(maxsize=16)
 def _address_key(receiver_secret: bytes) -> HmacKey:
-    return HmacKey(hmac.digest(receiver_secret, ADDRESS_SECRET_LABEL, "sha256"))
+    return HmacKey(hmac_sha256(receiver_secret, ADDRESS_SECRET_LABEL))
 
 
 def _derive(receiver_secret: bytes, destination: str) -> bytes:
     return _address_key(receiver_secret).digest(destination.encode("ascii"))
-
-
-def _check_receiver_secret(receiver_secret: bytes) -> None:
-    if not isinstance(receiver_secret, bytes):
-        raise TypeError(f"receiver_secret must be bytes, not {type(receiver_secret).__name__}")
-    if len(receiver_secret) < MIN_RECEIVER_SECRET_LENGTH:
-        raise EncodeError(f"receiver_secret must be at least {MIN_RECEIVER_SECRET_LENGTH} bytes")
 
 
 def issue(receiver_secret: bytes, prefix: str, token: bytes) -> IssuedAddress:
@@ -143,7 +134,7 @@ def issue(receiver_secret: bytes, prefix: str, token: bytes) -> IssuedAddress:
     ``prefix`` is the receiver's own address (``<node>.receivers.<name>``); raises
     :class:`~ilp.address.InvalidAddress` if it, or the result, is not a valid address.
     """
-    _check_receiver_secret(receiver_secret)
+    check_receiver_secret(receiver_secret)
     if not isinstance(token, bytes):
         raise TypeError(f"token must be bytes, not {type(token).__name__}")
     if not MIN_TOKEN_LENGTH <= len(token) <= MAX_TOKEN_LENGTH:
@@ -166,7 +157,7 @@ def secret_for(receiver_secret: bytes, destination: str, prefix: str) -> bytes |
     Answers are cached (a pure function of its arguments; the most recent
     :data:`SECRET_CACHE_SIZE` addresses), since every packet of a payment asks again.
     """
-    _check_receiver_secret(receiver_secret)
+    check_receiver_secret(receiver_secret)
     if not isinstance(destination, str) or not isinstance(prefix, str):
         raise TypeError("destination and prefix must be str")
     return _secret_for(receiver_secret, destination, prefix)

@@ -21,7 +21,6 @@ differ from PSK2's, so one receiver secret never serves both schemes with the sa
 from __future__ import annotations
 
 import hashlib
-import hmac
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Final
@@ -30,8 +29,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ilp.address import MAX_ADDRESS_LENGTH, validate_address
+from ilp.crypto import HmacKey, check_receiver_secret, hmac_sha256
 from ilp.errors import DecodeError, EncodeError
-from ilp.psk2 import HmacKey, b64url_decode, b64url_encode
+from ilp.psk2 import b64url_decode, b64url_encode
 from ilp.stream.receipts import RECEIPT_NONCE_LENGTH, RECEIPT_SECRET_LENGTH, ReceiptSetup
 
 __all__ = [
@@ -49,7 +49,6 @@ SEGMENT_MARKER: Final = "~"
 CONNECTION_ID_LENGTH: Final = 16
 TOKEN_KEY_LABEL: Final = b"ilp_stream_address_token"
 DESTINATION_SECRET_LABEL: Final = b"ilp_stream_destination_secret"
-MIN_RECEIVER_SECRET_LENGTH: Final = 32
 
 _IV: Final = 12
 _TAG: Final = 16
@@ -88,16 +87,9 @@ class _Keys:
 @lru_cache(maxsize=16)
 def _keys(receiver_secret: bytes) -> _Keys:
     return _Keys(
-        AESGCM(hmac.digest(receiver_secret, TOKEN_KEY_LABEL, "sha256")),
-        HmacKey(hmac.digest(receiver_secret, DESTINATION_SECRET_LABEL, "sha256")),
+        AESGCM(hmac_sha256(receiver_secret, TOKEN_KEY_LABEL)),
+        HmacKey(hmac_sha256(receiver_secret, DESTINATION_SECRET_LABEL)),
     )
-
-
-def _check_receiver_secret(receiver_secret: bytes) -> None:
-    if not isinstance(receiver_secret, bytes):
-        raise TypeError(f"receiver_secret must be bytes, not {type(receiver_secret).__name__}")
-    if len(receiver_secret) < MIN_RECEIVER_SECRET_LENGTH:
-        raise EncodeError(f"receiver_secret must be at least {MIN_RECEIVER_SECRET_LENGTH} bytes")
 
 
 def connection_id(destination: str) -> bytes:
@@ -118,7 +110,7 @@ def issue_stream_address(
     ``iv`` is 12 fresh random bytes (it makes the address unique, so never reuse one).
     Raises :class:`~ilp.address.InvalidAddress` if the prefix or result is not an address.
     """
-    _check_receiver_secret(receiver_secret)
+    check_receiver_secret(receiver_secret)
     if not isinstance(iv, bytes) or len(iv) != _IV:
         raise EncodeError(f"iv must be {_IV} bytes")
     validate_address(prefix)
@@ -137,7 +129,7 @@ def open_stream_address(
 ) -> OpenedAddress | None:
     """The details of ``destination`` if :func:`issue_stream_address` minted it under
     ``prefix``, else ``None`` (not our shape, not authentic, or for another prefix)."""
-    _check_receiver_secret(receiver_secret)
+    check_receiver_secret(receiver_secret)
     return _open(receiver_secret, destination, prefix)
 
 

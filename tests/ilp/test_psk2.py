@@ -655,7 +655,9 @@ def test_frozen() -> None:
 def test_hmac_key_equals_hmac_sha256(key: bytes, message: bytes) -> None:
     import hmac
 
-    mac = psk2.HmacKey(key)
+    from ilp.crypto import HmacKey
+
+    mac = HmacKey(key)
     assert mac.digest(message) == hmac.digest(key, message, "sha256")
     assert mac.digest(message) == mac.digest(message)  # the precomputed states are not consumed
 

@@ -131,8 +131,6 @@ def _code_label(code: str) -> str:
 
 # --- recording (batched per loop iteration) -----------------------------------------------
 
-_AssetKey = tuple[str, str, int]  # peer, asset code, asset scale
-
 
 class Peer(Protocol):
     """What the recording calls read of a source or next hop (``links.peers.PeerContext``)."""
@@ -145,6 +143,42 @@ class Peer(Protocol):
     def asset_scale(self) -> int: ...
 
 
+class _PeerPending:
+    """One peer's increments in one thread since its last flush. Amounts are kept per
+    asset: normally the peer's one asset (``asset``); one that changed meanwhile (the
+    operator edited the peer) goes to ``other_assets``."""
+
+    __slots__ = (
+        "amount_in",
+        "amount_out",
+        "asset",
+        "fulfilled",
+        "other_assets",
+        "out_fulfilled",
+        "out_rejected",
+        "rejected",
+    )
+
+    def __init__(self, asset: tuple[str, int]) -> None:
+        self.asset = asset
+        self.fulfilled = 0
+        self.rejected: dict[str, int] = {}  # by code label
+        self.amount_in = 0
+        self.out_fulfilled = 0
+        self.out_rejected = 0
+        self.amount_out = 0
+        self.other_assets: dict[tuple[str, str, int], int] = {}  # (in|out, code, scale)
+
+    def amount(self, peer: Peer, direction: str, amount: int) -> bool:
+        """Whether ``amount`` is in the peer's usual asset (else it is booked aside here)."""
+        code, scale = self.asset
+        if peer.asset_code == code and peer.asset_scale == scale:
+            return True
+        key = (direction, peer.asset_code, peer.asset_scale)
+        self.other_assets[key] = self.other_assets.get(key, 0) + amount
+        return False
+
+
 class _Pending:
     """One thread's increments not yet written to the series (see the module docstring).
 
@@ -152,25 +186,20 @@ class _Pending:
     that thread's loop, or called by a reader in that thread) writes and empties.
     """
 
-    __slots__ = (
-        "amounts",
-        "forwarded",
-        "forwarded_amounts",
-        "in_flight",
-        "local",
-        "loop",
-        "packets",
-    )
+    __slots__ = ("in_flight", "local", "loop", "peers")
 
     def __init__(self) -> None:
-        self.packets: dict[tuple[str, str, str], int] = {}
-        self.amounts: dict[_AssetKey, int] = {}
-        self.forwarded: dict[tuple[str, str], int] = {}
-        self.forwarded_amounts: dict[_AssetKey, int] = {}
+        self.peers: dict[str, _PeerPending] = {}
         self.local: dict[str, int] = {}
         self.in_flight = 0
         # The loop a flush is scheduled on (None: none is).
         self.loop: asyncio.AbstractEventLoop | None = None
+
+    def peer(self, peer: Peer) -> _PeerPending:
+        counts = self.peers.get(peer.name)
+        if counts is None:
+            counts = self.peers[peer.name] = _PeerPending((peer.asset_code, peer.asset_scale))
+        return counts
 
     def touch(self) -> None:
         """Make sure a flush comes: at the end of this loop iteration, or now."""
@@ -188,22 +217,10 @@ class _Pending:
 
     def flush(self) -> None:
         self.loop = None
-        if self.packets:
-            packets, self.packets = self.packets, {}
-            for key, n in packets.items():
-                _child(_packet_children, PACKETS, key).inc(n)
-        if self.amounts:
-            amounts, self.amounts = self.amounts, {}
-            for akey, amount in amounts.items():
-                _child(_amount_children, FULFILLED_AMOUNT, akey).inc(amount)
-        if self.forwarded:
-            forwarded, self.forwarded = self.forwarded, {}
-            for fkey, n in forwarded.items():
-                _child(_forwarded_children, FORWARDED, fkey).inc(n)
-        if self.forwarded_amounts:
-            famounts, self.forwarded_amounts = self.forwarded_amounts, {}
-            for akey, amount in famounts.items():
-                _child(_forwarded_amount_children, FORWARDED_AMOUNT, akey).inc(amount)
+        if self.peers:
+            peers, self.peers = self.peers, {}
+            for name, c in peers.items():
+                _write_peer(name, c)
         if self.local:
             local, self.local = self.local, {}
             for outcome, n in local.items():
@@ -211,6 +228,30 @@ class _Pending:
         if self.in_flight:
             delta, self.in_flight = self.in_flight, 0
             IN_FLIGHT.inc(delta)
+
+
+def _write_peer(name: str, c: _PeerPending) -> None:
+    code, scale = c.asset
+    if c.fulfilled:
+        _child(_packet_children, PACKETS, (name, FULFILLED, "")).inc(c.fulfilled)
+    for label, n in c.rejected.items():
+        _child(_packet_children, PACKETS, (name, REJECTED, label)).inc(n)
+    if c.amount_in:
+        _child(_amount_children, FULFILLED_AMOUNT, (name, code, scale)).inc(c.amount_in)
+    if c.out_fulfilled:
+        _child(_forwarded_children, FORWARDED, (name, FULFILLED)).inc(c.out_fulfilled)
+    if c.out_rejected:
+        _child(_forwarded_children, FORWARDED, (name, REJECTED)).inc(c.out_rejected)
+    if c.amount_out:
+        key = (name, code, scale)
+        _child(_forwarded_amount_children, FORWARDED_AMOUNT, key).inc(c.amount_out)
+    for (direction, other_code, other_scale), amount in c.other_assets.items():
+        cache, metric = (
+            (_amount_children, FULFILLED_AMOUNT)
+            if direction == "in"
+            else (_forwarded_amount_children, FORWARDED_AMOUNT)
+        )
+        _child(cache, metric, (name, other_code, other_scale)).inc(amount)
 
 
 # Labelled children by label values: ``labels()`` parses its arguments on every call.
@@ -270,19 +311,15 @@ def packet_handled(source: Peer, amount: int, reply: Reply | None, *, started: b
     pending = _pending()
     if started:
         pending.in_flight -= 1
-    if reply is None:
-        pending.touch()
-        return
-    if type(reply) is Fulfill:
-        key = (source.name, FULFILLED, "")
-        if amount:
-            akey = (source.name, source.asset_code, source.asset_scale)
-            amounts = pending.amounts
-            amounts[akey] = amounts.get(akey, 0) + amount
-    else:
-        key = (source.name, REJECTED, _code_label(str(getattr(reply, "code", ""))))
-    packets = pending.packets
-    packets[key] = packets.get(key, 0) + 1
+    if reply is not None:
+        counts = pending.peer(source)
+        if type(reply) is Fulfill:
+            counts.fulfilled += 1
+            if amount and counts.amount(source, "in", amount):
+                counts.amount_in += amount
+        else:
+            label = _code_label(str(getattr(reply, "code", "")))
+            counts.rejected[label] = counts.rejected.get(label, 0) + 1
     pending.touch()
 
 
@@ -290,13 +327,13 @@ def packet_forwarded(target: Peer, amount: int, fulfilled: bool) -> None:
     """The next hop ``target`` was sent a Prepare of ``amount`` (its units); ``fulfilled``:
     it fulfilled it and the node committed it (else the switch answered a Reject)."""
     pending = _pending()
-    key = (target.name, FULFILLED if fulfilled else REJECTED)
-    forwarded = pending.forwarded
-    forwarded[key] = forwarded.get(key, 0) + 1
-    if fulfilled and amount:
-        akey = (target.name, target.asset_code, target.asset_scale)
-        amounts = pending.forwarded_amounts
-        amounts[akey] = amounts.get(akey, 0) + amount
+    counts = pending.peer(target)
+    if fulfilled:
+        counts.out_fulfilled += 1
+        if amount and counts.amount(target, "out", amount):
+            counts.amount_out += amount
+    else:
+        counts.out_rejected += 1
     pending.touch()
 
 

@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "interledger_site.settings")
@@ -30,19 +31,20 @@ from interledger_site import metrics  # noqa: E402
 PACKETS = 200_000
 FULFILL = Fulfill(bytes(32), b"")
 REJECT = Reject("T04", "test.x", "", b"")
-PEERS = ("alice", "bob", "carol", "dave")
+NAMES = ("alice", "bob", "carol", "dave")
+PEERS = tuple(SimpleNamespace(name=n, asset_code="USD", asset_scale=9) for n in NAMES)
 
 
 def hooks(i: int) -> None:
     source, target = PEERS[i & 3], PEERS[(i + 1) & 3]
     reply = FULFILL if i % 10 else REJECT
     metrics.prepare_started()
-    metrics.packet_forwarded(target, "USD", 9, 990, reply)
-    metrics.packet_handled(source, "USD", 9, 1000, reply)
+    metrics.packet_forwarded(target, 990, reply is FULFILL)
+    metrics.packet_handled(source, 1000, reply)
 
 
 def direct(i: int) -> None:
-    source, target = PEERS[i & 3], PEERS[(i + 1) & 3]
+    source, target = NAMES[i & 3], NAMES[(i + 1) & 3]
     fulfilled = i % 10 != 0
     metrics.IN_FLIGHT.inc()
     metrics.FORWARDED.labels(target, "fulfilled" if fulfilled else "rejected").inc()

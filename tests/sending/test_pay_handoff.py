@@ -35,6 +35,7 @@ from django.core.management import CommandError, call_command
 
 from payments.models_outgoing import OutgoingPayment
 from payments.sending import handoff
+from tests.conftest import on_postgres, on_redis
 from tests.sending.conftest import RECEIVER_SECRET_HEX, balance, fund, make_receiver
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,6 +65,12 @@ class Node:
         return done
 
     def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        url = self.env["DATABASE_URL"]
+        if url.startswith("postgres"):
+            import psycopg
+
+            with psycopg.connect(url, autocommit=True) as pg:
+                return pg.execute(sql.replace("?", "%s"), params).fetchall()
         with contextlib.closing(sqlite3.connect(self.var / "db.sqlite3", timeout=20)) as db:
             return db.execute(sql, params).fetchall()
 
@@ -87,7 +94,7 @@ def _node(var: Path, address: str, **extra: str) -> Node:
     env.update(
         {
             "DJANGO_SETTINGS_MODULE": "interledger_site.settings",
-            "DATABASE_URL": f"sqlite:///{var / 'db.sqlite3'}",
+            "DATABASE_URL": extra.pop("DATABASE_URL", f"sqlite:///{var / 'db.sqlite3'}"),
             "ILP_VAR_DIR": str(var),
             "ILP_ADDRESS": address,
             "ILP_ASSET_CODE": "XRP",
@@ -204,13 +211,49 @@ class Pair:
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    """The child on SQLite, eager Celery (the embedded default)."""
+    yield from _pair(tmp_path_factory)
+
+
+@contextlib.contextmanager
+def _database(url: str) -> Iterator[str]:
+    """A fresh database beside the test run's (``<name>_handoff``), dropped afterwards."""
+    import psycopg
+
+    base, _, name = url.rpartition("/")
+    name = f"{name.split('?')[0]}_handoff"
+    admin = f"{base}/postgres"
+    with psycopg.connect(admin, autocommit=True) as pg:
+        pg.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        pg.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as pg:
+            pg.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def pg_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    """The child on Postgres + Redis with a Celery worker (not eager)."""
+    if not (on_postgres() and on_redis()):
+        pytest.skip("needs PostgreSQL and Redis (the Postgres+Redis pass of .ci/run)")
+    with _database(os.environ["DATABASE_URL"]) as url:
+        yield from _pair(
+            tmp_path_factory, DATABASE_URL=url, REDIS_URL=os.environ["REDIS_URL"], worker="1"
+        )
+
+
+def _pair(tmp_path_factory: pytest.TempPathFactory, **child_env: str) -> Iterator[Pair]:
     parent = _node(tmp_path_factory.mktemp("parent"), "test.far", ILP_LINKS_AUTOSTART="0")
     parent.manage("add_pointer", "carol")
     parent.manage(
         "add_peer", "near", "--relation", "child", "--link", "btp-server", "--token", "neartok"
     )
-    child = _node(tmp_path_factory.mktemp("child"), "test.far.near")
+    worker = child_env.pop("worker", "")
+    child = _node(tmp_path_factory.mktemp("child"), "test.far.near", **child_env)
     proxy = CountingProxy(parent.port)
+    celery: subprocess.Popen[bytes] | None = None
     child.manage(
         "add_peer",
         "upstream",
@@ -224,6 +267,18 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     try:
         _serve(parent)
         _serve(child)
+        if worker:
+            with open(child.var / "worker.log", "w") as log:
+                celery = subprocess.Popen(
+                    [
+                        *(sys.executable, "-m", "celery", "-A", "interledger_site", "worker"),
+                        *("--pool", "solo", "--loglevel", "warning"),
+                    ],
+                    cwd=ROOT,
+                    env=child.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
         _wait(
             lambda: (
                 child.query("SELECT connected_since FROM links_peer WHERE name = 'upstream'")[0][0]
@@ -234,6 +289,13 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
         )
         yield Pair(parent, child, proxy)
     finally:
+        if celery is not None:
+            celery.terminate()
+            try:
+                celery.wait(15)
+            except subprocess.TimeoutExpired:
+                celery.kill()
+                celery.wait(5)
         _stop(child)
         _stop(parent)
         proxy.close()
@@ -299,6 +361,31 @@ def test_pay_api_runs_its_payment_in_the_serving_node(pair: Pair) -> None:
     assert address.startswith("test.far.receivers.")
     assert child.balance("node:operator") < before
     assert pair.proxy.connections == 1, child.log()
+
+
+@pytest.mark.slow
+def test_pay_with_a_worker_sends_through_the_link_owner(pg_pair: Pair) -> None:
+    """Postgres + Redis: the command queues the payment, the Celery worker runs it and
+    reaches the parent through the Daphne process that owns the link (its channel), with
+    and without ``--via``; the worker never dials."""
+    parent, child = pg_pair.parent, pg_pair.child
+    assert pg_pair.proxy.connections == 1
+    carol_before = parent.balance("receiver:carol")
+    pointer = f"$127.0.0.1:{parent.port}/carol"
+    for key, amount, via in (("pg-1", "5000", ()), ("pg-2", "3000", ("--via", "upstream"))):
+        done = child.manage("pay", pointer, amount, "--key", key, *via)
+        out = done.stdout + done.stderr
+        assert f"[completed] sent {amount} delivered {amount}" in done.stdout, out
+        assert "serving node" not in out and "no node is serving" not in out
+    assert pg_pair.proxy.connections == 1, (child.var / "worker.log").read_text()
+    assert child.balance("node:operator") == -8_000
+    assert child.balance("peer:upstream") == 8_000
+    _wait(
+        lambda: parent.balance("receiver:carol") == carol_before + 8_000,
+        parent,
+        "carol was not credited",
+        seconds=20,
+    )
 
 
 # --- in this process: no node, a stale socket, a wedged one, one that goes away ---------------

@@ -360,13 +360,16 @@ class HandoffListener:
         path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # stale: nobody answered on it
-        old_umask = os.umask(0o177)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self._server = await asyncio.start_unix_server(
-                self._client, path=os.fspath(path), limit=MAX_LINE
-            )
-        finally:
-            os.umask(old_umask)
+            sock.bind(os.fspath(path))
+            # Owner only, before listen(): nobody can connect until then (no process-wide
+            # umask change on a serving loop).
+            os.chmod(path, 0o600)
+            self._server = await asyncio.start_unix_server(self._client, sock=sock, limit=MAX_LINE)
+        except BaseException:
+            sock.close()
+            raise
         self._inode = path.stat().st_ino
         self.path = path
         log.info("payments: handoff listener on %s", path)

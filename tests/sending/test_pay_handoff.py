@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -489,3 +490,40 @@ def test_the_nodes_error_ends_the_command(path: Path) -> None:
         _pay("http://127.0.0.1:9/bob", "4000", "--from", "alice", "--key", "err-1")
     node.join(5)
     assert OutgoingPayment.objects.get(idempotency_key="err-1").status == "pending"
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_listener_replaces_a_stale_file_defers_to_a_live_one_and_cleans_up(
+    path: Path,
+) -> None:
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(os.fspath(path))
+    stale.close()
+    first = handoff.HandoffListener(name="first")
+    await first.start()
+    second = handoff.HandoffListener(name="second")
+    try:
+        assert first.listening and first.path == path
+        assert path.stat().st_mode & 0o777 == 0o600
+        # A second serving process of the same node leaves the live one alone.
+        await second.start()
+        assert not second.listening
+
+        def ask() -> tuple[dict[str, Any], dict[str, Any] | None]:
+            with handoff.connect() as node:
+                node.start_run(999_999)  # no such payment: the run has nothing to do
+                done = None
+                while done is None:
+                    done = node.wait_done(5)
+                return node.hello, done
+
+        hello, done = await asyncio.to_thread(ask)
+        assert hello["node"] == "first" and hello["pid"] == os.getpid()
+        assert done == {"done": None}
+    finally:
+        await second.stop()
+        assert path.exists()  # not the second one's to remove
+        await first.stop()
+    assert not path.exists()
+    with pytest.raises(handoff.NoNodeServing):
+        handoff.connect()

@@ -194,7 +194,12 @@ async def check_btp_over_nginx(cluster: Cluster) -> None:
         entry = btp_entry(reply, "ilp")
         assert entry is not None
         assert decode_ildcp_fulfill(entry.data).client_address == f"test.cluster.{PEER}"
-        # Whichever Daphne answers /metrics, it reports the link one process holds.
+        # Whichever Daphne answers /metrics, it reports the link one process holds (its
+        # owner sets the gauge once its lease claim is through: wait for it).
+        deadline = time.monotonic() + 30
+        while _links_connected(cluster) != 1.0:
+            assert time.monotonic() < deadline, "the link never showed as connected"
+            await asyncio.sleep(0.2)
         assert _links_connected(cluster) == 1.0
     deadline = time.monotonic() + 30
     while _links_connected(cluster) != 0.0:

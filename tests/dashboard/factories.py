@@ -12,6 +12,7 @@ from django.contrib.auth.models import User
 from payments.ledger import PostingDraft, ReceiptDraft, ensure_account, get_book
 from payments.models import IncomingPayment
 from payments.services import apply_pending_receipts
+from receivers.addresses import payer_id_receipt_key
 from receivers.models import Receiver
 from receivers.services import receiver_create
 
@@ -38,13 +39,15 @@ def pay(
     at: datetime | None = None,
 ) -> IncomingPayment:
     """One chunk of ``amount`` to ``receiver`` through the book (sync; needs
-    ``django_db(transaction=True)``), applied at once. ``at`` backdates the payment."""
+    ``django_db(transaction=True)``), applied at once. ``at`` backdates the payment.
+    Booked as the PSK2 receiver books a chunk whose payment id the payer chose (so a
+    Pay-Token with that id may redeem it)."""
     ensure_account(PAYER, kind="peer")
     pid = payment_id or os.urandom(16)
     key = os.urandom(16).hex()
     get_book().commit_sync(
         [PostingDraft(PAYER, -amount, key)],
-        [ReceiptDraft(receiver.account.code, pid, 0, amount, key)],
+        [ReceiptDraft(receiver.account.code, pid, 0, amount, payer_id_receipt_key(key))],
     )
     apply_pending_receipts(older_than=timedelta(0))
     payment = IncomingPayment.objects.get(account=receiver.account, payment_id=pid.hex())

@@ -27,9 +27,10 @@ from ilp.conditions import sha256
 from ilp.packet import Fulfill, Prepare, Reject, Reply
 from payments.errors import BalanceLimitExceeded, PaymentsError
 from payments.ledger import PostingDraft, ensure_account, get_book
+from payments.ledger.shared import HoldDraft
 from payments.models import LedgerAccount
 from payments.models_outgoing import CircularPayment
-from payments.sending.errors import IdempotencyKeyReused, OutgoingNotAllowed
+from payments.sending.errors import BookingFailed, IdempotencyKeyReused, OutgoingNotAllowed
 from payments.sending.port import Route, sender_opener
 from payments.sending.reservation import (
     OPERATOR_ACCOUNT,
@@ -216,12 +217,14 @@ async def circular_payment_run(
                 b"",
             )
             try:
-                await book.ahold(account.code, amount, source_key)
-                if not book.is_loaded(peer_account):
-                    await book.load_account(peer_account)
-                book.hold_credit(peer_account, amount, peer_key)
+                await book.hold_many(
+                    [
+                        HoldDraft(account.code, amount, source_key),
+                        HoldDraft(peer_account, amount, peer_key, credit=True),
+                    ],
+                    expires_at=expires_at,
+                )
             except BalanceLimitExceeded as exc:
-                book.release(source_key)
                 reply = Reject("T04", str(settings.ILP_ADDRESS), exc.message)
             else:
                 started = time.monotonic()
@@ -252,6 +255,8 @@ async def circular_payment_run(
                     last_error=message[:2000],
                     rtt_ms=rtt_ms,
                 )
+    except BookingFailed:
+        raise  # it came back and is not booked yet: circular_payment_resolve books it
     except PaymentsError as exc:
         circular = await _db_circular_end(
             circular.pk, status=CircularPayment.Status.FAILED, last_error=exc.message

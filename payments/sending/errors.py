@@ -61,6 +61,11 @@ class IdempotencyKeyReused(PaymentsError):
     ilp_code = "F00"
 
 
-class BookingFailed(Exception):
+class BookingFailed(PaymentsError):
     """A fulfilled chunk could not be booked (the ledger writer is down). Not a payment
-    failure: the runner stops, leaves the chunk in doubt and a later run books it."""
+    failure: the runner stops, leaves the chunk in doubt and a later run books it (the
+    runners let it through before they catch :class:`PaymentsError`; Celery retries it)."""
+
+    code = "booking_failed"
+    http_status = 503
+    ilp_code = "T00"

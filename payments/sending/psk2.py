@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from django.utils import timezone
 
 from ilp.oer import UINT64_MAX
-from ilp.packet import Fulfill, Prepare, Reject
+from ilp.packet import Fulfill, Prepare, Reject, Reply
 from ilp.psk2 import (
     IV_LENGTH,
     QUOTE_AMOUNT,
@@ -27,9 +28,9 @@ from ilp.psk2 import (
     encrypt_psk2,
 )
 from ilp.psk2_sender import PROBE_AMOUNT, ChunkedPayment, Progress, read_reply
-from payments.models_outgoing import OutgoingChunk, OutgoingPayment
+from payments.models_outgoing import OutgoingPayment
 from payments.sending import runner as r
-from payments.sending.errors import InsufficientBalance, OutgoingNotAllowed, SendFailed, SpspError
+from payments.sending.errors import OutgoingNotAllowed, SpspError
 from payments.sending.quote import MAX_PROBES, f08_size, probe_rate
 from payments.sending.spsp import SpspDetails
 
@@ -129,101 +130,72 @@ def _plan(run: r.Run) -> ChunkedPayment:
     )
 
 
-def _plan_state(run: r.Run, plan: ChunkedPayment) -> dict[str, Any]:
-    size = plan.chunk_size if run.max_chunk is None else min(plan.chunk_size, run.max_chunk)
-    return {
-        "amount_sent": plan.amount_sent,
-        "amount_delivered": plan.amount_delivered,
-        "chunks_fulfilled": plan.chunks_fulfilled,
-        "chunks_rejected": plan.chunks_rejected,
-        "chunk_size": max(1, size),
-        "next_sequence": plan.sequence,
-    }
-
-
 def _chunk_minimum(prepare: Prepare, secret: bytes) -> int:
     request = decrypt_psk2(secret, prepare.data)
     return request.chunk_amount if isinstance(request, ChunkRequest) else 0
 
 
-async def psk2_send(run: r.Run) -> None:
-    plan = _plan(run)
-    payment = run.payment
-    while True:
+@dataclass(slots=True)
+class _Chunks:
+    """The draft-1 chunks of one payment, for :func:`payments.sending.runner.send_chunks`."""
+
+    plan: ChunkedPayment
+    unit: str = "chunk"
+
+    def next_chunk(self, run: r.Run) -> r.NextChunk | None:
+        plan = self.plan
         if run.max_chunk is not None:
             plan.chunk_size = min(plan.chunk_size, run.max_chunk)
         prepare = plan.next_chunk(expires_at=r.expiry(run.options), iv=os.urandom(IV_LENGTH))
         if prepare is None:
-            break
-        sequence = plan.sequence
-        debited = _int(payment.amount_debited)
-        if debited + prepare.amount > _int(payment.amount_reserved):
-            raise InsufficientBalance(
-                f"the next chunk would spend more than the {_int(payment.amount_reserved)} "
-                f"reserved ({debited} spent, {_int(payment.amount_delivered)} delivered)"
-            )
-        chunk = await r.db_insert_chunk(
-            payment,
-            run.owner,
-            sequence=sequence,
-            prepare=prepare,
-            minimum=_chunk_minimum(prepare, run.secret),
-            ledger_key=r.source_keys(run, prepare, sequence),
-        )
-        refused = await r.hold(run, prepare, sequence) if run.via else None
-        reply = refused or await r.send(run, prepare)
+            return None
+        return r.NextChunk(prepare, plan.sequence, _chunk_minimum(prepare, run.secret))
+
+    def on_reply(self, run: r.Run, prepare: Prepare, reply: Reply) -> r.ChunkOutcome:
+        plan = self.plan
         result = read_reply(run.secret, reply, prepare=prepare)
-        if isinstance(reply, Fulfill) and result.fulfilled:
-            before = plan.amount_delivered
-            await r.book_fulfilled(run, prepare.amount, sequence)
-            plan.on_reply(reply)
-            delivered = result.delivered or 0
-            # The receiver's totals are exact so far: each one was the previous plus what
-            # arrived (what lets a resume trust a total that did not move).
-            trusted = (payment.totals_trusted or payment.chunks_fulfilled == 0) and (
-                result.total is not None and result.total == before + delivered
-            )
-            await r.db_settle_chunk(
-                payment,
-                run.owner,
-                chunk,
-                state=OutgoingChunk.State.FULFILLED,
-                delivered=delivered,
-                amount_debited=debited + prepare.amount,
-                totals_trusted=trusted,
-                **_plan_state(run, plan),
-            )
-        else:
-            if run.via:
-                r.release(run, sequence)
-            progress = plan.on_reply(reply)
-            if isinstance(reply, Reject) and reply.code == "F08" and progress is Progress.FAILED:
-                run.f08_in_a_row += 1
-                if run.f08_in_a_row <= MAX_F08_IN_A_ROW:
-                    plan.failure = ""
-                    plan.chunk_size = run.max_chunk = f08_size(reply, prepare.amount)
-                    progress = Progress.CONTINUE
-            if progress is not Progress.FAILED:
-                plan.sequence += 1  # every attempt has its own sequence (and row)
-            await r.db_settle_chunk(
-                payment,
-                run.owner,
-                chunk,
-                state=OutgoingChunk.State.REJECTED,
-                reply=reply if isinstance(reply, Reject) else None,
-                message="" if isinstance(reply, Reject) else f"invalid fulfill: {result.problem}",
-                **_plan_state(run, plan),
-            )
-            if progress is Progress.FAILED:
-                await r.progress(payment, run.options)
-                raise SendFailed(plan.failure)
         if isinstance(reply, Fulfill):
             run.f08_in_a_row = 0
-        await r.progress(payment, run.options)
-        if plan.wait_ms:
-            await asyncio.sleep(plan.wait_ms / 1000)
-    run.payment = await r.db_finish(payment, run.owner, OutgoingPayment.Status.COMPLETED)
-    await r.progress(run.payment, run.options)
+            if result.fulfilled:
+                before = plan.amount_delivered
+                plan.on_reply(reply)
+                delivered = result.delivered or 0
+                exact = result.total is not None and result.total == before + delivered
+                return r.ChunkOutcome(True, delivered, total_exact=exact)
+        progress = plan.on_reply(reply)
+        if isinstance(reply, Reject) and reply.code == "F08" and progress is Progress.FAILED:
+            run.f08_in_a_row += 1
+            if run.f08_in_a_row <= MAX_F08_IN_A_ROW:
+                plan.failure = ""
+                plan.chunk_size = run.max_chunk = f08_size(reply, prepare.amount)
+                progress = Progress.CONTINUE
+        if progress is not Progress.FAILED:
+            plan.sequence += 1  # every attempt has its own sequence (and row)
+        return r.ChunkOutcome(
+            False,
+            message=f"invalid fulfill: {result.problem}",
+            failure=plan.failure if progress is Progress.FAILED else None,
+        )
+
+    def state(self, run: r.Run) -> dict[str, Any]:
+        plan = self.plan
+        size = plan.chunk_size if run.max_chunk is None else min(plan.chunk_size, run.max_chunk)
+        return {
+            "amount_sent": plan.amount_sent,
+            "amount_delivered": plan.amount_delivered,
+            "chunks_fulfilled": plan.chunks_fulfilled,
+            "chunks_rejected": plan.chunks_rejected,
+            "chunk_size": max(1, size),
+            "next_sequence": plan.sequence,
+        }
+
+    def wait_ms(self) -> int:
+        return self.plan.wait_ms
+
+
+async def psk2_send(run: r.Run) -> None:
+    """Send the payment's chunks until it is paid (``completed``) or fails."""
+    await r.send_chunks(run, _Chunks(_plan(run)))
 
 
 # --- resuming -------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
@@ -29,6 +30,7 @@ from ilp.oer import UINT64_MAX
 from ilp.packet import Reject
 from payments.errors import BalanceLimitExceeded, PaymentsError
 from payments.ledger import PostingDraft, get_book
+from payments.ledger.shared import HoldDraft
 from payments.models import LedgerAccount
 from payments.models_outgoing import CircularPayment, OutgoingPayment
 from payments.sending.errors import BookingFailed, InsufficientBalance, OutgoingNotAllowed
@@ -127,25 +129,34 @@ def hold_keys(base: str) -> tuple[str, str]:
 
 
 async def hold_chunk(
-    *, source_account: str, peer_account: str, amount: int, base: str
+    *,
+    source_account: str,
+    peer_account: str,
+    amount: int,
+    base: str,
+    expires_at: datetime | None = None,
 ) -> Reject | None:
-    """Debit hold on the source, credit hold on the peer (``None``: held; else the T04
-    Reject to answer instead of sending)."""
-    book = get_book()
+    """Debit hold on the source and credit hold on the peer, both or neither (``None``:
+    held; else the T04 Reject to answer instead of sending).
+
+    One ``await book.hold_many``: with shared credit (Redis) the two holds go in the
+    loop's next batched script call instead of blocking the event loop on a round trip
+    each; ``expires_at`` (the Prepare's) bounds how long Redis keeps them."""
     source_key, peer_key = hold_keys(base)
     try:
-        await book.ahold(source_account, amount, source_key)
-    except BalanceLimitExceeded:
-        return Reject("T04", str(settings.ILP_ADDRESS), "insufficient balance on the source.")
-    try:
-        if not book.is_loaded(peer_account):
-            await book.load_account(peer_account)
-        book.hold_credit(peer_account, amount, peer_key)
-    except BalanceLimitExceeded:
-        book.release(source_key)
-        return Reject(
-            "T04", str(settings.ILP_ADDRESS), f"insufficient liquidity. account={peer_account}"
+        await get_book().hold_many(
+            [
+                HoldDraft(source_account, amount, source_key),
+                HoldDraft(peer_account, amount, peer_key, credit=True),
+            ],
+            expires_at=expires_at,
         )
+    except BalanceLimitExceeded as exc:
+        if exc.details.get("account") == peer_account:
+            message = f"insufficient liquidity. account={peer_account}"
+        else:
+            message = "insufficient balance on the source."
+        return Reject("T04", str(settings.ILP_ADDRESS), message)
     return None
 
 

@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar, cast
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
@@ -44,11 +44,11 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from ilp.packet import Prepare, Reject, Reply
+from ilp.packet import Fulfill, Prepare, Reject, Reply
 from payments.ledger import PostingDraft, ensure_account
 from payments.models import LedgerAccount, Posting
 from payments.models_outgoing import OutgoingChunk, OutgoingPayment
-from payments.sending.errors import SendFailed
+from payments.sending.errors import InsufficientBalance, SendFailed
 from payments.sending.port import Sender, send_safely
 from payments.sending.reservation import (
     SUSPENSE_ACCOUNT,
@@ -69,12 +69,16 @@ __all__ = [
     "RESOLVE_MARGIN",
     "SLIPPAGE_PERCENT",
     "ChunkInDoubt",
+    "ChunkOutcome",
+    "ChunkPlan",
     "LeaseLost",
+    "NextChunk",
     "Run",
     "RunOptions",
     "in_thread",
     "payment_summary",
     "publish_event",
+    "send_chunks",
 ]
 
 log = logging.getLogger(__name__)
@@ -385,6 +389,7 @@ async def hold(run: Run, prepare: Prepare, sequence: int) -> Reject | None:
         peer_account=peer_account,
         amount=prepare.amount,
         base=chunk_base(run.payment, sequence),
+        expires_at=prepare.expires_at,
     )
 
 
@@ -403,6 +408,122 @@ async def book_fulfilled(run: Run, amount: int, sequence: int) -> None:
         base=chunk_base(run.payment, sequence),
         memo="outgoing",
     )
+
+
+# --- the chunk loop, the same for every protocol ---------------------------------------------
+
+
+class NextChunk(NamedTuple):
+    """The next chunk a protocol wants sent: its Prepare, sequence and minimum delivery."""
+
+    prepare: Prepare
+    sequence: int
+    minimum: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkOutcome:
+    """What a protocol read in one chunk's reply. ``fulfilled``: a valid Fulfill, which
+    delivered ``delivered`` (``total_exact``: the receiver's running total is exactly what
+    we know delivered so far). Otherwise ``message`` says why a Fulfill was not valid.
+    ``failure`` is set when the payment cannot go on (after this chunk is settled)."""
+
+    fulfilled: bool
+    delivered: int = 0
+    total_exact: bool = False
+    message: str = ""
+    failure: str | None = None
+
+
+class ChunkPlan(Protocol):
+    """One protocol's plan of a payment's chunks (:mod:`payments.sending.psk2`,
+    :mod:`payments.sending.stream`), driven by :func:`send_chunks`."""
+
+    unit: str  # what a chunk is called in messages ("chunk", "packet")
+
+    def next_chunk(self, run: Run) -> NextChunk | None:
+        """The next chunk, ``None`` when the payment is paid."""
+        ...
+
+    def on_reply(self, run: Run, prepare: Prepare, reply: Reply) -> ChunkOutcome:
+        """Read ``reply`` to ``prepare`` and move the plan on."""
+        ...
+
+    def state(self, run: Run) -> dict[str, Any]:
+        """The payment's counters to store with a settled chunk."""
+        ...
+
+    def wait_ms(self) -> int:
+        """How long to wait before the next chunk (back-off)."""
+        ...
+
+
+async def send_chunks(run: Run, plan: ChunkPlan) -> None:
+    """Send ``plan``'s chunks until the payment is paid (``completed``) or fails
+    (:class:`SendFailed`; :class:`InsufficientBalance` if a chunk would spend more than
+    the reservation). Each chunk: its row is written, then (via a peer) held, sent,
+    booked when fulfilled (or its holds released), and settled with the plan's counters."""
+    payment = run.payment
+    while True:
+        upcoming = plan.next_chunk(run)
+        if upcoming is None:
+            break
+        prepare, sequence, minimum = upcoming
+        debited = _int(payment.amount_debited)
+        if debited + prepare.amount > _int(payment.amount_reserved):
+            raise InsufficientBalance(
+                f"the next {plan.unit} would spend more than the "
+                f"{_int(payment.amount_reserved)} reserved ({debited} spent, "
+                f"{_int(payment.amount_delivered)} delivered)"
+            )
+        chunk = await db_insert_chunk(
+            payment,
+            run.owner,
+            sequence=sequence,
+            prepare=prepare,
+            minimum=minimum,
+            ledger_key=source_keys(run, prepare, sequence),
+        )
+        refused = await hold(run, prepare, sequence) if run.via else None
+        reply = refused or await send(run, prepare)
+        outcome = plan.on_reply(run, prepare, reply)
+        if isinstance(reply, Fulfill) and outcome.fulfilled:
+            await book_fulfilled(run, prepare.amount, sequence)
+            # The receiver's totals are exact so far: each one was the previous plus what
+            # arrived (what lets a resume trust a total that did not move).
+            trusted = (payment.totals_trusted or payment.chunks_fulfilled == 0) and (
+                outcome.total_exact
+            )
+            await db_settle_chunk(
+                payment,
+                run.owner,
+                chunk,
+                state=OutgoingChunk.State.FULFILLED,
+                delivered=outcome.delivered,
+                amount_debited=debited + prepare.amount,
+                totals_trusted=trusted,
+                **plan.state(run),
+            )
+        else:
+            if run.via:
+                release(run, sequence)
+            await db_settle_chunk(
+                payment,
+                run.owner,
+                chunk,
+                state=OutgoingChunk.State.REJECTED,
+                reply=reply if isinstance(reply, Reject) else None,
+                message="" if isinstance(reply, Reject) else outcome.message,
+                **plan.state(run),
+            )
+        await progress(payment, run.options)
+        if outcome.failure is not None:
+            raise SendFailed(outcome.failure)
+        wait_ms = plan.wait_ms()
+        if wait_ms:
+            await asyncio.sleep(wait_ms / 1000)
+    run.payment = await db_finish(payment, run.owner, OutgoingPayment.Status.COMPLETED)
+    await progress(run.payment, run.options)
 
 
 # --- resuming: chunks in doubt ----------------------------------------------------------------

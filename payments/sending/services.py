@@ -37,7 +37,7 @@ from payments.errors import PaymentsError
 from payments.models import LedgerAccount
 from payments.models_outgoing import OutgoingPayment
 from payments.sending import psk2, stream
-from payments.sending.errors import IdempotencyKeyReused, OutgoingNotAllowed
+from payments.sending.errors import BookingFailed, IdempotencyKeyReused, OutgoingNotAllowed
 from payments.sending.port import Route, sender_opener
 from payments.sending.reservation import check_amount, lock_source_account, reserve_on
 from payments.sending.runner import (
@@ -291,6 +291,12 @@ async def outgoing_payment_run(
     except LeaseLost:
         log.warning("payments: lost the lease of outgoing payment %s; stopping", payment_id)
         return None
+    except BookingFailed:
+        # Money moved and is not booked yet: not the payment's failure (the next run
+        # books the chunk it leaves in doubt).
+        with contextlib.suppress(Exception):
+            await db_release_lease(payment_id, owner)
+        raise
     except (PaymentsError, DecodeError, ValueError) as exc:
         message = exc.message if isinstance(exc, PaymentsError) else str(exc)
         log.info("payments: outgoing payment %s failed: %s", payment_id, message)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
@@ -37,7 +38,7 @@ from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
 from ilp.oer import UINT64_MAX
-from ilp.packet import Fulfill, Reject
+from ilp.packet import Fulfill, Prepare, Reject, Reply
 from ilp.stream import ReceiptSetup
 from ilp.stream.sender import (
     MAX_PROBE_AMOUNT,
@@ -46,14 +47,9 @@ from ilp.stream.sender import (
     StreamConnection,
     StreamPayment,
 )
-from payments.models_outgoing import OutgoingChunk, OutgoingPayment
+from payments.models_outgoing import OutgoingPayment
 from payments.sending import runner as r
-from payments.sending.errors import (
-    InsufficientBalance,
-    OutgoingNotAllowed,
-    SendFailed,
-    SpspError,
-)
+from payments.sending.errors import OutgoingNotAllowed, SendFailed, SpspError
 from payments.sending.spsp import SpspDetails
 
 __all__ = ["receipt_setup", "stream_quote", "stream_send", "stream_total"]
@@ -197,89 +193,61 @@ def _plan(run: r.Run) -> StreamPayment:
     )
 
 
-def _plan_state(plan: StreamPayment) -> dict[str, Any]:
-    return {
-        "amount_sent": plan.amount_sent,
-        "amount_delivered": plan.amount_delivered,
-        "chunks_fulfilled": plan.chunks_fulfilled,
-        "chunks_rejected": plan.chunks_rejected,
-        "chunk_size": max(1, plan.chunk_size),
-        "next_sequence": plan.sequence,
-    }
+@dataclass(slots=True)
+class _Packets:
+    """The ``StreamMoney`` packets of one payment, for
+    :func:`payments.sending.runner.send_chunks`."""
+
+    plan: StreamPayment
+    unit: str = "packet"
+
+    def next_chunk(self, run: r.Run) -> r.NextChunk | None:
+        plan = self.plan
+        prepare = plan.next_packet(expires_at=r.expiry(run.options), iv=os.urandom(IV_LENGTH))
+        if prepare is None:
+            return None
+        return r.NextChunk(prepare, plan.sequence - 1, plan.pending_minimum)
+
+    def on_reply(self, run: r.Run, prepare: Prepare, reply: Reply) -> r.ChunkOutcome:
+        plan = self.plan
+        before = plan.amount_delivered
+        progress = plan.on_reply(prepare, reply)
+        answer = plan.last
+        assert answer is not None
+        failure = plan.failure if progress is Progress.FAILED else None
+        if isinstance(reply, Fulfill) and answer.fulfilled:
+            exact = (
+                plan.total_received is not None and answer.total_received == plan.amount_delivered
+            )
+            return r.ChunkOutcome(
+                True, plan.amount_delivered - before, total_exact=exact, failure=failure
+            )
+        return r.ChunkOutcome(False, message=answer.describe(), failure=failure)
+
+    def state(self, run: r.Run) -> dict[str, Any]:
+        plan = self.plan
+        return {
+            "amount_sent": plan.amount_sent,
+            "amount_delivered": plan.amount_delivered,
+            "chunks_fulfilled": plan.chunks_fulfilled,
+            "chunks_rejected": plan.chunks_rejected,
+            "chunk_size": max(1, plan.chunk_size),
+            "next_sequence": plan.sequence,
+        }
+
+    def wait_ms(self) -> int:
+        return self.plan.wait_ms
 
 
 async def stream_send(run: r.Run) -> None:
     """Send the payment's packets until it is paid (``completed``) or fails
     (:class:`SendFailed`); then close the connection (best effort)."""
     plan = _plan(run)
-    payment = run.payment
     try:
-        while True:
-            prepare = plan.next_packet(expires_at=r.expiry(run.options), iv=os.urandom(IV_LENGTH))
-            if prepare is None:
-                break
-            sequence = plan.sequence - 1
-            debited = _int(payment.amount_debited)
-            if debited + prepare.amount > _int(payment.amount_reserved):
-                raise InsufficientBalance(
-                    f"the next packet would spend more than the {_int(payment.amount_reserved)} "
-                    f"reserved ({debited} spent, {_int(payment.amount_delivered)} delivered)"
-                )
-            chunk = await r.db_insert_chunk(
-                payment,
-                run.owner,
-                sequence=sequence,
-                prepare=prepare,
-                minimum=plan.pending_minimum,
-                ledger_key=r.source_keys(run, prepare, sequence),
-            )
-            refused = await r.hold(run, prepare, sequence) if run.via else None
-            reply = refused or await r.send(run, prepare)
-            before = plan.amount_delivered
-            progress = plan.on_reply(prepare, reply)
-            answer = plan.last
-            assert answer is not None
-            if isinstance(reply, Fulfill) and answer.fulfilled:
-                await r.book_fulfilled(run, prepare.amount, sequence)
-                delivered = plan.amount_delivered - before
-                # The receiver's totals are exact so far (what lets a resume trust a total
-                # that did not move).
-                trusted = (payment.totals_trusted or payment.chunks_fulfilled == 0) and (
-                    plan.total_received is not None
-                    and answer.total_received == plan.amount_delivered
-                )
-                await r.db_settle_chunk(
-                    payment,
-                    run.owner,
-                    chunk,
-                    state=OutgoingChunk.State.FULFILLED,
-                    delivered=delivered,
-                    amount_debited=debited + prepare.amount,
-                    totals_trusted=trusted,
-                    **_plan_state(plan),
-                )
-            else:
-                if run.via:
-                    r.release(run, sequence)
-                await r.db_settle_chunk(
-                    payment,
-                    run.owner,
-                    chunk,
-                    state=OutgoingChunk.State.REJECTED,
-                    reply=reply if isinstance(reply, Reject) else None,
-                    message="" if isinstance(reply, Reject) else answer.describe(),
-                    **_plan_state(plan),
-                )
-            await r.progress(payment, run.options)
-            if progress is Progress.FAILED:
-                raise SendFailed(plan.failure)
-            if plan.wait_ms:
-                await asyncio.sleep(plan.wait_ms / 1000)
+        await r.send_chunks(run, _Packets(plan))
     except SendFailed:
         await _close(run, plan)
         raise
-    run.payment = await r.db_finish(payment, run.owner, OutgoingPayment.Status.COMPLETED)
-    await r.progress(run.payment, run.options)
     await _close(run, plan)
 
 

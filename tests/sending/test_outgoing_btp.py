@@ -20,7 +20,9 @@ from payments.sending import (
     outgoing_payment_lease_left,
     outgoing_payment_run,
     outgoing_payments_due,
+    runner,
 )
+from payments.sending.errors import BookingFailed
 from payments.sending.tasks import send_outgoing_payment
 from tests.sending.conftest import (
     Crash,
@@ -235,6 +237,32 @@ async def test_a_first_chunk_in_doubt_is_charged_to_suspense(live_server: Any) -
         f"outgoing:{payment.pk}:0",
         f"outgoing:{payment.pk}:0:suspense",
     ]
+
+
+async def test_a_chunk_that_cannot_be_booked_stops_the_run_without_failing_it(
+    live_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BookingFailed is a PaymentsError, but not the payment's failure: the money moved.
+    The run stops and gives its lease back (the task retries), the chunk stays in doubt,
+    and the next run books it once and completes the payment."""
+
+    async def ledger_down(**_: Any) -> None:
+        raise BookingFailed("cannot book: the ledger writer is down")
+
+    async with btp_pair():
+        payment = await start(live_server, 1_000)
+        with monkeypatch.context() as patched:
+            patched.setattr(runner, "book_chunk", ledger_down)
+            with pytest.raises(BookingFailed):
+                await outgoing_payment_run(payment_id=payment.pk, options=SHORT)
+        row = await in_thread(OutgoingPayment.objects.get)(pk=payment.pk)
+        assert row.status == "sending" and row.lease_owner == "" and row.last_error == ""
+        assert (await in_thread(ledger_view)(payment))["states"] == ["sending"]
+        done = await outgoing_payment_run(payment_id=payment.pk, options=SHORT)
+        view = await in_thread(ledger_view)(payment)
+    assert done is not None and done.status == "completed"
+    assert view["states"] == ["fulfilled"] and view["received"] == 1_000
+    assert view["alice"] == 1_000_000 - 1_000 and view["hub"] == 1_000
 
 
 async def test_no_live_link_fails_clearly(live_server: Any) -> None:

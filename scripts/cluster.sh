@@ -5,6 +5,8 @@
 #   bash scripts/cluster.sh start     (or `make cluster`)
 #   bash scripts/cluster.sh status
 #   bash scripts/cluster.sh stop
+#   bash scripts/cluster.sh revive    start those of its processes that are not running (after
+#                                     a crash or a kill -9), leave the others alone
 #   bash scripts/cluster.sh interop   start with the interop identity, run the interop suite
 #                                     through nginx, stop; exits with the suite's status
 #
@@ -247,6 +249,21 @@ EOF
 EOF
 }
 
+_spawn_daphne() {  # _spawn_daphne I: the I-th Daphne, on DAPHNE_PORT + I - 1
+  # --websocket_timeout -1: a BTP link lives as long as its peer keeps it (Daphne's
+  # default closes every WebSocket after 24 h).
+  _spawn "daphne-$1" "$BIN/daphne" -b 127.0.0.1 -p "$((DAPHNE_PORT + $1 - 1))" --proxy-headers \
+    --websocket_timeout -1 --application-close-timeout 15 interledger_site.asgi:application
+}
+_spawn_worker() {
+  _spawn celery-worker "$BIN/celery" -A interledger_site worker -l info \
+    --concurrency "${CLUSTER_WORKER_CONCURRENCY:-2}" --hostname "worker@%h-$PORT"
+}
+_spawn_beat() {
+  _spawn celery-beat "$BIN/celery" -A interledger_site beat -l info \
+    --schedule "$RUN/celerybeat-schedule" --pidfile=
+}
+
 # --- commands ------------------------------------------------------------------------------
 
 cluster_start() {
@@ -268,18 +285,10 @@ cluster_start() {
   static_root=$("$BIN/python" -c 'import django, os; os.environ.setdefault("DJANGO_SETTINGS_MODULE", "interledger_site.settings"); django.setup(); from django.conf import settings; print(settings.STATIC_ROOT)')
   "$BIN/python" manage.py collectstatic --noinput -v0
 
-  local i port
-  for i in $(seq 1 "$N"); do
-    port=$((DAPHNE_PORT + i - 1))
-    # --websocket_timeout -1: a BTP link lives as long as its peer keeps it (Daphne's
-    # default closes every WebSocket after 24 h).
-    _spawn "daphne-$i" "$BIN/daphne" -b 127.0.0.1 -p "$port" --proxy-headers \
-      --websocket_timeout -1 --application-close-timeout 15 interledger_site.asgi:application
-  done
-  _spawn celery-worker "$BIN/celery" -A interledger_site worker -l info \
-    --concurrency "${CLUSTER_WORKER_CONCURRENCY:-2}" --hostname "worker@%h-$PORT"
-  _spawn celery-beat "$BIN/celery" -A interledger_site beat -l info \
-    --schedule "$RUN/celerybeat-schedule" --pidfile=
+  local i
+  for i in $(seq 1 "$N"); do _spawn_daphne "$i"; done
+  _spawn_worker
+  _spawn_beat
   for i in $(seq 1 "$N"); do
     _wait_http "http://127.0.0.1:$((DAPHNE_PORT + i - 1))/healthz" 60 "daphne-$i" || { cluster_stop; return 1; }
   done
@@ -305,6 +314,31 @@ cluster_stop() {
   done
   [ ${#others[@]} -eq 0 ] || _stop "${others[@]}"
   log "stopped"
+}
+
+cluster_revive() {
+  # What a process supervisor would do after a crash: the missing processes come back with
+  # the same command lines, on the same database (the environment must be the one the
+  # cluster was started with); the running ones are not touched.
+  [ -f "$RUN/nginx.conf" ] || { log "no cluster was started in $RUN: start it"; return 1; }
+  _services
+  mkdir -p "$LOGS"
+  local i started=()
+  for i in $(seq 1 "$N"); do
+    _pid_of "daphne-$i" >/dev/null || { _spawn_daphne "$i"; started+=("daphne-$i"); }
+  done
+  _pid_of celery-worker >/dev/null || { _spawn_worker; started+=(celery-worker); }
+  _pid_of celery-beat >/dev/null || { _spawn_beat; started+=(celery-beat); }
+  for i in $(seq 1 "$N"); do
+    _wait_http "http://127.0.0.1:$((DAPHNE_PORT + i - 1))/healthz" 60 "daphne-$i" || return 1
+  done
+  if ! _pid_of nginx >/dev/null; then
+    local nginx; nginx=$(_nginx_bin)
+    _spawn nginx "$nginx" -e "$LOGS/nginx-error.log" -c "$RUN/nginx.conf" -p "$RUN" -g 'daemon off;'
+    started+=(nginx)
+  fi
+  _wait_http "$URL/readyz" 60 nginx || return 1
+  log "revived: ${started[*]:-nothing was down}"
 }
 
 cluster_status() {
@@ -333,18 +367,29 @@ cluster_interop() {
   mkdir -p "$ILP_VAR_DIR"
   _services
   if [[ "$DATABASE_URL" == postgres* ]]; then
-    local base="${DATABASE_URL%/*}"
-    psql "$base/postgres" -qc "DROP DATABASE IF EXISTS ilp_cluster_interop" \
-      -c "CREATE DATABASE ilp_cluster_interop" >/dev/null
-    export DATABASE_URL="$base/ilp_cluster_interop"
+    # <the given database's name>_interop: several checkouts may share one server.
+    local base="${DATABASE_URL%/*}" db="${DATABASE_URL##*/}"
+    db="${db%%\?*}_interop"
+    psql "$base/postgres" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" \
+      -c "CREATE DATABASE \"$db\"" >/dev/null
+    export DATABASE_URL="$base/$db"
   fi
   redis-cli -u "$REDIS_URL" flushdb >/dev/null 2>&1 || true
+  mkdir -p "$LOGS"; : >"$LOGS/nginx-access.log"   # this run's requests only (counted below)
   cluster_start || return 1
   local status=0
   # The harness's own helper processes (manage.py, a scratch node) are not the cluster's:
   # their samples stay out of its metrics.
   env -u PROMETHEUS_MULTIPROC_DIR INTEROP_EXTERNAL=1 INTEROP_PORT="$PORT" \
     bash "$ROOT/scripts/interop.sh" || status=$?
+  # Through nginx to every Daphne: each must have answered part of the suite.
+  local i port served
+  for i in $(seq 1 "$N"); do
+    port=$((DAPHNE_PORT + i - 1))
+    served=$(grep -c "upstream=127.0.0.1:$port\$" "$LOGS/nginx-access.log" || true)
+    log "daphne-$i (:$port) answered $served requests through nginx"
+    if [ "$served" = 0 ]; then log "daphne-$i answered nothing: the suite did not run on $N Daphnes"; status=1; fi
+  done
   cluster_stop
   return $status
 }
@@ -354,6 +399,7 @@ case "${1:-}" in
   stop) cluster_stop ;;
   status) cluster_status ;;
   restart) cluster_stop; cluster_start ;;
+  revive) cluster_revive ;;
   interop) cluster_interop ;;
-  *) echo "usage: cluster.sh start|stop|status|restart|interop" >&2; exit 2 ;;
+  *) echo "usage: cluster.sh start|stop|status|restart|revive|interop" >&2; exit 2 ;;
 esac

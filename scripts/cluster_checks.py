@@ -26,6 +26,7 @@ import json
 import os
 import random
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -163,20 +164,61 @@ def _sql(database_url: str, query: str) -> list[tuple[Any, ...]]:
         return list(cursor.fetchall()) if cursor.description else []
 
 
-def credit(args: argparse.Namespace) -> int:
+@dataclass
+class Cluster:
+    """A cluster of its own for one check: database, ports, run directory, environment."""
+
+    db_url: str
+    env: dict[str, str]
+    run_dir: Path
+    daphne_port: int
+    nginx_port: int
+    daphnes: int
+
+    @property
+    def ports(self) -> list[int]:
+        return [self.daphne_port + i for i in range(self.daphnes)]
+
+    def script(self, command: str) -> None:
+        _run(["bash", str(ROOT / "scripts" / "cluster.sh"), command], self.env)
+
+    def stop(self) -> None:
+        subprocess.run(
+            ["bash", str(ROOT / "scripts" / "cluster.sh"), "stop"],
+            env=self.env, cwd=ROOT, capture_output=True, timeout=300,
+        )  # fmt: skip
+
+    def manage(self, *argv: str) -> str:
+        return _run([PY, "manage.py", *argv], self.env)
+
+    def check_ledger(self) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PY, "manage.py", "check_ledger", "--differences-only"], env=self.env, cwd=ROOT,
+            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def pid(self, name: str) -> int:
+        return int((self.run_dir / "run" / f"{name}.pid").read_text().strip())
+
+
+def _cluster(check: str, daphnes: int, extra_env: dict[str, str]) -> Cluster | None:
+    """A fresh Postgres database ``<DATABASE_URL's name>_<check>``, a fresh ``ILP_ADDRESS``
+    (its Redis keys are its own), free ports; None when the environment lacks Postgres or
+    Redis."""
     database_url = os.environ.get("DATABASE_URL", "")
     redis_url = os.environ.get("REDIS_URL", "")
     if not database_url.startswith(("postgres://", "postgresql://")) or not redis_url:
         print(
-            "cluster_checks credit: needs DATABASE_URL (PostgreSQL) and REDIS_URL", file=sys.stderr
+            f"cluster_checks {check}: needs DATABASE_URL (PostgreSQL) and REDIS_URL",
+            file=sys.stderr,
         )
-        return 2
+        return None
     base, name = database_url.rstrip("/").rsplit("/", 1)
-    db_name = f"{name.split('?')[0]}_credit"
+    db_name = f"{name.split('?')[0]}_{check}"
     db_url = f"{base}/{db_name}"
     _sql(f"{base}/postgres", f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
-    run_dir = Path(tempfile.mkdtemp(prefix="cluster-credit-"))
-    daphne_port = _free_run(args.daphnes)
+    run_dir = Path(tempfile.mkdtemp(prefix=f"cluster-{check}-"))
+    daphne_port = _free_run(daphnes)
     nginx_port = _free_run(1)
     env = {
         k: v
@@ -188,46 +230,53 @@ def credit(args: argparse.Namespace) -> int:
             "DATABASE_URL": db_url,
             "REDIS_URL": redis_url,
             "ILP_VAR_DIR": str(run_dir / "var"),
-            "ILP_ADDRESS": f"test.credit{secrets.token_hex(3)}",
-            "ILP_SHARED_CREDIT": "1" if args.shared else "0",
-            "CLUSTER_DAPHNES": str(args.daphnes),
+            "ILP_ADDRESS": f"test.{check}{secrets.token_hex(3)}",
+            "CLUSTER_DAPHNES": str(daphnes),
             "CLUSTER_PORT": str(nginx_port),
             "CLUSTER_DAPHNE_PORT": str(daphne_port),
             "CLUSTER_DIR": str(run_dir / "run"),
             "LOG_LEVEL": "WARNING",
+            **extra_env,
         }
     )
+    return Cluster(db_url, env, run_dir, daphne_port, nginx_port, daphnes)
+
+
+def _wait_applied(db_url: str, seconds: float) -> tuple[int, float]:
+    """Wait until no receipt is unapplied: (the number left, seconds waited)."""
+    started = time.monotonic()
+    while True:
+        (left,) = _sql(db_url, "SELECT count(*) FROM payments_receipt WHERE applied_at IS NULL")[0]
+        waited = time.monotonic() - started
+        if left == 0 or waited >= seconds:
+            return int(left), waited
+        time.sleep(0.2)
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000, 1)
+
+
+def credit(args: argparse.Namespace) -> int:
+    cluster = _cluster("credit", args.daphnes, {"ILP_SHARED_CREDIT": "1" if args.shared else "0"})
+    if cluster is None:
+        return 2
+    db_url, nginx_port = cluster.db_url, cluster.nginx_port
     token = secrets.token_hex(16)
-    cluster = ["bash", str(ROOT / "scripts" / "cluster.sh")]
     try:
-        _run([*cluster, "start"], env)
-        _run(
-            [PY, "manage.py", "add_peer", "oer", "--relation", "child", "--link", "http-sync",
-             "--token", token, "--min-balance", str(args.min_balance),
-             "--max-in-flight", "100000", "--packets-per-second", "1000000", "--burst", "1000000",
-             "--throughput", "none"],
-            env,
-        )  # fmt: skip
-        _run([PY, "manage.py", "add_pointer", "bob"], env)
-        ports = [daphne_port + i for i in range(args.daphnes)]
-        load = asyncio.run(_pay(ports, token, f"http://127.0.0.1:{nginx_port}/bob", args))
+        cluster.script("start")
+        _add_oer(cluster, token, args.min_balance)
+        load = asyncio.run(_pay(cluster.ports, token, f"http://127.0.0.1:{nginx_port}/bob", args))
         # Every receipt applied (the worker's task), then the ledger's word.
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            (left,) = _sql(
-                db_url, "SELECT count(*) FROM payments_receipt WHERE applied_at IS NULL"
-            )[0]
-            if left == 0:
-                break
-            time.sleep(0.2)
+        _wait_applied(db_url, 60)
         rows = _sql(db_url, "SELECT balance FROM payments_ledgeraccount WHERE code = 'peer:oer'")
         balance = int(rows[0][0])
-        checked = subprocess.run(
-            [PY, "manage.py", "check_ledger", "--differences-only"], env=env, cwd=ROOT,
-            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+        checked = cluster.check_ledger()
     finally:
-        subprocess.run([*cluster, "stop"], env=env, cwd=ROOT, capture_output=True, timeout=300)
+        cluster.stop()
     room = -args.min_balance
     used = -balance
     lat = sorted(load.latencies)
@@ -243,8 +292,8 @@ def credit(args: argparse.Namespace) -> int:
         "min_balance": args.min_balance,
         "room_used": round(used / room, 4) if room else None,
         "payments_per_s": round(load.sent / load.seconds, 1) if load.seconds else None,
-        "p50_ms": round(lat[len(lat) // 2] * 1000, 1) if lat else None,
-        "p99_ms": round(lat[int(len(lat) * 0.99)] * 1000, 1) if lat else None,
+        "p50_ms": _quantile(lat, 0.5),
+        "p99_ms": _quantile(lat, 0.99),
         "check_ledger": checked.returncode,
     }
     problems = []
@@ -262,6 +311,341 @@ def credit(args: argparse.Namespace) -> int:
     return 0 if not problems else 1
 
 
+def _add_oer(cluster: Cluster, token: str, min_balance: int) -> None:
+    """The ``http-sync`` child ``oer`` (rate limits out of the way) and the pointer ``bob``."""
+    cluster.manage(
+        "add_peer", "oer", "--relation", "child", "--link", "http-sync", "--token", token,
+        "--min-balance", str(min_balance), "--max-in-flight", "100000",
+        "--packets-per-second", "1000000", "--burst", "1000000", "--throughput", "none",
+    )  # fmt: skip
+    cluster.manage("add_pointer", "bob")
+
+
+@dataclass
+class KillLoad:
+    attempts: int = 0
+    # (payment id hex, amount, the port that fulfilled it, after the kill)
+    fulfills: list[tuple[str, int, int, bool]] = field(default_factory=list)
+    rejected: dict[str, int] = field(default_factory=dict)
+    transport_errors: dict[int, int] = field(default_factory=dict)
+    http_errors: dict[int, int] = field(default_factory=dict)
+    retried: int = 0
+    gave_up: int = 0
+    latencies: dict[bool, list[float]] = field(default_factory=lambda: {False: [], True: []})
+    seconds: dict[bool, float] = field(default_factory=lambda: {False: 0.0, True: 0.0})
+    killed_at_fulfilled: int = 0
+
+    def fulfilled(self, after: bool) -> int:
+        return sum(1 for f in self.fulfills if f[3] is after)
+
+
+class _Spsp:
+    def __init__(self, destination: str, secret: bytes) -> None:
+        self.destination = destination
+        self.secret = secret
+
+
+async def _spsp(client: Any, url: str) -> _Spsp:
+    response = await client.get(url, headers={"Accept": "application/spsp+json"})
+    response.raise_for_status()
+    spsp = response.json()
+    return _Spsp(str(spsp["destination_account"]), base64.b64decode(spsp["shared_secret"]))
+
+
+async def _pay_retrying(
+    client: Any,
+    ports: list[int],
+    turn: int,
+    token: str,
+    spsp: _Spsp,
+    args: argparse.Namespace,
+    result: KillLoad,
+    after: Any,
+) -> None:
+    """One payment as a client with several endpoints makes it: round robin from ``turn``;
+    an endpoint that does not answer (refused, reset, cut mid-reply) gets the payment again
+    on the next endpoint with a new Prepare (a new payment id: the sender cannot know
+    whether the lost one was fulfilled)."""
+    import httpx
+
+    from ilp.conditions import fulfillment_matches
+    from ilp.oer import UINT64_MAX
+    from ilp.packet import Fulfill, decode_reply, encode_prepare
+    from ilp.psk2_sender import build_chunk
+
+    started = time.perf_counter()
+    for attempt in range(args.attempts):
+        port = ports[(turn + attempt) % len(ports)]
+        payment_id = secrets.token_bytes(16)
+        prepare = build_chunk(
+            spsp.secret,
+            spsp.destination,
+            payment_id=payment_id,
+            sequence=0,
+            payment_amount=UINT64_MAX,
+            chunk_amount=0,
+            source_amount=args.amount,
+            expires_at=datetime.now(UTC) + timedelta(seconds=30),
+            iv=os.urandom(12),
+            last=True,
+        )
+        result.attempts += 1
+        if attempt:
+            result.retried += 1
+        try:
+            reply = await client.post(
+                f"http://127.0.0.1:{port}/ilp",
+                content=encode_prepare(prepare),
+                headers={
+                    "Authorization": f"Bearer {token}",
+                    "Content-Type": "application/octet-stream",
+                },
+            )
+        except httpx.HTTPError:
+            result.transport_errors[port] = result.transport_errors.get(port, 0) + 1
+            continue
+        if reply.status_code != 200:
+            result.http_errors[reply.status_code] = result.http_errors.get(reply.status_code, 0) + 1
+            continue
+        packet = decode_reply(reply.content)
+        now_after = after()
+        if isinstance(packet, Fulfill):
+            if not fulfillment_matches(packet.fulfillment, prepare.execution_condition):
+                raise SystemExit("a Fulfill whose fulfillment does not match")
+            result.fulfills.append((payment_id.hex(), args.amount, port, now_after))
+            result.latencies[now_after].append(time.perf_counter() - started)
+        else:
+            result.rejected[packet.code] = result.rejected.get(packet.code, 0) + 1
+        return
+    result.gave_up += 1
+
+
+async def _kill_load(
+    cluster: Cluster, token: str, victim: int, args: argparse.Namespace
+) -> KillLoad:
+    import httpx
+
+    result = KillLoad()
+    killed: float | None = None
+    stop = asyncio.Event()
+    limits = httpx.Limits(
+        max_connections=args.concurrency, max_keepalive_connections=args.concurrency
+    )
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        spsp = await _spsp(client, f"http://127.0.0.1:{cluster.nginx_port}/bob")
+        turn = 0
+
+        async def worker() -> None:
+            nonlocal turn
+            while not stop.is_set():
+                turn += 1
+                await _pay_retrying(
+                    client, cluster.ports, turn, token, spsp, args, result,
+                    lambda: killed is not None,
+                )  # fmt: skip
+
+        async def controller() -> None:
+            nonlocal killed
+            started = time.perf_counter()
+            deadline = started + args.max_seconds
+            try:
+                while len(result.fulfills) < args.kill_after:
+                    if time.perf_counter() > deadline:
+                        return
+                    await asyncio.sleep(0.01)
+                # Mid-load: every worker has a payment in flight, some on the victim.
+                os.kill(victim, signal.SIGKILL)
+                killed = time.perf_counter()
+                result.killed_at_fulfilled = len(result.fulfills)
+                result.seconds[False] = killed - started
+                while result.fulfilled(True) < args.after_kill:
+                    if time.perf_counter() > deadline:
+                        return
+                    await asyncio.sleep(0.01)
+            finally:
+                if killed is not None:
+                    result.seconds[True] = time.perf_counter() - killed
+                stop.set()
+
+        await asyncio.gather(controller(), *(worker() for _ in range(args.concurrency)))
+    return result
+
+
+def kill(args: argparse.Namespace) -> int:
+    cluster = _cluster("kill", args.daphnes, {})
+    if cluster is None:
+        return 2
+    db_url = cluster.db_url
+    token = secrets.token_hex(16)
+    victim_name = f"daphne-{args.victim}"
+    victim_port = cluster.daphne_port + args.victim - 1
+    problems: list[str] = []
+    report: dict[str, Any] = {"check": "kill", "daphnes": args.daphnes, "killed": victim_name}
+    try:
+        cluster.script("start")
+        _add_oer(cluster, token, args.min_balance)
+        victim = cluster.pid(victim_name)
+        load = asyncio.run(_kill_load(cluster, token, victim, args))
+        if load.killed_at_fulfilled == 0:
+            raise SystemExit(f"the load never reached {args.kill_after} Fulfills: {load}")
+        try:
+            os.kill(victim, 0)
+            problems.append(f"{victim_name} ({victim}) is still alive after kill -9")
+        except ProcessLookupError:
+            pass
+        (unapplied_at_end,) = _sql(
+            db_url, "SELECT count(*) FROM payments_receipt WHERE applied_at IS NULL"
+        )[0]
+        # The killed process's committed receipts: the survivors' recovery sweep (receipts
+        # older than 10 s, every 5 s) or the worker's task applies them, with no new payment.
+        left, waited = _wait_applied(db_url, args.recovery_seconds)
+        if left:
+            problems.append(f"{left} receipts still unapplied {waited:.0f} s after the load")
+        survivors = [p for p in cluster.ports if p != victim_port]
+        after_by_port = {
+            p: sum(1 for f in load.fulfills if f[3] and f[2] == p) for p in cluster.ports
+        }
+        if after_by_port[victim_port]:
+            problems.append(f"{after_by_port[victim_port]} Fulfills from the killed port")
+        for port in survivors:
+            if after_by_port[port] == 0:
+                problems.append(f"the survivor on :{port} fulfilled nothing after the kill")
+        problems += _exactly_once(db_url, [(f[0], f[1]) for f in load.fulfills])
+        unseen = _receipts_unseen(db_url, {f[0] for f in load.fulfills})
+        checked = cluster.check_ledger()
+        if checked.returncode != 0:
+            problems.append("check_ledger: " + (checked.stdout + checked.stderr)[-500:])
+
+        # The killed Daphne back (as a supervisor would), and one payment through it.
+        cluster.script("revive")
+        again = asyncio.run(_one_payment(cluster, token, victim_port, args))
+        if again is None:
+            problems.append(f"the revived {victim_name} did not fulfil a payment")
+        else:
+            left_again, _ = _wait_applied(db_url, 30)
+            if left_again:
+                problems.append("the revived Daphne's receipt was not applied")
+            problems += _exactly_once(db_url, [(again, args.amount)])
+        checked_again = cluster.check_ledger()
+        if checked_again.returncode != 0:
+            problems.append("check_ledger after the revival: " + checked_again.stdout[-500:])
+    finally:
+        cluster.stop()
+    before, after = load.fulfilled(False), load.fulfilled(True)
+    report.update(
+        {
+            "fulfilled_before_kill": before,
+            "fulfilled_after_kill": after,
+            "after_kill_by_daphne": {
+                f"daphne-{i + 1}": after_by_port[p] for i, p in enumerate(cluster.ports)
+            },
+            "payments_per_s_before": round(before / load.seconds[False], 1)
+            if load.seconds[False]
+            else None,
+            "payments_per_s_after": round(after / load.seconds[True], 1)
+            if load.seconds[True]
+            else None,
+            "p50_ms_before": _quantile(load.latencies[False], 0.5),
+            "p99_ms_before": _quantile(load.latencies[False], 0.99),
+            "p50_ms_after": _quantile(load.latencies[True], 0.5),
+            "p99_ms_after": _quantile(load.latencies[True], 0.99),
+            "rejected": load.rejected,
+            "transport_errors": {str(p): n for p, n in load.transport_errors.items()},
+            "http_errors": {str(c): n for c, n in load.http_errors.items()},
+            "retried": load.retried,
+            "gave_up": load.gave_up,
+            "receipts_unseen_by_sender": unseen,
+            "unapplied_at_end_of_load": int(unapplied_at_end),
+            "unapplied_after_recovery": left,
+            "recovery_s": round(waited, 1),
+            "revived_payment": again is not None,
+            "check_ledger": checked.returncode,
+        }
+    )
+    if after == 0:
+        problems.append("nothing was fulfilled after the kill")
+    if load.gave_up:
+        problems.append(f"{load.gave_up} payments found no Daphne in {args.attempts} attempts")
+    report["ok"] = not problems
+    report["problems"] = problems
+    print(json.dumps(report))
+    return 0 if not problems else 1
+
+
+def _exactly_once(db_url: str, fulfills: list[tuple[str, int]]) -> list[str]:
+    """Every Fulfill the sender holds is one receipt of ``receiver:bob`` for its amount, with
+    one posting on the peer (the packet's key) and one on the receiver (``receipt:<receipt
+    key>``); the accounts' balances are the receipts' sum."""
+    receipts: dict[str, list[tuple[str, int, bool]]] = {}
+    for payment_id, key, amount, applied in _sql(
+        db_url,
+        "SELECT r.payment_id, r.key, r.amount, r.applied_at IS NOT NULL FROM payments_receipt r "
+        "JOIN payments_ledgeraccount a ON a.id = r.account_id WHERE a.code = 'receiver:bob'",
+    ):
+        receipts.setdefault(payment_id, []).append((key, int(amount), bool(applied)))
+    postings: dict[str, list[tuple[str, int]]] = {}
+    for key, code, amount in _sql(
+        db_url,
+        "SELECT p.key, a.code, p.amount FROM payments_posting p "
+        "JOIN payments_ledgeraccount a ON a.id = p.account_id "
+        "WHERE a.code IN ('peer:oer', 'receiver:bob')",
+    ):
+        postings.setdefault(key, []).append((code, int(amount)))
+    problems: list[str] = []
+    wrong = 0
+    for payment_id, amount in fulfills:
+        rows = receipts.get(payment_id, [])
+        if len(rows) != 1 or rows[0][1] != amount:
+            wrong += 1
+            continue
+        key = rows[0][0]
+        # The peer's posting has the packet's key; the receipt's is that key under a prefix
+        # saying where its payment id came from ("psk2:<packet key>", receivers.addresses).
+        peer = [postings.get(k) for k in {key, key.partition(":")[2]} if k in postings]
+        if peer != [[("peer:oer", -amount)]] or postings.get(f"receipt:{key}") != [
+            ("receiver:bob", amount)
+        ]:
+            wrong += 1
+    if wrong:
+        problems.append(f"{wrong} of {len(fulfills)} Fulfills are not exactly one posting each")
+    total = sum(r[1] for rows in receipts.values() for r in rows)
+    balances = dict(
+        _sql(
+            db_url,
+            "SELECT code, balance FROM payments_ledgeraccount "
+            "WHERE code IN ('peer:oer', 'receiver:bob')",
+        )
+    )
+    if int(balances.get("peer:oer", 0)) != -total or int(balances.get("receiver:bob", 0)) != total:
+        problems.append(f"balances {balances} are not -/+ the receipts' sum {total}")
+    return problems
+
+
+def _receipts_unseen(db_url: str, seen: set[str]) -> int:
+    """Receipts the sender never saw a Fulfill for: committed by the killed Daphne, whose
+    reply died with it (the sender paid again with a new payment: the receiver has both)."""
+    rows = _sql(
+        db_url,
+        "SELECT r.payment_id FROM payments_receipt r "
+        "JOIN payments_ledgeraccount a ON a.id = r.account_id WHERE a.code = 'receiver:bob'",
+    )
+    return sum(1 for (payment_id,) in rows if payment_id not in seen)
+
+
+async def _one_payment(
+    cluster: Cluster, token: str, port: int, args: argparse.Namespace
+) -> str | None:
+    """One payment through ``port`` only: its payment id when fulfilled."""
+    import httpx
+
+    result = KillLoad()
+    async with httpx.AsyncClient(timeout=30) as client:
+        spsp = await _spsp(client, f"http://127.0.0.1:{port}/bob")
+        single = argparse.Namespace(**{**vars(args), "attempts": 1})
+        await _pay_retrying(client, [port], 0, token, spsp, single, result, lambda: True)
+    return result.fulfills[0][0] if result.fulfills else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="check", required=True)
@@ -273,9 +657,24 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--min-balance", type=int, default=-20000)
     c.add_argument("--usable", type=float, default=0.9)
     c.add_argument("--shared", action=argparse.BooleanOptionalAction, default=True)
+    k = sub.add_parser(
+        "kill", help="kill -9 one Daphne mid-load: the others carry on, nothing is lost"
+    )
+    k.add_argument("--daphnes", type=int, default=3)
+    k.add_argument("--victim", type=int, default=2, help="which Daphne is killed (1-based)")
+    k.add_argument("--concurrency", type=int, default=30)
+    k.add_argument("--amount", type=int, default=10)
+    k.add_argument("--min-balance", type=int, default=-(10**15))
+    k.add_argument("--kill-after", type=int, default=1000, help="Fulfills before the kill")
+    k.add_argument("--after-kill", type=int, default=1000, help="Fulfills after the kill")
+    k.add_argument("--attempts", type=int, default=5, help="endpoints tried per payment")
+    k.add_argument("--max-seconds", type=float, default=180)
+    k.add_argument("--recovery-seconds", type=float, default=60)
     args = parser.parse_args(argv)
     if args.check == "credit":
         return credit(args)
+    if args.check == "kill":
+        return kill(args)
     return 2
 
 

@@ -76,6 +76,13 @@ cluster-status:
 cluster-interop: install
 	bash scripts/cluster.sh interop
 
+# Multi-process checks on clusters of their own (scripts/cluster_checks.py; needs DATABASE_URL
+# on PostgreSQL and REDIS_URL): a tight credit limit under load from 3 Daphnes, then kill -9 of
+# one Daphne mid-load.
+cluster-checks: install
+	$(BIN)/python scripts/cluster_checks.py credit
+	$(BIN)/python scripts/cluster_checks.py kill
+
 # Node vs the JS reference, same run, per shape (scripts/bench.sh): BENCH_SHAPE=both|embedded|postgres
 # (postgres starts its own Postgres + Redis + a Celery worker), BENCH_N=10000, BENCH_C=50,
 # BENCH_PROFILE=1 (py-spy + pg_stat_statements). Under the interop lock: fixed ports.

@@ -1,10 +1,10 @@
 """How ``payments`` sends a Prepare out without importing ``links`` (the glue of sending).
 
 The import direction is ``ilp`` ← ``payments`` ← ``receivers`` ← ``links``, so the
-payments runner (:mod:`payments.outgoing`) only knows a port: a *sender opener*,
-``open_sender(route) -> async context manager yielding a Sender``, looked up by dotted
-path on first use (``settings.ILP_SENDER_OPENER``, default this module's
-:func:`open_sender`; tests may ``payments.outgoing.set_sender_opener``).
+payments runner (:mod:`payments.sending`) only knows a port (:mod:`payments.sending.port`):
+a *sender opener*, ``open_sender(route) -> async context manager yielding a Sender``,
+which ``links``' AppConfig wires at start-up (``wire_sender_opener(open_sender)``; tests
+may ``payments.sending.set_sender_opener``).
 
 :func:`open_sender` gives one of two senders:
 
@@ -19,7 +19,7 @@ path on first use (``settings.ILP_SENDER_OPENER``, default this module's
   Otherwise opening fails with ``SendFailed`` (T01). The payments side books the money
   on ``peer_account``.
 * :class:`SwitchSender` (no via peer): into this process's packet switch as the local
-  source ``payments.outgoing.SWITCH_SOURCE_NAME`` whose account is the payment's source
+  source ``payments.sending.SWITCH_SOURCE_NAME`` whose account is the payment's source
   account. The switch routes (our own receivers, or the routing table) and books the
   money itself; :meth:`SwitchSender.source_keys` names the posting keys it uses.
 
@@ -29,10 +29,10 @@ links are; Celery workers and commands run their own loop and dial what they nee
 
 Circular payments come back to ``<node>.circular.<token>``:
 :func:`register_local_destinations` registers :func:`circular_handler` (which hands them to
-``payments.outgoing_circular.circular_receive``) as the switch's local handler of the
-``circular`` segment. ``links.switch.get_switch`` should call it on the switch it builds;
-:func:`open_sender` also does, on the process's switch, so a process that sends circular
-payments always takes them back.
+``payments.sending.circular.circular_receive``) as the switch's local handler of the
+``circular`` segment. The switch the node runtime builds has it (``links.switch``);
+:func:`open_sender` also registers it, on the process's switch, so a process that sends
+circular payments always takes them back.
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ async def open_sender(route: Route) -> AsyncIterator[PeerSender | SwitchSender]:
     """The sender for ``route`` (see the module docstring); closes what it opened.
 
     A switch this call had to build (a command or worker process) is reset on exit when
-    no link is left in the process, like ``receivers.sending.LocalSwitchSender``.
+    no link is left in the process.
     """
     had_switch = peek_switch() is not None
     client: object | None = None

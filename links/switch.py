@@ -89,12 +89,12 @@ from links.peers import PeerContext
 from links.registry import OutgoingLink
 from links.routing import LOCAL_HOP, RoutingTable, receivers_prefix, static_routes
 from payments.errors import AccountNotLoaded, BalanceLimitExceeded
-from payments.ledger import PostingDraft, ReceiptDraft
+from payments.ledger import PostingDraft, ReceiptDraft, node_account
 from payments.ledger.shared import HoldDraft
 
 log = logging.getLogger(__name__)
 
-FEE_ACCOUNT = "node:fees"
+FEE_ACCOUNT = node_account("fees")
 PPM = 1_000_000
 RECENT_FULFILLS_MAX = 100_000
 # The memo of a forwarded packet's ``<key>:in`` posting from an HTTP-OER-ASYNC source:

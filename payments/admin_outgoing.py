@@ -14,6 +14,7 @@ from django import forms
 from django.contrib import admin
 from django.http import HttpRequest
 
+from ilp.oer import UINT64_MAX
 from payments.errors import PaymentsError
 from payments.models import LedgerAccount
 from payments.models_outgoing import CircularPayment, OutgoingChunk, OutgoingPayment
@@ -69,8 +70,8 @@ class OutgoingPaymentForm(forms.ModelForm):  # type: ignore[type-arg]
     form errors) under the form's idempotency key."""
 
     request_key = forms.CharField(widget=forms.HiddenInput, required=False)
-    amount = forms.IntegerField(min_value=1, max_value=2**64 - 1)
-    max_source_amount = forms.IntegerField(min_value=1, max_value=2**64 - 1, required=False)
+    amount = forms.IntegerField(min_value=1, max_value=UINT64_MAX)
+    max_source_amount = forms.IntegerField(min_value=1, max_value=UINT64_MAX, required=False)
 
     class Meta:
         model = OutgoingPayment
@@ -209,7 +210,7 @@ class OutgoingPaymentAdmin(_PaymentBase):
 
 class CircularPaymentForm(forms.ModelForm):  # type: ignore[type-arg]
     request_key = forms.CharField(widget=forms.HiddenInput, required=False)
-    amount_out = forms.IntegerField(min_value=1, max_value=2**64 - 1)
+    amount_out = forms.IntegerField(min_value=1, max_value=UINT64_MAX)
     source = forms.CharField(initial=OPERATOR_ACCOUNT, help_text="ledger account that pays")
 
     class Meta:

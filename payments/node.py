@@ -4,8 +4,9 @@
 book, link registry and ownership, supervisor, recovery sweeps). The layers below it
 (``payments``, ``receivers``, ``links``) must not import it, so they reach the current
 runtime through :func:`runtime`, which calls the provider named by
-``settings.ILP_RUNTIME_PROVIDER`` (default ``interledger_site.runtime.current``) — the
-same dotted-path port as ``ILP_SENDER_OPENER``. Accessors such as
+``settings.ILP_RUNTIME_PROVIDER`` (default ``interledger_site.runtime.current``), looked
+up once by dotted path (sending's port is wired instead: :mod:`payments.sending.port`).
+Accessors such as
 ``links.switch.get_switch`` are thin delegates to it.
 """
 

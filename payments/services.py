@@ -38,14 +38,13 @@ from payments.errors import (
     WebhookNotFound,
 )
 from payments.ledger import (
-    _ACCOUNT_FIELDS,
     MAX_KEY_LENGTH,
-    _cursor,
     ensure_account,
     node_equity_account,
     peek_book,
     post_in_transaction,
 )
+from payments.ledger.sql import _ACCOUNT_FIELDS, _cursor
 from payments.models import (
     IncomingPayment,
     LedgerAccount,

@@ -37,20 +37,13 @@ from payments.ledger.accounts import (
     peer_account,
     receiver_account,
 )
-from payments.ledger.applier import APPLY_PUBLISH_RETRY, SWEEP_CHUNK, ReceiptApplier
-from payments.ledger.book import AccountSnapshot, BalanceBook, ReceiptSink
-from payments.ledger.drafts import (
-    MAX_CODE_LENGTH,
-    MAX_KEY_LENGTH,
-    MAX_MEMO_LENGTH,
-    MAX_PAYMENT_ID_BYTES,
-    MAX_RECEIPT_KEY_LENGTH,
-    UINT32_MAX,
-    PostingDraft,
-    ReceiptDraft,
+from payments.ledger.applier import APPLY_PUBLISH_RETRY, ReceiptApplier
+from payments.ledger.book import BalanceBook
+from payments.ledger.drafts import MAX_KEY_LENGTH, PostingDraft, ReceiptDraft
+from payments.ledger.runtime import (
+    _queue_apply_receipts as _queue_apply_receipts,
 )
 from payments.ledger.runtime import (
-    PROCESS_RECEIPTS,
     get_applier,
     get_book,
     new_applier,
@@ -59,49 +52,18 @@ from payments.ledger.runtime import (
     reset_book,
     wait_receipts_applied,
 )
-from payments.ledger.runtime import (
-    _queue_apply_receipts as _queue_apply_receipts,
-)
-from payments.ledger.sql import (
-    _ACCOUNT_FIELDS as _ACCOUNT_FIELDS,
-)
-from payments.ledger.sql import (
-    INSERT_CHUNK,
-    POSTING_COLUMNS,
-    RECEIPT_COLUMNS,
-    SQLITE_WRITE_LOCK,
-    PostResult,
-    post_in_transaction,
-)
-from payments.ledger.sql import (
-    _cursor as _cursor,
-)
-from payments.ledger.writer import BookStats
+from payments.ledger.sql import SQLITE_WRITE_LOCK, post_in_transaction
 
 __all__ = [
     "APPLY_PUBLISH_RETRY",
-    "INSERT_CHUNK",
     "INT64_MAX",
-    "MAX_CODE_LENGTH",
     "MAX_KEY_LENGTH",
-    "MAX_MEMO_LENGTH",
-    "MAX_PAYMENT_ID_BYTES",
-    "MAX_RECEIPT_KEY_LENGTH",
-    "POSTING_COLUMNS",
-    "PROCESS_RECEIPTS",
-    "RECEIPT_COLUMNS",
     "SQLITE_WRITE_LOCK",
-    "SWEEP_CHUNK",
-    "UINT32_MAX",
     "UINT64_MAX",
-    "AccountSnapshot",
     "BalanceBook",
-    "BookStats",
-    "PostResult",
     "PostingDraft",
     "ReceiptApplier",
     "ReceiptDraft",
-    "ReceiptSink",
     "ensure_account",
     "get_applier",
     "get_book",

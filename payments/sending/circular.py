@@ -27,6 +27,7 @@ from ilp.conditions import sha256
 from ilp.packet import Fulfill, Prepare, Reject, Reply
 from payments.errors import BalanceLimitExceeded, PaymentsError
 from payments.ledger import PostingDraft, ensure_account, get_book
+from payments.ledger.accounts import PEER_PREFIX
 from payments.ledger.shared import HoldDraft
 from payments.models import LedgerAccount
 from payments.models_outgoing import CircularPayment
@@ -385,10 +386,12 @@ async def _circular_receive(
     amount = prepare.amount
     if amount:
         try:
-            await book.ahold(source_account, amount, packet_key)
+            await book.hold_many(
+                [HoldDraft(source_account, amount, packet_key)], expires_at=prepare.expires_at
+            )
         except BalanceLimitExceeded:
             return _circular_reject("T04", "exceeded maximum balance.")
-    in_peer = source_account.removeprefix("peer:")
+    in_peer = source_account.removeprefix(PEER_PREFIX)
     circular = await _db_circular_arrive(token, amount, in_peer, now)
     if circular is None:
         book.release(packet_key)

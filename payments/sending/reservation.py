@@ -29,7 +29,7 @@ from django.db.models import F, Sum
 from ilp.oer import UINT64_MAX
 from ilp.packet import Reject
 from payments.errors import BalanceLimitExceeded, PaymentsError
-from payments.ledger import PostingDraft, get_book
+from payments.ledger import PostingDraft, get_book, node_account
 from payments.ledger.shared import HoldDraft
 from payments.models import LedgerAccount
 from payments.models_outgoing import CircularPayment, OutgoingPayment
@@ -51,8 +51,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-OPERATOR_ACCOUNT = "node:operator"
-SUSPENSE_ACCOUNT = "node:suspense"
+OPERATOR_ACCOUNT = node_account("operator")
+SUSPENSE_ACCOUNT = node_account("suspense")
 COMMIT_ATTEMPTS = 5
 
 

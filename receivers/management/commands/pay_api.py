@@ -26,7 +26,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from interledger_site.celery import app as celery_app
 from payments.errors import PaymentsError
-from payments.ledger import reset_book
+from payments.ledger import receiver_account, reset_book
 from payments.models_outgoing import OutgoingPayment
 from payments.sending import OPERATOR_ACCOUNT, RunOptions
 from payments.sending.handoff import (
@@ -44,7 +44,7 @@ from receivers.paid_client import PaymentRunner, http_ilp_call
 
 def account_code(value: str) -> str:
     """``alice`` → ``receiver:alice``; codes with a kind prefix are kept."""
-    return value if ":" in value else f"receiver:{value}"
+    return value if ":" in value else receiver_account(value)
 
 
 class Command(BaseCommand):

@@ -2,10 +2,12 @@
 
 Encodes and decodes a realistic Prepare (a 66-byte ``test.sut.receivers.bob.<token>``
 destination and 200 bytes of data), a Fulfill and a Reject, plus the BTP frames that
-carry them, for about a second each, and prints operations per CPU second. Then it runs
-the same work in node with ilp-packet 3.1.3 and btp-packet 2.2.1 (installed on first
-use into ``.bench/`` at the project root) and prints our/their ratio, after checking
-that both sides encode byte for byte the same. Without node or the packages it prints
+carry them, and a STREAM money packet and its reply (plaintext codec, and encryption +
+encoding / decryption + decoding), for about a second each, and prints operations per CPU
+second. Then it runs the same work in node with ilp-packet 3.1.3, btp-packet 2.2.1 and
+ilp-protocol-stream 2.7.2-alpha.3 (installed on first use into ``.bench/`` at the project
+root) and prints our/their ratio, after checking that both sides encode byte for byte the
+same. Without node or the packages it prints
 our numbers and says why the ratio is missing. Nothing here asserts a timing.
 """
 
@@ -40,7 +42,7 @@ from ilp.packet import (
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 NPM_DIR = PROJECT_ROOT / ".bench"
-NPM_PACKAGES = ("ilp-packet@3.1.3", "btp-packet@2.2.1")
+NPM_PACKAGES = ("ilp-packet@3.1.3", "btp-packet@2.2.1", "ilp-protocol-stream@2.7.2-alpha.3")
 JS_SCRIPT = Path(__file__).resolve().parent / "bench_js.js"
 REQUEST_ID = 0x5EED1234
 WARM_UP_SHARE = 0.2
@@ -100,7 +102,79 @@ def python_operations(work: Workload) -> dict[str, Operation]:
             "btp response decode": lambda: btp.decode_btp(response_bytes),
         }
     )
+    ops.update(stream_operations())
     return ops
+
+
+# A STREAM money packet as a sender's first Prepare carries it, and the receiver's Fulfill.
+STREAM_SECRET = bytes(range(200, 232))
+STREAM_SOURCE = "test.sender.connector.5f1a0d9c7be24e6f"
+
+
+def stream_packets() -> tuple[Any, Any]:
+    from ilp.stream.frames import (
+        ConnectionAssetDetailsFrame,
+        ConnectionNewAddressFrame,
+        StreamMaxMoneyFrame,
+        StreamMoneyFrame,
+    )
+    from ilp.stream.packet import StreamPacket, StreamPacketType
+
+    prepare = StreamPacket(
+        7,
+        StreamPacketType.PREPARE,
+        1000,
+        (
+            ConnectionNewAddressFrame(STREAM_SOURCE),
+            ConnectionAssetDetailsFrame("XRP", 9),
+            StreamMoneyFrame(1, 1),
+        ),
+    )
+    reply = StreamPacket(
+        7, StreamPacketType.FULFILL, 1000, (StreamMaxMoneyFrame(1, 2**64 - 1, 5000),)
+    )
+    return prepare, reply
+
+
+class _IvPool:
+    """12-byte IVs cut from one ``os.urandom`` read, as the node's STREAM receiver does
+    (node's side pays ``crypto.randomBytes(12)`` per packet, what ilp-protocol-stream does)."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._at = 0
+
+    def __call__(self) -> bytes:
+        if self._at >= len(self._buffer):
+            import os
+
+            self._buffer, self._at = os.urandom(12 * 512), 0
+        self._at += 12
+        return self._buffer[self._at - 12 : self._at]
+
+
+def stream_operations() -> dict[str, Operation]:
+    """STREAM packet codec and the encryption envelope: the node's side of ilp-protocol-stream's
+    ``Packet._serialize`` / ``_deserializeUnencrypted`` and ``serializeAndEncrypt`` /
+    ``decryptAndDeserialize``."""
+    try:
+        from ilp.stream.crypto import decrypt_packet, encrypt_packet
+        from ilp.stream.packet import decode_stream_packet, encode_stream_packet
+    except ImportError:  # pragma: no cover - cryptography missing
+        return {}
+    prepare, reply = stream_packets()
+    prepare_bytes = encode_stream_packet(prepare)
+    reply_bytes = encode_stream_packet(reply)
+    iv = _IvPool()
+    sealed = encrypt_packet(STREAM_SECRET, prepare, iv())
+    return {
+        "stream prepare encode": lambda: encode_stream_packet(prepare),
+        "stream prepare decode": lambda: decode_stream_packet(prepare_bytes),
+        "stream reply encode": lambda: encode_stream_packet(reply),
+        "stream reply decode": lambda: decode_stream_packet(reply_bytes),
+        "stream encrypt": lambda: encrypt_packet(STREAM_SECRET, prepare, iv()),
+        "stream decrypt": lambda: decrypt_packet(STREAM_SECRET, sealed),
+    }
 
 
 def ops_per_second(
@@ -205,7 +279,13 @@ def run_node(work: Workload, seconds: float, *, with_btp: bool) -> NodeRun | str
     problem = install_npm_packages()
     if problem is not None:
         return problem
-    request = {**_packet_json(work), "seconds": seconds, "requestId": REQUEST_ID, "btp": with_btp}
+    request = {
+        **_packet_json(work),
+        "seconds": seconds,
+        "requestId": REQUEST_ID,
+        "btp": with_btp,
+        "stream": {"secret": STREAM_SECRET.hex(), "source": STREAM_SOURCE},
+    }
     result = subprocess.run(
         [node, str(JS_SCRIPT)],
         input=json.dumps(request),

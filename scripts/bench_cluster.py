@@ -242,7 +242,10 @@ def _load_phase(
     senders = sum(v for k, v in cpu.items() if k.startswith("sender"))
     phase.cpu = {k: v for k, v in cpu.items() if not k.startswith("sender")}
     phase.cpu["senders"] = senders
-    busy = [k for k, v in phase.cpu.items() if k.startswith("daphne") and v > 0.1 * phase.seconds]
+    # Spread: each link on its own Daphne, so as many Daphnes carry at least half an even share.
+    daphne_cpu = {k: v for k, v in phase.cpu.items() if k.startswith("daphne")}
+    even = sum(daphne_cpu.values()) / links
+    busy = [k for k, v in daphne_cpu.items() if v >= 0.5 * even]
     if len(busy) < links:
         phase.problems.append(f"{links} links but only {len(busy)} Daphne(s) busy: {busy}")
         phase.ok = False

@@ -27,8 +27,12 @@ Our requests (:meth:`send_prepare`) use fresh random request ids, wait until the
 Prepare's expiry (then a local R00) and fail with T01 when the connection goes away. On
 a BTP/2.0-I link the outbox belongs to the peer, not the socket: requests are resent
 byte-identical with backoff (1 s doubling to 8 s) and at once after a reconnect, until
-answered or expired (btp.md §7.2). Replies we give on a BTP/2.0-I link are made durable
-before they are sent (:mod:`links.idempotency`).
+answered or expired (btp.md §7.2); with several processes the requests pending when its
+connection is lost follow the peer to the process it reconnects to (see "the outbox
+follows the peer" below). Replies we give on a BTP/2.0-I link are made durable before
+they are sent, and a request another process of the node has seen is replayed from there,
+never processed twice (:mod:`links.idempotency`). The outboxes belong to the node
+runtime (:class:`PeerOutboxes`).
 
 Nothing here queries the database per packet.
 """
@@ -724,7 +728,11 @@ class BtpLink:
         if record is None or record.reply is not None:
             return False
         quota = self.peer.limits.replay_quota if self.peer is not None else 0
-        verdict, stored = await idempotency.claim(self.peer_name, record, quota, deadline)
+        try:
+            verdict, stored = await idempotency.claim(self.peer_name, record, quota, deadline)
+        except Exception:  # this process's memory alone, as without Redis
+            log.exception("BTP %s: shared claim of %d failed", self.label, request_id)
+            return False
         if verdict is Verdict.NEW:
             return False
         now = datetime.now(UTC)

@@ -213,8 +213,9 @@ async def claim(
     if shared is None:
         return Verdict.NEW, None
     now = datetime.now(UTC)
-    until = (deadline if deadline is not None else now + SIDE_IN_PROGRESS) + IN_PROGRESS_MARGIN
-    ttl_ms = int((min(until, now + PREPARE_HORIZON) - now).total_seconds() * 1000)
+    # min() first: a peer's far-future expiry (year 9999) must not overflow.
+    end = now + SIDE_IN_PROGRESS if deadline is None else min(deadline, now + PREPARE_HORIZON)
+    ttl_ms = int((end - now + IN_PROGRESS_MARGIN).total_seconds() * 1000)
     try:
         return await shared.claim(
             peer_name, record.request_id, record.digest, quota, max(ttl_ms, 1_000)

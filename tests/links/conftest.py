@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -75,9 +76,24 @@ def _reset_state() -> None:
 
     registry.current().clear()
     idempotency.reset()
+    _isolate_shared_state()
     activity.cancel()
     activity._connection.clear()
     activity._last_packet.clear()
+
+
+def _isolate_shared_state() -> None:
+    """With Redis, this test's node keeps its BTP/2.0-I replays and limits apart from
+    other tests' (the same peer names and request ids, one database name)."""
+    from payments.node import runtime
+
+    rt = runtime()
+    tag = f"~{uuid.uuid4().hex[:12]}:"
+    stores: list[Any] = [rt.replay.shared, rt.limiter]
+    for store in stores:
+        prefix = getattr(store, "prefix", None)
+        if isinstance(prefix, str) and "~" not in prefix:
+            store.prefix = prefix + tag
 
 
 @pytest.fixture(autouse=True)

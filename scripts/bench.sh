@@ -62,6 +62,13 @@ ticks() {  # utime+stime of the given pids and their children, in clock ticks
   done
   echo "$total"
 }
+# The ledger writer's batches (the node's /metrics: count, commits, seconds), for the deltas
+# around a load: "batches commits seconds".
+writer_stats() {
+  curl -fs -m 5 "http://127.0.0.1:$PORT/metrics" 2>/dev/null | awk '
+    /^ilp_ledger_batch_seconds_count / {n=$2} /^ilp_ledger_batch_size_sum / {c=$2}
+    /^ilp_ledger_batch_seconds_sum / {s=$2} END {printf "%d %d %.6f\n", n, c, s}' || echo "0 0 0"
+}
 rss_mb() { awk '/VmRSS/ {printf "%d", $2/1024}' "/proc/$1/status" 2>/dev/null || echo "?"; }
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
@@ -152,7 +159,9 @@ for shape in $SHAPES; do
       fi
       sleep 0.5
     fi
+    w0=$(writer_stats)
     run_load "" "$dir/node-$round.json" "${node_groups[@]}"
+    echo "$w0 $(writer_stats)" >"$dir/node-$round.json.writer"
     # shellcheck disable=SC2086  # SPY: the py-spy pids
     if [ -n "$SPY" ]; then kill -INT $SPY 2>/dev/null || true; wait $SPY 2>/dev/null || true; fi
     if [ "${BENCH_PROFILE:-0}" = 1 ] && [ "$shape" = postgres ]; then
@@ -211,6 +220,12 @@ for line in open(f"{out}/rows.tsv"):
     parts = ", ".join(f"{k} {v / done_n:.2f}" for k, v in nodecpu.items())
     total = sum(nodecpu.values()) / done_n
     extra.append(f"  {shape} r{round_} CPU ms/payment: node: {parts} (total {total:.2f}); reference: standin {refcpu['standin'] / ref_n:.2f}")
+    try:
+        n0, c0, s0, n1, c1, s1 = (float(x) for x in open(node_p + ".writer").read().split())
+        if n1 > n0:
+            extra.append(f"  {shape} r{round_} ledger writer: {int(n1 - n0)} batches, {(c1 - c0) / (n1 - n0):.1f} commits each, {1000 * (s1 - s0) / (n1 - n0):.2f} ms per transaction (busy {100 * (s1 - s0) * (m.get('payments_per_sec') or 0) / max(done_n, 1):.0f}% of the load)")
+    except (OSError, ValueError):
+        pass
     if not node["ok"]:
         extra.append(f"  {shape} r{round_} node FAIL: {node['detail']}")
     if not ref["ok"]:

@@ -460,6 +460,17 @@ class BalanceBook:
         except Exception:
             logger.exception("ledger: shared credit not told of a commit (holds expire)")
 
+    def mirror_outcome_on_loop(self, args: _MirrorArgs | None) -> None:
+        """:meth:`mirror_outcome` on the event loop that waited for the batch: its ops ride
+        that loop's next shared-credit call (no round trip of their own, none in the
+        writer thread, whose next batch therefore starts at once)."""
+        if self.shared is None or args is None:
+            return
+        try:
+            self.shared.commit(*args)
+        except Exception:
+            logger.exception("ledger: shared credit not told of a commit (holds expire)")
+
     def balance(self, account_code: str) -> int:
         """The committed balance (positive = we owe them); holds are not included."""
         self._require_loaded(account_code)
@@ -855,10 +866,11 @@ class BalanceBook:
                     self._ids.clear()  # in case an account id we cached is gone
                 _heal_connection()
         if defer_apply:
-            # The writer makes the Redis call once the loop has the results (writer's
-            # _drain): a Fulfill waits for the durable COMMIT only, not for a round trip to
-            # Redis too. Until the call the mirror keeps the old balance and the holds:
-            # conservative (less room for a moment), never counted twice.
+            # The loop that waits for the batch queues the Redis ops into its next
+            # shared-credit call once it has the results (writer's _deliver): a Fulfill
+            # waits for the durable COMMIT only, the writer for no Redis round trip. Until
+            # that call the mirror keeps the old balance and the holds: conservative (less
+            # room for a moment), never counted twice.
             outcome.mirror = self._mirror_args(outcome)
             self._deferred = outcome
         else:

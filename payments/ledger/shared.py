@@ -29,12 +29,14 @@ start over never meets an older mirror; the ``epoch`` key is the prefix's alone)
 **Who writes what.** A hold group (the source's debit hold and the next hop's credit hold of
 one packet) is checked and taken together: both or neither (:meth:`SharedCredit.hold`).
 Holds are batched per event-loop iteration: every group and release queued while one
-script call is in flight goes in the next call (one round trip for many packets). The
-group commit, right after Postgres COMMIT and in the writer thread, sends the new balances
-(with their ``version``; an older version never overwrites a newer one) and releases the
-holds of the committed keys in one script call (:meth:`SharedCredit.commit_sync`): the
-balance moves and the hold goes at the same instant, so nothing is counted twice or not
-at all. Loads and refreshes of accounts (the writer's, and services' after their own
+script call is in flight goes in the next call (one round trip for many packets). A
+committed batch sends the new balances (with their ``version``; an older version never
+overwrites a newer one) and releases the holds of the committed keys in one step: on the
+event loop that waited for the batch, as ops of that loop's next script call, ahead of its
+holds (:meth:`SharedCredit.commit`); from a thread without a loop, in a call of its own
+(:meth:`SharedCredit.commit_sync`). The balance moves and the hold goes at the same instant,
+so nothing is counted twice or not at all; until then the mirror has the old balance and the
+hold (less room for a moment, never more). Loads and refreshes of accounts (the writer's, and services' after their own
 commits) update the mirror the same way (:meth:`SharedCredit.seed_sync`).
 
 Failure modes: Redis unreachable on a hold → the hold fails (T04 through the caller's
@@ -371,6 +373,7 @@ class _Stats:
     calls: int = 0
     groups: int = 0
     releases: int = 0
+    commits: int = 0  # committed batches mirrored through the loop's calls
     resyncs: int = 0
     waits: int = 0
     max_ops: int = 0
@@ -385,6 +388,9 @@ class _LoopSide:
     script: Any
     groups: list[_Group] = field(default_factory=list)
     releases: list[tuple[int, str]] = field(default_factory=list)
+    # Committed batches' ops ("B" balances, "R" ends of holds), oldest first: they ride the
+    # next call, ahead of its releases and holds.
+    commits: list[list[str]] = field(default_factory=list)
     runner: asyncio.Task[None] | None = None
     keeper: asyncio.Task[None] | None = None
     # Set to stop the keeper between calls: cancelling redis-py's asyncio client in the
@@ -477,13 +483,30 @@ class SharedCredit:
         id, key)`` the commit turned into postings, in one call (one atomic step in Redis).
         A failure is logged: the holds then stay until they expire (conservative) and the
         next refresh brings the balance."""
-        ops: list[str] = []
-        for pk, balance, version in balances:
-            ops += ["B", str(pk), *limbs(balance), str(version)]
-        for pk, key in released:
-            ops += ["R", str(pk), key]
+        ops = _commit_ops(balances, released)
         if ops and self.scope:
             self._call_adopting(ops, "commit not mirrored (holds expire)")
+
+    def commit(
+        self, balances: Sequence[tuple[int, int, int]], released: Sequence[tuple[int, str]]
+    ) -> None:
+        """:meth:`commit_sync` from the event loop, without a call of its own: the ops go
+        into the loop's next script call (with the holds and releases queued meanwhile, in
+        commit order, ahead of them: one atomic step per batch still). No round trip in the
+        writer thread, none more on the loop. Without a running loop, or once closed:
+        :meth:`commit_sync`."""
+        ops = _commit_ops(balances, released)
+        if not ops or not self.scope:
+            return
+        try:
+            side = None if self._closed else self._side()
+        except RuntimeError:  # no running loop
+            side = None
+        if side is None:
+            self._call_adopting(ops, "commit not mirrored (holds expire)")
+            return
+        side.commits.append(ops)
+        self._kick(side)
 
     def _call_adopting(self, ops: list[str], failure: str) -> bool:
         # A new epoch met here (a fresh book, or Redis lost its data): adopt it (this
@@ -505,13 +528,18 @@ class SharedCredit:
         is loaded through ``load_missing_sync``); during a rebuild's grace it blocks until
         the grace ends (at most ``grace_ms``, only after Redis lost its data)."""
         ops = ["G", str(len(holds))] + [a for h in holds for a in h.argv()]
-        # Releases this loop queued go first, in the same call: a sync caller that released
-        # then holds again sees its room back, as with the in-memory book.
+        # Commits and releases this loop queued go first, in the same call: a sync caller
+        # that released then holds again sees its room back, as with the in-memory book.
         with contextlib.suppress(RuntimeError):
             side = self._sides.get(asyncio.get_running_loop())
-            if side is not None and side.releases:
+            if side is not None and (side.releases or side.commits):
                 queued, side.releases = side.releases, []
-                ops = [a for pk, key in queued for a in ("R", str(pk), key)] + ops
+                commits, side.commits = side.commits, []
+                ops = (
+                    [a for c in commits for a in c]
+                    + [a for pk, key in queued for a in ("R", str(pk), key)]
+                    + ops
+                )
         missing_loaded = False
         for _ in range(8):
             try:
@@ -603,7 +631,8 @@ class SharedCredit:
 
     async def _run(self, side: _LoopSide) -> None:
         # One call in flight per loop; what queues meanwhile goes in the next one.
-        while side.groups or side.releases:
+        while side.groups or side.releases or side.commits:
+            commits, side.commits = side.commits[:MAX_OPS], side.commits[MAX_OPS:]
             if self.batch:
                 groups, side.groups = side.groups[:MAX_OPS], side.groups[MAX_OPS:]
                 releases, side.releases = side.releases[:MAX_OPS], side.releases[MAX_OPS:]
@@ -611,9 +640,13 @@ class SharedCredit:
                 groups, side.groups = side.groups[:1], side.groups[1:]
                 releases, side.releases = side.releases[:1], side.releases[1:]
             try:
-                await self._call(side, groups, releases)
+                await self._call(side, groups, releases, commits)
             except Exception as exc:
                 log.warning("shared credit: script call failed: %r", exc)
+                if commits:
+                    log.warning(
+                        "shared credit: %d commits not mirrored (holds expire)", len(commits)
+                    )
                 for g in groups:
                     if not g.future.done():
                         error = BalanceLimitExceeded(
@@ -623,9 +656,13 @@ class SharedCredit:
                         g.future.set_exception(error)
 
     async def _call(
-        self, side: _LoopSide, groups: list[_Group], releases: list[tuple[int, str]]
+        self,
+        side: _LoopSide,
+        groups: list[_Group],
+        releases: list[tuple[int, str]],
+        commits: Sequence[list[str]] = (),
     ) -> None:
-        ops: list[str] = []
+        ops: list[str] = [a for c in commits for a in c]
         for pk, key in releases:
             ops += ["R", str(pk), key]
         for g in groups:
@@ -637,10 +674,12 @@ class SharedCredit:
         self.stats.calls += 1
         self.stats.groups += len(groups)
         self.stats.releases += len(releases)
+        self.stats.commits += len(commits)
         self.stats.max_ops = max(self.stats.max_ops, len(groups) + len(releases))
         status, epoch, ready_in = _text(reply[0]), _text(reply[1]), int(reply[2])
         if status == "E":
             await self._resync(epoch)
+            side.commits[:0] = commits
             side.releases[:0] = releases
             side.groups[:0] = groups
             return
@@ -749,15 +788,31 @@ class SharedCredit:
         await side.client.aclose()
 
     def close(self) -> None:
-        """Stop the keepers (from any thread); clients close with their loops."""
+        """Stop the keepers (from any thread); clients close with their loops. Commits still
+        queued on a loop are sent here (their holds would otherwise wait for their expiry)."""
         self._closed = True
         for side in list(self._sides.values()):
+            commits, side.commits = side.commits, []
+            ops = [a for c in commits for a in c]
+            if ops and self.scope:
+                self._call_adopting(ops, "commit not mirrored (holds expire)")
             if side.keeper is not None:
                 with contextlib.suppress(RuntimeError):  # its loop is closed: nothing runs
                     side.keeper.get_loop().call_soon_threadsafe(side.stop.set)
         if self._sync is not None:
             with contextlib.suppress(Exception):
                 self._sync.close()
+
+
+def _commit_ops(
+    balances: Sequence[tuple[int, int, int]], released: Sequence[tuple[int, str]]
+) -> list[str]:
+    ops: list[str] = []
+    for pk, balance, version in balances:
+        ops += ["B", str(pk), *limbs(balance), str(version)]
+    for pk, key in released:
+        ops += ["R", str(pk), key]
+    return ops
 
 
 def _text(value: Any) -> str:

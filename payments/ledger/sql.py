@@ -134,6 +134,7 @@ def post_in_transaction(
     now: datetime,
     cursor: Any = None,
     receipts: Sequence[tuple[int, str, int, int, str]] = (),
+    commit_locking: Sequence[int] | None = None,
 ) -> PostResult:
     """Insert the postings ``(account_id, amount, key, memo)`` whose key is new; move balances.
 
@@ -152,7 +153,19 @@ def post_in_transaction(
     trip to the server besides the lock and the COMMIT. On SQLite (an in-process library,
     no round trips) one multi-row ``INSERT ... RETURNING`` per table and one ``UPDATE``
     per account in primary-key order.
+
+    ``commit_locking`` (Postgres only; the connection in autocommit, no transaction open):
+    the whole transaction in **one round trip** instead of four (``BEGIN``, the lock, the
+    statement, ``COMMIT``): one simple-protocol query string ``BEGIN; SELECT ... FOR NO KEY
+    UPDATE`` of these account ids in primary-key order ``; WITH ...; COMMIT``. The server
+    runs them in that order (the lock is held before the statement touches a row, as with
+    the separate round trips), and the reply comes after the ``COMMIT``: the batch is
+    durable when this returns. On an error the server skips the rest of the string; the
+    transaction is rolled back here before the error propagates. An account id that no
+    longer exists fails the batch (the foreign keys), as an unknown code does.
     """
+    if commit_locking is not None and connection.vendor != "postgresql":
+        raise ValueError("commit_locking is for Postgres")
     cursor = cursor or _cursor()
     rows: dict[str, tuple[int, int, str, str]] = {}
     for entry in entries:
@@ -165,7 +178,7 @@ def post_in_transaction(
     ]
     receipt_rows = [(*r, stamp) for r in receipts]
     if connection.vendor == "postgresql":
-        return _post_postgres(cursor, posting_rows, receipt_rows, len(rows))
+        return _post_postgres(cursor, posting_rows, receipt_rows, len(rows), commit_locking)
     inserted = _insert_returning(
         cursor, Posting._meta.db_table, POSTING_COLUMNS, posting_rows, returning="key"
     )
@@ -211,6 +224,7 @@ def _post_postgres(
     posting_rows: list[tuple[Any, ...]],
     receipt_rows: list[tuple[Any, ...]],
     submitted: int,
+    commit_locking: Sequence[int] | None = None,
 ) -> PostResult:
     qn = connection.ops.quote_name
     accounts = qn(LedgerAccount._meta.db_table)
@@ -251,7 +265,11 @@ def _post_postgres(
         f"WHERE a.id = d.account_id AND d.delta <> 0 RETURNING a.id, a.balance, a.version)"
     )
     selects.append("SELECT 3, NULL, id, balance, version FROM u")
-    cursor.execute(f"WITH {', '.join(ctes)} {' UNION ALL '.join(selects)}", params)
+    statement = f"WITH {', '.join(ctes)} {' UNION ALL '.join(selects)}"
+    if commit_locking is None:
+        cursor.execute(statement, params)
+    else:
+        _commit_locking(cursor, statement, params, sorted(set(commit_locking)))
     new_keys: set[str] = set()
     new_receipts: list[tuple[int, str]] = []
     balances: dict[int, tuple[int, int]] = {}
@@ -263,6 +281,36 @@ def _post_postgres(
         else:
             balances[int(pk)] = _checked_balance(int(pk), balance, version)
     return PostResult(new_keys, balances, submitted, new_receipts)
+
+
+def _commit_locking(cursor: Any, statement: str, params: list[Any], lock_ids: list[int]) -> None:
+    """``BEGIN; <lock>; <statement>; COMMIT`` in one query string (simple protocol: Django's
+    psycopg cursors bind client-side); leaves the cursor on the statement's rows."""
+    accounts = connection.ops.quote_name(LedgerAccount._meta.db_table)
+    parts = ["BEGIN"]
+    if lock_ids:
+        parts.append(
+            f"SELECT id FROM {accounts} WHERE id IN ({', '.join(['%s'] * len(lock_ids))}) "
+            f"ORDER BY id {connection.ops.for_update_sql(no_key=True)}"
+        )
+    parts += [statement, "COMMIT"]
+    try:
+        cursor.execute("; ".join(parts), [*lock_ids, *params])
+    except BaseException:
+        # The server skipped the rest of the string; an open (failed) transaction is ours.
+        from psycopg.pq import TransactionStatus
+
+        raw = connection.connection
+        if (
+            raw is not None
+            and not raw.closed
+            and raw.info.transaction_status != TransactionStatus.IDLE
+        ):
+            with contextlib.suppress(Exception):
+                raw.execute("ROLLBACK")
+        raise
+    for _ in range(len(parts) - 2):  # BEGIN and the lock's rows: to the statement's
+        cursor.nextset()
 
 
 def _max_balance() -> int:

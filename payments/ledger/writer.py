@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -27,6 +28,8 @@ from payments.ledger import sql
 from payments.ledger.drafts import PostingDraft, ReceiptDraft
 from payments.ledger.sql import _cursor, _sqlite_write_lock
 from payments.models import LedgerAccount
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -73,8 +76,8 @@ class _Outcome:
     balances: dict[int, tuple[int, int]] = field(default_factory=dict)
     jobs: list[_Job] = field(default_factory=list)
     new_receipts: list[ReceiptDraft] = field(default_factory=list)
-    # The shared-credit call of a deferred batch (BalanceBook.mirror_outcome), made by the
-    # writer after it handed the results to the loop.
+    # The shared-credit ops of a deferred batch, sent by the loop that gets the results
+    # (BalanceBook.mirror_outcome_on_loop; by the writer when that loop is gone).
     mirror: Any = None
 
 
@@ -94,6 +97,8 @@ class _Batches(Protocol):
     def apply_outcome(self, outcome: _Outcome) -> None: ...
 
     def mirror_outcome(self, args: Any) -> None: ...
+
+    def mirror_outcome_on_loop(self, args: Any) -> None: ...
 
     def due_for_refresh(self) -> bool: ...
 
@@ -162,8 +167,6 @@ class _LoopWriter:
             except BaseException as exc:  # delivered to the waiters below
                 outer = exc if isinstance(exc, PaymentsError) else CommitFailed(str(exc))
             self._send_results(jobs, outer, outcome)
-            if outcome is not None and outcome.mirror is not None:
-                self.book.mirror_outcome(outcome.mirror)
         self._scheduled = False
         if queue and not self._scheduled:
             # More came in meanwhile. Through the executor's queue, not a loop here:
@@ -187,12 +190,16 @@ class _LoopWriter:
                 pass
         if outcome is not None:  # nobody left to wait: still release holds, move balances
             self.book.apply_outcome(outcome)
+            if outcome.mirror is not None:
+                self.book.mirror_outcome(outcome.mirror)
 
     def _deliver(
         self, jobs: list[_Job], outer: BaseException | None, outcome: _Outcome | None
     ) -> None:
         if outcome is not None:
             self.book.apply_outcome(outcome)
+            if outcome.mirror is not None:
+                self.book.mirror_outcome_on_loop(outcome.mirror)
         for job in jobs:
             fut = job.future
             if fut is None or fut.done():
@@ -271,6 +278,19 @@ def write_batch(
     all_codes = posting_codes | {r.account_code for j in jobs for r in j.receipts}
     now = timezone.now()
     stats.transactions += 1
+    if (
+        connection.vendor == "postgresql"
+        and not connection.in_atomic_block
+        and known_ids.keys() >= all_codes
+    ):
+        return _write_batch_one_trip(
+            jobs,
+            posting_codes,
+            now,
+            stats=stats,
+            known_ids=known_ids,
+            on_new_receipts=on_new_receipts,
+        )
     with _sqlite_write_lock(), transaction.atomic():
         cursor = _cursor()
         # 1. Lock the posting accounts in primary-key order (Postgres). SQLite has no
@@ -326,6 +346,55 @@ def write_batch(
     return outcome
 
 
+def _write_batch_one_trip(
+    jobs: list[_Job],
+    posting_codes: set[str],
+    now: Any,
+    *,
+    stats: BookStats,
+    known_ids: dict[str, int],
+    on_new_receipts: Callable[[list[int]], None] | None,
+) -> _Outcome:
+    """:func:`write_batch` on Postgres when every account id is known: ``BEGIN``, the
+    ordered lock, the statement and ``COMMIT`` in one round trip
+    (``post_in_transaction(commit_locking=...)``). An id gone since it was cached fails
+    the batch (foreign keys); the book's retry then clears the cache and takes the long
+    way, which names the unknown account."""
+    receipt_rows: dict[str, ReceiptDraft] = {}
+    for job in jobs:
+        for r in job.receipts:
+            receipt_rows.setdefault(r.key, r)
+    posted = sql.post_in_transaction(
+        [
+            (known_ids[p.account_code], p.amount, p.key, p.memo)
+            for job in jobs
+            for p in job.postings
+        ],
+        now=now,
+        cursor=_cursor(),
+        receipts=[
+            (known_ids[r.account_code], r.payment_id.hex(), r.sequence, r.amount, r.key)
+            for r in sorted(receipt_rows.values(), key=lambda r: r.key)
+        ],
+        commit_locking=[known_ids[code] for code in posting_codes],
+    )
+    stats.postings_inserted += len(posted.new_keys)
+    stats.postings_skipped += posted.submitted - len(posted.new_keys)
+    new_receipts = posted.new_receipts
+    stats.receipts_inserted += len(new_receipts)
+    stats.receipts_skipped += len(receipt_rows) - len(new_receipts)
+    if new_receipts and on_new_receipts is not None:
+        try:  # committed: like a robust on_commit hook, a failure here fails no commit
+            on_new_receipts(sorted(int(row[0]) for row in new_receipts))
+        except Exception:
+            logger.exception("ledger: handing new receipts to the applier failed")
+    return _Outcome(
+        balances=posted.balances,
+        jobs=list(jobs),
+        new_receipts=[receipt_rows[str(row[1])] for row in new_receipts],
+    )
+
+
 def account_ids(
     cursor: Any, codes: set[str], *, lock: set[str], known: dict[str, int]
 ) -> dict[str, int]:
@@ -345,7 +414,9 @@ def account_ids(
             f"ORDER BY id {connection.ops.for_update_sql(no_key=True)}",
             ordered,
         )
-        ids.update((str(code), int(pk)) for pk, code in cursor.fetchall())
+        locked = {str(code): int(pk) for pk, code in cursor.fetchall()}
+        ids.update(locked)
+        known.update(locked)  # the next batch of these accounts can lock them by id
     # The id cache is read and extended without the book's lock (single dict
     # operations, atomic under the GIL): the writer must not contend with ``hold``.
     for code in codes - ids.keys():

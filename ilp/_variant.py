@@ -24,7 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-COMPILED_MODULES: tuple[str, ...] = ("ilp.oer", "ilp.packet", "ilp.btp")
+COMPILED_MODULES: tuple[str, ...] = ("ilp.oer", "ilp.packet", "ilp.btp", "ilp._stream_read")
 PACKAGE_DIR = Path(__file__).resolve().parent
 MANIFEST = PACKAGE_DIR / "_codec_build.json"
 FORCE_PYTHON_ENV = "ILP_CODEC"

@@ -136,21 +136,17 @@ def stream_packets() -> tuple[Any, Any]:
     return prepare, reply
 
 
-class _IvPool:
-    """12-byte IVs cut from one ``os.urandom`` read, as the node's STREAM receiver does
-    (node's side pays ``crypto.randomBytes(12)`` per packet, what ilp-protocol-stream does)."""
+class _Ivs:
+    """Distinct 12-byte IVs from a counter, one per call: about what the node's IV pool costs
+    (a slice of one ``os.urandom`` read); node's side pays ``crypto.randomBytes(12)`` per
+    packet, as ilp-protocol-stream does. A bench key protects nothing: no randomness here."""
 
     def __init__(self) -> None:
-        self._buffer = b""
-        self._at = 0
+        self._next = 0
 
     def __call__(self) -> bytes:
-        if self._at >= len(self._buffer):
-            import os
-
-            self._buffer, self._at = os.urandom(12 * 512), 0
-        self._at += 12
-        return self._buffer[self._at - 12 : self._at]
+        self._next += 1
+        return self._next.to_bytes(12, "big")
 
 
 def stream_operations() -> dict[str, Operation]:
@@ -165,7 +161,7 @@ def stream_operations() -> dict[str, Operation]:
     prepare, reply = stream_packets()
     prepare_bytes = encode_stream_packet(prepare)
     reply_bytes = encode_stream_packet(reply)
-    iv = _IvPool()
+    iv = _Ivs()
     sealed = encrypt_packet(STREAM_SECRET, prepare, iv())
     return {
         "stream prepare encode": lambda: encode_stream_packet(prepare),

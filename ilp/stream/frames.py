@@ -18,17 +18,14 @@ Writing is always canonical.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, ClassVar, Final, TypeAlias
+from typing import ClassVar, Final, TypeAlias
 
 from ilp.errors import DecodeError, EncodeError
 from ilp.oer import UINT64_MAX, Reader, Writer
 
 __all__ = [
-    "FAST_READERS",
     "FRAME_CLASSES",
     "ConnectionAssetDetailsFrame",
     "ConnectionCloseFrame",
@@ -518,161 +515,5 @@ def read_frame(r: Reader) -> Frame | None:
 _KNOWN: Final = frozenset(FRAME_CLASSES.values())
 
 
-# --- the fast reader ----------------------------------------------------------------------------
-#
-# ``ilp.stream.packet.decode_stream_packet`` tries this first: the common shapes (short-form
-# lengths, VarUInts of 1 to 8 bytes, values in range) read by indexing the plaintext, and the
-# frames built without their ``__post_init__`` checks (what is read here always passes them: a
-# VarUInt of at most 8 bytes is a UInt64, a byte is a UInt8, text decoded with replacement
-# characters encodes as UTF-8). Anything else (a long-form length, a saturating maximum, a
-# truncation, a bad byte) raises ``Irregular`` and the strict reader above decides, so the fast
-# reader accepts a subset of what the strict one accepts and returns the same frames for it
-# (``tests/ilp/test_stream_fast.py`` holds them equal).
-
-
 class Irregular(Exception):
-    """The fast reader met something only the strict reader may judge."""
-
-
-def _var_uint_at(b: bytes, i: int, end: int) -> tuple[int, int]:
-    """The VarUInt at ``b[i]`` (1..8 bytes, short-form length) and the position after it."""
-    if i >= end:
-        raise Irregular
-    n = b[i]
-    j = i + 1 + n
-    if n == 1 and j <= end:
-        return b[i + 1], j
-    if not 1 <= n <= _MAX_VAR_UINT_BYTES or j > end:
-        raise Irregular
-    return int.from_bytes(b[i + 1 : j], "big"), j
-
-
-def _text_at(b: bytes, i: int, end: int) -> tuple[str, int]:
-    if i >= end:
-        raise Irregular
-    j = i + 1 + b[i]
-    if b[i] >= 0x80 or j > end:
-        raise Irregular
-    return b[i + 1 : j].decode("utf-8", "replace"), j
-
-
-def _octets_at(b: bytes, i: int, end: int) -> tuple[bytes, int]:
-    if i >= end:
-        raise Irregular
-    j = i + 1 + b[i]
-    if b[i] >= 0x80 or j > end:
-        raise Irregular
-    return b[i + 1 : j], j
-
-
-def _byte_at(b: bytes, i: int, end: int) -> tuple[int, int]:
-    if i >= end:
-        raise Irregular
-    return b[i], i + 1
-
-
-_new = object.__new__
-
-
-def _setters(cls: type, *names: str) -> tuple[Any, ...]:
-    return tuple(cls.__dict__[name].__set__ for name in names)
-
-
-def _fast_reader(cls: type[Frame], *fields: Callable[[bytes, int, int], tuple[Any, int]]) -> Any:
-    """A reader of ``cls``'s contents from its field readers, storing through the slots."""
-    setters = _setters(cls, *(f.name for f in dataclasses.fields(cls)))
-    if len(fields) == 1:
-        ((read_a,), (set_a,)) = fields, setters
-
-        def one(b: bytes, i: int, end: int) -> Frame:
-            frame = _new(cls)
-            set_a(frame, read_a(b, i, end)[0])
-            return frame
-
-        return one
-    if len(fields) == 2:
-        read_a, read_b = fields
-        set_a, set_b = setters
-
-        def two(b: bytes, i: int, end: int) -> Frame:
-            a, i = read_a(b, i, end)
-            frame = _new(cls)
-            set_a(frame, a)
-            set_b(frame, read_b(b, i, end)[0])
-            return frame
-
-        return two
-    read_a, read_b, read_c = fields
-    set_a, set_b, set_c = setters
-
-    def three(b: bytes, i: int, end: int) -> Frame:
-        a, i = read_a(b, i, end)
-        v, i = read_b(b, i, end)
-        frame = _new(cls)
-        set_a(frame, a)
-        set_b(frame, v)
-        set_c(frame, read_c(b, i, end)[0])
-        return frame
-
-    return three
-
-
-# The frames of every money packet, by hand: one-byte VarUInts inline.
-_SET_MONEY_ID, _SET_MONEY_SHARES = _setters(StreamMoneyFrame, "stream_id", "shares")
-
-
-def _fast_stream_money(b: bytes, i: int, end: int) -> Frame:
-    if i + 3 < end and b[i] == 1 and b[i + 2] == 1:
-        stream_id, shares = b[i + 1], b[i + 3]
-    else:
-        stream_id, i = _var_uint_at(b, i, end)
-        shares = _var_uint_at(b, i, end)[0]
-    frame = _new(StreamMoneyFrame)
-    _SET_MONEY_ID(frame, stream_id)
-    _SET_MONEY_SHARES(frame, shares)
-    return frame
-
-
-_SET_MAX_ID, _SET_MAX_RECEIVE, _SET_MAX_TOTAL = _setters(
-    StreamMaxMoneyFrame, "stream_id", "receive_max", "total_received"
-)
-
-
-def _fast_stream_max_money(b: bytes, i: int, end: int) -> Frame:
-    if i + 1 < end and b[i] == 1:
-        stream_id, i = b[i + 1], i + 2
-    else:
-        stream_id, i = _var_uint_at(b, i, end)
-    receive_max, i = _var_uint_at(b, i, end)
-    total = _var_uint_at(b, i, end)[0]
-    frame = _new(StreamMaxMoneyFrame)
-    _SET_MAX_ID(frame, stream_id)
-    _SET_MAX_RECEIVE(frame, receive_max)
-    _SET_MAX_TOTAL(frame, total)
-    return frame
-
-
-_U, _T, _O, _B = _var_uint_at, _text_at, _octets_at, _byte_at
-#: Type byte → ``reader(plaintext, start, end) -> frame`` for every type of FRAME_CLASSES.
-FAST_READERS: Final[dict[int, Callable[[bytes, int, int], Frame]]] = {
-    cls.TYPE: _fast_reader(cls, *fields)
-    for cls, fields in (
-        (ConnectionCloseFrame, (_B, _T)),
-        (ConnectionNewAddressFrame, (_T,)),
-        (ConnectionMaxDataFrame, (_U,)),
-        (ConnectionDataBlockedFrame, (_U,)),
-        (ConnectionMaxStreamIdFrame, (_U,)),
-        (ConnectionStreamIdBlockedFrame, (_U,)),
-        (ConnectionAssetDetailsFrame, (_T, _B)),
-        (StreamCloseFrame, (_U, _B, _T)),
-        (StreamMoneyFrame, (_U, _U)),
-        # More than 8 bytes saturates: _U refuses it, the strict reader saturates.
-        (StreamMaxMoneyFrame, (_U, _U, _U)),
-        (StreamMoneyBlockedFrame, (_U, _U, _U)),
-        (StreamDataFrame, (_U, _U, _O)),
-        (StreamMaxDataFrame, (_U, _U)),
-        (StreamDataBlockedFrame, (_U, _U)),
-        (StreamReceiptFrame, (_U, _O)),
-    )
-}
-var_uint_at: Final = _var_uint_at
+    """The fast reader (``ilp._stream_read``) met something only the strict reader may judge."""

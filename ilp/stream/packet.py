@@ -13,16 +13,15 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
 
+from ilp._stream_read import read_packet
 from ilp.errors import DecodeError, EncodeError
 from ilp.oer import UINT64_MAX, Reader, Writer
 from ilp.stream.frames import (
-    FAST_READERS,
     FRAME_CLASSES,
     Frame,
     Irregular,
     read_frame,
     read_var_uint,
-    var_uint_at,
     write_frame,
 )
 
@@ -119,47 +118,14 @@ _new = object.__new__
 
 
 def _decode_fast(b: bytes) -> StreamPacket:
-    """The common shapes by indexing (``ilp.stream.frames``' fast reader); anything else
-    raises :class:`Irregular` for :func:`_decode_strict` to judge."""
-    end = len(b)
-    if end < 5 or b[0] != STREAM_VERSION:
-        raise Irregular
-    packet_type = _PACKET_TYPES.get(b[1])
-    if packet_type is None:
-        raise Irregular
-    # One-byte VarUInts inline (the usual sequence, and counts): a call costs more than them.
-    if b[2] == 1:
-        sequence, i = b[3], 4
-    else:
-        sequence, i = var_uint_at(b, 2, end)
-    if i + 1 < end and b[i] == 1:
-        amount, i = b[i + 1], i + 2
-    else:
-        amount, i = var_uint_at(b, i, end)
-    if i + 1 < end and b[i] == 1:
-        count, i = b[i + 1], i + 2
-    else:
-        if i >= end or b[i] > _MAX_COUNT_BYTES:
-            raise Irregular
-        count, i = var_uint_at(b, i, end)
-    if count > (end - i) // 2:
-        raise Irregular
-    frames = []
-    readers = FAST_READERS
-    for _ in range(count):
-        n = b[i + 1] if i + 1 < end else 0x80
-        start = i + 2
-        i = start + n
-        if n >= 0x80 or i > end:
-            raise Irregular
-        read = readers.get(b[start - 2])
-        if read is not None:  # else a frame of an unknown type: skipped
-            frames.append(read(b, start, i))
+    """The common shapes (``ilp._stream_read``); anything else raises :class:`Irregular` for
+    :func:`_decode_strict` to judge."""
+    kind, sequence, amount, frames = read_packet(b)
     packet: StreamPacket = _new(StreamPacket)
     _SET_SEQUENCE(packet, sequence)
-    _SET_TYPE(packet, packet_type)
+    _SET_TYPE(packet, _PACKET_TYPES[kind])
     _SET_AMOUNT(packet, amount)
-    _SET_FRAMES(packet, tuple(frames))
+    _SET_FRAMES(packet, frames)
     return packet
 
 

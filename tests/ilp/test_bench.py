@@ -40,6 +40,10 @@ def test_each_decode_reads_what_its_encode_wrote() -> None:
             from ilp.btp import encode_btp
 
             assert encode_btp(decoded) == written  # type: ignore[arg-type]
+        elif name.startswith("stream"):
+            from ilp.stream.packet import encode_stream_packet
+
+            assert encode_stream_packet(decoded) == written  # type: ignore[arg-type]
         else:
             assert encode_packet(decoded) == written  # type: ignore[arg-type]
 

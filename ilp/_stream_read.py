@@ -1,0 +1,285 @@
+"""The fast reader of STREAM packets (``ilp.stream.packet.decode_stream_packet`` tries it first).
+
+The common shapes (short-form lengths, VarUInts of 1 to 8 bytes) are read by indexing the
+plaintext, and the frames are built through their slots, without their ``__post_init__``
+checks: what is read here always passes them (a VarUInt of at most 8 bytes is a UInt64, a byte
+is a UInt8, text decoded with replacement characters encodes as UTF-8). Anything else (a
+long-form length, a saturating maximum, a truncation, a bad byte) raises
+:class:`~ilp.stream.frames.Irregular` and the strict reader (``ilp.stream.packet``) decides, so
+this reader accepts a subset of what the strict one accepts and returns the same frames for it
+(``tests/ilp/test_stream_fast.py`` holds them equal). Unknown frame types are skipped, as the
+strict reader does.
+
+Its own module, at the package's top level, so that ``make install`` compiles it with mypyc
+(``ilp._variant.COMPILED_MODULES``): the frame classes stay Python dataclasses (their module is
+not compiled), built here through their slot setters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+from ilp.stream.frames import (
+    ConnectionAssetDetailsFrame,
+    ConnectionCloseFrame,
+    ConnectionDataBlockedFrame,
+    ConnectionMaxDataFrame,
+    ConnectionMaxStreamIdFrame,
+    ConnectionNewAddressFrame,
+    ConnectionStreamIdBlockedFrame,
+    Frame,
+    Irregular,
+    StreamCloseFrame,
+    StreamDataBlockedFrame,
+    StreamDataFrame,
+    StreamMaxDataFrame,
+    StreamMaxMoneyFrame,
+    StreamMoneyBlockedFrame,
+    StreamMoneyFrame,
+    StreamReceiptFrame,
+)
+
+__all__ = ["read_packet"]
+
+_MAX_VAR_UINT_BYTES: Final = 8
+# oer-utils reads the frame count as a JS number: a length byte of 1..6.
+_MAX_COUNT_BYTES: Final = 6
+_STREAM_VERSION: Final = 1
+
+Setter = Callable[[Any, Any], None]
+_new: Final = object.__new__
+
+
+def _slot(cls: type, name: str) -> Setter:
+    setter: Setter = cls.__dict__[name].__set__
+    return setter
+
+
+def _uint(b: bytes, i: int, end: int) -> tuple[int, int]:
+    """The VarUInt at ``b[i]`` (1..8 bytes, short-form length) and the position after it."""
+    if i >= end:
+        raise Irregular
+    n = b[i]
+    j = i + 1 + n
+    if n == 1 and j <= end:
+        return b[i + 1], j
+    if n < 1 or n > _MAX_VAR_UINT_BYTES or j > end:
+        raise Irregular
+    return int.from_bytes(b[i + 1 : j], "big"), j
+
+
+def _text(b: bytes, i: int, end: int) -> tuple[str, int]:
+    if i >= end:
+        raise Irregular
+    n = b[i]
+    j = i + 1 + n
+    if n >= 0x80 or j > end:
+        raise Irregular
+    return b[i + 1 : j].decode("utf-8", "replace"), j
+
+
+def _octets(b: bytes, i: int, end: int) -> bytes:
+    if i >= end:
+        raise Irregular
+    n = b[i]
+    j = i + 1 + n
+    if n >= 0x80 or j > end:
+        raise Irregular
+    return b[i + 1 : j]
+
+
+def _byte(b: bytes, i: int, end: int) -> int:
+    if i >= end:
+        raise Irregular
+    return b[i]
+
+
+# --- one reader per frame type: (plaintext, contents start, contents end) -> frame -------------
+
+_CLOSE_CODE: Final = _slot(ConnectionCloseFrame, "error_code")
+_CLOSE_MESSAGE: Final = _slot(ConnectionCloseFrame, "error_message")
+
+
+def _connection_close(b: bytes, i: int, end: int) -> Frame:
+    code = _byte(b, i, end)
+    message = _text(b, i + 1, end)[0]
+    frame: ConnectionCloseFrame = _new(ConnectionCloseFrame)
+    _CLOSE_CODE(frame, code)
+    _CLOSE_MESSAGE(frame, message)
+    return frame
+
+
+_NEW_ADDRESS: Final = _slot(ConnectionNewAddressFrame, "source_account")
+
+
+def _connection_new_address(b: bytes, i: int, end: int) -> Frame:
+    address = _text(b, i, end)[0]
+    frame: ConnectionNewAddressFrame = _new(ConnectionNewAddressFrame)
+    _NEW_ADDRESS(frame, address)
+    return frame
+
+
+def _one_uint(cls: type, field: str) -> Callable[[bytes, int, int], Frame]:
+    setter = _slot(cls, field)
+
+    def read(b: bytes, i: int, end: int) -> Frame:
+        value = _uint(b, i, end)[0]
+        frame: Frame = _new(cls)
+        setter(frame, value)
+        return frame
+
+    return read
+
+
+def _two_uints(cls: type, first: str, second: str) -> Callable[[bytes, int, int], Frame]:
+    set_first, set_second = _slot(cls, first), _slot(cls, second)
+
+    def read(b: bytes, i: int, end: int) -> Frame:
+        a, i = _uint(b, i, end)
+        v = _uint(b, i, end)[0]
+        frame: Frame = _new(cls)
+        set_first(frame, a)
+        set_second(frame, v)
+        return frame
+
+    return read
+
+
+def _three_uints(cls: type, names: tuple[str, str, str]) -> Callable[[bytes, int, int], Frame]:
+    set_a, set_b, set_c = (_slot(cls, name) for name in names)
+
+    def read(b: bytes, i: int, end: int) -> Frame:
+        a, i = _uint(b, i, end)
+        v, i = _uint(b, i, end)  # more than 8 bytes saturates: Irregular, the strict reader
+        c = _uint(b, i, end)[0]
+        frame: Frame = _new(cls)
+        set_a(frame, a)
+        set_b(frame, v)
+        set_c(frame, c)
+        return frame
+
+    return read
+
+
+_ASSET_CODE: Final = _slot(ConnectionAssetDetailsFrame, "source_asset_code")
+_ASSET_SCALE: Final = _slot(ConnectionAssetDetailsFrame, "source_asset_scale")
+
+
+def _connection_asset_details(b: bytes, i: int, end: int) -> Frame:
+    code, i = _text(b, i, end)
+    scale = _byte(b, i, end)
+    frame: ConnectionAssetDetailsFrame = _new(ConnectionAssetDetailsFrame)
+    _ASSET_CODE(frame, code)
+    _ASSET_SCALE(frame, scale)
+    return frame
+
+
+_SC_ID: Final = _slot(StreamCloseFrame, "stream_id")
+_SC_CODE: Final = _slot(StreamCloseFrame, "error_code")
+_SC_MESSAGE: Final = _slot(StreamCloseFrame, "error_message")
+
+
+def _stream_close(b: bytes, i: int, end: int) -> Frame:
+    stream_id, i = _uint(b, i, end)
+    code = _byte(b, i, end)
+    message = _text(b, i + 1, end)[0]
+    frame: StreamCloseFrame = _new(StreamCloseFrame)
+    _SC_ID(frame, stream_id)
+    _SC_CODE(frame, code)
+    _SC_MESSAGE(frame, message)
+    return frame
+
+
+_MONEY_ID: Final = _slot(StreamMoneyFrame, "stream_id")
+_MONEY_SHARES: Final = _slot(StreamMoneyFrame, "shares")
+
+
+def _stream_money(b: bytes, i: int, end: int) -> Frame:
+    stream_id, i = _uint(b, i, end)
+    shares = _uint(b, i, end)[0]
+    frame: StreamMoneyFrame = _new(StreamMoneyFrame)
+    _MONEY_ID(frame, stream_id)
+    _MONEY_SHARES(frame, shares)
+    return frame
+
+
+_DATA_ID: Final = _slot(StreamDataFrame, "stream_id")
+_DATA_OFFSET: Final = _slot(StreamDataFrame, "offset")
+_DATA_DATA: Final = _slot(StreamDataFrame, "data")
+
+
+def _stream_data(b: bytes, i: int, end: int) -> Frame:
+    stream_id, i = _uint(b, i, end)
+    offset, i = _uint(b, i, end)
+    data = _octets(b, i, end)
+    frame: StreamDataFrame = _new(StreamDataFrame)
+    _DATA_ID(frame, stream_id)
+    _DATA_OFFSET(frame, offset)
+    _DATA_DATA(frame, data)
+    return frame
+
+
+_RECEIPT_ID: Final = _slot(StreamReceiptFrame, "stream_id")
+_RECEIPT_RECEIPT: Final = _slot(StreamReceiptFrame, "receipt")
+
+
+def _stream_receipt(b: bytes, i: int, end: int) -> Frame:
+    stream_id, i = _uint(b, i, end)
+    receipt = _octets(b, i, end)
+    frame: StreamReceiptFrame = _new(StreamReceiptFrame)
+    _RECEIPT_ID(frame, stream_id)
+    _RECEIPT_RECEIPT(frame, receipt)
+    return frame
+
+
+#: Type byte → reader, for every frame type ``ilp.stream.frames.FRAME_CLASSES`` knows.
+READERS: Final[dict[int, Callable[[bytes, int, int], Frame]]] = {
+    0x01: _connection_close,
+    0x02: _connection_new_address,
+    0x03: _one_uint(ConnectionMaxDataFrame, "max_offset"),
+    0x04: _one_uint(ConnectionDataBlockedFrame, "max_offset"),
+    0x05: _one_uint(ConnectionMaxStreamIdFrame, "max_stream_id"),
+    0x06: _one_uint(ConnectionStreamIdBlockedFrame, "max_stream_id"),
+    0x07: _connection_asset_details,
+    0x10: _stream_close,
+    0x11: _stream_money,
+    0x12: _three_uints(StreamMaxMoneyFrame, ("stream_id", "receive_max", "total_received")),
+    0x13: _three_uints(StreamMoneyBlockedFrame, ("stream_id", "send_max", "total_sent")),
+    0x14: _stream_data,
+    0x15: _two_uints(StreamMaxDataFrame, "stream_id", "max_offset"),
+    0x16: _two_uints(StreamDataBlockedFrame, "stream_id", "max_offset"),
+    0x17: _stream_receipt,
+}
+
+
+def read_packet(b: bytes) -> tuple[int, int, int, tuple[Frame, ...]]:
+    """``(ILP packet type byte, sequence, prepare amount, frames)`` of the plaintext ``b``, or
+    :class:`Irregular`. The type byte is 12, 13 or 14 (anything else is irregular)."""
+    end = len(b)
+    if end < 5 or b[0] != _STREAM_VERSION:
+        raise Irregular
+    kind = b[1]
+    if kind < 12 or kind > 14:
+        raise Irregular
+    sequence, i = _uint(b, 2, end)
+    amount, i = _uint(b, i, end)
+    if i >= end or b[i] > _MAX_COUNT_BYTES:
+        raise Irregular
+    count, i = _uint(b, i, end)
+    if count > (end - i) // 2:
+        raise Irregular
+    frames: list[Frame] = []
+    readers = READERS
+    for _ in range(count):
+        if i + 1 >= end:
+            raise Irregular
+        n = b[i + 1]
+        start = i + 2
+        i = start + n
+        if n >= 0x80 or i > end:
+            raise Irregular
+        read = readers.get(b[start - 2])
+        if read is not None:  # else a frame of an unknown type: skipped
+            frames.append(read(b, start, i))
+    return kind, sequence, amount, tuple(frames)

@@ -476,8 +476,19 @@ def report(
 
 
 def _per_payment(phases: list[Phase]) -> dict[str, float]:
+    """CPU ms per payment by group over ``phases``; the Daphnes as ``daphnes`` (all of them)
+    and ``busiest daphne`` (in each phase the Daphne that used the most, whichever it was:
+    nginx's least_conn may put one link on a different Daphne each phase)."""
     paid = sum(p.fulfilled for p in phases)
-    return {k: sum(p.cpu.get(k, 0.0) for p in phases) * 1000 / paid for k in phases[0].cpu}
+    out: dict[str, float] = {"daphnes": 0.0, "busiest daphne": 0.0}
+    for p in phases:
+        daphnes = [v for k, v in p.cpu.items() if k.startswith("daphne")]
+        out["daphnes"] += sum(daphnes)
+        out["busiest daphne"] += max(daphnes, default=0.0)
+        for k, v in p.cpu.items():
+            if not k.startswith("daphne"):
+                out[k] = out.get(k, 0.0) + v
+    return {k: v * 1000 / paid for k, v in out.items()}
 
 
 def _ceilings(per: dict[str, float], cores: int) -> dict[str, float]:
@@ -489,8 +500,8 @@ def _ceilings(per: dict[str, float], cores: int) -> dict[str, float]:
     Postgres, the worker's pool and nginx's workers spread over cores. The senders are left
     out (in production they are other machines).
     """
-    node = {k: v for k, v in per.items() if k != "senders"}
-    busiest = max((v for k, v in node.items() if k.startswith("daphne")), default=0.0)
+    node = {k: v for k, v in per.items() if k not in ("senders", "busiest daphne")}
+    busiest = per.get("busiest daphne", 0.0)
     ceilings = {
         f"all {cores} cores busy ({sum(node.values()):.3f} ms/payment)": cores
         * 1000

@@ -8,7 +8,7 @@ PORT ?= 8000
 STAMP := $(VENV)/.installed
 
 .PHONY: run test lint install build-codec migrate demo worker interop bench bench-codec clean faults
-.PHONY: cluster cluster-stop cluster-status cluster-interop bench-cluster
+.PHONY: cluster cluster-stop cluster-status cluster-interop bench-cluster bench-memory
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -94,6 +94,11 @@ bench: install
 # projection to 8 cores (scripts/bench_cluster.py: BENCH_N per link, BENCH_C, BENCH_ROUNDS).
 bench-cluster: install
 	flock -o /tmp/interop.lock $(BIN)/python scripts/bench_cluster.py
+
+# RSS, gc counts by type (and with BENCH_TRACE=1 tracemalloc by line) of one Daphne after each
+# 10,000 of 100,000 payments (scripts/bench_memory.py); BENCH_SHAPE=embedded|postgres.
+bench-memory: install
+	flock -o /tmp/interop.lock $(BIN)/python scripts/bench_memory.py --shape $${BENCH_SHAPE:-embedded} $$([ "$${BENCH_TRACE:-0}" = 1 ] && echo --trace)
 
 bench-codec: install
 	$(BIN)/python -m ilp.bench

@@ -253,14 +253,37 @@ READERS: Final[dict[int, Callable[[bytes, int, int], Frame]]] = {
 }
 
 
-def read_packet(b: bytes) -> tuple[int, int, int, tuple[Frame, ...]]:
-    """``(ILP packet type byte, sequence, prepare amount, frames)`` of the plaintext ``b``, or
-    :class:`Irregular`. The type byte is 12, 13 or 14 (anything else is irregular)."""
+class _PacketClass:
+    """``ilp.stream.packet.StreamPacket`` and its slot setters, bound by that module."""
+
+    def __init__(self, cls: type, types: dict[int, object]) -> None:
+        self.cls = cls
+        self.types = types
+        self.sequence = _slot(cls, "sequence")
+        self.packet_type = _slot(cls, "packet_type")
+        self.prepare_amount = _slot(cls, "prepare_amount")
+        self.frames = _slot(cls, "frames")
+
+
+_bound: list[_PacketClass] = []
+
+
+def _bind() -> _PacketClass:
+    # ilp.stream.packet imports this module on its first decode, so it is complete by now.
+    from ilp.stream.packet import StreamPacket, StreamPacketType
+
+    _bound[:] = [_PacketClass(StreamPacket, {int(t): t for t in StreamPacketType})]
+    return _bound[0]
+
+
+def read_packet(b: bytes) -> Any:
+    """The ``StreamPacket`` in the plaintext ``b``, or :class:`Irregular`."""
     end = len(b)
     if end < 5 or b[0] != _STREAM_VERSION:
         raise Irregular
-    kind = b[1]
-    if kind < 12 or kind > 14:
+    bound = _bound[0] if _bound else _bind()
+    packet_type = bound.types.get(b[1])
+    if packet_type is None:
         raise Irregular
     sequence, i = _uint(b, 2, end)
     amount, i = _uint(b, i, end)
@@ -282,4 +305,9 @@ def read_packet(b: bytes) -> tuple[int, int, int, tuple[Frame, ...]]:
         read = readers.get(b[start - 2])
         if read is not None:  # else a frame of an unknown type: skipped
             frames.append(read(b, start, i))
-    return kind, sequence, amount, tuple(frames)
+    packet: Any = _new(bound.cls)
+    bound.sequence(packet, sequence)
+    bound.packet_type(packet, packet_type)
+    bound.prepare_amount(packet, amount)
+    bound.frames(packet, tuple(frames))
+    return packet

@@ -9,11 +9,11 @@ raises only :class:`~ilp.errors.DecodeError`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
 
-from ilp._stream_read import read_packet
 from ilp.errors import DecodeError, EncodeError
 from ilp.oer import UINT64_MAX, Reader, Writer
 from ilp.stream.frames import (
@@ -109,24 +109,24 @@ def decode_stream_packet(plaintext: bytes) -> StreamPacket:
         return _decode_strict(plaintext)
 
 
-_PACKET_TYPES: Final = {int(t): t for t in StreamPacketType}
-_SET_SEQUENCE, _SET_TYPE, _SET_AMOUNT, _SET_FRAMES = (
-    StreamPacket.__dict__[name].__set__
-    for name in ("sequence", "packet_type", "prepare_amount", "frames")
-)
-_new = object.__new__
-
-
 def _decode_fast(b: bytes) -> StreamPacket:
     """The common shapes (``ilp._stream_read``); anything else raises :class:`Irregular` for
     :func:`_decode_strict` to judge."""
-    kind, sequence, amount, frames = read_packet(b)
-    packet: StreamPacket = _new(StreamPacket)
-    _SET_SEQUENCE(packet, sequence)
-    _SET_TYPE(packet, _PACKET_TYPES[kind])
-    _SET_AMOUNT(packet, amount)
-    _SET_FRAMES(packet, frames)
+    read = _fast_reader[0] if _fast_reader else _load_fast_reader()
+    packet: StreamPacket = read(b)
     return packet
+
+
+_fast_reader: list[Callable[[bytes], StreamPacket]] = []
+
+
+def _load_fast_reader() -> Callable[[bytes], StreamPacket]:
+    # Imported on first use, not at the top: ilp._stream_read imports ilp.stream (the frame
+    # classes), and a compiled module must not be entered while it is still initialising.
+    from ilp._stream_read import read_packet
+
+    _fast_reader[:] = [read_packet]
+    return read_packet
 
 
 def _decode_strict(plaintext: bytes) -> StreamPacket:

@@ -324,7 +324,7 @@ def _add_oer(cluster: Cluster, token: str, min_balance: int) -> None:
 @dataclass
 class KillLoad:
     attempts: int = 0
-    # (payment id hex, amount, the port that fulfilled it, after the kill)
+    # (payment id hex, amount, the port that fulfilled it, sent after the kill)
     fulfills: list[tuple[str, int, int, bool]] = field(default_factory=list)
     rejected: dict[str, int] = field(default_factory=dict)
     transport_errors: dict[int, int] = field(default_factory=dict)
@@ -392,6 +392,9 @@ async def _pay_retrying(
         result.attempts += 1
         if attempt:
             result.retried += 1
+        # Which side of the kill: when the Prepare left. A reply the victim wrote just
+        # before it died may still be read after the kill.
+        sent_after = after()
         try:
             reply = await client.post(
                 f"http://127.0.0.1:{port}/ilp",
@@ -408,12 +411,11 @@ async def _pay_retrying(
             result.http_errors[reply.status_code] = result.http_errors.get(reply.status_code, 0) + 1
             continue
         packet = decode_reply(reply.content)
-        now_after = after()
         if isinstance(packet, Fulfill):
             if not fulfillment_matches(packet.fulfillment, prepare.execution_condition):
                 raise SystemExit("a Fulfill whose fulfillment does not match")
-            result.fulfills.append((payment_id.hex(), args.amount, port, now_after))
-            result.latencies[now_after].append(time.perf_counter() - started)
+            result.fulfills.append((payment_id.hex(), args.amount, port, sent_after))
+            result.latencies[sent_after].append(time.perf_counter() - started)
         else:
             result.rejected[packet.code] = result.rejected.get(packet.code, 0) + 1
         return
@@ -455,6 +457,10 @@ async def _kill_load(
                     await asyncio.sleep(0.01)
                 # Mid-load: every worker has a payment in flight, some on the victim.
                 os.kill(victim, signal.SIGKILL)
+                # "After the kill" starts once it is dead (gone or a zombie), not when the
+                # signal was sent.
+                while _alive(victim):
+                    await asyncio.sleep(0.001)
                 killed = time.perf_counter()
                 result.killed_at_fulfilled = len(result.fulfills)
                 result.seconds[False] = killed - started
@@ -469,6 +475,14 @@ async def _kill_load(
 
         await asyncio.gather(controller(), *(worker() for _ in range(args.concurrency)))
     return result
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def kill(args: argparse.Namespace) -> int:
@@ -488,11 +502,8 @@ def kill(args: argparse.Namespace) -> int:
         load = asyncio.run(_kill_load(cluster, token, victim, args))
         if load.killed_at_fulfilled == 0:
             raise SystemExit(f"the load never reached {args.kill_after} Fulfills: {load}")
-        try:
-            os.kill(victim, 0)
+        if _alive(victim):
             problems.append(f"{victim_name} ({victim}) is still alive after kill -9")
-        except ProcessLookupError:
-            pass
         (unapplied_at_end,) = _sql(
             db_url, "SELECT count(*) FROM payments_receipt WHERE applied_at IS NULL"
         )[0]
@@ -506,7 +517,10 @@ def kill(args: argparse.Namespace) -> int:
             p: sum(1 for f in load.fulfills if f[3] and f[2] == p) for p in cluster.ports
         }
         if after_by_port[victim_port]:
-            problems.append(f"{after_by_port[victim_port]} Fulfills from the killed port")
+            problems.append(
+                f"{after_by_port[victim_port]} Fulfills from the killed port for Prepares "
+                "sent after the kill"
+            )
         for port in survivors:
             if after_by_port[port] == 0:
                 problems.append(f"the survivor on :{port} fulfilled nothing after the kill")
@@ -665,8 +679,8 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--concurrency", type=int, default=30)
     k.add_argument("--amount", type=int, default=10)
     k.add_argument("--min-balance", type=int, default=-(10**15))
-    k.add_argument("--kill-after", type=int, default=1000, help="Fulfills before the kill")
-    k.add_argument("--after-kill", type=int, default=1000, help="Fulfills after the kill")
+    k.add_argument("--kill-after", type=int, default=500, help="Fulfills before the kill")
+    k.add_argument("--after-kill", type=int, default=500, help="Fulfills after the kill")
     k.add_argument("--attempts", type=int, default=5, help="endpoints tried per payment")
     k.add_argument("--max-seconds", type=float, default=180)
     k.add_argument("--recovery-seconds", type=float, default=60)

@@ -104,7 +104,9 @@ def decode_stream_packet(plaintext: bytes) -> StreamPacket:
     if type(plaintext) is not bytes:
         plaintext = bytes(plaintext)
     try:
-        return _decode_fast(plaintext)
+        # _decode_fast, inlined (a Python call is a tenth of the compiled read).
+        packet: StreamPacket = (_fast_reader[0] if _fast_reader else _load_fast_reader())(plaintext)
+        return packet
     except (Irregular, IndexError):
         return _decode_strict(plaintext)
 

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from celery import shared_task
+from celery.signals import task_postrun
 from django.db import OperationalError, connections
 
 from payments import services
@@ -58,6 +59,23 @@ def retry_webhooks() -> int:
     """Sweep: queue the pending deliveries that are due (a failed attempt's backoff has run
     out, a task was lost, a claimed attempt's lease expired). Returns how many."""
     return services.webhook_deliveries_queue_due()
+
+
+@task_postrun.connect  # type: ignore[untyped-decorator]
+def _recycle_connections(sender: Any = None, **kwargs: Any) -> None:
+    """After a task in a worker: what Django does after a request (``CELERY_DB_REUSE_MAX``
+    keeps Celery from closing every connection): drop this thread's connections that are
+    broken (an error left them unusable) or older than ``CONN_MAX_AGE``, keep the rest;
+    with ``CONN_HEALTH_CHECKS`` the next task's first query checks it. Not for an eager
+    task: it runs in its caller's thread, maybe inside the caller's transaction."""
+    request = getattr(sender, "request", None)
+    if request is None or getattr(request, "is_eager", False):
+        return
+    for conn in connections.all(initialized_only=True):
+        try:
+            conn.close_if_unusable_or_obsolete()
+        except Exception:
+            logger.warning("payments: closing a database connection failed", exc_info=True)
 
 
 # --- background runner for the embedded (eager) mode -----------------------------------------

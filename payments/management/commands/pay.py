@@ -41,6 +41,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from interledger_site.celery import app as celery_app
 from payments.errors import PaymentsError
 from payments.ledger import ensure_account, reset_book
+from payments.ledger.accounts import receiver_account
 from payments.models_outgoing import OutgoingPayment
 from payments.sending import (
     OPERATOR_ACCOUNT,
@@ -62,7 +63,7 @@ from payments.sending.selectors import outgoing_payment_get
 
 def account_code(value: str) -> str:
     """``alice`` → ``receiver:alice``; codes with a kind prefix are kept."""
-    return value if ":" in value else f"receiver:{value}"
+    return value if ":" in value else receiver_account(value)
 
 
 def progress_line(payment: OutgoingPayment) -> str:

@@ -122,6 +122,9 @@ def _serve_swagger_locally(page: Any) -> bool:
 def test_payment_shows_up_live_on_the_dashboard(live_node: LiveNode) -> None:
     from playwright.sync_api import expect, sync_playwright
 
+    # On Postgres + Redis receipts are applied by the node's applier after the Fulfill, and CI
+    # runs this beside other suites on 2 cores: 5 s (Playwright's default) was once too short.
+    expect.set_options(timeout=15_000)
     live_node.shell(SETUP)
     live_node.manage(
         "add_peer", "payer", "--relation", "child", "--link", "btp-server", "--token",

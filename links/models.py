@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
@@ -22,6 +23,52 @@ from links import limits
 
 PEER_NAME_PATTERN = r"^[a-z0-9][a-z0-9_~-]*\Z"
 DEFAULT_MAX_PACKET_AMOUNT = Decimal(10**12)
+
+
+class UInt64Field(models.DecimalField):  # type: ignore[type-arg]
+    """A UInt64 setting (an amount per packet or per second), exact on every database.
+
+    Postgres: ``numeric(20, 0)``. SQLite has no exact column for it: its numeric affinity
+    keeps integers up to 2**63 - 1 and turns larger ones into doubles, and Django's
+    DecimalField converter reads every value through a 15-digit float context, so
+    ``1234567890123456789`` came back rounded. On SQLite the column is ``text`` holding the
+    decimal digits; the node only reads these values, it never compares them in SQL.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["max_digits"] = 20
+        kwargs["decimal_places"] = 0
+        super().__init__(*args, **kwargs)
+
+    def deconstruct(self) -> Any:
+        name, path, args, kwargs = super().deconstruct()
+        kwargs.pop("max_digits", None)
+        kwargs.pop("decimal_places", None)
+        return name, path, args, kwargs
+
+    def get_internal_type(self) -> str:
+        return "UInt64Field"
+
+    def db_type(self, connection: Any) -> str | None:
+        if connection.vendor == "sqlite":
+            return "text"
+        return str(
+            connection.data_types["DecimalField"]
+            % {"max_digits": self.max_digits, "decimal_places": self.decimal_places}
+        )
+
+    def get_db_prep_value(self, value: Any, connection: Any, prepared: bool = False) -> Any:
+        value = super().get_db_prep_value(value, connection, prepared)
+        if value is not None and connection.vendor == "sqlite" and not hasattr(value, "as_sql"):
+            return str(int(value))
+        return value
+
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> Decimal | None:
+        if value is None or isinstance(value, Decimal):
+            return value
+        if isinstance(value, int):
+            return Decimal(value)
+        return Decimal(str(value))
 
 
 class Relation(models.TextChoices):
@@ -76,9 +123,7 @@ class Peer(models.Model):
     account = models.OneToOneField(
         "payments.LedgerAccount", on_delete=models.PROTECT, related_name="peer"
     )
-    max_packet_amount = models.DecimalField(
-        max_digits=20, decimal_places=0, default=DEFAULT_MAX_PACKET_AMOUNT
-    )
+    max_packet_amount = UInt64Field(default=DEFAULT_MAX_PACKET_AMOUNT)
     send_routes = models.BooleanField(default=False)
     receive_routes = models.BooleanField(default=False)
     enabled = models.BooleanField(default=True)
@@ -96,9 +141,7 @@ class Peer(models.Model):
         validators=[MinValueValidator(1)],
         help_text="Token bucket capacity: Prepares the peer may send at once.",
     )
-    throughput_per_second = models.DecimalField(
-        max_digits=20,
-        decimal_places=0,
+    throughput_per_second = UInt64Field(
         null=True,
         blank=True,
         validators=[MinValueValidator(1), MaxValueValidator(UINT64_MAX)],

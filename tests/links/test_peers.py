@@ -316,3 +316,16 @@ def test_admin_refuses_bad_limits_with_a_reason(admin_client: Any, field: str, v
     errors = response.context["adminform"].form.errors
     assert field in errors and errors[field][0]
     assert not Peer.objects.filter(name="bob").exists()
+
+
+@pytest.mark.parametrize("amount", [1_234_567_890_123_456_789, 2**63, 2**64 - 1])
+def test_uint64_settings_are_stored_exactly(make_peer: Callable[..., Any], amount: int) -> None:
+    # SQLite rounded these through a float (15 digits) before the fields were UInt64Field.
+    make_peer("whale", max_packet_amount=amount)
+    services.peer_set_limits(name="whale", changes={"throughput_per_second": amount})
+    peer = Peer.objects.get(name="whale")
+    assert int(peer.max_packet_amount) == amount
+    assert int(peer.throughput_per_second or 0) == amount
+    assert (
+        Peer.objects.filter(name="whale").values_list("max_packet_amount", flat=True)[0] == amount
+    )

@@ -44,10 +44,11 @@ from payments.ledger import (
     peek_book,
     post_in_transaction,
 )
-from payments.ledger.sql import _ACCOUNT_FIELDS, _cursor
+from payments.ledger.sql import _ACCOUNT_FIELDS, _checked_balance, _cursor
 from payments.models import (
     IncomingPayment,
     LedgerAccount,
+    Posting,
     Receipt,
     Webhook,
     WebhookDelivery,
@@ -107,96 +108,201 @@ def apply_receipts(*, receipt_ids: Sequence[int]) -> int:
 APPLY_CHUNK = 2000  # receipts per transaction (and per IN list)
 
 
+@dataclass(slots=True)
+class _ChunkApplied:
+    """What one chunk's apply did (``account_ids``: the receiving accounts it locked)."""
+
+    applied: int
+    payment_ids: list[int]
+    account_ids: list[int]
+    balances: dict[int, tuple[int, int]]
+    has_webhooks: bool | None  # None: not asked yet
+
+
 def _apply_receipt_chunk(ids: list[int]) -> int:
     now = timezone.now()
-    qn = connection.ops.quote_name
-    receipt_table = qn(Receipt._meta.db_table)
-    payment_table = qn(IncomingPayment._meta.db_table)
-    account_table = qn(LedgerAccount._meta.db_table)
-    postgres = connection.vendor == "postgresql"
     with transaction.atomic():
         cursor = _cursor()
-        # 1. The receipts still unapplied, locked in primary-key order.
-        cursor.execute(
-            f"SELECT id, account_id, payment_id, sequence, amount, {qn('key')} "
-            f"FROM {receipt_table} WHERE id IN ({_params(ids)}) AND applied_at IS NULL "
-            f"ORDER BY id{' FOR UPDATE' if postgres else ''}",
-            ids,
-        )
-        receipts = [
-            (int(rid), int(aid), str(pid), int(seq), int(amount), str(key))
-            for rid, aid, pid, seq, amount, key in cursor.fetchall()
-        ]
-        if not receipts:
+        if connection.vendor == "postgresql":
+            done = _apply_chunk_postgres(cursor, ids, now=now)
+        else:
+            done = _apply_chunk_sqlite(cursor, ids, now=now)
+        if not done.account_ids:
             return 0
-        # 2. Their accounts, locked in primary-key order (SQLite: the database lock).
-        account_ids = sorted({r[1] for r in receipts})
-        if postgres:
-            cursor.execute(
-                f"SELECT id FROM {account_table} WHERE id IN ({_params(account_ids)}) "
-                f"ORDER BY id FOR NO KEY UPDATE",
-                account_ids,
-            )
-        # 3. The receivers' postings; only new ones move balances.
-        posted = post_in_transaction(
-            [
-                (aid, amount, RECEIPT_POSTING_PREFIX + key, f"psk2 {pid} #{seq}")
-                for _rid, aid, pid, seq, amount, key in receipts
-            ],
-            now=now,
-            cursor=cursor,
+        delivery_ids = _create_deliveries_for(
+            done.payment_ids, done.account_ids, cursor, now=now, has_webhooks=done.has_webhooks
         )
-        new_posting_keys = posted.new_keys
-        applied: list[int] = []
-        skipped: list[int] = []
-        for rid, _aid, _pid, _seq, amount, key in receipts:
-            if amount == 0 or RECEIPT_POSTING_PREFIX + key in new_posting_keys:
-                applied.append(rid)
-            else:
-                skipped.append(rid)
-        stamp = connection.ops.adapt_datetimefield_value(now)
-        payment_ids: list[int] = []
-        if applied:
-            # 4. One upsert for every touched payment, in unique-key order (concurrent
-            #    appliers lock the rows in the same order, so they cannot deadlock).
-            least, greatest = ("LEAST", "GREATEST") if postgres else ("min", "max")
-            cursor.execute(
-                f"INSERT INTO {payment_table} "
-                f"(account_id, payment_id, total, chunks, first_at, last_at) "
-                f"SELECT account_id, payment_id, SUM(amount), COUNT(*), MIN(created_at), "
-                f"MAX(created_at) FROM {receipt_table} WHERE id IN ({_params(applied)}) "
-                f"GROUP BY account_id, payment_id ORDER BY account_id, payment_id "
-                f"ON CONFLICT (account_id, payment_id) DO UPDATE SET "
-                f"total = {payment_table}.total + excluded.total, "
-                f"chunks = {payment_table}.chunks + excluded.chunks, "
-                f"first_at = {least}({payment_table}.first_at, excluded.first_at), "
-                f"last_at = {greatest}({payment_table}.last_at, excluded.last_at) "
-                f"RETURNING id",
-                applied,
-            )
-            payment_ids = [int(row[0]) for row in cursor.fetchall()]
-            # 5. Link and mark the receipts, one statement.
-            cursor.execute(
-                f"UPDATE {receipt_table} SET applied_at = %s, incoming_payment_id = "
-                f"(SELECT p.id FROM {payment_table} p WHERE p.account_id = "
-                f"{receipt_table}.account_id AND p.payment_id = {receipt_table}.payment_id) "
-                f"WHERE id IN ({_params(applied)})",
-                [stamp, *applied],
-            )
-        if skipped:
-            # Receipts whose posting already existed (cannot happen through this service,
-            # which writes both in one transaction) are marked applied without counting twice.
-            logger.error("apply_receipts: receipts %s already had postings", skipped)
-            cursor.execute(
-                f"UPDATE {receipt_table} SET applied_at = %s WHERE id IN ({_params(skipped)})",
-                [stamp, *skipped],
-            )
-        delivery_ids = _create_deliveries_for(payment_ids, account_ids, cursor, now=now)
-        balances = posted.balances
+        balances = done.balances
         transaction.on_commit(lambda: _notify_book_balances(balances), robust=True)
         if delivery_ids:
             transaction.on_commit(lambda: queue_webhook_deliveries(delivery_ids), robust=True)
-    return len(applied)
+    return done.applied
+
+
+def _apply_chunk_postgres(cursor: Any, ids: list[int], *, now: datetime) -> _ChunkApplied:
+    """The chunk in two round trips: the locks, then one statement for all the writes.
+
+    1. One query string: the receipts still unapplied, ``FOR UPDATE`` in primary-key
+       order, then their accounts, ``FOR NO KEY UPDATE`` in primary-key order (the
+       service's lock order; the second statement sees the same receipts, which the
+       first holds).
+    2. One statement of data-modifying CTEs over those receipts: the receivers' postings
+       (key ``receipt:<receipt key>``, key order, ``ON CONFLICT DO NOTHING``), the
+       balances moved by the **inserted** postings only, the ``IncomingPayment`` upsert
+       of the receipts whose posting is new (or whose amount is zero), and the receipts
+       marked applied and linked to the upsert's ``RETURNING`` row by a join (not a
+       per-row sub-select); whether any of the accounts has an enabled webhook comes back
+       with the rows.
+    """
+    qn = connection.ops.quote_name
+    receipts = qn(Receipt._meta.db_table)
+    accounts = qn(LedgerAccount._meta.db_table)
+    cursor.execute(
+        f"SELECT id FROM {receipts} WHERE id = ANY(%s::bigint[]) AND applied_at IS NULL "
+        f"ORDER BY id FOR UPDATE; "
+        f"SELECT id FROM {accounts} WHERE id IN (SELECT account_id FROM {receipts} "
+        f"WHERE id = ANY(%s::bigint[]) AND applied_at IS NULL) ORDER BY id FOR NO KEY UPDATE",
+        [ids, ids],
+    )
+    receipt_ids = [int(row[0]) for row in cursor.fetchall()]
+    cursor.nextset()
+    account_ids = [int(row[0]) for row in cursor.fetchall()]
+    if not receipt_ids:
+        return _ChunkApplied(0, [], [], {}, False)
+    payments = qn(IncomingPayment._meta.db_table)
+    key = qn("key")
+    stamp = connection.ops.adapt_datetimefield_value(now)
+    cursor.execute(
+        f"WITH v AS (SELECT id, account_id, payment_id, amount, created_at, "
+        f"%s || {key} AS pkey, 'psk2 ' || payment_id || ' #' || sequence AS memo "
+        f"FROM {receipts} WHERE id = ANY(%s::bigint[])), "
+        f"p AS (INSERT INTO {qn(Posting._meta.db_table)} "
+        f"(account_id, amount, {key}, memo, created_at) "
+        f"SELECT account_id, amount, pkey, memo, %s::timestamptz FROM v WHERE amount <> 0 "
+        f'ORDER BY pkey COLLATE "C" ON CONFLICT ({key}) DO NOTHING '
+        f"RETURNING account_id, amount, {key}), "
+        f"u AS (UPDATE {accounts} a SET balance = a.balance + d.delta, version = a.version + 1 "
+        f"FROM (SELECT account_id, SUM(amount) AS delta FROM p GROUP BY account_id) d "
+        f"WHERE a.id = d.account_id AND d.delta <> 0 RETURNING a.id, a.balance, a.version), "
+        f"n AS (SELECT * FROM v WHERE amount = 0 OR pkey IN (SELECT {key} FROM p)), "
+        f"i AS (INSERT INTO {payments} "
+        f"(account_id, payment_id, total, chunks, first_at, last_at) "
+        f"SELECT account_id, payment_id, SUM(amount), COUNT(*), MIN(created_at), "
+        f"MAX(created_at) FROM n GROUP BY account_id, payment_id "
+        f"ORDER BY account_id, payment_id "
+        f"ON CONFLICT (account_id, payment_id) DO UPDATE SET "
+        f"total = {payments}.total + excluded.total, "
+        f"chunks = {payments}.chunks + excluded.chunks, "
+        f"first_at = LEAST({payments}.first_at, excluded.first_at), "
+        f"last_at = GREATEST({payments}.last_at, excluded.last_at) "
+        f"RETURNING id, account_id, payment_id), "
+        f"m AS (UPDATE {receipts} r SET applied_at = %s::timestamptz, "
+        f"incoming_payment_id = i.id "
+        f"FROM v LEFT JOIN n ON n.id = v.id "
+        f"LEFT JOIN i ON i.account_id = n.account_id AND i.payment_id = n.payment_id "
+        f"WHERE r.id = v.id RETURNING r.id, r.incoming_payment_id) "
+        f"SELECT 1, id, balance, version FROM u "
+        f"UNION ALL SELECT 2, id, NULL, NULL FROM i "
+        f"UNION ALL SELECT 3, id, NULL, NULL FROM m WHERE incoming_payment_id IS NULL "
+        f"UNION ALL SELECT 4, NULL, NULL, NULL WHERE EXISTS (SELECT 1 FROM "
+        f"{qn(Webhook._meta.db_table)} WHERE account_id IN (SELECT account_id FROM v) "
+        f"AND enabled)",
+        [RECEIPT_POSTING_PREFIX, receipt_ids, stamp, stamp],
+    )
+    balances: dict[int, tuple[int, int]] = {}
+    payment_ids: list[int] = []
+    skipped: list[int] = []
+    has_webhooks = False
+    for kind, pk, balance, version in cursor.fetchall():
+        if kind == 1:
+            balances[int(pk)] = _checked_balance(int(pk), balance, version)
+        elif kind == 2:
+            payment_ids.append(int(pk))
+        elif kind == 3:
+            skipped.append(int(pk))
+        else:
+            has_webhooks = True
+    if skipped:
+        # Receipts whose posting already existed (cannot happen through this service,
+        # which writes both in one transaction) are marked applied without counting twice.
+        logger.error("apply_receipts: receipts %s already had postings", sorted(skipped))
+    return _ChunkApplied(
+        len(receipt_ids) - len(skipped), payment_ids, account_ids, balances, has_webhooks
+    )
+
+
+def _apply_chunk_sqlite(cursor: Any, ids: list[int], *, now: datetime) -> _ChunkApplied:
+    """The chunk on SQLite (in-process: no round trips to save; the database lock is
+    held from the first write): the receipts, the postings through
+    :func:`post_in_transaction`, one upsert, and one ``UPDATE ... FROM (VALUES ...)``
+    linking each receipt to the upsert's ``RETURNING`` row."""
+    qn = connection.ops.quote_name
+    receipt_table = qn(Receipt._meta.db_table)
+    payment_table = qn(IncomingPayment._meta.db_table)
+    cursor.execute(
+        f"SELECT id, account_id, payment_id, sequence, amount, {qn('key')} "
+        f"FROM {receipt_table} WHERE id IN ({_params(ids)}) AND applied_at IS NULL ORDER BY id",
+        ids,
+    )
+    receipts = [
+        (int(rid), int(aid), str(pid), int(seq), int(amount), str(key))
+        for rid, aid, pid, seq, amount, key in cursor.fetchall()
+    ]
+    if not receipts:
+        return _ChunkApplied(0, [], [], {}, False)
+    account_ids = sorted({r[1] for r in receipts})
+    posted = post_in_transaction(
+        [
+            (aid, amount, RECEIPT_POSTING_PREFIX + key, f"psk2 {pid} #{seq}")
+            for _rid, aid, pid, seq, amount, key in receipts
+        ],
+        now=now,
+        cursor=cursor,
+    )
+    new_posting_keys = posted.new_keys
+    applied: list[tuple[int, int, str]] = []
+    skipped: list[int] = []
+    for rid, aid, pid, _seq, amount, key in receipts:
+        if amount == 0 or RECEIPT_POSTING_PREFIX + key in new_posting_keys:
+            applied.append((rid, aid, pid))
+        else:
+            skipped.append(rid)
+    stamp = connection.ops.adapt_datetimefield_value(now)
+    payment_ids: list[int] = []
+    if applied:
+        # One upsert for every touched payment, in unique-key order (concurrent appliers
+        # lock the rows in the same order, so they cannot deadlock).
+        applied_ids = [rid for rid, _aid, _pid in applied]
+        cursor.execute(
+            f"INSERT INTO {payment_table} "
+            f"(account_id, payment_id, total, chunks, first_at, last_at) "
+            f"SELECT account_id, payment_id, SUM(amount), COUNT(*), MIN(created_at), "
+            f"MAX(created_at) FROM {receipt_table} WHERE id IN ({_params(applied_ids)}) "
+            f"GROUP BY account_id, payment_id ORDER BY account_id, payment_id "
+            f"ON CONFLICT (account_id, payment_id) DO UPDATE SET "
+            f"total = {payment_table}.total + excluded.total, "
+            f"chunks = {payment_table}.chunks + excluded.chunks, "
+            f"first_at = min({payment_table}.first_at, excluded.first_at), "
+            f"last_at = max({payment_table}.last_at, excluded.last_at) "
+            f"RETURNING id, account_id, payment_id",
+            applied_ids,
+        )
+        incoming = {(int(aid), str(pid)): int(pk) for pk, aid, pid in cursor.fetchall()}
+        payment_ids = sorted(incoming.values())
+        links = [(rid, incoming[(aid, pid)]) for rid, aid, pid in applied]
+        cursor.execute(
+            f"UPDATE {receipt_table} SET applied_at = %s, incoming_payment_id = v.column2 "
+            f"FROM (VALUES {', '.join(['(%s, %s)'] * len(links))}) AS v "
+            f"WHERE {receipt_table}.id = v.column1",
+            [stamp, *(value for link in links for value in link)],
+        )
+    if skipped:
+        logger.error("apply_receipts: receipts %s already had postings", skipped)
+        cursor.execute(
+            f"UPDATE {receipt_table} SET applied_at = %s WHERE id IN ({_params(skipped)})",
+            [stamp, *skipped],
+        )
+    return _ChunkApplied(len(applied), payment_ids, account_ids, posted.balances, None)
 
 
 def _params(values: Sequence[Any]) -> str:
@@ -204,18 +310,25 @@ def _params(values: Sequence[Any]) -> str:
 
 
 def _create_deliveries_for(
-    payment_ids: list[int], account_ids: list[int], cursor: Any, *, now: datetime
+    payment_ids: list[int],
+    account_ids: list[int],
+    cursor: Any,
+    *,
+    now: datetime,
+    has_webhooks: bool | None = None,
 ) -> list[int]:
-    """Deliveries for the touched payments, if any of their accounts has a webhook."""
-    if not payment_ids:
+    """Deliveries for the touched payments, if any of their accounts has a webhook
+    (``has_webhooks``: already known; ``None``: asked here)."""
+    if not payment_ids or has_webhooks is False:
         return []
-    cursor.execute(
-        f"SELECT 1 FROM {connection.ops.quote_name(Webhook._meta.db_table)} "
-        f"WHERE account_id IN ({_params(account_ids)}) AND enabled LIMIT 1",
-        account_ids,
-    )
-    if cursor.fetchone() is None:
-        return []
+    if has_webhooks is None:
+        cursor.execute(
+            f"SELECT 1 FROM {connection.ops.quote_name(Webhook._meta.db_table)} "
+            f"WHERE account_id IN ({_params(account_ids)}) AND enabled LIMIT 1",
+            account_ids,
+        )
+        if cursor.fetchone() is None:
+            return []
     payments = list(IncomingPayment.objects.select_related("account").filter(id__in=payment_ids))
     return _create_deliveries(payments, now=now)
 

@@ -153,3 +153,51 @@ def test_tag_key_index_exists() -> None:
     with connection.cursor() as cursor:
         constraints = connection.introspection.get_constraints(cursor, Receipt._meta.db_table)
     assert constraints["payments_receipt_tag_key"]["columns"] == ["key"]
+
+
+def test_each_receipt_is_linked_to_its_own_payment(
+    book: BalanceBook, captured_apply: list[list[int]]
+) -> None:
+    """One chunk, several payments of several chunks each, a zero-amount chunk: every
+    receipt is linked to the upsert's row of its own (account, payment id), each payment
+    sums its own receipts (the link is a join on the upsert's ``RETURNING``)."""
+    make_accounts()
+    pids = [bytes([n]) * 16 for n in (7, 8, 9)]
+    for i in range(9):
+        book.commit_sync(*pay(i, amount=i % 3, pid=pids[i % 3]))  # pid 7: zero amounts
+    ids = [i for batch in captured_apply for i in batch]
+    assert services.apply_receipts(receipt_ids=ids) == 9
+    payments = {p.payment_id: p for p in IncomingPayment.objects.all()}
+    assert {pid: (int(p.total), p.chunks) for pid, p in payments.items()} == {
+        pids[0].hex(): (0, 3),
+        pids[1].hex(): (3, 3),
+        pids[2].hex(): (6, 3),
+    }
+    for receipt in Receipt.objects.all():
+        assert receipt.applied_at is not None
+        assert receipt.incoming_payment_id == payments[receipt.payment_id].pk
+    assert int(LedgerAccount.objects.get(code=RECEIVER).balance) == 9
+    assert services.apply_receipts(receipt_ids=ids) == 0  # applied: nothing twice
+    assert int(LedgerAccount.objects.get(code=RECEIVER).balance) == 9
+
+
+def test_a_receipt_whose_posting_exists_is_marked_not_counted(
+    book: BalanceBook, captured_apply: list[list[int]]
+) -> None:
+    """A receipt whose ``receipt:`` posting is already there (not possible through the
+    service: a ledger repaired by hand) is marked applied without a link and moves no
+    total or balance; the other chunk of the same payment in the chunk counts."""
+    make_accounts()
+    book.commit_sync(*pay(0, amount=5))
+    book.commit_sync(*pay(1, amount=7))
+    ids = [i for batch in captured_apply for i in batch]
+    receiver = LedgerAccount.objects.get(code=RECEIVER)
+    services.account_adjust(account_code=RECEIVER, amount=5, key="by-hand")
+    Posting.objects.filter(key="adjust:by-hand").update(key="receipt:a0")  # the same key
+    assert services.apply_receipts(receipt_ids=ids) == 1
+    payment = IncomingPayment.objects.get()
+    assert (int(payment.total), payment.chunks) == (7, 1)
+    links = dict(Receipt.objects.values_list("key", "incoming_payment_id"))
+    assert links == {"a0": None, "a1": payment.pk}
+    assert not Receipt.objects.filter(applied_at__isnull=True).exists()
+    assert int(LedgerAccount.objects.get(pk=receiver.pk).balance) == 5 + 7

@@ -20,6 +20,7 @@ import pytest
 from ilp.packet import Fulfill, Prepare, Reject
 from links.limits import (
     BANDWIDTH_EXCEEDED,
+    LEASE_FRACTION,
     RATE_LIMITED,
     TOO_MANY_IN_FLIGHT,
     EdgeLimiter,
@@ -93,7 +94,7 @@ async def test_in_flight_is_counted_for_the_node(pair: Callable[..., SharedLimit
     assert all(isinstance(s, Slot) for s in (s1, s2, s3))
     assert await b.admit_prepare("kid", rules, 10, soon()) == TOO_MANY_IN_FLIGHT
     assert await a.admit_prepare("kid", rules, 10, soon()) == TOO_MANY_IN_FLIGHT
-    assert await a.in_flight_shared("kid") == 3
+    assert await a.leased_slots("kid") == 3
     assert isinstance(s1, Slot)
     a.release_slot(s1)  # released on A: B has the room
     s4 = await b.admit_prepare("kid", rules, 10, soon())
@@ -103,7 +104,7 @@ async def test_in_flight_is_counted_for_the_node(pair: Callable[..., SharedLimit
         limiter.release_slot(slot)
     await a.admit_prepare("other", rules, 0, soon())  # flushes A's queued release
     await b.admit_prepare("other", rules, 0, soon())
-    assert await a.in_flight_shared("kid") == 0
+    assert await a.leased_slots("kid") == 0
 
 
 @requires_redis
@@ -115,27 +116,145 @@ async def test_throughput_is_counted_for_the_node(pair: Callable[..., SharedLimi
     assert isinstance(await b.admit_prepare("kid", rules, 0, soon()), Slot)
 
 
+async def admit_once(limiter: SharedLimiter, rules: PeerLimits, amount: int = 0) -> object:
+    """A Prepare admitted and answered at once (its slot released)."""
+    outcome = await limiter.admit_prepare("kid", rules, amount, soon())
+    if isinstance(outcome, Slot):
+        limiter.release_slot(outcome)
+    return outcome
+
+
 @requires_redis
 async def test_a_dead_process_slots_expire(pair: Callable[..., SharedLimiter]) -> None:
     dead, alive = pair(), pair()
-    dead.slot_margin_ms = 0
+    # Its slots' lease: 200 ms of use + 100 ms of hold at most + no margin.
+    dead.lease_valid_ms, dead.max_hold_ms, dead.slot_margin_ms = 200, 100, 0
+    assert dead.slot_ttl_ms == 300
     rules = PeerLimits(max_in_flight=2)
-    expiry = datetime.now(UTC) + timedelta(milliseconds=300)
-    assert isinstance(await dead.admit_prepare("kid", rules, 1, expiry), Slot)
-    assert isinstance(await dead.admit_prepare("kid", rules, 1, expiry), Slot)
-    # The process is killed: its slots are never released.
-    await dead.aclose()
+    assert isinstance(await dead.admit_prepare("kid", rules, 1, soon()), Slot)
+    assert isinstance(await dead.admit_prepare("kid", rules, 1, soon()), Slot)
+    leased_at = time.monotonic()
+    # The process is killed: it neither releases nor gives its lease back.
+    dead.close()
     assert await alive.admit_prepare("kid", rules, 1, soon()) == TOO_MANY_IN_FLIGHT
     deadline = time.monotonic() + 20
-    while True:  # admitted once the dead process's slots pass their Prepare's expiry
+    while True:  # admitted once the dead process's lease has expired
         outcome = await alive.admit_prepare("kid", rules, 1, soon())
         if isinstance(outcome, Slot):
             break
         assert outcome == TOO_MANY_IN_FLIGHT
         assert time.monotonic() < deadline, "the dead process's slots never expired"
-        await asyncio.sleep(0.05)
-    assert datetime.now(UTC) >= expiry
-    assert await alive.in_flight_shared("kid") == 1
+        await asyncio.sleep(0.02)
+    assert time.monotonic() - leased_at >= 0.25  # not before the lease's expiry
+    assert await alive.leased_slots("kid") == 1
+
+
+@requires_redis
+async def test_two_processes_admit_at_most_the_limit_plus_their_leases(
+    pair: Callable[..., SharedLimiter],
+) -> None:
+    """Over any window: at most burst + rate x window + N x the largest lease."""
+    a, b = pair(), pair()
+    for p in (a, b):
+        p.idle_ns = 10**12  # hold the leases through the pause below
+    rules = PeerLimits(packets_per_second=2_000, burst=2_000)
+    max_lease = 2_000 // LEASE_FRACTION
+    # Warm up at ~1,000 packets/s each way, so each process holds a lease sized for it.
+    for i in range(300):
+        assert isinstance(await admit_once(a if i % 2 else b, rules), Slot)
+        await asyncio.sleep(0.001)
+    for p in (a, b):
+        lease = p._side().leases["kid"]
+        assert 0 < lease.tokens <= max_lease  # leased ahead of need, and no more than that
+    await asyncio.sleep(1.1)  # the bucket is full again; the leases are still out
+    started = time.monotonic()
+    outcomes = [await admit_once(a if i % 2 else b, rules) for i in range(6_000)]
+    window = time.monotonic() - started
+    admitted = sum(isinstance(o, Slot) for o in outcomes)
+    assert {o for o in outcomes if not isinstance(o, Slot)} == {RATE_LIMITED}
+    assert 2_000 <= admitted <= 2_000 + 2_000 * window + 2 * max_lease
+    # Few calls for it: the packets were admitted from the leases.
+    assert a.stats.calls + b.stats.calls < 6_300 / 10
+    # Each process on its own (what the in-memory limiters did) admits the burst twice.
+    local_a, local_b = EdgeLimiter(), EdgeLimiter()
+    local = 0
+    for i in range(6_000):
+        one = local_a if i % 2 else local_b
+        if one.admit("kid", rules, 0) is None:
+            one.release("kid")
+            local += 1
+    assert local >= 4_000
+
+
+@requires_redis
+async def test_the_in_flight_cap_holds_exactly_across_processes(
+    pair: Callable[..., SharedLimiter],
+) -> None:
+    a, b = pair(), pair()
+    for p in (a, b):
+        p.idle_ns, p.tick_s = 100_000_000, 0.02
+    rules = PeerLimits(max_in_flight=64)
+    outcomes = await asyncio.gather(
+        *(p.admit_prepare("kid", rules, 1, soon()) for _ in range(50) for p in (a, b))
+    )
+    slots = [(o, p) for o, p in zip(outcomes, [a, b] * 50, strict=True) if isinstance(o, Slot)]
+    refused = [o for o in outcomes if not isinstance(o, Slot)]
+    # Never more than the cap (a process may hold a few spare slots: the early refusals).
+    assert 64 - 2 * (64 // LEASE_FRACTION) <= len(slots) <= 64
+    assert set(refused) == {TOO_MANY_IN_FLIGHT}
+    assert a.in_flight("kid") + b.in_flight("kid") == len(slots)
+    assert len(slots) <= await a.leased_slots("kid") <= 64
+    for slot, p in slots:
+        p.release_slot(slot)
+    deadline = time.monotonic() + 5
+    while await a.leased_slots("kid"):  # spare slots go back; idle leases too
+        assert time.monotonic() < deadline, "the leases were never given back"
+        await asyncio.sleep(0.02)
+    assert a._side().leases["kid"].tokens == b._side().leases["kid"].tokens == 0
+
+
+@requires_redis
+async def test_throughput_across_processes_is_the_limit_plus_their_leases(
+    pair: Callable[..., SharedLimiter],
+) -> None:
+    a, b = pair(), pair()
+    rules = PeerLimits(throughput_per_second=1_600)
+    started = time.monotonic()
+    outcomes = [await admit_once(a if i % 2 else b, rules, 60) for i in range(200)]
+    window = time.monotonic() - started
+    admitted = sum(isinstance(o, Slot) for o in outcomes)
+    assert {o for o in outcomes if not isinstance(o, Slot)} == {BANDWIDTH_EXCEEDED}
+    assert 1_600 - 2 * 100 <= admitted * 60 <= 1_600 + 1_600 * window + 2 * 100 + 60
+
+
+@requires_redis
+async def test_a_closing_process_gives_its_lease_back(pair: Callable[..., SharedLimiter]) -> None:
+    a, b = pair(), pair()
+    rules = PeerLimits(packets_per_second=1, burst=16)  # leases of one token
+    slot = await a.admit_prepare("kid", rules, 0, soon())
+    assert isinstance(slot, Slot)
+    assert a._side().leases["kid"].tokens == 1  # taken ahead of need
+    a.release_slot(slot)
+    await a.aclose()  # gives it back (a killed process would not: one token lost)
+    assert await a.leased_slots("kid") == 0
+    outcomes = [await b.admit_prepare("kid", rules, 0, soon()) for _ in range(20)]
+    assert sum(isinstance(o, Slot) for o in outcomes) == 15
+
+
+def test_a_lease_is_sized_by_the_recent_rate_and_capped() -> None:
+    from links.limits import _Lease
+
+    rules = PeerLimits(packets_per_second=10_000, burst=20_000, max_in_flight=1_000)
+    lease = _Lease("kid", "kid", rules, 0, None)  # type: ignore[arg-type]
+    assert (lease.target_tokens, lease.max_tokens, lease.max_headroom) == (1, 625, 62)
+    lease.count = 250  # 250 packets in 100 ms: 2,500/s, a lease of 100 ms of it
+    lease.size(100_000_000)
+    assert lease.target_tokens == 251
+    lease.count = 10_000  # 100,000/s: capped
+    lease.size(200_000_000)
+    assert lease.target_tokens == 625
+    tiny = _Lease("kid", "kid", PeerLimits(max_in_flight=3), 0, None)  # type: ignore[arg-type]
+    assert tiny.max_headroom == 0  # no spare slots: each admission asks Redis
 
 
 @requires_redis
@@ -146,7 +265,7 @@ async def test_one_call_per_loop_iteration(pair: Callable[..., SharedLimiter]) -
     assert all(isinstance(s, Slot) for s in slots)
     # The first packet's call goes alone; the 59 queued behind it share the next one.
     assert a.stats.calls <= 2
-    assert a.stats.admits == 60
+    assert a.stats.waits == 60  # each waited for a call (no lease yet)
 
 
 def _closed_port() -> int:

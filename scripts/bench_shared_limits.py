@@ -4,8 +4,15 @@
 
 Each of ``in_flight`` workers loops: admit a Prepare of peer ``kid`` (``admit_prepare``),
 yield to the loop once (the switch's work), release its slot. Reports this process's CPU
-time per packet (``time.process_time``), Redis's CPU per packet (``INFO cpu``), wall time
-and the script calls per packet, for both limiters on the same loop.
+time per packet (``os.times``), Redis's CPU per packet (``INFO cpu``), wall time and the
+script calls per packet, for both limiters on the same loop, in three shapes:
+
+* ``flat out``: limits far above the load (10^9/s), as fast as the loop goes;
+* ``throughput``: the same with a throughput limit too (the amount is leased as well);
+* ``paced``: the node's default limits (10,000/s, burst 20,000, 1,000 in flight) at
+  2,500 packets/s, about the node's own rate in ``make bench`` (leases of ~250 tokens).
+
+Run it with ``PYTHONPATH`` at another checkout to measure that one's limiter (A/B).
 """
 
 from __future__ import annotations
@@ -22,18 +29,39 @@ import redis
 
 from links.limits import EdgeLimiter, PeerLimits, SharedLimiter, Slot
 
+FLAT = PeerLimits(packets_per_second=10**9, burst=10**9, max_in_flight=10**6)
+SHAPES: dict[str, tuple[PeerLimits, float]] = {  # limits, packets/s (0: flat out)
+    "flat out": (FLAT, 0.0),
+    "throughput": (
+        PeerLimits(
+            packets_per_second=10**9,
+            burst=10**9,
+            max_in_flight=10**6,
+            throughput_per_second=10**12,
+        ),
+        0.0,
+    ),
+    "paced": (PeerLimits(), 2_500.0),
+}
 
-async def run(limiter: EdgeLimiter | SharedLimiter, packets: int, in_flight: int) -> int:
-    rules = PeerLimits(packets_per_second=10**9, burst=10**9, max_in_flight=10**6)
+
+async def run(
+    limiter: EdgeLimiter | SharedLimiter,
+    packets: int,
+    in_flight: int,
+    rules: PeerLimits = FLAT,
+    rate: float = 0.0,
+) -> int:
     expiry = datetime.now(UTC) + timedelta(seconds=30)
     per_worker = packets // in_flight
     refused = 0
+    gap = in_flight / rate if rate else 0.0
 
     async def worker() -> None:
         nonlocal refused
         for _ in range(per_worker):
             slot = await limiter.admit_prepare("kid", rules, 10, expiry)
-            await asyncio.sleep(0)
+            await asyncio.sleep(gap)
             if isinstance(slot, Slot):
                 limiter.release_slot(slot)
             else:
@@ -96,33 +124,40 @@ async def main() -> None:
     client = redis.Redis.from_url(url)
     prefix = f"ilp:bench:limits:{uuid.uuid4().hex}:"
     for round_ in range(2):
-        for name, limiter in (
-            ("in-memory", EdgeLimiter()),
-            ("shared (Redis)", SharedLimiter(url, prefix)),
-        ):
-            if isinstance(limiter, SharedLimiter):
-                await run(limiter, in_flight * 10, in_flight)  # connect, load the script
-                calls0 = limiter.stats.calls
-            r0 = redis_cpu(client)
-            t0 = os.times()
-            w0 = time.perf_counter()
-            refused = await run(limiter, packets, in_flight)
-            wall = time.perf_counter() - w0
-            t1 = os.times()
-            user, system = t1.user - t0.user, t1.system - t0.system
-            cpu = user + system
-            rcpu = redis_cpu(client) - r0
-            extra = ""
-            if isinstance(limiter, SharedLimiter):
-                calls = limiter.stats.calls - calls0
-                extra = f", {calls} calls ({packets / calls:.1f} packets per call)"
-                await limiter.aclose()
-            print(
-                f"round {round_ + 1} {name:15s}: {cpu / packets * 1e6:6.1f} us CPU/packet here "
-                f"({user / packets * 1e6:.1f} user, {system / packets * 1e6:.1f} sys), "
-                f"{rcpu / packets * 1e6:5.1f} us in Redis, {packets / wall:8.0f} packets/s, "
-                f"{refused} refused{extra}"
-            )
+        for shape, (rules, rate) in SHAPES.items():
+            n = packets if not rate else min(packets, int(rate * 4))
+            for name, limiter in (
+                ("in-memory", EdgeLimiter()),
+                ("shared (Redis)", SharedLimiter(url, prefix)),
+            ):
+                if isinstance(limiter, SharedLimiter):
+                    await run(limiter, in_flight * 10, in_flight, rules)  # connect, the script
+                    calls0 = limiter.stats.calls
+                r0 = redis_cpu(client)
+                t0 = os.times()
+                w0 = time.perf_counter()
+                refused = await run(limiter, n, in_flight, rules, rate)
+                wall = time.perf_counter() - w0
+                t1 = os.times()
+                user, system = t1.user - t0.user, t1.system - t0.system
+                cpu = user + system
+                rcpu = redis_cpu(client) - r0
+                extra = ""
+                if isinstance(limiter, SharedLimiter):
+                    calls = limiter.stats.calls - calls0
+                    extra = f", {calls} calls ({n / max(1, calls):.1f} packets per call)"
+                    await limiter.aclose()
+                    keys = list(client.scan_iter(match=f"{prefix}*"))
+                    if keys:
+                        client.delete(*keys)
+                print(
+                    f"round {round_ + 1} {shape:10s} {name:15s}: "
+                    f"{cpu / n * 1e6:6.1f} us CPU/packet here "
+                    f"({user / n * 1e6:.1f} user, {system / n * 1e6:.1f} sys), "
+                    f"{rcpu / n * 1e6:5.1f} us in Redis, {n / wall:8.0f} packets/s, "
+                    f"{refused} refused{extra}",
+                    flush=True,
+                )
     await replay_round(url, prefix, client, packets, in_flight)
     keys = list(client.scan_iter(match=f"{prefix}*"))
     if keys:

@@ -103,6 +103,11 @@ ACTIVITY_NOTE_INTERVAL_S = 1.0
 TAKE_OVER_AGAIN_S = (0.0, 1.0)
 
 
+# What ``respond_ilp`` is given for "now" on a plain BTP/2.0 link, which keeps no replay
+# (only BTP/2.0-I sessions read it, to date the remembered reply).
+_NO_REPLAY_CLOCK = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 class LinkDown(Exception):
     """The connection went away before the peer answered."""
 
@@ -653,11 +658,16 @@ class BtpLink:
             reply = await edge.handle_prepare(peer, prepare, owned=True)
             deadline = prepare.expires_at
         ilp = encode_packet(reply)
-        now = datetime.now(UTC)
-        if deadline is not None:  # a far-future expiry must not keep the replay for ever
-            deadline = min(deadline, now + idempotency.PREPARE_HORIZON)
+        session = self.session
+        if session.idempotent:
+            now = datetime.now(UTC)
+            if deadline is not None:  # a far-future expiry must not keep the replay for ever
+                deadline = min(deadline, now + idempotency.PREPARE_HORIZON)
+        else:
+            # Plain BTP/2.0 remembers no reply: the session reads neither (no clock call).
+            now, deadline = _NO_REPLAY_CLOCK, None
         try:
-            frame = self.session.respond_ilp(event.request_id, ilp, now, deadline=deadline)
+            frame = session.respond_ilp(event.request_id, ilp, now, deadline=deadline)
         except BtpStateError:
             log.exception("BTP %s: could not answer request %d", self.label, event.request_id)
             return

@@ -25,6 +25,7 @@ handed to the link in order once the auth is decided.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
@@ -57,6 +58,7 @@ class BtpConsumer:
         self._receive = receive
         self._send = send
         self._closed = False
+        self._send_bytes = daphne_frame_sender(send)
 
     @classmethod
     def as_asgi(cls) -> Any:  # an AsgiApp; Any for django.urls.path() in URLRouter tables
@@ -172,6 +174,10 @@ class BtpConsumer:
     async def _send_frame(self, frame: bytes) -> None:
         if self._closed:
             raise ConnectionError("socket closed")
+        send_bytes = self._send_bytes
+        if send_bytes is not None:
+            send_bytes(frame)
+            return
         await self._send({"type": "websocket.send", "bytes": frame})
 
     async def _close_socket(self, code: int) -> None:
@@ -181,7 +187,64 @@ class BtpConsumer:
         await self._send({"type": "websocket.close", "code": daphne_close_code(code)})
 
 
-# --- autobahn (Daphne's WebSocket layer): two per-frame costs that change nothing on the wire ---
+def daphne_frame_sender(send: Send) -> Callable[[bytes], None] | None:
+    """Under Daphne, a function that does what ``await send({"type": "websocket.send",
+    "bytes": frame})`` does, without the message dict and the two dispatchers; ``None``
+    under any other server (or another Daphne than the one this mirrors).
+
+    Daphne's ``send`` is ``partial(Server.handle_reply, protocol)``: a coroutine that never
+    suspends, returns when the connection is gone or marked disconnected, and otherwise
+    has the protocol's ``handle_reply`` dispatch on the message type to
+    ``serverSend(bytes, True)`` (a socket not accepted yet is a ``ValueError``, an empty
+    payload sends nothing). The function below makes the same checks and the same call,
+    in the same order relative to the other sends of the socket (it runs in the caller's
+    task, as the awaited coroutine did). Accept and close still go through ``send``.
+    """
+    if not isinstance(send, functools.partial) or send.keywords or len(send.args) != 1:
+        return None
+    try:
+        from daphne.server import Server
+        from daphne.ws_protocol import WebSocketProtocol
+    except ImportError:
+        return None
+    server = getattr(send.func, "__self__", None)
+    protocol = send.args[0]
+    if (
+        getattr(send.func, "__func__", None) is not Server.handle_reply
+        or not isinstance(server, Server)
+        or not isinstance(protocol, WebSocketProtocol)
+        or getattr(getattr(Server.handle_reply, "__code__", None), "co_names", None)
+        != _DAPHNE_HANDLE_REPLY_NAMES
+    ):
+        return None
+    connections = server.connections
+    connecting = protocol.STATE_CONNECTING
+    server_send = protocol.serverSend
+
+    def send_bytes(frame: bytes) -> None:
+        connection = connections.get(protocol)
+        if connection is None or connection.get("disconnected", None):
+            return
+        if protocol.state == connecting:
+            raise ValueError("Socket has not been accepted, so cannot send over it")
+        if frame:
+            server_send(frame, True)
+
+    return send_bytes
+
+
+# The names Daphne 4's ``Server.handle_reply`` reads: another body is not mirrored above.
+_DAPHNE_HANDLE_REPLY_NAMES = (
+    "connections",
+    "get",
+    "check_headers_type",
+    "ValueError",
+    "basic_error",
+    "handle_reply",
+)
+
+
+# --- autobahn (Daphne's WebSocket layer): per-frame costs that change nothing on the wire ---
 
 
 class FastXorMasker:
@@ -232,11 +295,44 @@ def _plain_value(value: object, *args: object, **kwargs: object) -> str:
     return f"{value}"
 
 
+def _make_on_message_end(original: Callable[[Any], None]) -> Callable[[Any], None]:
+    """autobahn's ``WebSocketProtocol.onMessageEnd`` without the ``"message"`` event when
+    nothing listens for it.
+
+    After handing the message to ``onMessage`` (Daphne's, which queues it for the
+    application), autobahn fires its observable ``"message"`` event for every message: with
+    no listener registered (``_listeners`` is ``None``: Daphne registers none) that is a
+    Twisted Deferred already fired with ``[]``, an errback closure attached to it and
+    dropped, three txaio calls per frame that change nothing. This skips them in exactly
+    that case and runs autobahn's own method otherwise.
+    """
+
+    def on_message_end(self: Any) -> None:
+        if self._listeners is not None:
+            original(self)
+            return
+        if not self.failedByMe:
+            payload = b"".join(self.message_data)
+            if self.trackedTimings:
+                self.trackedTimings.track("onMessage")
+            self._onMessage(payload, self.message_is_binary)
+        self.message_data = None
+
+    on_message_end.__wrapped__ = original  # type: ignore[attr-defined]
+    return on_message_end
+
+
+# autobahn's onMessageEnd as this module found it (the one the speed-up falls back to).
+_AUTOBAHN_ON_MESSAGE_END: Callable[[Any], None] | None = None
+
+
 def speed_up_autobahn() -> bool:
-    """Install :class:`FastXorMasker` in autobahn and drop the colouring of its debug log
+    """Install :class:`FastXorMasker` in autobahn, drop the colouring of its debug log
     arguments (``hltype``/``hlval``, evaluated for every frame sent and received even when
-    debug logging is off: a ``click.style`` call each). Idempotent; ``False`` when autobahn
-    is missing or laid out differently (then nothing is changed)."""
+    debug logging is off: a ``click.style`` call each) and its per-message ``"message"``
+    event when nothing listens (:func:`_make_on_message_end`). Idempotent; ``False`` when
+    autobahn is missing or laid out differently (then nothing is changed)."""
+    global _AUTOBAHN_ON_MESSAGE_END
     try:
         from autobahn.twisted import websocket as tx_websocket
         from autobahn.websocket import protocol
@@ -249,7 +345,32 @@ def speed_up_autobahn() -> bool:
         for name, plain in (("hltype", _plain_type), ("hlval", _plain_value)):
             if hasattr(module, name):
                 setattr(module, name, plain)
+    ws = protocol.WebSocketProtocol
+    current = ws.onMessageEnd
+    if _AUTOBAHN_ON_MESSAGE_END is None and _on_message_end_is_known(current):
+        _AUTOBAHN_ON_MESSAGE_END = current
+        ws.onMessageEnd = _make_on_message_end(current)  # type: ignore[method-assign,assignment]
     return True
+
+
+def _on_message_end_is_known(method: Callable[..., Any]) -> bool:
+    """Whether autobahn's ``onMessageEnd`` is the one :func:`_make_on_message_end` mirrors
+    (it reads exactly these names; another autobahn keeps its own method)."""
+    code = getattr(method, "__code__", None)
+    if code is None:
+        return False
+    return set(code.co_names) == {
+        "failedByMe",
+        "join",
+        "message_data",
+        "trackedTimings",
+        "track",
+        "_onMessage",
+        "message_is_binary",
+        "fire",
+        "txaio",
+        "add_callbacks",
+    }
 
 
 speed_up_autobahn()

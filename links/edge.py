@@ -38,9 +38,7 @@ def override_switch(switch: Switch | None) -> None:
 
 
 def current_switch() -> Switch:
-    from payments.node import runtime
-
-    rt = runtime()
+    rt = _runtime()  # once per packet: the module's import, not one in the function
     override: Switch | None = rt.switch_override
     if override is not None:
         return override

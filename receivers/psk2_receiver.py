@@ -158,6 +158,14 @@ def _totals_shared() -> bool:
     return bool(getattr(settings, "REDIS_URL", ""))
 
 
+def _has_total(opened: Opened) -> bool:
+    """Whether the payment may have received something before this chunk: a draft-1 chunk
+    after the first (draft 2 keeps no totals; nothing can have arrived for a fresh Payment
+    ID). Checked before :func:`_paid_so_far`, so the common single chunk awaits nothing."""
+    request = opened.request
+    return isinstance(request, ChunkRequest) and request.sequence != 0
+
+
 async def _paid_so_far(account_code: str, opened: Opened) -> int:
     """What this payment received before this chunk (draft 1; draft 2 has no totals).
 
@@ -165,9 +173,10 @@ async def _paid_so_far(account_code: str, opened: Opened) -> int:
     receipts in the database, the node's shared truth (every earlier chunk's Fulfill went
     out only after its receipt was durable), one indexed query per chunk after the first.
     """
-    request = opened.request
-    if not isinstance(request, ChunkRequest) or request.sequence == 0:
+    if not _has_total(opened):
         return 0
+    request = opened.request
+    assert isinstance(request, ChunkRequest)
     stats.total_lookups += 1
     if _totals_shared():
         total: int = await database_sync_to_async(payment_total_db)(
@@ -204,7 +213,10 @@ async def _receive(
     if not destination.startswith(base):
         return _reject("F02", MSG_UNREACHABLE)
     name, dot, rest = destination[len(base) :].partition(".")
-    account_code = await get_directory().account_code(name)
+    directory = get_directory()
+    known, account_code = directory.peek(name)  # a hit: no coroutine to build and await
+    if not known:
+        account_code = await directory.account_code(name)
     if account_code is None:
         return _reject("F02", f"{MSG_UNREACHABLE}: {name[:63]!r}" if name else MSG_UNREACHABLE)
 
@@ -236,7 +248,7 @@ async def _receive(
         return opened.to_reject(node)
 
     try:
-        paid_so_far = await _paid_so_far(account_code, opened)
+        paid_so_far = await _paid_so_far(account_code, opened) if _has_total(opened) else 0
     except Exception:
         logger.exception("receivers: payment total lookup failed for %s", account_code)
         return _reject("T00", MSG_COMMIT_FAILED)

@@ -491,3 +491,109 @@ def test_autobahn_speed_ups_are_installed() -> None:
         protocol.hltype(NotReady().method)
         == "<test_autobahn_speed_ups_are_installed.<locals>.NotReady.method>"
     )
+
+
+class _SentProtocol:
+    """What ``serverSend`` was asked to send, for the Daphne send-path test below."""
+
+    sent: list[tuple[bytes, bool]]
+
+    def serverSend(self, content: bytes, binary: bool = False) -> None:
+        self.sent.append((content, binary))
+
+
+@pytest.mark.parametrize("case", ["open", "gone", "disconnected", "connecting", "empty"])
+async def test_daphne_frame_sender_does_what_handle_reply_does(case: str) -> None:
+    import functools
+
+    from daphne.server import Server
+    from daphne.ws_protocol import WebSocketProtocol
+
+    from links.consumers import daphne_frame_sender
+
+    class Protocol(_SentProtocol, WebSocketProtocol):
+        def __init__(self) -> None:
+            self.sent = []
+            self.state = self.STATE_CONNECTING if case == "connecting" else self.STATE_OPEN
+
+    server = Server.__new__(Server)  # not started: handle_reply reads only its connections
+    server.connections = {}
+    outcomes = []
+    for direct in (False, True):
+        protocol = Protocol()
+        if case != "gone":
+            server.connections[protocol] = {"disconnected": 1} if case == "disconnected" else {}
+        send = functools.partial(server.handle_reply, protocol)
+        sender = daphne_frame_sender(send)
+        assert sender is not None
+        frame = b"" if case == "empty" else b"\x01\x00\x00\x00\x07frame"
+        try:
+            if direct:
+                sender(frame)
+            else:
+                await send({"type": "websocket.send", "bytes": frame})
+            outcome: object = protocol.sent
+        except ValueError as exc:
+            outcome = str(exc)
+        outcomes.append(outcome)
+    assert outcomes[0] == outcomes[1]
+    assert (outcomes[0] == [(b"\x01\x00\x00\x00\x07frame", True)]) is (case == "open")
+
+
+def test_daphne_frame_sender_only_for_daphne() -> None:
+    import functools
+
+    from links.consumers import daphne_frame_sender
+
+    async def send(message: dict[str, Any]) -> None: ...
+
+    async def handle_reply(protocol: object, message: dict[str, Any]) -> None: ...
+
+    assert daphne_frame_sender(send) is None
+    assert daphne_frame_sender(functools.partial(handle_reply, object())) is None
+
+
+def _autobahn_protocol(payload: list[bytes]) -> Any:
+    from autobahn.twisted.websocket import WebSocketServerProtocol
+
+    protocol = WebSocketServerProtocol()
+    protocol.failedByMe = False
+    protocol.trackedTimings = None
+    protocol.message_is_binary = True
+    protocol.message_data = list(payload)
+    protocol.got = []
+    protocol.onMessage = lambda data, is_binary: protocol.got.append((data, is_binary))
+    return protocol
+
+
+def test_autobahn_message_end_without_listeners_delivers_the_same() -> None:
+    from autobahn.websocket import protocol as ab_protocol
+
+    from links import consumers
+
+    assert consumers.speed_up_autobahn()
+    original = consumers._AUTOBAHN_ON_MESSAGE_END
+    assert original is not None
+    assert ab_protocol.WebSocketProtocol.onMessageEnd.__wrapped__ is original  # type: ignore[attr-defined]
+    ours, theirs = _autobahn_protocol([b"ab", b"c"]), _autobahn_protocol([b"ab", b"c"])
+    ours.onMessageEnd()
+    original(theirs)
+    assert ours.got == theirs.got == [(b"abc", True)]
+    assert ours.message_data is None and theirs.message_data is None
+    failed = _autobahn_protocol([b"x"])
+    failed.failedByMe = True
+    failed.onMessageEnd()
+    assert failed.got == [] and failed.message_data is None
+
+
+def test_autobahn_message_end_with_a_listener_fires_it() -> None:
+    from links import consumers
+
+    assert consumers.speed_up_autobahn()
+    protocol = _autobahn_protocol([b"hi"])
+    heard: list[tuple[bytes, bool]] = []
+    protocol.set_valid_events(["message"])
+    protocol.on("message", lambda payload, is_binary: heard.append((payload, is_binary)))
+    protocol.onMessageEnd()
+    assert protocol.got == [(b"hi", True)]
+    assert heard == [(b"hi", True)]

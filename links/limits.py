@@ -489,8 +489,9 @@ class _Lease:
         )
         self.size(self.since)
 
-    def size(self, now: int) -> None:
-        """The next lease from the rate since the last call (smoothed), capped."""
+    def size(self, now: int, missed: bool = False) -> None:
+        """The next lease from the rate since the last call (smoothed), capped; doubled
+        when packets ran out of the last one before its top-up came (ramping up)."""
         dt = now - self.since
         if dt >= 1_000_000:  # below 1 ms the count says little
             rate, arate = self.count / dt, self.volume / dt
@@ -498,6 +499,10 @@ class _Lease:
             self.arate = arate if arate > self.arate else (arate + self.arate) / 2
             self.count = self.volume = 0
             self.since = now
+        if missed:
+            self.rate = max(self.rate, 2 * self.target_tokens / LEASE_HORIZON_NS)
+            if self.max_amount:
+                self.arate = max(self.arate, 2 * self.target_amount / LEASE_HORIZON_NS)
         self.target_tokens = min(self.max_tokens, int(self.rate * LEASE_HORIZON_NS) + 1)
         self.low_tokens = self.target_tokens // 2
         if self.max_amount:
@@ -630,8 +635,13 @@ class SharedLimiter:
         if side is None:
             side = self._side()
         lease = side.leases.get(name)
-        if lease is not None and lease.limits is limits and not lease.waiting:
+        if (
+            lease is not None
+            and not lease.waiting
+            and (lease.limits is limits or lease.limits == limits)
+        ):
             # The packet path: from the lease, no call; a top-up queued ahead of need.
+            lease.limits = limits  # (an equal object: compared once)
             now = time.monotonic_ns()
             outcome = lease.take(amount, now, False)
             if outcome is lease.slot:
@@ -760,9 +770,9 @@ class SharedLimiter:
     def _ask(self, side: _Side, lease: _Lease, now: int) -> tuple[int, int]:
         """The lease's op for the next call (in ``lease.asked``); the tokens and amount it
         gives back, taken off the lease now so that nothing spends them meanwhile."""
-        lease.size(now)
-        lease.biggest = 0
         n = len(lease.waiting)
+        lease.size(now, missed=n > 0)
+        lease.biggest = 0
         if side.closing or self._closed or (not n and now - lease.used_at >= self.idle_ns):
             want_t, want_a, want_s = 0, 0, lease.in_flight  # idle: give everything back
         else:

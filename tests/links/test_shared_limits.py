@@ -163,6 +163,7 @@ async def test_two_processes_admit_at_most_the_limit_plus_their_leases(
     for i in range(300):
         assert isinstance(await admit_once(a if i % 2 else b, rules), Slot)
         await asyncio.sleep(0.001)
+    await asyncio.sleep(0.1)  # the last top-ups are back
     for p in (a, b):
         lease = p._side().leases["kid"]
         assert 0 < lease.tokens <= max_lease  # leased ahead of need, and no more than that
@@ -339,3 +340,30 @@ async def test_the_edge_refuses_over_the_node_limit_from_either_runtime(
         assert isinstance(await edge.handle_prepare(kid, prepare_to()), Fulfill)
     for rt in runtimes:
         rt.close()
+
+
+@requires_redis
+async def test_the_packet_path_spends_the_lease_without_a_call(
+    pair: Callable[..., SharedLimiter],
+) -> None:
+    a = pair()
+    rules = PeerLimits()  # the defaults: leases of up to 625 tokens, 62 spare slots
+    held = []
+    for _ in range(40):
+        held.append(await a.admit_prepare("kid", rules, 1, soon()))
+        await asyncio.sleep(0)
+    for _ in range(2_000):
+        outcome = await admit_once(a, rules)
+        assert isinstance(outcome, Slot)
+        await asyncio.sleep(0)  # the next packet comes with the next read from the link
+    # A call per lease (ahead of need, sized to the rate), not per packet or iteration.
+    assert a.stats.calls <= 2_040 // 100
+    # Only while the leases ramp up (tokens doubling from one, spare slots growing with
+    # the packets in flight) did packets wait for one: 1% of them at most.
+    assert a.stats.waits <= 2_040 // 100
+    assert a.in_flight("kid") == 40
+    assert 40 <= await a.leased_slots("kid") <= 40 + 1_000 // LEASE_FRACTION + 2
+    for slot in held:
+        assert isinstance(slot, Slot)
+        a.release_slot(slot)
+    assert a.in_flight("kid") == 0

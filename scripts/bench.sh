@@ -11,6 +11,9 @@
 #                                        pg_stat_statements on the bench Postgres (top statements)
 #   BENCH_MIN_BALANCE=-1000000000000000  the sender's limit (its holds then take the shared credit
 #                                        path with Redis); `none`: an unlimited peer
+#   BENCH_PEER_LIMITS="--throughput N ..." more add_peer limit flags for the sender (it always has
+#                                        the defaults: 10,000 Prepares/s, burst 20,000, 1,000 in
+#                                        flight, no throughput limit; links.limits)
 #   BENCH_PORT=8792  BENCH_OUT=/tmp/bench-<ts>
 #   SVC_DIR=/tmp/ilp-bench-services PG_PORT=55440 REDIS_PORT=56440
 # Prints per shape: node payments/s and p99, reference payments/s and p99, ratio, RSS at start
@@ -126,7 +129,8 @@ for shape in $SHAPES; do
   "$BIN/python" manage.py migrate --noinput -v0
   # A limited peer (the production shape): its holds go through the shared credit (Redis).
   limit=(); [ "${BENCH_MIN_BALANCE:--1000000000000000}" != none ] && limit=(--min-balance "${BENCH_MIN_BALANCE:--1000000000000000}")
-  "$BIN/python" manage.py add_peer alice --relation child --link btp-server --token alicetoken "${limit[@]}" >/dev/null
+  # shellcheck disable=SC2086  # BENCH_PEER_LIMITS is a list of flags
+  "$BIN/python" manage.py add_peer alice --relation child --link btp-server --token alicetoken "${limit[@]}" ${BENCH_PEER_LIMITS:-} >/dev/null
   "$BIN/python" manage.py add_pointer bob >/dev/null
   if [ "$shape" = postgres ]; then
     [ "${BENCH_PROFILE:-0}" = 1 ] && pgq -d ilp_bench -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" >/dev/null

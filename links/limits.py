@@ -473,6 +473,7 @@ class _Lease:
         self.used_at = now
         self.rate = 0.0  # packets per ns, smoothed
         self.arate = 0.0  # amount per ns, smoothed
+        self.target_tokens = self.target_amount = 1  # (size() sets them)
         self.adopt(limits)
 
     def adopt(self, limits: PeerLimits) -> None:

@@ -194,6 +194,8 @@ def test_a_receipt_whose_posting_exists_is_marked_not_counted(
     receiver = LedgerAccount.objects.get(code=RECEIVER)
     services.account_adjust(account_code=RECEIVER, amount=5, key="by-hand")
     Posting.objects.filter(key="adjust:by-hand").update(key="receipt:a0")  # the same key
+    assert services.apply_receipts(receipt_ids=ids[:1]) == 0  # the chunk has no other
+    assert not IncomingPayment.objects.exists()
     assert services.apply_receipts(receipt_ids=ids) == 1
     payment = IncomingPayment.objects.get()
     assert (int(payment.total), payment.chunks) == (7, 1)

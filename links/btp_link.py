@@ -523,7 +523,12 @@ class BtpLink:
     async def receive(self, raw: bytes) -> None:
         """Handle one binary WebSocket message. Never raises."""
         try:
-            await self._act(self.session.receive_frame(raw, datetime.now(UTC)))
+            events = self.session.receive_frame(raw, datetime.now(UTC))
+            if len(events) == 1 and type(events[0]) is IlpRequest:
+                # The frame of almost every packet: acted on here, with no coroutine for _act.
+                self._on_ilp_request(events[0])
+            else:
+                await self._act(events)
         except Exception:
             log.exception("BTP %s: unexpected error on a frame; closing", self.label)
             await self.close(CLOSE_POLICY)
@@ -539,11 +544,7 @@ class BtpLink:
     async def _act(self, events: list[Event]) -> None:
         for event in events:
             if type(event) is IlpRequest:
-                now = time.monotonic()
-                if now - self._noted_at >= ACTIVITY_NOTE_INTERVAL_S:
-                    self._noted_at = now
-                    activity.note_packet(self.peer_name)
-                self.spawn(self._serve_ilp(event))
+                self._on_ilp_request(event)
             elif type(event) is IlpReply:
                 self._on_reply(event.request_id, event.ilp)
             elif type(event) is SendFrame:
@@ -563,6 +564,13 @@ class BtpLink:
                 self._on_reply(event.request_id, event.packet)
             elif type(event) is RequestFailed:
                 self._on_reply(event.request_id, _Failed(event.reason))
+
+    def _on_ilp_request(self, event: IlpRequest) -> None:
+        now = time.monotonic()
+        if now - self._noted_at >= ACTIVITY_NOTE_INTERVAL_S:
+            self._noted_at = now
+            activity.note_packet(self.peer_name)
+        self.spawn(self._serve_ilp(event))
 
     def _on_reply(self, request_id: int, result: _Result) -> None:
         if self._outbox is not None:

@@ -308,7 +308,9 @@ class PacketSwitch:
         self._receivers_dot = receivers_prefix(node_address) + "."
         self._node_dot = node_address + "."
         self._locals: dict[str, LocalHandler] = {}  # segment -> handler
-        self._inflight: dict[str, asyncio.Future[Reply]] = {}
+        # Packets in progress: key -> the future their copies wait on, made only when a
+        # copy arrives (None until then: no future to make and resolve per packet).
+        self._inflight: dict[str, asyncio.Future[Reply] | None] = {}
         self._recent: dict[str, tuple[Fulfill, datetime]] = {}
         # (expiry in POSIX seconds, key) of every remembered Fulfill, a heap: purged in
         # expiry order whatever the arrival order (one far-future Prepare pins nothing).
@@ -532,11 +534,13 @@ class PacketSwitch:
         cached = self._recent.get(key)
         if cached is not None:
             return cached[0]
-        waiting = self._inflight.get(key)
-        if waiting is not None:
+        inflight = self._inflight
+        if key in inflight:
+            waiting = inflight[key]
+            if waiting is None:
+                waiting = inflight[key] = asyncio.get_running_loop().create_future()
             return await asyncio.shield(waiting)
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
+        inflight[key] = None
         reply: Reply | None = None
         try:
             destination = prepare.destination
@@ -551,10 +555,11 @@ class PacketSwitch:
         except RejectError as exc:
             reply = exc.to_reject(self.address)
         finally:
-            del self._inflight[key]
+            waiting = inflight.pop(key)
             if reply is None:  # cancelled or crashed: tell any waiting copy something final
                 reply = Reject("T00", self.address, "packet processing was interrupted.")
-            future.set_result(reply)
+            if waiting is not None:
+                waiting.set_result(reply)
         if type(reply) is Fulfill:
             self._remember(key, reply, prepare.expires_at)
         return reply

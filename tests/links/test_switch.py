@@ -87,9 +87,9 @@ async def settle(done: Callable[[], bool], what: str) -> None:
     raise AssertionError(f"never happened: {what}")
 
 
-def awaited_by(future: asyncio.Future[Any]) -> bool:
+def awaited_by(future: asyncio.Future[Any] | None) -> bool:
     """Whether something waits on ``future`` (a copy of a packet in flight does)."""
-    return bool(future._callbacks)  # type: ignore[attr-defined]
+    return future is not None and bool(future._callbacks)  # type: ignore[attr-defined]
 
 
 # --- forwarding: happy path ------------------------------------------------------------
@@ -420,6 +420,14 @@ def test_packet_key_is_stable_and_covers_every_field() -> None:
     assert len({packet_key("alice", base), *variants}) == 7
 
 
+def waiting_copies(rig: Any) -> asyncio.Future[Any] | None:
+    """The future the copies of the one packet in progress wait on (``None``: none yet;
+    the switch makes it when the first copy arrives)."""
+    (in_flight,) = rig.switch._inflight.values()
+    future: asyncio.Future[Any] | None = in_flight
+    return future
+
+
 async def test_retransmission_in_flight_is_forwarded_and_booked_once() -> None:
     rig = make_rig([ALICE, CARL])
     gate = asyncio.Event()
@@ -433,8 +441,7 @@ async def test_retransmission_in_flight_is_forwarded_and_booked_once() -> None:
     first = asyncio.create_task(rig.switch.handle_prepare(ALICE, p))
     second = asyncio.create_task(rig.switch.handle_prepare(ALICE, p))
     await settle(lambda: len(carl.seen) == 1, "the first copy reached carl")
-    (in_flight,) = rig.switch._inflight.values()
-    await settle(lambda: awaited_by(in_flight), "the second copy waits for the first")
+    await settle(lambda: awaited_by(waiting_copies(rig)), "the second copy waits for the first")
     gate.set()
     assert await first == await second == Fulfill(FULFILLMENT)
     assert len(carl.seen) == 1
@@ -442,6 +449,23 @@ async def test_retransmission_in_flight_is_forwarded_and_booked_once() -> None:
     # and once more after it was fulfilled: answered from memory
     assert await rig.switch.handle_prepare(ALICE, p) == Fulfill(FULFILLMENT)
     assert len(carl.seen) == 1 and len(rig.book.commits) == 1
+
+
+async def test_a_packet_without_copies_makes_no_future() -> None:
+    rig = make_rig([ALICE, CARL])
+    gate = asyncio.Event()
+
+    async def slow(p: Prepare) -> Fulfill:
+        await gate.wait()
+        return Fulfill(FULFILLMENT)
+
+    carl = rig.link("carl", slow)
+    first = asyncio.create_task(rig.switch.handle_prepare(ALICE, prepare("test.conn.carl", 100)))
+    await settle(lambda: len(carl.seen) == 1, "the packet reached carl")
+    assert list(rig.switch._inflight.values()) == [None]
+    gate.set()
+    assert await first == Fulfill(FULFILLMENT)
+    assert rig.switch._inflight == {}
 
 
 async def test_same_packet_from_another_peer_is_another_packet() -> None:
@@ -724,8 +748,7 @@ async def test_cancelled_packet_releases_holds_and_waiters_get_a_reject() -> Non
     first = asyncio.create_task(rig.switch.handle_prepare(ALICE, p))
     await settle(lambda: len(carl.seen) == 1, "the packet reached carl")
     copy = asyncio.create_task(rig.switch.handle_prepare(ALICE, p))
-    (in_flight,) = rig.switch._inflight.values()
-    await settle(lambda: awaited_by(in_flight), "the copy waits for the first")
+    await settle(lambda: awaited_by(waiting_copies(rig)), "the copy waits for the first")
     first.cancel()
     with pytest.raises(asyncio.CancelledError):
         await first

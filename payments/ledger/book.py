@@ -82,9 +82,10 @@ from payments.ledger.writer import (
 )
 from payments.models import LedgerAccount, Receipt
 
-# After a commit, for the shared credit: (account id, balance, version) and the shared
-# holds (account id, key) it ended.
-_MirrorArgs = tuple[list[tuple[int, int, int]], list[tuple[int, str]]]
+# After a commit, for the shared credit: (account id, balance, version), the shared holds
+# (account id, key) it ended, and what it took out of this process's leases (account id,
+# lease key, amount).
+_MirrorArgs = tuple[list[tuple[int, int, int]], list[tuple[int, str]], list[tuple[int, str, int]]]
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ class _Hold:
     account_id: int = 0
     shared: bool = False  # also held in Redis (payments.ledger.shared)
     expires_ms: int = 0  # when Redis drops it (Unix ms), shared holds only
+    lease: Any = None  # taken from this lease (payments.ledger.shared._Lease), not Redis
 
 
 def _ledger_scope() -> str:
@@ -208,6 +210,10 @@ class BalanceBook:
         # Shared credit (Redis): limits checked for every process of the node at once.
         self.shared = shared
         if shared is not None:
+            if shared.lease_ttl_ms is None:
+                # A lease outlives the holds taken from it (at most max_hold plus the
+                # margin, give or take a keeper pass): holds due later go to Redis.
+                shared.lease_ttl_ms = max_hold_ms + shared.hold_margin_ms + 5_000
             shared.resync = self.refresh
             shared.live_holds = self._live_shared_holds
             shared.load_missing = self.load_account
@@ -287,13 +293,16 @@ class BalanceBook:
         with self._lock:
             held = self._holds.get(key)
             self._release_locked(key)
-        if held is not None and held.shared and self.shared is not None:
+        if held is not None and held.shared and held.lease is None and self.shared is not None:
             self.shared.release(held.account_id, key)
 
-    def _release_locked(self, key: str) -> None:
+    def _release_locked(self, key: str, *, committed: bool = False) -> None:
         held = self._holds.pop(key, None)
         if held is None:
             return
+        if held.lease is not None and self.shared is not None:
+            # Back into the lease (no Redis call), or, committed, out of it for good.
+            self.shared.lease_end(held.lease, held.amount, committed)
         acct = self._accounts.get(held.account_code)
         if acct is None:
             return
@@ -314,7 +323,9 @@ class BalanceBook:
         accounts that have a limit on their side are checked and taken in Redis, in one
         script call for everything the event loop queued meanwhile, so the limit holds for
         every process of the node; ``expires_at`` (the Prepare's) bounds how long Redis
-        keeps them if this process dies. Raises :class:`BalanceLimitExceeded` (``account=``
+        keeps them if this process dies. With leases (:class:`SharedCredit`) most of them
+        are taken from this process's slice of the account's room, with no round trip.
+        Raises :class:`BalanceLimitExceeded` (``account=``
         the one without room), :class:`DuplicateHold`, :class:`InvalidAmount`.
         """
         live: list[HoldDraft] = []
@@ -338,9 +349,10 @@ class BalanceBook:
                 raise
             return
         remote, local = self._plan_shared(live, expires_at)
-        if remote:
+        leases = self.shared.take_leased(remote) if remote else None
+        if remote and leases is None:
             await self.shared.hold(remote)
-        self._record_shared(remote, local)
+        self._record_shared(remote, local, leases)
 
     def _plan_shared(
         self, holds: Sequence[HoldDraft], expires_at: datetime | None
@@ -368,11 +380,13 @@ class BalanceBook:
                 (remote if limit is not None else local).append(one)
         return remote, local
 
-    def _record_shared(self, remote: list[SharedHold], local: list[SharedHold]) -> None:
+    def _record_shared(
+        self, remote: list[SharedHold], local: list[SharedHold], leases: list[Any] | None = None
+    ) -> None:
         now = time.monotonic()
         with self._lock:
             for shared, group in ((True, remote), (False, local)):
-                for h in group:
+                for i, h in enumerate(group):
                     acct = self._accounts.get(h.account_code)
                     if acct is not None:
                         if h.credit:
@@ -380,7 +394,14 @@ class BalanceBook:
                         else:
                             acct.debits += h.amount
                     self._holds[h.key] = _Hold(
-                        h.account_code, h.amount, h.credit, now, h.account_id, shared, h.expires_ms
+                        h.account_code,
+                        h.amount,
+                        h.credit,
+                        now,
+                        h.account_id,
+                        shared,
+                        h.expires_ms,
+                        leases[i] if shared and leases is not None else None,
                     )
 
     def _hold_shared_sync(self, hold: HoldDraft) -> None:
@@ -404,10 +425,11 @@ class BalanceBook:
 
     def _live_shared_holds(self) -> list[SharedHold]:
         with self._lock:
+            # Holds taken from leases are re-asserted by the shared credit, as its leases.
             return [
                 SharedHold(h.account_id, h.account_code, h.amount, key, h.credit, h.expires_ms)
                 for key, h in self._holds.items()
-                if h.shared
+                if h.shared and h.lease is None
             ]
 
     def _mirror(self, rows: Iterable[dict[str, Any]]) -> None:
@@ -439,17 +461,24 @@ class BalanceBook:
         applies the batch (its release drops the holds this looks up)."""
         if self.shared is None:
             return None
+        released: list[tuple[int, str]] = []
+        consumed: dict[tuple[int, str], int] = {}
         with self._lock:
-            released = [
-                (h.account_id, key)
-                for job in outcome.jobs
+            for job in outcome.jobs:
                 for key in itertools.chain(
                     (p.key for p in job.postings), (r.key for r in job.receipts)
-                )
-                if (h := self._holds.get(key)) is not None and h.shared
-            ]
+                ):
+                    h = self._holds.get(key)
+                    if h is None or not h.shared:
+                        continue
+                    if h.lease is None:
+                        released.append((h.account_id, key))
+                    else:
+                        lk = (h.account_id, h.lease.key)
+                        consumed[lk] = consumed.get(lk, 0) + h.amount
         balances = [(pk, b, v) for pk, (b, v) in outcome.balances.items()]
-        return (balances, released) if balances or released else None
+        used = [(pk, key, amount) for (pk, key), amount in consumed.items()]
+        return (balances, released, used) if balances or released or used else None
 
     def mirror_outcome(self, args: _MirrorArgs | None) -> None:
         """The Redis call of :meth:`_mirror_commit` (writer thread)."""
@@ -784,7 +813,11 @@ class BalanceBook:
             codes = list(self._accounts)
             now = time.monotonic()
             stale = [k for k, h in self._holds.items() if now - h.at > self.hold_ttl]
-            gone = [(self._holds[k].account_id, k) for k in stale if self._holds[k].shared]
+            gone = [
+                (self._holds[k].account_id, k)
+                for k in stale
+                if self._holds[k].shared and self._holds[k].lease is None
+            ]
             for key in stale:
                 logger.warning("ledger: dropping hold %r older than %ss", key, self.hold_ttl)
                 self._release_locked(key)
@@ -890,9 +923,9 @@ class BalanceBook:
                     acct.balance, acct.version = balance, version
             for job in outcome.jobs:
                 for p in job.postings:
-                    self._release_locked(p.key)
+                    self._release_locked(p.key, committed=True)
                 for r in job.receipts:
-                    self._release_locked(r.key)
+                    self._release_locked(r.key, committed=True)
             for r in outcome.new_receipts:
                 key = (r.account_code, r.payment_id)
                 if key in self._totals:

@@ -145,7 +145,9 @@ CHILD = textwrap.dedent(
 
     async def main():
         credit = SharedCredit(os.environ["REDIS_URL"], prefix=os.environ["PREFIX"],
-                              grace_ms=200, keeper_s=0.05, hold_margin_ms=100)
+                              grace_ms=200, keeper_s=0.05, hold_margin_ms=100,
+                              leases=os.environ.get("LEASES", "1") == "1",
+                              lease_ttl_ms=int(os.environ.get("LEASE_TTL_MS", "2000")))
         book = BalanceBook(shared=credit)
         await book.load_account("peer:alice")
         expires = datetime.now(UTC) + timedelta(milliseconds=int(os.environ["EXPIRES_MS"]))

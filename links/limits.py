@@ -40,10 +40,14 @@ refusal; ``release_slot`` once the reply is known). The node runtime
   next call.
 
   *Lease size.* A lease aims at :data:`LEASE_HORIZON_NS` (100 ms) of the process's own
-  recent traffic for the peer (its rate since the last call, smoothed), and is capped at
-  1/:data:`LEASE_FRACTION` (1/16) of the limit it is cut from: ``L = min(burst, rate) //
-  16`` tokens (at least 1), ``A = throughput // 16`` units, ``H = max_in_flight // 16``
-  spare slots (0 below 16: then every admission and release is a call). A process holds
+  recent traffic for the peer (its rate since the last call, smoothed; doubled when
+  packets ran out before the top-up came), and is capped at 1/:data:`LEASE_FRACTION`
+  (1/16) of the limit it is cut from: ``L = min(burst, rate) // 16`` tokens (at least 1),
+  ``A = throughput // 16`` units. Slots: the most the process had in flight over the last
+  one or two ticks (replies come in group commits, so the count swings from that peak to
+  near zero and back within milliseconds: sized on the moment's count, the slots went
+  back and forth in a call per swing) plus ``H = max_in_flight // 16`` spare at most (0
+  below 16: then every admission and release is a call, exact). A process holds
   at most ``L`` unused tokens and ``A`` unused units after any call (more only until the
   next one gives the excess back: a refusal for another limit leaves a waiting packet's
   amount unspent), and idle leases (:data:`LEASE_IDLE_NS`) go back by themselves
@@ -55,8 +59,8 @@ refusal; ``release_slot`` once the reply is known). The node runtime
   the same without ``N x L``). The in-flight cap is **exact**: the slots the processes
   hold never add up to more than ``max_in_flight``, and a process admits only on slots it
   holds. The price is the other way: a packet may be refused (T05) while other processes
-  hold spare tokens or slots, at most ``(N - 1) x 2L`` tokens and ``(N - 1) x 2H`` slots,
-  until their next call or their idle return. A peer over its rate still gets T05, over
+  hold spare tokens or slots: at most ``2L`` tokens each, and slots for their peak of the
+  last half second plus ``2H`` each, until their next tick or their idle return. A peer over its rate still gets T05, over
   throughput T04, in flight T05 (as :class:`EdgeLimiter` counts them); when the bucket
   is found empty, the peer's packets are refused without a call until one token would
   have refilled (an over-rate peer costs at most one call per token).
@@ -432,6 +436,8 @@ class _Lease:
         "max_headroom",
         "max_tokens",
         "name",
+        "peak",
+        "peak_before",
         "queued",
         "rate",
         "renew_at",
@@ -459,6 +465,10 @@ class _Lease:
         self.amount = 0  # throughput units it may admit
         self.slots = 0  # in-flight slots it holds in Redis (its local cap)
         self.in_flight = 0  # of which in use
+        # The most in flight since the last tick, and in the tick before: the slots are
+        # sized on it, not on the moment's count (replies come in group commits: the count
+        # swings from the peak to near zero and back within a few ms).
+        self.peak = self.peak_before = 0
         self.valid_until = 0  # monotonic ns: the slots are used until then, renewed before
         self.renew_at = 0
         self.dry_until = 0  # the bucket was found empty: refuse without asking until then
@@ -512,8 +522,11 @@ class _Lease:
             self.low_amount = self.target_amount // 2
         else:
             self.target_amount = self.low_amount = 0
-        self.headroom = min(self.max_headroom, self.in_flight // 4 + 1)
+        self.headroom = min(self.max_headroom, self.recent_peak() // 4 + 1)
         self.low_slots = self.headroom // 2
+
+    def recent_peak(self) -> int:
+        return max(self.in_flight, self.peak, self.peak_before)
 
     def holds(self) -> bool:
         return bool(self.tokens or self.amount or self.slots or self.waiting)
@@ -537,6 +550,8 @@ class _Lease:
             return BANDWIDTH_EXCEEDED
         self.tokens -= 1
         self.in_flight += 1
+        if self.in_flight > self.peak:
+            self.peak = self.in_flight
         if self.max_amount:
             self.amount -= amount
         self.count += 1
@@ -688,8 +703,8 @@ class SharedLimiter:
         if lease is not None:
             if lease.in_flight:
                 lease.in_flight -= 1
-            if lease.slots - lease.in_flight > 2 * lease.headroom and not lease.queued:
-                # Spare slots the other processes may need: back in the next call.
+            if not lease.max_headroom and lease.slots > lease.in_flight and not lease.queued:
+                # No spare slots for small caps: the other processes may need this one.
                 with contextlib.suppress(RuntimeError):  # no loop: the ticker will
                     self._queue(lease.side, lease)
         elif slot.local is not None:
@@ -781,7 +796,9 @@ class SharedLimiter:
             want_a = (
                 lease.target_amount + sum(a for a, _ in lease.waiting) if lease.max_amount else 0
             )
-            want_s = lease.in_flight + n + lease.headroom
+            want_s = lease.in_flight + n
+            if lease.max_headroom:  # (small caps: exactly what is in use)
+                want_s = max(want_s, lease.recent_peak()) + lease.headroom
             if lease.slots >= want_s and lease.slots - want_s <= lease.headroom:
                 want_s = lease.slots  # close enough: no churn
         # Top up to the target, or give back what is over twice of it.
@@ -861,15 +878,15 @@ class SharedLimiter:
                     if not lease.holds():
                         continue
                     busy = True
-                    if lease.queued:
-                        continue
-                    if (
+                    due = (
                         now - lease.used_at >= self.idle_ns
                         or (lease.slots and now >= lease.renew_at)
                         or lease.tokens > 2 * lease.target_tokens
                         or lease.amount > 2 * lease.target_amount
-                        or lease.slots - lease.in_flight > 2 * lease.headroom
-                    ):
+                        or lease.slots > lease.recent_peak() + 2 * lease.headroom
+                    )
+                    lease.peak_before, lease.peak = lease.peak, lease.in_flight
+                    if due:
                         self._queue(side, lease)
                 if not busy:
                     break

@@ -10,7 +10,11 @@ script calls per packet, for both limiters on the same loop, in three shapes:
 * ``flat out``: limits far above the load (10^9/s), as fast as the loop goes;
 * ``throughput``: the same with a throughput limit too (the amount is leased as well);
 * ``paced``: the node's default limits (10,000/s, burst 20,000, 1,000 in flight) at
-  2,500 packets/s, about the node's own rate in ``make bench`` (leases of ~250 tokens).
+  2,500 packets/s, about the node's own rate in ``make bench`` (leases of ~250 tokens);
+* ``batched``: the node's default limits, the replies coming in groups as the ledger's
+  group commit sends them (every 8 ms, all the packets in flight at once, ~6,000/s), each
+  answered packet followed by the sender's next within 4 ms: the in-flight count swings
+  from all to none and back, as in ``make bench``.
 
 Run it with ``PYTHONPATH`` at another checkout to measure that one's limiter (A/B).
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import sys
 import time
 import uuid
@@ -42,7 +47,10 @@ SHAPES: dict[str, tuple[PeerLimits, float]] = {  # limits, packets/s (0: flat ou
         0.0,
     ),
     "paced": (PeerLimits(), 2_500.0),
+    "batched": (PeerLimits(), -2_500.0),  # negative: replies every COMMIT_S
 }
+COMMIT_S = 0.008
+SENDER_S = 0.004  # from a reply to the sender's next Prepare: up to the link's round trip
 
 
 async def run(
@@ -55,19 +63,32 @@ async def run(
     expiry = datetime.now(UTC) + timedelta(seconds=30)
     per_worker = packets // in_flight
     refused = 0
-    gap = in_flight / rate if rate else 0.0
+    gap = in_flight / abs(rate) if rate else 0.0
+    commits: list[asyncio.Future[None]] = [asyncio.get_running_loop().create_future()]
+
+    async def committer() -> None:
+        while True:
+            await asyncio.sleep(COMMIT_S)
+            done, commits[0] = commits[0], asyncio.get_running_loop().create_future()
+            done.set_result(None)
 
     async def worker() -> None:
         nonlocal refused
         for _ in range(per_worker):
             slot = await limiter.admit_prepare("kid", rules, 10, expiry)
-            await asyncio.sleep(gap)
+            if rate < 0:  # the reply comes with the next group commit, then a new payment
+                await commits[0]
+                await asyncio.sleep(SENDER_S * random.random())
+            else:
+                await asyncio.sleep(gap)
             if isinstance(slot, Slot):
                 limiter.release_slot(slot)
             else:
                 refused += 1
 
+    ticking = asyncio.get_running_loop().create_task(committer())
     await asyncio.gather(*(worker() for _ in range(in_flight)))
+    ticking.cancel()
     return refused
 
 
@@ -125,7 +146,7 @@ async def main() -> None:
     prefix = f"ilp:bench:limits:{uuid.uuid4().hex}:"
     for round_ in range(2):
         for shape, (rules, rate) in SHAPES.items():
-            n = packets if not rate else min(packets, int(rate * 4))
+            n = packets if not rate else min(packets, int(abs(rate) * 4))
             for name, limiter in (
                 ("in-memory", EdgeLimiter()),
                 ("shared (Redis)", SharedLimiter(url, prefix)),

@@ -17,7 +17,12 @@ from datetime import timedelta
 from django.db import DatabaseError, connections
 from django.utils import timezone
 
-from payments.ledger.sql import _heal_connection, _sqlite_write_lock
+from payments.ledger.sql import (
+    SQLITE_CHECKPOINT_INTERVAL,
+    _heal_connection,
+    _sqlite_write_lock,
+    sqlite_checkpoint,
+)
 from payments.models import Receipt
 
 logger = logging.getLogger(__name__)
@@ -70,6 +75,7 @@ class ReceiptApplier:
         self.batches = 0  # for tests and the benchmark
         self.applied = 0
         self.publish_failures = 0
+        self._checkpoint_at = time.monotonic()
 
     def submit(self, receipt_ids: Iterable[int]) -> None:
         ids = list(receipt_ids)
@@ -144,6 +150,7 @@ class ReceiptApplier:
                     with self._cond:
                         self._done += len(ids)
                         self._cond.notify_all()
+                self._checkpoint()
         finally:
             with contextlib.suppress(Exception):
                 connections.close_all()  # this thread's connections
@@ -163,6 +170,20 @@ class ReceiptApplier:
                 exc_info=True,
             )
         self.applied += self._apply_here(ids)
+
+    def _checkpoint(self) -> None:
+        """On SQLite, every :data:`SQLITE_CHECKPOINT_INTERVAL` seconds: a passive WAL
+        checkpoint in this thread, after the write lock is released, so that the ledger
+        writer's commits do not have to (their own threshold is a backstop)."""
+        now = time.monotonic()
+        if now - self._checkpoint_at < SQLITE_CHECKPOINT_INTERVAL:
+            return
+        self._checkpoint_at = now
+        try:
+            sqlite_checkpoint()
+        except Exception:  # never the applier thread's end
+            logger.warning("ledger: WAL checkpoint failed", exc_info=True)
+            _heal_connection()
 
     def _apply_here(self, ids: list[int]) -> int:
         """``apply`` in this thread (SQLite: under the write lock), with two retries on

@@ -203,3 +203,36 @@ def test_a_receipt_whose_posting_exists_is_marked_not_counted(
     assert links == {"a0": None, "a1": payment.pk}
     assert not Receipt.objects.filter(applied_at__isnull=True).exists()
     assert int(LedgerAccount.objects.get(pk=receiver.pk).balance) == 5 + 7
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's WAL")
+def test_ledger_connections_checkpoint_less_often_and_the_applier_does(
+    book: BalanceBook, eager_celery: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ledger's SQLite connections raise the WAL's checkpoint threshold (a backstop);
+    the applier thread checkpoints on its own, passively, once the interval has passed."""
+    from payments.ledger import applier as applier_module
+    from payments.ledger.sql import SQLITE_LEDGER_AUTOCHECKPOINT, _cursor
+
+    make_accounts()
+    cursor = _cursor()
+    cursor.execute("PRAGMA wal_autocheckpoint")
+    assert cursor.fetchone()[0] == SQLITE_LEDGER_AUTOCHECKPOINT
+    checkpoints: list[tuple[int, int, int]] = []
+
+    def checkpoint() -> None:
+        c = _cursor()
+        c.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        checkpoints.append(tuple(c.fetchone()))
+
+    monkeypatch.setattr(applier_module, "sqlite_checkpoint", checkpoint)
+    monkeypatch.setattr(applier_module, "SQLITE_CHECKPOINT_INTERVAL", 0.0)
+    applier = new_applier(delay=0.01)
+    monkeypatch.setattr(ledger, "_applier", applier)
+    try:
+        book.commit_sync(*pay(0))
+        assert ledger.wait_receipts_applied(10)
+    finally:
+        applier.close()
+    assert checkpoints and checkpoints[-1][0] == 0  # ran, not busy
+    assert Receipt.objects.get().applied_at is not None

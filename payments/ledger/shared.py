@@ -463,6 +463,13 @@ class SharedCreditError(Exception):
     """Redis could not answer (the hold is refused, conservatively)."""
 
 
+# A committed batch for the mirror: (account id, balance, version), ended holds (account
+# id, key), lease use (account id, lease key, amount).
+_Commit = tuple[
+    Sequence[tuple[int, int, int]], Sequence[tuple[int, str]], Sequence[tuple[int, str, int]]
+]
+
+
 @dataclass(slots=True)
 class _Group:
     holds: tuple[SharedHold, ...]
@@ -496,9 +503,13 @@ class _Lease:
     rate: float = 0.0  # amount per second, smoothed over the keeper's passes
     biggest: int = 0  # the largest hold asked of it
     idle: int = 0  # keeper passes in a row without a hold asked of it
+    # Doubled by every hold it could not take, halved by a keeper pass without one: the
+    # lease catches up with a burst before the keeper has measured the rate.
+    floor: int = 0
+    missed: bool = False
 
     def target(self, horizon_s: float) -> int:
-        return min(LEASE_WANT_MAX, max(4 * self.biggest, int(self.rate * horizon_s)))
+        return min(LEASE_WANT_MAX, max(4 * self.biggest, int(self.rate * horizon_s), self.floor))
 
 
 @dataclass(slots=True)
@@ -525,9 +536,9 @@ class _LoopSide:
     script: Any
     groups: list[_Group] = field(default_factory=list)
     releases: list[tuple[int, str]] = field(default_factory=list)
-    # Committed batches' ops ("B" balances, "R" ends of holds), oldest first: they ride the
-    # next call, ahead of its releases and holds.
-    commits: list[list[str]] = field(default_factory=list)
+    # Committed batches (balances, ends of holds, lease use), oldest first: they ride the
+    # next call, ahead of its releases and holds, merged (_merged_ops).
+    commits: list[_Commit] = field(default_factory=list)
     topups: list[_Lease] = field(default_factory=list)  # T ops of the next call
     drops: list[_Lease] = field(default_factory=list)  # R ops of idle leases
     flush: bool = False  # with leases: send the queued commits now
@@ -700,17 +711,17 @@ class SharedCredit:
         commit order, ahead of them: one atomic step per batch still). No round trip in the
         writer thread, none more on the loop. Without a running loop, or once closed:
         :meth:`commit_sync`. With leases the ops wait up to ``commit_delay_s`` for a call."""
-        ops = _commit_ops(balances, released, consumed)
-        if not ops or not self.scope:
+        if not (balances or released or consumed) or not self.scope:
             return
         try:
             side = None if self._closed else self._side()
         except RuntimeError:  # no running loop
             side = None
         if side is None:
+            ops = _commit_ops(balances, released, consumed)
             self._call_adopting(ops, "commit not mirrored (holds expire)")
             return
-        side.commits.append(ops)
+        side.commits.append((balances, released, consumed))
         if self.leases and self.commit_delay_s > 0 and not side.flush:
             # Nothing waits for these: they ride the next call, or go when the timer fires.
             if side.timer is None:
@@ -753,7 +764,7 @@ class SharedCredit:
                 queued, side.releases = side.releases, []
                 commits, side.commits = side.commits, []
                 ops = (
-                    [a for c in commits for a in c]
+                    _merged_ops(commits)
                     + [a for pk, key in queued for a in ("R", str(pk), key)]
                     + ops
                 )
@@ -889,6 +900,9 @@ class SharedCredit:
                         undo.used -= h2.amount
             if not ok:
                 for lease in picked:
+                    if fresh and not lease.missed:  # once per call: one burst, one doubling
+                        lease.missed = True
+                        lease.floor = min(LEASE_WANT_MAX, 2 * max(lease.floor, lease.amount))
                     spare = lease.amount - lease.used
                     if spare > 0:  # so the direct hold can have it (the same call, ahead)
                         lease.amount -= spare
@@ -957,6 +971,8 @@ class SharedCredit:
             for k, lease in list(self._leases.items()):
                 inst = lease.admitted / elapsed if elapsed > 0 else 0.0
                 lease.rate = inst if lease.rate == 0 else (lease.rate + inst) / 2
+                if not lease.missed:
+                    lease.floor //= 2
                 if lease.admitted == 0:
                     lease.idle += 1
                     spare = lease.amount - lease.used
@@ -1015,6 +1031,7 @@ class SharedCredit:
         with self._lease_lock:
             for (lease, key, exp), raw in zip(sent, replies, strict=True):
                 lease.topup = False
+                lease.missed = False
                 res = _text(raw)
                 if lease.dead or lease.key != key or res == "M":
                     continue
@@ -1109,11 +1126,11 @@ class SharedCredit:
         side: _LoopSide,
         groups: list[_Group],
         releases: list[tuple[int, str]],
-        commits: Sequence[list[str]] = (),
+        commits: Sequence[_Commit] = (),
         topups: list[_Lease] | None = None,
         drops: list[_Lease] | None = None,
     ) -> None:
-        ops: list[str] = [a for c in commits for a in c]
+        ops: list[str] = _merged_ops(commits)
         for pk, key in releases:
             ops += ["R", str(pk), key]
         given, asked, sent = self._lease_ops(topups or [], drops or [])
@@ -1288,7 +1305,7 @@ class SharedCredit:
         ops: list[str] = []
         for side in list(self._sides.values()):
             commits, side.commits = side.commits, []
-            ops += [a for c in commits for a in c]
+            ops += _merged_ops(commits)
             if side.keeper is not None:
                 with contextlib.suppress(RuntimeError):  # its loop is closed: nothing runs
                     side.keeper.get_loop().call_soon_threadsafe(side.stop.set)
@@ -1299,6 +1316,29 @@ class SharedCredit:
         if self._sync is not None:
             with contextlib.suppress(Exception):
                 self._sync.close()
+
+
+def _merged_ops(commits: Sequence[_Commit]) -> list[str]:
+    """Several committed batches as one step: the same effect as their ops one after the
+    other (a balance with an older version changes nothing; lease shrinks add up), fewer
+    ops."""
+    if len(commits) == 1:
+        return _commit_ops(*commits[0])
+    newest: dict[int, tuple[int, int]] = {}
+    released: list[tuple[int, str]] = []
+    used: dict[tuple[int, str], int] = {}
+    for balances, ended, consumed in commits:
+        for pk, balance, version in balances:
+            if pk not in newest or version > newest[pk][1]:
+                newest[pk] = (balance, version)
+        released += ended
+        for pk, key, amount in consumed:
+            used[(pk, key)] = used.get((pk, key), 0) + amount
+    return _commit_ops(
+        [(pk, b, v) for pk, (b, v) in newest.items()],
+        released,
+        [(pk, key, amount) for (pk, key), amount in used.items()],
+    )
 
 
 def _commit_ops(

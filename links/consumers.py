@@ -373,8 +373,6 @@ def _on_message_end_is_known(method: Callable[..., Any]) -> bool:
     }
 
 
-speed_up_autobahn()
-
 
 def daphne_close_code(code: int) -> int:
     """Daphne's WebSocket layer (autobahn) lets a server close only with 1000 or

@@ -703,7 +703,12 @@ class SharedLimiter:
         if lease is not None:
             if lease.in_flight:
                 lease.in_flight -= 1
-            if not lease.max_headroom and lease.slots > lease.in_flight and not lease.queued:
+            if (
+                not lease.max_headroom
+                and lease.slots > lease.in_flight
+                and not lease.queued
+                and lease.side is self._current  # (on another loop: its ticker will)
+            ):
                 # No spare slots for small caps: the other processes may need this one.
                 with contextlib.suppress(RuntimeError):  # no loop: the ticker will
                     self._queue(lease.side, lease)

@@ -45,6 +45,7 @@ __all__ = [
     "TAG_LENGTH",
     "DecryptionError",
     "Envelope",
+    "EnvelopeKeys",
     "HmacKey",
     "Labels",
     "check_receiver_secret",
@@ -124,11 +125,53 @@ def check_receiver_secret(receiver_secret: bytes) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class _Keys:
+class EnvelopeKeys:
+    """The keys one secret derives, looked up once per packet (:meth:`Envelope.keys`):
+    the receivers decrypt, compute the fulfillment and encrypt the answer under one
+    secret, so one cache lookup serves all three."""
+
     aead: AESGCM
     encryption: bytes
     fulfillment: bytes
     fulfillment_mac: HmacKey
+    envelope: Envelope
+
+    def fulfillment_for(self, data: bytes) -> bytes:
+        """The fulfillment of a Prepare whose ``data`` is the encrypted blob ``data``."""
+        return self.fulfillment_mac.digest(data)
+
+    def encrypt(self, plaintext: bytes, iv: bytes) -> bytes:
+        """``iv ‖ tag ‖ ciphertext``; ``iv`` must be 12 fresh random bytes (never reused)."""
+        if not isinstance(iv, bytes):
+            raise TypeError(f"iv must be bytes, not {type(iv).__name__}")
+        if len(iv) != IV_LENGTH:
+            raise EncodeError(f"iv must be {IV_LENGTH} bytes, not {len(iv)}")
+        if not isinstance(plaintext, bytes):
+            raise TypeError(f"plaintext must be bytes, not {type(plaintext).__name__}")
+        if len(plaintext) > MAX_PLAINTEXT_LENGTH:
+            raise EncodeError(
+                f"{self.envelope.labels.name} plaintext of {len(plaintext)} bytes does not "
+                "fit ILP data"
+            )
+        sealed = self.aead.encrypt(iv, plaintext, None)
+        # cryptography returns ciphertext ‖ tag; PSK2 and STREAM put the tag first.
+        return iv + sealed[-TAG_LENGTH:] + sealed[:-TAG_LENGTH]
+
+    def decrypt(self, data: bytes) -> bytes:
+        """The plaintext inside ``data``, or the envelope's ``error``."""
+        envelope = self.envelope
+        if len(data) < MIN_ENCRYPTED_LENGTH:
+            raise envelope.error(
+                f"{envelope.labels.name} data of {len(data)} bytes is shorter than IV and tag "
+                f"({MIN_ENCRYPTED_LENGTH})",
+                0,
+            )
+        data = bytes(data)
+        tag = data[IV_LENGTH:MIN_ENCRYPTED_LENGTH]
+        try:
+            return self.aead.decrypt(data[:IV_LENGTH], data[MIN_ENCRYPTED_LENGTH:] + tag, None)
+        except InvalidTag:
+            raise envelope.error("AES-GCM tag does not verify", IV_LENGTH) from None
 
 
 class Envelope:
@@ -140,14 +183,17 @@ class Envelope:
     def __init__(self, labels: Labels, error: type[DecryptionError]) -> None:
         self.labels = labels
         self.error = error
-        self._keys: Callable[[bytes], _Keys] = lru_cache(maxsize=KEY_CACHE_SIZE)(self._derive)
+        self._keys: Callable[[bytes], EnvelopeKeys] = lru_cache(maxsize=KEY_CACHE_SIZE)(
+            self._derive
+        )
 
-    def _derive(self, secret: bytes) -> _Keys:
+    def _derive(self, secret: bytes) -> EnvelopeKeys:
         enc = hmac_sha256(secret, self.labels.encryption)
         fulfillment = hmac_sha256(secret, self.labels.fulfillment)
-        return _Keys(AESGCM(enc), enc, fulfillment, HmacKey(fulfillment))
+        return EnvelopeKeys(AESGCM(enc), enc, fulfillment, HmacKey(fulfillment), self)
 
-    def _checked(self, secret: bytes) -> _Keys:
+    def keys(self, secret: bytes) -> EnvelopeKeys:
+        """The keys of ``secret`` (cached): for several operations under one secret."""
         # lru_cache would happily key on a str or bytearray; refuse them before they get there.
         if not isinstance(secret, bytes):
             raise TypeError(f"a {self.labels.name} secret is bytes, not {type(secret).__name__}")
@@ -157,15 +203,15 @@ class Envelope:
 
     def encryption_key(self, secret: bytes) -> bytes:
         """``HMAC-SHA256(secret, <encryption label>)``, the AES-256 key."""
-        return self._checked(secret).encryption
+        return self.keys(secret).encryption
 
     def fulfillment_key(self, secret: bytes) -> bytes:
         """``HMAC-SHA256(secret, <fulfillment label>)``."""
-        return self._checked(secret).fulfillment
+        return self.keys(secret).fulfillment
 
     def fulfillment_for(self, secret: bytes, data: bytes) -> bytes:
         """The fulfillment of a Prepare whose ``data`` is the encrypted blob ``data``."""
-        return self._checked(secret).fulfillment_mac.digest(data)
+        return self.keys(secret).fulfillment_mac.digest(data)
 
     def condition_for_data(self, secret: bytes, data: bytes) -> bytes:
         """``SHA-256(fulfillment_for(secret, data))``: what a sender puts on the Prepare."""
@@ -173,33 +219,8 @@ class Envelope:
 
     def encrypt(self, secret: bytes, plaintext: bytes, iv: bytes) -> bytes:
         """``iv ‖ tag ‖ ciphertext``; ``iv`` must be 12 fresh random bytes (never reused)."""
-        keys = self._checked(secret)
-        if not isinstance(iv, bytes):
-            raise TypeError(f"iv must be bytes, not {type(iv).__name__}")
-        if len(iv) != IV_LENGTH:
-            raise EncodeError(f"iv must be {IV_LENGTH} bytes, not {len(iv)}")
-        if not isinstance(plaintext, bytes):
-            raise TypeError(f"plaintext must be bytes, not {type(plaintext).__name__}")
-        if len(plaintext) > MAX_PLAINTEXT_LENGTH:
-            raise EncodeError(
-                f"{self.labels.name} plaintext of {len(plaintext)} bytes does not fit ILP data"
-            )
-        sealed = keys.aead.encrypt(iv, plaintext, None)
-        # cryptography returns ciphertext ‖ tag; PSK2 and STREAM put the tag first.
-        return iv + sealed[-TAG_LENGTH:] + sealed[:-TAG_LENGTH]
+        return self.keys(secret).encrypt(plaintext, iv)
 
     def decrypt(self, secret: bytes, data: bytes) -> bytes:
         """The plaintext inside ``data``, or :attr:`error`."""
-        keys = self._checked(secret)
-        if len(data) < MIN_ENCRYPTED_LENGTH:
-            raise self.error(
-                f"{self.labels.name} data of {len(data)} bytes is shorter than IV and tag "
-                f"({MIN_ENCRYPTED_LENGTH})",
-                0,
-            )
-        data = bytes(data)
-        tag = data[IV_LENGTH:MIN_ENCRYPTED_LENGTH]
-        try:
-            return keys.aead.decrypt(data[:IV_LENGTH], data[MIN_ENCRYPTED_LENGTH:] + tag, None)
-        except InvalidTag:
-            raise self.error("AES-GCM tag does not verify", IV_LENGTH) from None
+        return self.keys(secret).decrypt(data)

@@ -71,6 +71,8 @@ __all__ = [
     "decode_psk2",
     "decrypt",
     "decrypt_psk2",
+    "encode_draft1",
+    "encode_draft2",
     "encode_psk2",
     "encrypt",
     "encrypt_psk2",
@@ -78,6 +80,7 @@ __all__ = [
     "fulfillment_for",
     "fulfillment_key",
     "generation_key",
+    "keys",
     "receiver_id",
     "reference_shared_secret",
     "secret_address_suffix",
@@ -301,25 +304,56 @@ Psk2Packet: TypeAlias = Draft1Packet | Draft2Packet
 def encode_psk2(packet: Psk2Packet) -> bytes:
     """The plaintext of ``packet``; draft 1 gets the 0x00 extension byte 0.2.1 writes."""
     if isinstance(packet, Request | Response | Rejection):
-        return b"".join(
-            (
-                bytes((packet.TYPE,)),
-                packet.request_id.to_bytes(4, "big"),
-                packet.amount.to_bytes(8, "big"),
-                encode_var_octets(packet.data),
-                packet.junk,
-            )
+        return encode_draft2(
+            packet.TYPE, packet.request_id, packet.amount, packet.data, packet.junk
         )
+    return encode_draft1(
+        packet.type,
+        packet.payment_id,
+        packet.sequence,
+        packet.payment_amount,
+        packet.chunk_amount,
+        packet.application_data,
+        packet.junk,
+    )
+
+
+def encode_draft1(
+    kind: int,
+    payment_id: bytes,
+    sequence: int,
+    payment_amount: int,
+    chunk_amount: int,
+    application_data: bytes,
+    junk: bytes = b"",
+) -> bytes:
+    """The plaintext of a draft-1 packet from fields already in range (no checks: the
+    dataclasses check theirs; the receiver answers with values it decoded or bounded,
+    with no object built per packet)."""
     return b"".join(
         (
-            bytes((packet.type,)),
-            packet.payment_id,
-            packet.sequence.to_bytes(4, "big"),
-            packet.payment_amount.to_bytes(8, "big"),
-            packet.chunk_amount.to_bytes(8, "big"),
-            encode_var_octets(packet.application_data),
+            bytes((kind,)),
+            payment_id,
+            sequence.to_bytes(4, "big"),
+            payment_amount.to_bytes(8, "big"),
+            chunk_amount.to_bytes(8, "big"),
+            encode_var_octets(application_data),
             b"\x00",
-            packet.junk,
+            junk,
+        )
+    )
+
+
+def encode_draft2(kind: int, request_id: int, amount: int, data: bytes, junk: bytes = b"") -> bytes:
+    """The plaintext of a draft-2 packet from fields already in range (see
+    :func:`encode_draft1`)."""
+    return b"".join(
+        (
+            bytes((kind,)),
+            request_id.to_bytes(4, "big"),
+            amount.to_bytes(8, "big"),
+            encode_var_octets(data),
+            junk,
         )
     )
 
@@ -391,6 +425,7 @@ fulfillment_for = _ENVELOPE.fulfillment_for
 condition_for_data = _ENVELOPE.condition_for_data
 encrypt = _ENVELOPE.encrypt
 decrypt = _ENVELOPE.decrypt
+keys = _ENVELOPE.keys  # one lookup for a packet's decrypt, fulfillment and answer
 
 
 def _check_secret(secret: bytes) -> None:

@@ -50,7 +50,13 @@ from functools import lru_cache
 from typing import Final, NamedTuple
 
 from ilp.address import MAX_ADDRESS_LENGTH, validate_address
-from ilp.crypto import MIN_RECEIVER_SECRET_LENGTH, HmacKey, check_receiver_secret, hmac_sha256
+from ilp.crypto import (
+    MIN_RECEIVER_SECRET_LENGTH,
+    EnvelopeKeys,
+    HmacKey,
+    check_receiver_secret,
+    hmac_sha256,
+)
 from ilp.errors import DecodeError, EncodeError
 from ilp.oer import UINT64_MAX
 from ilp.packet import Fulfill, Prepare, Reject
@@ -59,15 +65,17 @@ from ilp.psk2 import (
     ChunkRejection,
     ChunkRequest,
     ChunkResponse,
+    Psk2Type,
     Rejection,
     Request,
     Response,
     b64url_decode,
     b64url_encode,
     decode_psk2,
-    decrypt,
-    encrypt_psk2,
-    fulfillment_for,
+    encode_draft1,
+    encode_draft2,
+    encode_psk2,
+    keys,
 )
 
 __all__ = [
@@ -230,6 +238,8 @@ class Opened:
     request: ChunkRequest | Request
     fulfillment: bytes
     shared_secret: bytes = field(repr=False)
+    # The secret's keys, looked up once for the decrypt, the fulfillment and the answer.
+    keys: EnvelopeKeys | None = field(default=None, repr=False, compare=False)
 
     @property
     def draft(self) -> int:
@@ -324,15 +334,22 @@ def open_prepare(
         return _plain("R00", MSG_EXPIRED, RefuseReason.EXPIRED)
     if shared_secret is None:
         return _plain("F06", MSG_NOT_FOR_US, RefuseReason.NOT_FOR_US)
+    secret_keys = keys(shared_secret)
     try:
-        request = decode_psk2(decrypt(shared_secret, prepare.data))
+        request = decode_psk2(secret_keys.decrypt(prepare.data))
     except DecodeError:
         return _plain("F06", MSG_UNREADABLE, RefuseReason.UNREADABLE)
     if isinstance(request, ChunkResponse | ChunkRejection):
         return _plain("F06", MSG_BAD_REQUEST_TYPE, RefuseReason.BAD_TYPE)
     if isinstance(request, Response | Rejection):
         return _plain("F06", MSG_BAD_PACKET_TYPE, RefuseReason.BAD_TYPE)
-    return Opened(prepare, request, fulfillment_for(shared_secret, prepare.data), shared_secret)
+    fulfillment = secret_keys.fulfillment_for(prepare.data)
+    return Opened(prepare, request, fulfillment, shared_secret, secret_keys)
+
+
+def _keys_of(opened: Opened) -> EnvelopeKeys:
+    found = opened.keys
+    return found if found is not None else keys(opened.shared_secret)
 
 
 def _check_paid(paid_so_far: int) -> None:
@@ -361,7 +378,7 @@ def _error(
         )
     else:
         error = Rejection(r.request_id, opened.amount, data)
-    return Refuse(code, message, encrypt_psk2(opened.shared_secret, error, iv), reason)
+    return Refuse(code, message, _keys_of(opened).encrypt(encode_psk2(error), iv), reason)
 
 
 def respond(
@@ -396,8 +413,17 @@ def respond(
         if not opened.condition_matches:
             return _plain("F05", MSG_CONDITION_DRAFT1, RefuseReason.WRONG_CONDITION)
         total = paid_so_far + amount
-        response: ChunkResponse | Response = ChunkResponse(
-            r.payment_id, r.sequence, min(total, UINT64_MAX), amount, response_data
+        if not isinstance(response_data, bytes):
+            raise TypeError(f"response_data must be bytes, not {type(response_data).__name__}")
+        # The ChunkResponse's fields, in range by construction (decoded, or bounded here):
+        # encoded with no object built and checked per packet.
+        plaintext = encode_draft1(
+            Psk2Type.CHUNK_RESPONSE,
+            r.payment_id,
+            r.sequence,
+            min(total, UINT64_MAX),
+            amount,
+            response_data,
         )
         closes = r.last or total >= r.payment_amount
     else:
@@ -415,9 +441,11 @@ def respond(
                 iv=iv,
             )
         total = paid_so_far + amount
-        response = Response(r.request_id, amount, response_data)
+        if not isinstance(response_data, bytes):
+            raise TypeError(f"response_data must be bytes, not {type(response_data).__name__}")
+        plaintext = encode_draft2(Psk2Type.RESPONSE, r.request_id, amount, response_data)
         closes = False  # draft 2 has no multi-chunk payments to close
-    return Accept(opened, encrypt_psk2(opened.shared_secret, response, iv), total, closes)
+    return Accept(opened, _keys_of(opened).encrypt(plaintext, iv), total, closes)
 
 
 def decide(

@@ -52,7 +52,7 @@ from django.conf import settings
 
 from ilp.packet import Fulfill, Prepare, Reject
 from ilp.psk2 import IV_LENGTH, PAYMENT_ID_LENGTH, ChunkRequest
-from ilp.psk2_receiver import Opened, Refuse, open_prepare, respond, secret_for
+from ilp.psk2_receiver import Accept, Opened, Refuse, open_prepare, respond, secret_for
 from payments.ledger import PostingDraft, ReceiptDraft, get_book
 from payments.selectors import payment_total_db
 from receivers.addresses import (
@@ -194,31 +194,25 @@ async def receive_prepare(
     ``source_account`` is the ledger account the hold was placed on, ``packet_key`` the
     hold's key (it keys the posting and the receipt), ``now`` an aware UTC datetime.
     Never raises for anything a peer can send. On a Reject the hold is left to the switch.
+
+    One coroutine for the whole decision and the commit (no awaited helpers on the way
+    of a packet: each would be a coroutine built and awaited per packet).
     """
     stats.prepares += 1
-    reply = await _receive(prepare, source_account, packet_key, now)
-    if isinstance(reply, Fulfill):
-        stats.fulfilled += 1
-    else:
-        stats.rejected += 1
-    return reply
-
-
-async def _receive(
-    prepare: Prepare, source_account: str, packet_key: str, now: datetime
-) -> Fulfill | Reject:
     node = node_address()
     destination = prepare.destination
     base = f"{node}.{LOCAL_PREFIX_SEGMENT}."
     if not destination.startswith(base):
-        return _reject("F02", MSG_UNREACHABLE)
+        return _refused(_reject("F02", MSG_UNREACHABLE))
     name, dot, rest = destination[len(base) :].partition(".")
     directory = get_directory()
     known, account_code = directory.peek(name)  # a hit: no coroutine to build and await
     if not known:
         account_code = await directory.account_code(name)
     if account_code is None:
-        return _reject("F02", f"{MSG_UNREACHABLE}: {name[:63]!r}" if name else MSG_UNREACHABLE)
+        return _refused(
+            _reject("F02", f"{MSG_UNREACHABLE}: {name[:63]!r}" if name else MSG_UNREACHABLE)
+        )
 
     prefix = f"{base}{name}"
     tag: bytes | None = None
@@ -229,7 +223,7 @@ async def _receive(
         tag = parse_tag_segment(segment)
         prefix = f"{prefix}.{segment}"
     if is_stream_destination(rest):
-        return await receive_stream(
+        reply = await receive_stream(
             prepare,
             account_code=account_code,
             prefix=prefix,
@@ -238,38 +232,35 @@ async def _receive(
             packet_key=packet_key,
             now=now,
         )
+        if isinstance(reply, Fulfill):
+            stats.fulfilled += 1
+        else:
+            stats.rejected += 1
+        return reply
     secret = (
         secret_for(receiver_secret(), destination, prefix)
         if dot and (tag is not None or "." not in rest)
         else None
     )
     opened = open_prepare(prepare, secret, now=now)
-    if isinstance(opened, Refuse):
-        return opened.to_reject(node)
+    if type(opened) is Refuse:
+        return _refused(opened.to_reject(node))
+    assert isinstance(opened, Opened)
 
-    try:
-        paid_so_far = await _paid_so_far(account_code, opened) if _has_total(opened) else 0
-    except Exception:
-        logger.exception("receivers: payment total lookup failed for %s", account_code)
-        return _reject("T00", MSG_COMMIT_FAILED)
+    paid_so_far = 0
+    if _has_total(opened):
+        try:
+            paid_so_far = await _paid_so_far(account_code, opened)
+        except Exception:
+            logger.exception("receivers: payment total lookup failed for %s", account_code)
+            return _refused(_reject("T00", MSG_COMMIT_FAILED))
     decision = respond(opened, paid_so_far=paid_so_far, iv=_ivs.take())
-    if isinstance(decision, Refuse):
-        return decision.to_reject(node)
-    if not await _record(opened, account_code, source_account, packet_key, tag):
-        return _reject("T00", MSG_COMMIT_FAILED)
-    if tag is not None:
-        notify_tag(tag)
-    return decision.to_fulfill()
+    if type(decision) is Refuse:
+        return _refused(decision.to_reject(node))
+    assert isinstance(decision, Accept)
 
-
-async def _record(
-    opened: Opened, account_code: str, source_account: str, packet_key: str, tag: bytes | None
-) -> bool:
-    """Write the source posting and the receipt durably; ``False`` if that failed.
-
-    The receipt's key is :func:`_receipt_ids`'s (``tag:<tag hex>:<packet key>`` on a
-    tagged address); the posting keeps ``packet_key`` (the key of the switch's hold).
-    """
+    # The durable record before the Fulfill: the source posting (keyed by the switch's
+    # hold) and the receipt (its key from _receipt_ids) in one group commit.
     amount = opened.amount
     payment_id, receipt_key = _receipt_ids(opened, packet_key, tag)
     try:
@@ -282,5 +273,13 @@ async def _record(
         logger.exception(
             "receivers: commit failed for packet %s to %s; rejecting", packet_key, account_code
         )
-        return False
-    return True
+        return _refused(_reject("T00", MSG_COMMIT_FAILED))
+    if tag is not None:
+        notify_tag(tag)
+    stats.fulfilled += 1
+    return decision.to_fulfill()
+
+
+def _refused(reply: Reject) -> Reject:
+    stats.rejected += 1
+    return reply

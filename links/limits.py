@@ -124,6 +124,9 @@ TOO_MANY_IN_FLIGHT: Final[Refusal] = ("T05", "too many packets in flight, thrott
 BANDWIDTH_EXCEEDED: Final[Refusal] = ("T04", "exceeded money bandwidth, throttling.")
 
 
+MAX_COUNT: Final = 2**31 - 1  # the largest count limit a peer's row can hold
+
+
 class InvalidLimits(ValueError):
     pass
 
@@ -140,14 +143,16 @@ class PeerLimits:
     max_routes: int = DEFAULT_MAX_ROUTES
 
     def __post_init__(self) -> None:
+        # The columns are PositiveIntegerField: Postgres's integer ends at 2**31 - 1 (a larger
+        # value failed the save with a DataError instead of a reason).
         for name in ("packets_per_second", "burst", "max_in_flight"):
             value = getattr(self, name)
-            if type(value) is not int or value < 1:
-                raise InvalidLimits(f"{name} must be an integer >= 1")
+            if type(value) is not int or not 1 <= value <= MAX_COUNT:
+                raise InvalidLimits(f"{name} must be an integer from 1 to {MAX_COUNT}")
         for name in ("replay_quota", "max_routes"):
             value = getattr(self, name)
-            if type(value) is not int or value < 0:
-                raise InvalidLimits(f"{name} must be an integer >= 0")
+            if type(value) is not int or not 0 <= value <= MAX_COUNT:
+                raise InvalidLimits(f"{name} must be an integer from 0 to {MAX_COUNT}")
         tput = self.throughput_per_second
         if tput is not None and (type(tput) is not int or not 1 <= tput < 2**64):
             raise InvalidLimits("throughput_per_second must be a UInt64 >= 1, or None")

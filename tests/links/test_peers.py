@@ -329,3 +329,15 @@ def test_uint64_settings_are_stored_exactly(make_peer: Callable[..., Any], amoun
     assert (
         Peer.objects.filter(name="whale").values_list("max_packet_amount", flat=True)[0] == amount
     )
+
+
+@pytest.mark.parametrize("field", ["packets_per_second", "burst", "max_in_flight", "max_routes"])
+def test_count_limits_above_the_column_are_refused_with_a_reason(
+    make_peer: Callable[..., Any], field: str
+) -> None:
+    # Postgres's integer column ends at 2**31 - 1: the save failed with a DataError before.
+    make_peer("counted")
+    with pytest.raises(services.PeerError, match=f"{field} must be an integer from"):
+        services.peer_set_limits(name="counted", changes={field: 2**31})
+    services.peer_set_limits(name="counted", changes={field: 2**31 - 1})
+    assert getattr(Peer.objects.get(name="counted"), field) == 2**31 - 1

@@ -463,14 +463,19 @@ class BalanceBook:
             return None
         released: list[tuple[int, str]] = []
         consumed: dict[tuple[int, str], int] = {}
+        seen: set[str] = set()
         with self._lock:
             for job in outcome.jobs:
                 for key in itertools.chain(
                     (p.key for p in job.postings), (r.key for r in job.receipts)
                 ):
                     h = self._holds.get(key)
-                    if h is None or not h.shared:
+                    if h is None or not h.shared or key in seen:
                         continue
+                    # A key met twice (a posting and a receipt, or a packet committed
+                    # twice) ends its hold once: a lease shrunk twice would show room
+                    # that is not there.
+                    seen.add(key)
                     if h.lease is None:
                         released.append((h.account_id, key))
                     else:

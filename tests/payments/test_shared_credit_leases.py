@@ -369,3 +369,50 @@ def test_a_book_that_missed_the_flush_stops_using_its_lease(prefix: str) -> None
     assert isinstance(seen["spare"], int) and seen["spare"] >= 10
     assert seen["a_heard"] is False
     assert seen["late"] is False
+
+
+def test_a_key_committed_twice_shrinks_its_lease_once(prefix: str) -> None:
+    """A packet committed twice in one batch (a retry; the ledger books it once) ends its
+    hold once: the lease in Redis never counts less than the book's own view of it (less
+    would be room that is not there)."""
+    import redis
+
+    make_accounts(peer_min=-1000, peer_max=None)
+    peer_id = LedgerAccount.objects.get(code=PEER).id
+    book = BalanceBook(shared=leased(prefix))
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    seen: dict[str, int] = {}
+
+    async def go() -> None:
+        credit = book.shared
+        assert credit is not None
+        await book.load_account(PEER)
+        n = 0
+        while credit.stats.lease_holds < 1 and n < 200:
+            await book.hold_many([HoldDraft(PEER, 10, f"warm{n}")])
+            book.release(f"warm{n}")
+            n += 1
+            await asyncio.sleep(0.005)
+        before = credit.stats.lease_holds
+        await book.hold_many([HoldDraft(PEER, 10, "twice")])
+        assert credit.stats.lease_holds == before + 1  # from the lease
+        post = [PostingDraft(PEER, -10, "twice"), PostingDraft(NODE, 10, "twice:n")]
+        await asyncio.gather(book.commit(post), book.commit(post))
+        lease = next(iter(credit._leases.values()))
+        seen["local"] = lease.amount
+        seen["used"] = lease.used
+        key = lease.key
+        await credit.aclose()  # the commits' ops go
+        raw = client.hget(f"{credit._keys()}h:{peer_id}", key)
+        assert isinstance(raw, bytes)
+        _, hi, lo = raw.decode().split()
+        seen["redis"] = int(hi) * 2**32 + int(lo)
+
+    try:
+        asyncio.run(go())
+    finally:
+        book.close()
+        client.close()
+    assert seen["used"] == 0
+    assert seen["redis"] >= seen["local"] > 0
+    assert balance() == -10  # booked once

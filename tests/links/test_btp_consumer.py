@@ -597,3 +597,124 @@ def test_autobahn_message_end_with_a_listener_fires_it() -> None:
     protocol.onMessageEnd()
     assert protocol.got == [(b"hi", True)]
     assert heard == [(b"hi", True)]
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+def _daphne_protocol(**options: Any) -> Any:
+    """A Daphne WebSocket protocol, open, configured as its factory does, writing to a list."""
+    import collections
+
+    import txaio
+    from autobahn.twisted.websocket import WebSocketServerFactory
+    from autobahn.websocket.protocol import TrafficStats
+    from daphne.ws_protocol import WebSocketProtocol
+
+    txaio.use_twisted()
+    factory = WebSocketServerFactory()
+    protocol = WebSocketProtocol()
+    protocol.factory = factory
+    for name in protocol.CONFIG_ATTRS:
+        setattr(protocol, name, getattr(factory, name))
+    protocol.transport = _Transport()
+    protocol.state = protocol.STATE_OPEN
+    protocol.send_queue = collections.deque()
+    protocol.trafficStats = TrafficStats()
+    protocol.trackedTimings = None
+    protocol._perMessageCompress = None
+    protocol.client_addr = None
+    protocol.logFrames = protocol.logOctets = False
+    for name, value in options.items():
+        setattr(protocol, name, value)
+    return protocol
+
+
+@pytest.mark.parametrize("length", [1, 5, 125, 126, 127, 300, 65535, 65536, 70000])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"maskServerFrames": True},
+        {"autoFragmentSize": 100},
+        {"maxMessagePayloadSize": 200},
+        {"logOctets": True},
+    ],
+)
+def test_binary_message_sender_writes_what_autobahn_writes(
+    length: int, options: dict[str, Any]
+) -> None:
+    from autobahn.exception import PayloadExceededError
+
+    from links.consumers import _autobahn_send_is_known, binary_message_sender
+
+    frame = bytes(range(256)) * (length // 256) + bytes(range(length % 256))
+    ours, theirs = _daphne_protocol(**options), _daphne_protocol(**options)
+    assert _autobahn_send_is_known(ours)
+    fallbacks: list[int] = []
+    real_server_send = ours.serverSend
+
+    def server_send(content: bytes, binary: bool = False) -> None:
+        fallbacks.append(len(content))
+        real_server_send(content, binary)
+
+    ours.serverSend = server_send
+    outcomes = []
+    for protocol, send in ((ours, binary_message_sender(ours)), (theirs, None)):
+        try:
+            if send is not None:
+                send(frame)
+            else:
+                protocol.serverSend(frame, True)
+            outcome: object = None
+        except PayloadExceededError as exc:
+            outcome = str(exc)
+        outcomes.append(outcome)
+    assert outcomes[0] == outcomes[1]
+    if not options.get("maskServerFrames"):  # a masked frame has a random mask
+        assert b"".join(ours.transport.written) == b"".join(theirs.transport.written)
+    assert vars(ours.trafficStats) == vars(theirs.trafficStats)
+    # The one case mirrored is sent directly; every other goes through autobahn.
+    mirrored = (
+        length <= 0xFFFF
+        and not options.get("maskServerFrames")
+        and not options.get("logOctets")
+        and length <= (options.get("autoFragmentSize") or length)
+        and length <= (options.get("maxMessagePayloadSize") or length)
+    )
+    assert (fallbacks == []) is mirrored
+
+
+def test_binary_message_sender_leaves_other_states_to_autobahn() -> None:
+    from autobahn.exception import Disconnected
+
+    from links.consumers import binary_message_sender
+
+    closed = _daphne_protocol()
+    closed.state = closed.STATE_CLOSING
+    with pytest.raises(Disconnected):
+        binary_message_sender(closed)(b"frame")
+    queued = _daphne_protocol()
+    queued.send_queue.append((b"earlier", True))
+    queued._trigger = lambda: None
+    binary_message_sender(queued)(b"frame")
+    assert queued.transport.written == []  # behind the queued write, as autobahn does
+    assert len(queued.send_queue) == 2
+
+
+def test_binary_message_sender_falls_back_for_another_protocol() -> None:
+    from daphne.ws_protocol import WebSocketProtocol
+
+    from links.consumers import _autobahn_send_is_known
+
+    class Overridden(WebSocketProtocol):
+        def sendMessage(self, *args: Any, **kwargs: Any) -> None:
+            raise AssertionError("not mirrored")
+
+    assert not _autobahn_send_is_known(Overridden())
+    assert not _autobahn_send_is_known(object())

@@ -705,3 +705,22 @@ def test_decision_properties(amount: int, minimum: int, total: int, paid: int, l
     if isinstance(result, Refuse):
         error = decrypt_psk2(ADDRESS.shared_secret, result.data)
         assert error == ChunkRejection(PID, 0, paid, amount)
+
+
+@pytest.mark.parametrize("name", ["draft2_request_fulfilled", "draft1_single_chunk_fulfilled"])
+def test_respond_without_the_opened_keys_answers_the_same(name: str) -> None:
+    """An Opened made by hand (no keys on it) gets the same answer as open_prepare's."""
+    v = VECTORS[name]
+    i, e = v["inputs"], v["expected"]
+    prepare = decode_prepare(h(e["preparePacket"]))
+    secret = h(i["sharedSecret"])
+    opened = open_prepare(prepare, secret, now=NOW)
+    assert isinstance(opened, Opened) and opened.keys is not None
+    bare = Opened(opened.prepare, opened.request, opened.fulfillment, secret)
+    assert bare == opened  # the keys are no part of its value
+    iv = bytes(range(12))
+    ours, theirs = respond(opened, paid_so_far=0, iv=iv), respond(bare, paid_so_far=0, iv=iv)
+    assert isinstance(ours, Accept) and isinstance(theirs, Accept)
+    assert ours.data == theirs.data
+    with pytest.raises(TypeError):
+        respond(opened, paid_so_far=0, iv=iv, response_data="text")  # type: ignore[arg-type]

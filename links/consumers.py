@@ -214,8 +214,7 @@ def daphne_frame_sender(send: Send) -> Callable[[bytes], None] | None:
         getattr(send.func, "__func__", None) is not Server.handle_reply
         or not isinstance(server, Server)
         or not isinstance(protocol, WebSocketProtocol)
-        or getattr(getattr(Server.handle_reply, "__code__", None), "co_names", None)
-        != _DAPHNE_HANDLE_REPLY_NAMES
+        or not _reads_exactly(Server.handle_reply, _DAPHNE_HANDLE_REPLY_NAMES)
     ):
         return None
     connections = server.connections
@@ -361,9 +360,16 @@ def _autobahn_send_is_known(protocol: Any) -> bool:
         owner = DaphneProtocol if name == "serverSend" else AutobahnProtocol
         if method is None or method is not getattr(owner, name, None):
             return False  # overridden somewhere: not the code mirrored here
-        if getattr(getattr(method, "__code__", None), "co_names", None) != names:
+        if not _reads_exactly(method, names):
             return False
     return True
+
+
+def _reads_exactly(function: Any, names: tuple[str, ...]) -> bool:
+    """Whether ``function``'s body reads exactly ``names`` (its code's ``co_names``): how
+    the speed-ups here recognise the library code they mirror; any other version keeps
+    its own code."""
+    return getattr(getattr(function, "__code__", None), "co_names", None) == names
 
 
 # The names Daphne 4's ``Server.handle_reply`` reads: another body is not mirrored above.
@@ -480,30 +486,18 @@ def speed_up_autobahn() -> bool:
                 setattr(module, name, plain)
     ws = protocol.WebSocketProtocol
     current = ws.onMessageEnd
-    if _AUTOBAHN_ON_MESSAGE_END is None and _on_message_end_is_known(current):
+    if _AUTOBAHN_ON_MESSAGE_END is None and _reads_exactly(current, _AUTOBAHN_ON_MESSAGE_END_NAMES):
         _AUTOBAHN_ON_MESSAGE_END = current
         ws.onMessageEnd = _make_on_message_end(current)  # type: ignore[method-assign,assignment]
     return True
 
 
-def _on_message_end_is_known(method: Callable[..., Any]) -> bool:
-    """Whether autobahn's ``onMessageEnd`` is the one :func:`_make_on_message_end` mirrors
-    (it reads exactly these names; another autobahn keeps its own method)."""
-    code = getattr(method, "__code__", None)
-    if code is None:
-        return False
-    return set(code.co_names) == {
-        "failedByMe",
-        "join",
-        "message_data",
-        "trackedTimings",
-        "track",
-        "_onMessage",
-        "message_is_binary",
-        "fire",
-        "txaio",
-        "add_callbacks",
-    }
+# The names autobahn 26's ``onMessageEnd`` reads: another body is not mirrored by
+# :func:`_make_on_message_end`.
+_AUTOBAHN_ON_MESSAGE_END_NAMES = (
+    "failedByMe", "join", "message_data", "trackedTimings", "track", "_onMessage",
+    "message_is_binary", "fire", "txaio", "add_callbacks",
+)  # fmt: skip
 
 
 def daphne_close_code(code: int) -> int:

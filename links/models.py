@@ -20,55 +20,31 @@ from django.db import models
 
 from ilp.oer import UINT64_MAX
 from links import limits
+from payments.models import WholeNumberField
 
 PEER_NAME_PATTERN = r"^[a-z0-9][a-z0-9_~-]*\Z"
 DEFAULT_MAX_PACKET_AMOUNT = Decimal(10**12)
 
 
-class UInt64Field(models.DecimalField):  # type: ignore[type-arg]
+class UInt64Field(WholeNumberField):
     """A UInt64 setting (an amount per packet or per second), exact on every database.
 
     Postgres: ``numeric(20, 0)``. SQLite has no exact column for it: its numeric affinity
-    keeps integers up to 2**63 - 1 and turns larger ones into doubles, and Django's
-    DecimalField converter reads every value through a 15-digit float context, so
-    ``1234567890123456789`` came back rounded. On SQLite the column is ``text`` holding the
-    decimal digits; the node only reads these values, it never compares them in SQL.
+    keeps integers up to 2**63 - 1 and turns larger ones into doubles. On SQLite the column
+    is ``text`` holding the decimal digits; the node only reads these values, it never
+    compares them in SQL.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["max_digits"] = 20
-        kwargs["decimal_places"] = 0
-        super().__init__(*args, **kwargs)
-
-    def deconstruct(self) -> Any:
-        name, path, args, kwargs = super().deconstruct()
-        kwargs.pop("max_digits", None)
-        kwargs.pop("decimal_places", None)
-        return name, path, args, kwargs
-
-    def get_internal_type(self) -> str:
-        return "UInt64Field"
+    DIGITS = 20
 
     def db_type(self, connection: Any) -> str | None:
-        if connection.vendor == "sqlite":
-            return "text"
-        return str(
-            connection.data_types["DecimalField"]
-            % {"max_digits": self.max_digits, "decimal_places": self.decimal_places}
-        )
+        return "text" if connection.vendor == "sqlite" else super().db_type(connection)
 
     def get_db_prep_value(self, value: Any, connection: Any, prepared: bool = False) -> Any:
         value = super().get_db_prep_value(value, connection, prepared)
         if value is not None and connection.vendor == "sqlite" and not hasattr(value, "as_sql"):
             return str(int(value))
         return value
-
-    def from_db_value(self, value: Any, expression: Any, connection: Any) -> Decimal | None:
-        if value is None or isinstance(value, Decimal):
-            return value
-        if isinstance(value, int):
-            return Decimal(value)
-        return Decimal(str(value))
 
 
 class Relation(models.TextChoices):

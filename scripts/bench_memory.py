@@ -88,10 +88,9 @@ def serve(argv: list[str]) -> int:
             time.sleep(0.2)
 
     threading.Thread(target=watch, daemon=True, name="memdump").start()
-    from daphne.cli import CommandLineInterface
+    from interledger_site.serve import main as run_daphne  # on the node's loop, as in production
 
-    sys.argv = ["daphne", *argv]
-    CommandLineInterface.entrypoint()
+    run_daphne(argv)
     return 0
 
 

@@ -252,7 +252,7 @@ EOF
 _spawn_daphne() {  # _spawn_daphne I: the I-th Daphne, on DAPHNE_PORT + I - 1
   # --websocket_timeout -1: a BTP link lives as long as its peer keeps it (Daphne's
   # default closes every WebSocket after 24 h).
-  _spawn "daphne-$1" "$BIN/daphne" -b 127.0.0.1 -p "$((DAPHNE_PORT + $1 - 1))" --proxy-headers \
+  _spawn "daphne-$1" "$BIN/python" -m interledger_site.serve -b 127.0.0.1 -p "$((DAPHNE_PORT + $1 - 1))" --proxy-headers \
     --websocket_timeout -1 --application-close-timeout 15 interledger_site.asgi:application
 }
 _spawn_worker() {

@@ -67,7 +67,7 @@ start_node() {  # $1: run label
       >>"$OUT/celery-$1.log" 2>&1 &
     WORKER_PID=$!
   fi
-  "$BIN/daphne" -b 127.0.0.1 -p "$PORT" interledger_site.asgi:application >>"$OUT/daphne-$1.log" 2>&1 &
+  "$BIN/python" -m interledger_site.serve -b 127.0.0.1 -p "$PORT" interledger_site.asgi:application >>"$OUT/daphne-$1.log" 2>&1 &
   DAPHNE_PID=$!
   for _ in $(seq 1 300); do
     curl -fs -o /dev/null "http://127.0.0.1:$PORT/" && return 0

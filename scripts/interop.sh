@@ -82,7 +82,7 @@ if [ -n "${REDIS_URL:-}" ] && [ "$EXTERNAL" != 1 ]; then
   PIDS+=("$!")
 fi
 if [ "$EXTERNAL" != 1 ]; then
-  "$BIN/daphne" -b 127.0.0.1 -p "$PORT" interledger_site.asgi:application >"$OUT/daphne.log" 2>&1 &
+  "$BIN/python" -m interledger_site.serve -b 127.0.0.1 -p "$PORT" interledger_site.asgi:application >"$OUT/daphne.log" 2>&1 &
   PIDS+=("$!")
 fi
 for _ in $(seq 1 150); do

@@ -68,7 +68,7 @@ celery_cpu() {
   done
   echo "$total"
 }
-"$BIN/daphne" -b 127.0.0.1 -p "$PORT" interledger_site.asgi:application >"$OUT/daphne.log" 2>&1 &
+"$BIN/python" -m interledger_site.serve -b 127.0.0.1 -p "$PORT" interledger_site.asgi:application >"$OUT/daphne.log" 2>&1 &
 DAPHNE=$!
 PIDS+=("$DAPHNE")
 for _ in $(seq 1 150); do curl -fs -o /dev/null "http://127.0.0.1:$PORT/" && break; sleep 0.2; done

@@ -469,8 +469,11 @@ def speed_up_autobahn() -> bool:
     """Install :class:`FastXorMasker` in autobahn, drop the colouring of its debug log
     arguments (``hltype``/``hlval``, evaluated for every frame sent and received even when
     debug logging is off: a ``click.style`` call each) and its per-message ``"message"``
-    event when nothing listens (:func:`_make_on_message_end`). Idempotent; ``False`` when
-    autobahn is missing or laid out differently (then nothing is changed)."""
+    event when nothing listens (:func:`_make_on_message_end`); take a whole binary frame in
+    one step (:func:`_make_process_data`) and skip the per-read debug log call when debug
+    logging is off (:func:`_make_data_received`). Idempotent; ``False`` when autobahn is
+    missing or laid out differently (then nothing is changed); each of these is left out
+    alone when the autobahn code it mirrors differs."""
     global _AUTOBAHN_ON_MESSAGE_END
     try:
         from autobahn.twisted import websocket as tx_websocket
@@ -489,6 +492,7 @@ def speed_up_autobahn() -> bool:
     if _AUTOBAHN_ON_MESSAGE_END is None and _reads_exactly(current, _AUTOBAHN_ON_MESSAGE_END_NAMES):
         _AUTOBAHN_ON_MESSAGE_END = current
         ws.onMessageEnd = _make_on_message_end(current)  # type: ignore[method-assign,assignment]
+    _speed_up_inbound(ws, tx_websocket.WebSocketAdapterProtocol)
     return True
 
 
@@ -498,6 +502,236 @@ _AUTOBAHN_ON_MESSAGE_END_NAMES = (
     "failedByMe", "join", "message_data", "trackedTimings", "track", "_onMessage",
     "message_is_binary", "fire", "txaio", "add_callbacks",
 )  # fmt: skip
+
+
+def _unmask(mask: bytes, payload: bytes) -> bytes:
+    """RFC 6455 unmasking of a whole payload (what :class:`FastXorMasker` does in one call)."""
+    n = len(payload)
+    key = int.from_bytes((mask * ((n + 3) >> 2))[:n], "little")
+    return (int.from_bytes(payload, "little") ^ key).to_bytes(n, "little")
+
+
+def _make_process_data(original: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    """autobahn's ``WebSocketProtocol.processData`` with one case done in one step: a whole
+    unfragmented, uncompressed, masked binary frame of at most 64 KiB at the head of the
+    buffer, received by a server with every per-frame hook the library's own.
+
+    autobahn takes such a frame in two ``processData`` calls (header, then payload) through
+    ``onFrameBegin``/``onFrameData``/``onFrameEnd`` and the eight ``on[_]Message*`` hooks
+    between them, a ``FrameHeader`` and a masker object: about four times the work of
+    unmasking the payload and handing it to ``onMessage``. This does what those calls do
+    for that case, in their order: the traffic counters, the message and frame fields they
+    leave behind, then ``_onMessage(payload, True)``; the buffer keeps what follows the
+    frame, and the return value is autobahn's (more data buffered). Every other frame and
+    state goes to autobahn's own method (a frame in progress, fragments, text, control
+    frames, compression, an unmasked frame, a size limit the frame would hit, frame logging,
+    timings, an auto-ping timeout to restart, listeners of the ``"message"`` event, the
+    Hixie-76 protocol, a subclass overriding a hook: :func:`_hooks_are_autobahns`), as does
+    every call when autobahn is not the code mirrored here (see :func:`speed_up_autobahn`).
+    One field is not rewritten: ``current_frame_masker``, which only the frame being
+    parsed reads (each frame header sets it before its payload).
+    """
+    from autobahn.websocket.protocol import WebSocketProtocol as AutobahnProtocol
+
+    state_open = AutobahnProtocol.STATE_OPEN
+    known: dict[type, bool] = {}
+
+    def process_data(self: Any) -> bool:
+        data: bytes = self.data
+        n = len(data)
+        if n < 6 or data[0] != 0x82 or self.current_frame is not None:
+            return original(self)  # not FIN + binary, no RSV bits; or a frame under way
+        length = data[1] ^ 0x80  # the mask bit set: the 7-bit length (else >= 128)
+        if length < 126:
+            start = 6
+        elif length == 126 and n >= 8:
+            length = (data[2] << 8) | data[3]
+            start = 8
+            if length < 126:
+                return original(self)  # not the minimal encoding: autobahn's violation
+        else:
+            return original(self)  # unmasked, a 64-bit length, or the header incomplete
+        end = start + length
+        cls = type(self)
+        hooks = known.get(cls)
+        if hooks is None:
+            hooks = known[cls] = _hooks_are_autobahns(cls)
+        if (
+            n < end
+            or not hooks
+            or self.state != state_open
+            or self.inside_message
+            or self.failedByMe
+            or self._perMessageCompress is not None
+            or not self.factory.isServer
+            or not self.applyMask
+            or self.trackedTimings
+            or self.logFrames
+            or 0 < self.maxMessagePayloadSize < length
+            or 0 < self.maxFramePayloadSize < length
+            or self.websocket_version == 0
+            or self._listeners is not None
+            or (self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic)
+        ):
+            return original(self)
+        payload = _unmask(data[start - 4 : start], data[start:end]) if length else b""
+        self.data = data[end:]
+        # What onFrameBegin, onMessageBegin, onMessageFrameBegin, onFrameData, onFrameEnd,
+        # onMessageFrameEnd and onMessageEnd leave for this frame (a new message, not text,
+        # not compressed, one frame: no frame data kept, no message data kept after it).
+        self._isMessageCompressed = False
+        self.utf8validateIncomingCurrentMessage = False
+        self.message_is_binary = True
+        self.message_data_total_length = length
+        self.frame_length = length
+        self.frame_data = None
+        self.message_data = None
+        stats = self.trafficStats
+        stats.incomingOctetsWebSocketLevel += length
+        stats.incomingOctetsAppLevel += length
+        stats.incomingWebSocketFrames += 1
+        stats.incomingWebSocketMessages += 1
+        self._onMessage(payload, True)
+        return n > end
+
+    process_data.__wrapped__ = original  # type: ignore[attr-defined]
+    return process_data
+
+
+# The per-frame hooks the fast path of :func:`_make_process_data` does the work of, with the
+# class each must come from (the twisted adapter's ``_on*`` forward to the ``on*``).
+_AUTOBAHN_FRAME_HOOKS = (
+    "onFrameBegin", "onFrameData", "onFrameEnd", "onMessageBegin", "onMessageFrameBegin",
+    "onMessageFrameData", "onMessageFrameEnd", "onMessageFrame", "onMessageEnd",
+)  # fmt: skip
+_ADAPTER_FRAME_HOOKS = (
+    "_onMessageBegin", "_onMessageFrameBegin", "_onMessageFrameData", "_onMessageFrameEnd",
+    "_onMessageFrame", "_onMessageEnd",
+)  # fmt: skip
+
+
+def _hooks_are_autobahns(cls: type) -> bool:
+    """Whether ``cls`` takes every per-frame hook the fast path skips from autobahn itself
+    (its ``WebSocketProtocol``, its Twisted adapter), i.e. overrides none of them."""
+    from autobahn.twisted.websocket import WebSocketAdapterProtocol
+    from autobahn.websocket.protocol import WebSocketProtocol as AutobahnProtocol
+
+    if not issubclass(cls, WebSocketAdapterProtocol):
+        return False
+    return all(
+        getattr(cls, name, None) is getattr(AutobahnProtocol, name)
+        for name in _AUTOBAHN_FRAME_HOOKS
+    ) and all(
+        getattr(cls, name, None) is getattr(WebSocketAdapterProtocol, name)
+        for name in _ADAPTER_FRAME_HOOKS
+    )
+
+
+def _make_data_received(original: Callable[[Any, bytes], None]) -> Callable[[Any, bytes], None]:
+    """autobahn's Twisted ``dataReceived`` without its debug log call when the protocol's
+    debug level is off (then the call does nothing, but its arguments, a type name, the
+    peer and the length, were still built for every read)."""
+    no_op = _txaio_no_op()
+
+    def data_received(self: Any, data: bytes) -> None:
+        if self.log.debug is not no_op:
+            original(self, data)
+            return
+        self._dataReceived(data)
+
+    data_received.__wrapped__ = original  # type: ignore[attr-defined]
+    return data_received
+
+
+# The names autobahn 26's inbound methods mirrored above read: another body keeps its own code.
+_AUTOBAHN_INBOUND_NAMES: dict[str, tuple[str, ...]] = {
+    "processData": (
+        "len", "data", "current_frame", "_perMessageCompress", "_protocol_violation", "factory",
+        "isServer", "requireMaskedClientFrames", "acceptMaskedServerFrames", "EXTENSION_NAME",
+        "inside_message", "Exception", "struct", "unpack", "applyMask", "create_xor_masker",
+        "current_frame_masker", "XorMaskerNull", "FrameHeader", "onFrameBegin", "length",
+        "pointer", "process", "onFrameData", "onFrameEnd",
+    ),
+    "onFrameBegin": (
+        "current_frame", "opcode", "control_frame_data", "inside_message", "_perMessageCompress",
+        "rsv", "_isMessageCompressed", "start_decompress_message", "WebSocketProtocol",
+        "MESSAGE_TYPE_TEXT", "utf8validateIncoming", "utf8validator", "reset",
+        "utf8validateIncomingCurrentMessage", "utf8validateLast", "trackedTimings", "track",
+        "_onMessageBegin", "MESSAGE_TYPE_BINARY", "_onMessageFrameBegin", "length",
+    ),
+    "onFrameData": (
+        "current_frame", "opcode", "control_frame_data", "append", "_isMessageCompressed", "len",
+        "log", "debug", "_LazyHexFormatter", "maxMessagePayloadSize", "message_data_total_length",
+        "_perMessageCompress", "decompress_message_data", "PayloadExceededError", "failedByMe",
+        "wasMaxMessagePayloadSizeExceeded", "_max_message_size_exceeded", "PayloadCorruptError",
+        "_invalid_payload", "state", "WebSocketProtocol", "STATE_OPEN", "trafficStats",
+        "incomingOctetsWebSocketLevel", "incomingOctetsAppLevel",
+        "utf8validateIncomingCurrentMessage", "utf8validator", "validate", "utf8validateLast",
+        "_onMessageFrameData",
+    ),
+    "onFrameEnd": (
+        "current_frame", "opcode", "logFrames", "logRxFrame", "control_frame_data",
+        "processControlFrame", "state", "WebSocketProtocol", "STATE_OPEN", "trafficStats",
+        "incomingWebSocketFrames", "frame_data", "_onMessageFrameEnd", "autoPingTimeoutCall",
+        "autoPingRestartOnAnyTraffic", "_cancelAutoPingTimeoutCall", "fin",
+        "_isMessageCompressed", "_perMessageCompress", "end_decompress_message",
+        "PayloadCorruptError", "failedByMe", "_invalid_payload",
+        "utf8validateIncomingCurrentMessage", "utf8validateLast", "incomingWebSocketMessages",
+        "_onMessageEnd", "inside_message",
+    ),
+    "onMessageBegin": ("message_is_binary", "message_data", "message_data_total_length"),
+    "onMessageFrameBegin": (
+        "frame_length", "frame_data", "message_data_total_length", "failedByMe",
+        "maxMessagePayloadSize", "wasMaxMessagePayloadSizeExceeded", "_max_message_size_exceeded",
+        "maxFramePayloadSize", "wasMaxFramePayloadSizeExceeded",
+    ),
+    "onMessageFrameData": (
+        "failedByMe", "websocket_version", "message_data_total_length", "len",
+        "maxMessagePayloadSize", "wasMaxMessagePayloadSizeExceeded", "_max_message_size_exceeded",
+        "message_data", "append", "frame_data",
+    ),
+    "onMessageFrameEnd": ("failedByMe", "_onMessageFrame", "frame_data"),
+    "onMessageFrame": ("failedByMe", "message_data", "extend"),
+}  # fmt: skip
+_ADAPTER_INBOUND_NAMES: dict[str, tuple[str, ...]] = {
+    "dataReceived": (
+        "log", "debug", "hltype", "dataReceived", "hlval", "peer", "len", "_dataReceived",
+    ),
+    "_onMessageBegin": ("onMessageBegin",),
+    "_onMessageFrameBegin": ("onMessageFrameBegin",),
+    "_onMessageFrameData": ("onMessageFrameData",),
+    "_onMessageFrameEnd": ("onMessageFrameEnd",),
+    "_onMessageFrame": ("onMessageFrame",),
+    "_onMessageEnd": ("onMessageEnd",),
+    "_onMessage": ("onMessage",),
+}  # fmt: skip
+
+# autobahn's processData and its Twisted adapter's dataReceived as this module found them.
+_AUTOBAHN_PROCESS_DATA: Callable[[Any], bool] | None = None
+_AUTOBAHN_DATA_RECEIVED: Callable[[Any, bytes], None] | None = None
+
+
+def _all_read_exactly(owner: type, methods: dict[str, tuple[str, ...]]) -> bool:
+    return all(_reads_exactly(getattr(owner, n, None), names) for n, names in methods.items())
+
+
+def _speed_up_inbound(ws: Any, adapter: Any) -> None:
+    """Install :func:`_make_process_data` and :func:`_make_data_received` when autobahn's
+    inbound methods are the ones they mirror (once; a no-op otherwise)."""
+    global _AUTOBAHN_PROCESS_DATA, _AUTOBAHN_DATA_RECEIVED
+    if (
+        _AUTOBAHN_PROCESS_DATA is None
+        and _AUTOBAHN_ON_MESSAGE_END is not None  # the "message" event's skip is in place
+        and _all_read_exactly(ws, _AUTOBAHN_INBOUND_NAMES)
+        and _all_read_exactly(adapter, _ADAPTER_INBOUND_NAMES)
+    ):
+        _AUTOBAHN_PROCESS_DATA = ws.processData
+        ws.processData = _make_process_data(ws.processData)
+    if _AUTOBAHN_DATA_RECEIVED is None and _reads_exactly(
+        adapter.dataReceived, _ADAPTER_INBOUND_NAMES["dataReceived"]
+    ):
+        _AUTOBAHN_DATA_RECEIVED = adapter.dataReceived
+        adapter.dataReceived = _make_data_received(adapter.dataReceived)
 
 
 def daphne_close_code(code: int) -> int:

@@ -24,6 +24,7 @@ import hashlib
 from functools import lru_cache
 
 from django.conf import settings
+from django.core.signals import setting_changed
 
 from ilp.errors import DecodeError
 from ilp.psk2 import b64url_decode, b64url_encode
@@ -58,13 +59,50 @@ def _secret_from_hex(hex_secret: str) -> bytes:
     return secret
 
 
+# The two settings every received packet reads, kept here: a ``settings`` attribute read
+# costs about a microsecond (``LazyObject.__getattribute__``), and a packet read three.
+# Forgotten when either setting changes (``override_settings``, pytest-django's
+# ``settings`` fixture: the ``setting_changed`` signal); assigning to ``django.conf.settings``
+# directly, which nothing in the project does, would not be seen. Races are harmless: every
+# thread computes the same values.
+_address: str | None = None
+_base: str | None = None
+_secret: bytes | None = None
+
+
+def _forget_cached(*, setting: str, **_: object) -> None:
+    global _address, _base, _secret
+    if setting in ("ILP_ADDRESS", "ILP_RECEIVER_SECRET"):
+        _address = _base = _secret = None
+
+
+setting_changed.connect(_forget_cached, dispatch_uid="receivers.addresses._forget_cached")
+
+
 def receiver_secret() -> bytes:
     """The node's long-lived receiver secret, from ``settings.ILP_RECEIVER_SECRET``."""
-    return _secret_from_hex(settings.ILP_RECEIVER_SECRET)
+    global _secret
+    secret = _secret
+    if secret is None:
+        secret = _secret = _secret_from_hex(settings.ILP_RECEIVER_SECRET)
+    return secret
 
 
 def node_address() -> str:
-    return str(settings.ILP_ADDRESS)
+    global _address
+    address = _address
+    if address is None:
+        address = _address = str(settings.ILP_ADDRESS)
+    return address
+
+
+def receivers_base() -> str:
+    """``<node>.receivers.``: what every local receiver's address starts with."""
+    global _base
+    base = _base
+    if base is None:
+        base = _base = f"{node_address()}.{LOCAL_PREFIX_SEGMENT}."
+    return base
 
 
 def receivers_prefix() -> str:

@@ -62,6 +62,7 @@ from receivers.addresses import (
     parse_tag_segment,
     payer_id_receipt_key,
     receiver_secret,
+    receivers_base,
     tagged_receipt_key,
 )
 from receivers.directory import get_directory
@@ -201,7 +202,7 @@ async def receive_prepare(
     stats.prepares += 1
     node = node_address()
     destination = prepare.destination
-    base = f"{node}.{LOCAL_PREFIX_SEGMENT}."
+    base = receivers_base()
     if not destination.startswith(base):
         return _refused(_reject("F02", MSG_UNREACHABLE))
     name, dot, rest = destination[len(base) :].partition(".")

@@ -132,7 +132,9 @@ class _Account:
     credits: int = 0  # sum of credit holds (positive)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen (never changed after it is made either): a frozen dataclass's __init__ sets
+# each field through object.__setattr__, about twice the cost, and one is made per packet.
+@dataclass(slots=True)
 class _Hold:
     account_code: str
     amount: int  # > 0
@@ -201,6 +203,10 @@ class BalanceBook:
             weakref.WeakKeyDictionary()
         )
         self._writers_lock = threading.Lock()
+        # (the last loop, weakly; its writer): a process serves its packets from one loop,
+        # and a WeakKeyDictionary lookup makes a weakref per call. One tuple, so a thread
+        # never sees one loop with another loop's writer.
+        self._last_writer: tuple[weakref.ref[asyncio.AbstractEventLoop], _LoopWriter] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="payments-ledger")
         self._writer_thread_ident: int | None = None
         self._deferred: _Outcome | None = None  # set by _do_commits(defer_apply=True)
@@ -334,8 +340,11 @@ class BalanceBook:
                 raise InvalidAmount("hold amount must be 0 to 2**64-1", amount=str(h.amount))
             if h.amount:
                 live.append(h)
+        accounts = self._accounts
         for h in live:
-            if not self.is_loaded(h.account_code):
+            # Lock-free (a dict membership test is atomic under the GIL), as in _hold: an
+            # account forgotten meanwhile is caught under the lock by _plan_shared.
+            if h.account_code not in accounts:
                 await self.load_account(h.account_code)
         if self.shared is None:
             taken: list[str] = []
@@ -617,6 +626,9 @@ class BalanceBook:
     def _writer_for(self, loop: asyncio.AbstractEventLoop) -> _LoopWriter:
         if self._closed:
             raise BookClosed("the balance book is closed")
+        last = self._last_writer
+        if last is not None and last[0]() is loop and not last[1].closed:
+            return last[1]
         writer = self._writers.get(loop)
         if writer is None or writer.closed:
             with self._writers_lock:
@@ -624,6 +636,7 @@ class BalanceBook:
                 if writer is None or writer.closed:
                     writer = _LoopWriter(self, loop)
                     self._writers[loop] = writer
+        self._last_writer = (weakref.ref(loop), writer)
         return writer
 
     # -- sync API (threads without an event loop) -------------------------------------------
@@ -953,6 +966,7 @@ class BalanceBook:
         with self._writers_lock:
             writers = list(self._writers.values())
             self._writers.clear()
+            self._last_writer = None
         for writer in writers:
             writer.close()
         # Last in the writer's queue: a batch already taken finishes first, anything

@@ -17,6 +17,7 @@ from typing import Any
 from payments.ledger.applier import APPLY_PUBLISH_RETRY, ReceiptApplier
 from payments.ledger.book import BalanceBook
 from payments.ledger.shared import shared_credit_from_settings
+from payments.node import runtime as _runtime
 
 _applier: ReceiptApplier | None = None
 _book_lock = threading.Lock()
@@ -109,18 +110,17 @@ def new_book(**options: Any) -> BalanceBook:
 
 
 def get_book() -> BalanceBook:
-    """The current node runtime's book (built by the runtime on first use)."""
-    from payments.node import runtime
+    """The current node runtime's book (built by the runtime on first use).
 
-    book: BalanceBook = runtime().book
+    On every packet (the receiver's commit): the module's import of ``runtime``, not a
+    function-level one (an import statement per call was most of its cost)."""
+    book: BalanceBook = _runtime().book
     return book
 
 
 def peek_book() -> BalanceBook | None:
     """The current runtime's book if it was built (services notify it; they never build one)."""
-    from payments.node import runtime
-
-    book: BalanceBook | None = runtime().peek_book()
+    book: BalanceBook | None = _runtime().peek_book()
     return book
 
 
@@ -136,7 +136,5 @@ def close_applier() -> None:
 def reset_book() -> None:
     """Close the current runtime's book and the process's applier and forget them (the
     node's stop, tests; the next ``get_book`` makes a new one)."""
-    from payments.node import runtime
-
-    runtime().reset_book()
+    _runtime().reset_book()
     close_applier()

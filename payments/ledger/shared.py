@@ -417,7 +417,9 @@ def default_prefix() -> str:
     return f"ilp:{settings.ILP_ADDRESS}:credit:"
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, though never changed once made: one is made per limited hold (per packet),
+# and a frozen dataclass's __init__ (object.__setattr__ per field) costs twice as much.
+@dataclass(slots=True)
 class SharedHold:
     """One hold in Redis: ``credit`` False = a debit hold (checked against ``min_balance``).
 

@@ -683,7 +683,15 @@ class BtpLink:
             # Every request gets an answer: the reply unremembered rather than none.
             log.exception("BTP %s: could not record reply %d", self.label, event.request_id)
             frame = encode_ilp_frame(BtpType.RESPONSE, event.request_id, ilp)
-        await self._deliver(event.request_id, frame)
+        if session.idempotent:
+            await self._deliver(event.request_id, frame)
+        elif not self._lost:
+            # Plain BTP/2.0: _deliver and transmit come down to this (two coroutines fewer
+            # per packet); a reply whose socket is gone is dropped, as transmit does.
+            try:
+                await self._send(frame)
+            except Exception:
+                log.debug("BTP %s: send failed", self.label, exc_info=True)
 
     async def _serve_side(self, event: SideProtocolRequest | TransferRequest) -> None:
         peer = self.peer

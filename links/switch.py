@@ -311,7 +311,9 @@ class PacketSwitch:
         # Packets in progress: key -> the future their copies wait on, made only when a
         # copy arrives (None until then: no future to make and resolve per packet).
         self._inflight: dict[str, asyncio.Future[Reply] | None] = {}
-        self._recent: dict[str, tuple[Fulfill, datetime]] = {}
+        # key -> the Fulfill (its expiry is in _recent_expiry: no tuple kept per packet, one
+        # object fewer for the garbage collector to walk for a Prepare's lifetime).
+        self._recent: dict[str, Fulfill] = {}
         # (expiry in POSIX seconds, key) of every remembered Fulfill, a heap: purged in
         # expiry order whatever the arrival order (one far-future Prepare pins nothing).
         self._recent_expiry: list[tuple[float, str]] = []
@@ -533,7 +535,7 @@ class PacketSwitch:
         key = packet_key(source.name, prepare)
         cached = self._recent.get(key)
         if cached is not None:
-            return cached[0]
+            return cached
         inflight = self._inflight
         if key in inflight:
             waiting = inflight[key]
@@ -568,7 +570,7 @@ class PacketSwitch:
         """Keep ``fulfill`` for retransmissions until ``expires_at``; at most
         :data:`RECENT_FULFILLS_MAX` entries (when full, the one closest to its expiry goes:
         it is the least likely to be asked for again)."""
-        self._recent[key] = (fulfill, expires_at)
+        self._recent[key] = fulfill
         heap = self._recent_expiry
         # A packet key covers the expiry, so one key never has two expiries in the heap.
         heapq.heappush(heap, (expires_at.timestamp(), key))
@@ -594,13 +596,18 @@ class PacketSwitch:
         then let the receiver decide."""
         amount = prepare.amount
         if amount:
-            await self._hold(
-                source.account_code,
-                amount,
-                key,
-                "exceeded maximum balance.",
-                expires_at=prepare.expires_at,
-            )
+            hold_many = self._hold_many
+            if hold_many is not None:
+                # _hold's shared-credit branch, inline (every received packet).
+                try:
+                    await hold_many(
+                        (HoldDraft(source.account_code, amount, key),),
+                        expires_at=prepare.expires_at,
+                    )
+                except BalanceLimitExceeded:
+                    raise RejectError("T04", "exceeded maximum balance.") from None
+            else:
+                await self._hold(source.account_code, amount, key, "exceeded maximum balance.")
         reply: Reply | None = None
         try:
             if handler is None:
@@ -714,7 +721,13 @@ class PacketSwitch:
         expires_at: datetime | None = None,
     ) -> None:
         if self._hold_many is not None:
-            await self._hold_together([(HoldDraft(code, amount, key, credit), message)], expires_at)
+            # One hold: _hold_together's work without its coroutine and lists (per packet).
+            try:
+                await self._hold_many(
+                    (HoldDraft(code, amount, key, credit),), expires_at=expires_at
+                )
+            except BalanceLimitExceeded:
+                raise RejectError("T04", message) from None
             return
         hold = self.book.hold_credit if credit else self.book.hold
         try:

@@ -5,7 +5,10 @@ Every amount is an integer number of the account's smallest unit, stored as
 ``BigIntegerField``); Python code handles it as ``int``, never ``float``.
 
 Write only through :mod:`payments.services` and :mod:`payments.ledger`. Postings and
-receipts are append-only; every foreign key that touches money is ``PROTECT``.
+receipts are append-only; every foreign key that touches money is ``PROTECT``. On
+Postgres the foreign keys of postings, receipts and incoming payments are kept by cheaper
+guards instead of constraints (migration 0008 says how): the ledger's SQL checks the
+accounts once per batch, and triggers refuse deleting a referenced row.
 """
 
 from __future__ import annotations

@@ -187,7 +187,9 @@ def post_in_transaction(
     the separate round trips), and the reply comes after the ``COMMIT``: the batch is
     durable when this returns. On an error the server skips the rest of the string; the
     transaction is rolled back here before the error propagates. An account id that no
-    longer exists fails the batch (the foreign keys), as an unknown code does.
+    longer exists fails the batch (``foreign_key_violation`` from
+    ``payments_require_accounts``, which stands for the foreign keys: migration 0008), as
+    an unknown code does.
     """
     if commit_locking is not None and connection.vendor != "postgresql":
         raise ValueError("commit_locking is for Postgres")
@@ -343,10 +345,20 @@ def _post_postgres(
     )
     selects.append("SELECT 3, NULL, id, balance, version FROM u")
     statement = f"WITH {', '.join(ctes)} {' UNION ALL '.join(selects)}"
+    # The foreign keys' guarantee, once per batch (migration 0008): every account named
+    # exists, taken FOR KEY SHARE until the commit; else foreign_key_violation.
+    named = sorted({row[0] for row in posting_rows} | {row[0] for row in receipt_rows})
+    statements = []
+    if named:
+        ids = _array_literal(named, text=False, scs=scs)
+        statements.append(f"SELECT payments_require_accounts({ids}::bigint[])")
+    statements.append(statement)
     if commit_locking is None:
-        cursor.execute(statement)
+        cursor.execute("; ".join(statements))
+        for _ in range(len(statements) - 1):
+            cursor.nextset()
     else:
-        _commit_locking(cursor, statement, sorted(set(commit_locking)))
+        _commit_locking(cursor, statements, sorted(set(commit_locking)))
     new_keys: set[str] = set()
     new_receipts: list[tuple[int, str]] = []
     balances: dict[int, tuple[int, int]] = {}
@@ -360,9 +372,9 @@ def _post_postgres(
     return PostResult(new_keys, balances, submitted, new_receipts)
 
 
-def _commit_locking(cursor: Any, statement: str, lock_ids: list[int]) -> None:
-    """``BEGIN; <lock>; <statement>; COMMIT`` in one query string (simple protocol, no
-    parameters); leaves the cursor on the statement's rows."""
+def _commit_locking(cursor: Any, statements: list[str], lock_ids: list[int]) -> None:
+    """``BEGIN; <lock>; <statements>; COMMIT`` in one query string (simple protocol, no
+    parameters); leaves the cursor on the last statement's rows."""
     accounts = connection.ops.quote_name(LedgerAccount._meta.db_table)
     parts = ["BEGIN"]
     if lock_ids:
@@ -370,7 +382,7 @@ def _commit_locking(cursor: Any, statement: str, lock_ids: list[int]) -> None:
             f"SELECT id FROM {accounts} WHERE id IN ({', '.join(str(int(i)) for i in lock_ids)}) "
             f"ORDER BY id {connection.ops.for_update_sql(no_key=True)}"
         )
-    parts += [statement, "COMMIT"]
+    parts += [*statements, "COMMIT"]
     try:
         cursor.execute("; ".join(parts))
     except BaseException:
@@ -386,7 +398,7 @@ def _commit_locking(cursor: Any, statement: str, lock_ids: list[int]) -> None:
             with contextlib.suppress(Exception):
                 raw.execute("ROLLBACK")
         raise
-    for _ in range(len(parts) - 2):  # BEGIN and the lock's rows: to the statement's
+    for _ in range(len(parts) - 2):  # BEGIN, the lock's and the check's rows: to the last's
         cursor.nextset()
 
 

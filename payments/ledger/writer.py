@@ -358,8 +358,8 @@ def _write_batch_one_trip(
     """:func:`write_batch` on Postgres when every account id is known: ``BEGIN``, the
     ordered lock, the statement and ``COMMIT`` in one round trip
     (``post_in_transaction(commit_locking=...)``). An id gone since it was cached fails
-    the batch (foreign keys); the book's retry then clears the cache and takes the long
-    way, which names the unknown account."""
+    the batch (a foreign key violation); the book's retry then clears the cache and takes
+    the long way, which names the unknown account."""
     receipt_rows: dict[str, ReceiptDraft] = {}
     for job in jobs:
         for r in job.receipts:

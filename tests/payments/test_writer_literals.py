@@ -117,3 +117,29 @@ def test_a_nul_in_a_string_is_refused_before_anything_is_sent() -> None:
         )
     assert not connection.in_atomic_block
     assert Posting.objects.count() == 0
+
+
+def prepared_on_server() -> set[str]:
+    with connection.cursor() as cur:
+        cur.execute("SELECT name FROM pg_prepared_statements")
+        return {str(row[0]) for row in cur.fetchall()}
+
+
+def test_the_statement_is_prepared_once_per_connection() -> None:
+    aid = ensure_account("peer:awkward", kind="peer").id
+    rid = ensure_account("receiver:awkward", kind="receiver").id
+    post_in_transaction([(aid, -1, "p1", "")], now=NOW, commit_locking=[aid])
+    assert prepared_on_server() == {"payments_ledger_batch_p"}
+    post_in_transaction(
+        [(aid, -1, "p2", "")], now=NOW, receipts=[(rid, "ab", 0, 1, "p2")], commit_locking=[aid]
+    )
+    post_in_transaction(
+        [(aid, -1, "p3", "")], now=NOW, receipts=[(rid, "ab", 1, 1, "p3")], commit_locking=[aid]
+    )
+    assert prepared_on_server() == {"payments_ledger_batch_p", "payments_ledger_batch_pr"}
+    connection.close()  # a new connection: prepared again on first use
+    with transaction.atomic():
+        post_in_transaction([(aid, -1, "p4", "")], now=NOW, receipts=[(rid, "ab", 2, 1, "p4")])
+    assert prepared_on_server() == {"payments_ledger_batch_pr"}
+    assert sorted(Posting.objects.values_list("key", flat=True)) == ["p1", "p2", "p3", "p4"]
+    assert Receipt.objects.count() == 3

@@ -266,8 +266,8 @@ async def receive_prepare(
     payment_id, receipt_key = _receipt_ids(opened, packet_key, tag)
     try:
         await get_book().commit(
-            [PostingDraft(source_account, -amount, packet_key)],
-            [ReceiptDraft(account_code, payment_id, opened.sequence, amount, receipt_key)],
+            (PostingDraft(source_account, -amount, packet_key),),
+            (ReceiptDraft(account_code, payment_id, opened.sequence, amount, receipt_key),),
         )
     except Exception:
         stats.commit_failures += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import sys
 from collections.abc import Iterator
@@ -17,8 +18,12 @@ from interledger_site.runtime import NodeRuntime, RuntimeApplication, attach_to_
 @pytest.fixture
 def restore_process_runtime() -> Iterator[None]:
     before = runtime_module.peek()
+    thresholds = gc.get_threshold()
     yield
     runtime_module.install(before)
+    # A started serving runtime tunes the process's collector (tune_gc_for_serving).
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)
 
 
 def quiet_runtime() -> NodeRuntime:
@@ -78,6 +83,7 @@ async def test_lifespan_starts_and_stops_the_runtime(restore_process_runtime: No
     ]
     assert app.runtime is not None and app.runtime.stopped
     assert runtime_module.peek() is app.runtime  # it was the process's
+    assert gc.get_freeze_count() > 0  # started: the collector tuned for serving
     await app({"type": "http"}, inbox.get, send)
     assert calls == ["http"]
 
@@ -132,3 +138,34 @@ def test_serving_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not (worker.links_enabled or worker.recovery_enabled or worker.owner_enabled)
     for rt in (serving, quiet, worker):
         rt.close()
+
+
+def test_a_serving_process_freezes_its_start_up_objects_and_collects_less_often(
+    restore_process_runtime: None, settings: Any
+) -> None:
+    gc.unfreeze()
+    settings.ILP_GC_THRESHOLDS = [5000, 20, 30]
+    survivor = [object()]  # made before: frozen, never walked again
+    assert any(o is survivor for o in gc.get_objects())
+    runtime_module.tune_gc_for_serving()
+    assert gc.get_threshold() == (5000, 20, 30)
+    assert gc.get_freeze_count() > 0
+    assert not any(o is survivor for o in gc.get_objects())
+
+    # Cycles made after the start are still collected.
+    class Node:
+        other: Any = None
+
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    del a, b
+    assert gc.collect() >= 2
+
+
+def test_an_empty_threshold_setting_keeps_pythons(
+    restore_process_runtime: None, settings: Any
+) -> None:
+    settings.ILP_GC_THRESHOLDS = []
+    before = gc.get_threshold()
+    runtime_module.tune_gc_for_serving()
+    assert gc.get_threshold() == before

@@ -32,8 +32,8 @@ starts afresh.
 
 Threading: the in-memory state is guarded by one ``threading.Lock``; ``hold``,
 ``release`` and ``balance`` may be called from any thread and never do I/O when the account
-is loaded. Database work happens only in the writer thread
-(:class:`~payments.ledger.writer.WriterThread`); applying receipts happens in the applier's thread, never here.
+is loaded. Database work happens only in the writer thread (one ``ThreadPoolExecutor`` with
+one worker); applying receipts happens in the applier's thread, never here.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -73,7 +74,6 @@ from payments.ledger.shared import HoldDraft, MirrorRow, SharedCredit, SharedHol
 from payments.ledger.sql import _ACCOUNT_FIELDS, _heal_connection
 from payments.ledger.writer import (
     BookStats,
-    WriterThread,
     _Job,
     _LoopWriter,
     _Outcome,
@@ -207,7 +207,7 @@ class BalanceBook:
         # and a WeakKeyDictionary lookup makes a weakref per call. One tuple, so a thread
         # never sees one loop with another loop's writer.
         self._last_writer: tuple[weakref.ref[asyncio.AbstractEventLoop], _LoopWriter] | None = None
-        self._executor = WriterThread("payments-ledger_0")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="payments-ledger")
         self._writer_thread_ident: int | None = None
         self._deferred: _Outcome | None = None  # set by _do_commits(defer_apply=True)
         self._closed = False
@@ -758,12 +758,7 @@ class BalanceBook:
         return self._closed
 
     def executor_submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn(*args)`` in the writer thread; a ``concurrent.futures.Future``."""
         return self._executor.submit(fn, *args)
-
-    def writer_post(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` in the writer thread, no future (a loop writer's batch)."""
-        self._executor.post(fn, *args)
 
     def due_for_refresh(self) -> bool:
         # Lock-free reads (each is atomic under the GIL; a stale answer only shifts the

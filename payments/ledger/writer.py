@@ -14,12 +14,9 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import queue
-import threading
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -49,110 +46,6 @@ class BookStats:
     receipts_skipped: int = 0
     queries: int = 0
     max_batch_size: int = 0
-
-
-class WriterThread:
-    """The one ledger-writer thread: runs what it is given, one at a time, in order.
-
-    What a one-worker ``ThreadPoolExecutor`` did, minus its cost on the event loop's hot
-    path: :meth:`post` (a loop writer handing over a batch, once per loop iteration) is a
-    ``SimpleQueue.put`` under a lock, with no ``Future``, work item or thread-count check.
-    :meth:`submit` (synchronous callers, health checks, close) still returns a
-    ``concurrent.futures.Future``. Both raise ``RuntimeError`` once :meth:`shutdown` has
-    begun, as the executor did; everything queued before it still runs (the thread drains
-    the queue up to the stop mark), and so it does at interpreter exit (registered with
-    ``threading._register_atexit``, like the executor's workers, so the exit waits for a
-    batch being committed rather than cutting it off).
-    """
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._queue: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Any] | None]
-        self._queue = queue.SimpleQueue()
-        # Held while checking the flag and queueing: nothing is queued after the stop mark.
-        self._lock = threading.Lock()
-        self._shutdown = False
-        self._thread: threading.Thread | None = None
-
-    def post(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` in the thread; its result is dropped, an exception logged."""
-        with self._lock:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new work after shutdown")
-            if self._thread is None:
-                self._start()
-            self._queue.put((fn, args, None))
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        """Run ``fn(*args)`` in the thread; the returned future gets its outcome."""
-        fut: Future[Any] = Future()
-        with self._lock:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            if self._thread is None:
-                self._start()
-            self._queue.put((fn, args, fut))
-        return fut
-
-    def _start(self) -> None:  # with self._lock held
-        # The thread holds the queue, not this object: a book dropped without close()
-        # lets its writer go, whose finalizer then ends the thread (as the executor's
-        # worker ended when its executor was collected).
-        thread = threading.Thread(target=_run_writer, args=(self._queue,), name=self.name)
-        thread.start()
-        self._thread = thread
-        weakref.finalize(self, self._queue.put, None)
-        _started_writers.add(self)
-
-    def shutdown(self, *, wait: bool = True) -> None:
-        """Stop taking work; the thread finishes what was queued, then ends."""
-        with self._lock:
-            if not self._shutdown:
-                self._shutdown = True
-                self._queue.put(None)
-            thread = self._thread
-        if wait and thread is not None and thread is not threading.current_thread():
-            thread.join()
-
-
-def _run_writer(
-    work: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Any] | None],
-) -> None:
-    """The writer thread's loop, up to the stop mark (``None``)."""
-    get = work.get
-    while True:
-        item = get()
-        if item is None:
-            return
-        fn, args, fut = item
-        del item
-        if fut is None:
-            try:
-                fn(*args)
-            except BaseException:
-                logger.exception("ledger: the writer thread's %r failed", fn)
-        elif fut.set_running_or_notify_cancel():
-            try:
-                result = fn(*args)
-            except BaseException as exc:
-                fut.set_exception(exc)
-                del exc
-            else:
-                fut.set_result(result)
-                del result
-        del fn, args, fut
-
-
-_started_writers: weakref.WeakSet[WriterThread] = weakref.WeakSet()
-
-
-def _stop_writers_at_exit() -> None:
-    for writer in list(_started_writers):
-        writer.shutdown(wait=True)
-
-
-# Before the interpreter joins its non-daemon threads (as concurrent.futures does).
-threading._register_atexit(_stop_writers_at_exit)  # type: ignore[attr-defined]
 
 
 class _QueryCounter:
@@ -198,8 +91,6 @@ class _Batches(Protocol):
     def closed(self) -> bool: ...
 
     def executor_submit(self, fn: Callable[..., Any], *args: Any) -> Any: ...
-
-    def writer_post(self, fn: Callable[..., Any], *args: Any) -> None: ...
 
     def process_jobs(self, jobs: list[_Job], *, defer_apply: bool = False) -> _Outcome | None: ...
 
@@ -254,7 +145,7 @@ class _LoopWriter:
     def _kick(self) -> None:
         """Hand the queue to the writer thread (on the loop, after this iteration's jobs)."""
         try:
-            self.book.writer_post(self._drain)
+            self.book.executor_submit(self._drain)
         except RuntimeError:  # the writer thread was shut down (book closed)
             self._scheduled = False
             self._fail_queue(BookClosed("the balance book is closed"))
@@ -282,7 +173,7 @@ class _LoopWriter:
             # writers of other event loops (and synchronous callers) get their turn.
             self._scheduled = True
             try:
-                self.book.writer_post(self._drain)
+                self.book.executor_submit(self._drain)
             except RuntimeError:
                 left = self._take_all()
                 self._send_results(left, BookClosed("the balance book is closed"), None)

@@ -367,18 +367,14 @@ def worker_runtime() -> NodeRuntime:
 
 def tune_gc_for_serving() -> None:
     """Once a serving process has started (its modules imported, its runtime built): move
-    what exists now out of the cyclic garbage collector's sight (``gc.freeze``) and make
-    its young-generation collections rarer (``settings.ILP_GC_THRESHOLDS``).
+    what exists now out of the cyclic garbage collector's sight (``gc.freeze``) and, if
+    ``settings.ILP_GC_THRESHOLDS`` says so, change its thresholds.
 
-    Why: the packet path allocates a few dozen short-lived objects per packet and frees
-    nearly all of them by reference counting (none form cycles), yet every 700 net
-    allocations Python's default collector walks the young objects and, every 7,000 and
-    70,000, the older generations: with the ~160,000 objects of a loaded Django process
-    that was 13-19 us of the loop thread per payment (8-10% of its CPU), two thirds of it
-    in full collections of 70-130 ms that also stall every packet in flight. Frozen, the
-    start-up objects are never walked again; with the thresholds, the collector still runs
-    (cycles are still freed) but a few hundred times less often. An empty setting leaves
-    Python's defaults (the freeze stays: it only skips objects that live forever anyway).
+    Why: the packet path's objects are freed by reference counting (none form cycles), yet
+    every collection of the older generations walked the ~160,000 objects of a loaded
+    Django process: 13-19 us of the loop thread per payment in a profile, 6-8 us once
+    they are frozen. Larger thresholds (10000, 10, 10) cut it to ~1 us in that profile but
+    showed no gain end to end (docs/PERFORMANCE.md), so Python's are kept by default.
     """
     gc.freeze()
     thresholds = tuple(getattr(settings, "ILP_GC_THRESHOLDS", ()) or ())

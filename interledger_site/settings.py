@@ -168,9 +168,9 @@ ILP_RECEIVER_SECRET = env.str("ILP_RECEIVER_SECRET", default=_local_secrets["ILP
 ILP_FEE_PPM = env.int("ILP_FEE_PPM", default=0)
 ILP_MIN_MESSAGE_WINDOW_MS = env.int("ILP_MIN_MESSAGE_WINDOW_MS", default=1000)
 ILP_MAX_HOLD_TIME_MS = env.int("ILP_MAX_HOLD_TIME_MS", default=30000)
-# A serving process's cyclic-GC thresholds once it has started
-# (interledger_site.runtime.tune_gc_for_serving); "" keeps Python's (700, 10, 10).
-ILP_GC_THRESHOLDS = [int(n) for n in env.list("ILP_GC_THRESHOLDS", default=["10000", "10", "10"])]
+# A serving process's cyclic-GC thresholds once it has started (e.g. "10000,10,10";
+# interledger_site.runtime.tune_gc_for_serving); unset keeps Python's (700, 10, 10).
+ILP_GC_THRESHOLDS = [int(n) for n in env.list("ILP_GC_THRESHOLDS", default=[])]
 ILP_ROUTE_BROADCAST_INTERVAL_S = env.float("ILP_ROUTE_BROADCAST_INTERVAL_S", default=30.0)
 ILP_PAID_API_PRICE = env.int("ILP_PAID_API_PRICE", default=100)
 ILP_PUBLIC_URL = _PUBLIC_URL

@@ -140,7 +140,7 @@ def test_serving_flags(monkeypatch: pytest.MonkeyPatch) -> None:
         rt.close()
 
 
-def test_a_serving_process_freezes_its_start_up_objects_and_collects_less_often(
+def test_a_serving_process_freezes_its_start_up_objects_and_takes_the_set_thresholds(
     restore_process_runtime: None, settings: Any
 ) -> None:
     gc.unfreeze()

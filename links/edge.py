@@ -69,8 +69,7 @@ async def handle_prepare(source: PeerContext, prepare: Prepare, *, owned: bool =
     First the peer's limits (:mod:`links.limits`, the runtime's limiter: in Redis, batched
     per loop iteration, when the node has several processes): over one, the T05/T04 Reject.
     """
-    rt = _runtime()
-    limiter: Limiter = rt.limiter
+    limiter: Limiter = _runtime().limiter
     slot = await limiter.admit_prepare(
         source.name, source.limits, prepare.amount, prepare.expires_at
     )
@@ -80,28 +79,14 @@ async def handle_prepare(source: PeerContext, prepare: Prepare, *, owned: bool =
         return refused
     assert isinstance(slot, Slot)
     if owned:
-        # _call_switch's body, inline: the path of every BTP packet, where a coroutine
-        # more per packet is measurable. The same steps in the same order.
         current = asyncio.current_task()  # None: not in a task (cannot be cancelled either)
-        if current is not None:
-            _in_flight.add(current)
-        metrics.prepare_started()
-        reply: Reply | None = None
+        if current is None:
+            return await _call_switch(source, prepare, limiter, slot)
+        _in_flight.add(current)
         try:
-            switch: Switch | None = rt.switch_override
-            if switch is None:
-                switch = rt.switch
-            reply = await switch.handle_prepare(source, prepare)
-            return reply
-        except Exception:
-            log.exception("switch failed on a Prepare from %s", source.name)
-            reply = reject("T00", "internal error")
-            return reply
+            return await _call_switch(source, prepare, limiter, slot)
         finally:
-            limiter.release_slot(slot)  # the reply is known: its in-flight slot is free
-            metrics.packet_handled(source, prepare.amount, reply)
-            if current is not None:
-                _in_flight.discard(current)
+            _in_flight.discard(current)
     task = asyncio.get_running_loop().create_task(_call_switch(source, prepare, limiter, slot))
     _in_flight.add(task)
     task.add_done_callback(_in_flight.discard)

@@ -85,7 +85,7 @@ run_load() {  # env-file-or-empty out.json groups...
   (
     [ -z "$envfile" ] || { set -a; . "$envfile"; set +a; }
     cd "$HARNESS" && LOAD_N="$N" LOAD_C="$C" LOAD_DURATION_S="${BENCH_DURATION_S:-$((N / 20 + 120))}" \
-      node scenarios/08-load.js 2>>"$out.stderr.log"
+      /usr/bin/time -o "$out.sender" -f "%U %S" node scenarios/08-load.js 2>>"$out.stderr.log"
   ) | grep -E '^\{' | tail -n 1 >"$out" || true
   : >"$out.cpu"
   for g in "$@"; do echo "$g ${before[$g]} $(ticks ${GROUP[$g]})" >>"$out.cpu"; done
@@ -223,7 +223,12 @@ for line in open(f"{out}/rows.tsv"):
     done_n, ref_n = int(m.get("fulfilled") or 0) or n, int(r.get("fulfilled") or 0) or n
     parts = ", ".join(f"{k} {v / done_n:.2f}" for k, v in nodecpu.items())
     total = sum(nodecpu.values()) / done_n
-    extra.append(f"  {shape} r{round_} CPU ms/payment: node: {parts} (total {total:.2f}); reference: standin {refcpu['standin'] / ref_n:.2f}")
+    sender = lambda p, k: sum(float(x) for x in open(p + ".sender").read().split()[-2:]) * 1000 / k
+    try:
+        senders = f"; the sender (the same JS load generator) {sender(node_p, done_n):.2f} against the node, {sender(ref_p, ref_n):.2f} against the reference"
+    except (OSError, ValueError):
+        senders = ""
+    extra.append(f"  {shape} r{round_} CPU ms/payment: node: {parts} (total {total:.2f}); reference: standin {refcpu['standin'] / ref_n:.2f}{senders}")
     try:
         n0, c0, s0, n1, c1, s1 = (float(x) for x in open(node_p + ".writer").read().split())
         if n1 > n0:

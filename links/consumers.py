@@ -257,6 +257,7 @@ def binary_message_sender(protocol: Any) -> Callable[[bytes], None]:
         return fallback
     from autobahn.websocket.protocol import WebSocketProtocol as AutobahnProtocol
     from daphne.ws_protocol import logger as daphne_logger
+    from twisted.internet.tcp import Server as plain_tcp
 
     state_open = AutobahnProtocol.STATE_OPEN
     no_op = _txaio_no_op()
@@ -289,10 +290,42 @@ def binary_message_sender(protocol: Any) -> Callable[[bytes], None]:
         stats.outgoingOctetsAppLevel += n
         stats.outgoingOctetsWebSocketLevel += n
         stats.outgoingWebSocketFrames += 1
-        p.transport.write(raw)
+        write_now(p.transport, raw, plain_tcp)
         stats.outgoingOctetsWireLevel += len(raw)
 
     return send
+
+
+def write_now(transport: Any, data: bytes, plain_tcp: Any) -> None:
+    """``transport.write(data)``, with the bytes on the socket now when nothing is queued.
+
+    Twisted's TCP ``write`` only buffers: the bytes go at the reactor's next turn once the
+    socket is polled writable, after every callback already due (under load, the next
+    packets' work), and each such write costs registering and unregistering the writer
+    with the poller. asyncio's and uvloop's transports send at once when their buffer is
+    empty; this does the same for Twisted's plain TCP server transport (``plain_tcp``,
+    ``twisted.internet.tcp.Server``, passed in: importing Twisted here could install a
+    reactor before Daphne's):
+    with nothing buffered, ``writeSomeData`` (one non-blocking ``send``), and whatever did
+    not fit, or an error, goes to ``write`` (then Twisted sends the rest in order, or
+    closes the connection, as it would have). Any other transport (TLS, a test's) and any
+    transport with bytes buffered just get ``write``.
+    """
+    if (
+        type(transport) is plain_tcp
+        and not transport.dataBuffer
+        and not transport._tempDataBuffer
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+    ):
+        sent = transport.writeSomeData(data)
+        if isinstance(sent, Exception) or sent < 0:
+            transport.write(data)  # the error again, at doWrite, on Twisted's own path
+        elif sent < len(data):
+            transport.write(data[sent:])
+        return
+    transport.write(data)
 
 
 _SHORT_HEADERS = tuple(bytes((0x82, n)) for n in range(126))

@@ -171,6 +171,11 @@ ILP_MAX_HOLD_TIME_MS = env.int("ILP_MAX_HOLD_TIME_MS", default=30000)
 # A serving process's cyclic-GC thresholds once it has started (e.g. "10000,10,10";
 # interledger_site.runtime.tune_gc_for_serving); unset keeps Python's (700, 10, 10).
 ILP_GC_THRESHOLDS = [int(n) for n in env.list("ILP_GC_THRESHOLDS", default=[])]
+# How long committed receipts gather before one apply (the receivers' postings, incoming
+# payments, webhooks; payments.ledger.applier): a batch's fixed cost, one Celery task and
+# its round trips, is paid per batch. Receipts count in balances and totals from their
+# COMMIT on; only the incoming-payment rows and webhooks wait this long.
+ILP_RECEIPT_APPLY_DELAY_S = env.float("ILP_RECEIPT_APPLY_DELAY_S", default=0.5)
 ILP_ROUTE_BROADCAST_INTERVAL_S = env.float("ILP_ROUTE_BROADCAST_INTERVAL_S", default=30.0)
 ILP_PAID_API_PRICE = env.int("ILP_PAID_API_PRICE", default=100)
 ILP_PUBLIC_URL = _PUBLIC_URL

@@ -14,6 +14,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from django.conf import settings
+
 from payments.ledger.applier import APPLY_PUBLISH_RETRY, ReceiptApplier
 from payments.ledger.book import BalanceBook
 from payments.ledger.shared import shared_credit_from_settings
@@ -48,7 +50,10 @@ def _publish_apply_receipts(receipt_ids: list[int]) -> bool:
 
 def new_applier(**options: Any) -> ReceiptApplier:
     """A :class:`ReceiptApplier` applying through ``services.apply_receipts`` and publishing
-    ``payments.apply_receipts`` (``options``: ``delay``, ``max_batch``)."""
+    ``payments.apply_receipts`` (``options``: ``delay``, by default
+    ``settings.ILP_RECEIPT_APPLY_DELAY_S``, and ``max_batch``)."""
+
+    options.setdefault("delay", float(getattr(settings, "ILP_RECEIPT_APPLY_DELAY_S", 0.5)))
     return ReceiptApplier(apply=_apply_receipts, publish=_publish_apply_receipts, **options)
 
 

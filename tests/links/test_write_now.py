@@ -14,22 +14,23 @@ from links.consumers import write_now
 
 
 class _Reactor:
-    """What ``tcp.Server`` asks of a reactor here: the poller's registrations."""
+    """What ``tcp.Server`` asks of a reactor here: the poller's registrations (Twisted's
+    method names)."""
 
     def __init__(self) -> None:
         self.readers: set[Any] = set()
         self.writers: set[Any] = set()
 
-    def addReader(self, fd: Any) -> None:  # noqa: N802 - Twisted's interface
+    def addReader(self, fd: Any) -> None:
         self.readers.add(fd)
 
-    def removeReader(self, fd: Any) -> None:  # noqa: N802
+    def removeReader(self, fd: Any) -> None:
         self.readers.discard(fd)
 
-    def addWriter(self, fd: Any) -> None:  # noqa: N802
+    def addWriter(self, fd: Any) -> None:
         self.writers.add(fd)
 
-    def removeWriter(self, fd: Any) -> None:  # noqa: N802
+    def removeWriter(self, fd: Any) -> None:
         self.writers.discard(fd)
 
 
@@ -105,7 +106,7 @@ def test_other_transports_just_write() -> None:
 
 
 def test_a_closed_connection_is_left_to_twisted(pair: Any) -> None:
-    transport, peer, reactor = pair
+    transport, peer, _reactor = pair
     transport.connected = False
     write_now(transport, b"frame", Server)  # Twisted drops writes once disconnected
     assert _read_all(peer) == b""

@@ -311,9 +311,12 @@ class PacketSwitch:
         # Packets in progress: key -> the future their copies wait on, made only when a
         # copy arrives (None until then: no future to make and resolve per packet).
         self._inflight: dict[str, asyncio.Future[Reply] | None] = {}
-        # key -> the Fulfill (its expiry is in _recent_expiry: no tuple kept per packet, one
-        # object fewer for the garbage collector to walk for a Prepare's lifetime).
-        self._recent: dict[str, Fulfill] = {}
+        # key -> the Fulfill's (fulfillment, data), its expiry in _recent_expiry. A tuple of
+        # bytes, not the Fulfill: the collector stops tracking such a tuple at its first
+        # young collection, while every Fulfill object (~100,000 at 3,500/s over a 30 s
+        # Prepare lifetime) stayed tracked, and each full collection walked them all
+        # (15-60 ms with every thread stopped, the p99 of the embedded shape over 100k).
+        self._recent: dict[str, tuple[bytes, bytes]] = {}
         # (expiry in POSIX seconds, key) of every remembered Fulfill, a heap: purged in
         # expiry order whatever the arrival order (one far-future Prepare pins nothing).
         self._recent_expiry: list[tuple[float, str]] = []
@@ -535,7 +538,7 @@ class PacketSwitch:
         key = packet_key(source.name, prepare)
         cached = self._recent.get(key)
         if cached is not None:
-            return cached
+            return Fulfill(*cached)
         inflight = self._inflight
         if key in inflight:
             waiting = inflight[key]
@@ -570,7 +573,7 @@ class PacketSwitch:
         """Keep ``fulfill`` for retransmissions until ``expires_at``; at most
         :data:`RECENT_FULFILLS_MAX` entries (when full, the one closest to its expiry goes:
         it is the least likely to be asked for again)."""
-        self._recent[key] = fulfill
+        self._recent[key] = (fulfill.fulfillment, fulfill.data)
         heap = self._recent_expiry
         # A packet key covers the expiry, so one key never has two expiries in the heap.
         heapq.heappush(heap, (expires_at.timestamp(), key))

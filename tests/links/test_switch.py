@@ -553,6 +553,25 @@ async def test_a_far_future_fulfill_does_not_pin_the_later_ones() -> None:
     assert len(rig.receiver.calls) == seen
 
 
+async def test_a_remembered_fulfill_is_answered_equal_and_left_by_the_collector() -> None:
+    """The cache answers a retransmission with the same Fulfill without the receiver, and
+    keeps nothing the cyclic collector must walk on every full collection (a Fulfill
+    object is tracked for as long as it lives; its bytes in a tuple are not, once a
+    young collection has seen them)."""
+    import gc
+
+    rig = make_rig([ALICE])
+    p = prepare("test.conn.receivers.demo.again", 1)
+    first = await rig.switch.handle_prepare(ALICE, p)
+    assert isinstance(first, Fulfill)
+    calls = len(rig.receiver.calls)
+    again = await rig.switch.handle_prepare(ALICE, p)
+    assert again == first
+    assert len(rig.receiver.calls) == calls
+    gc.collect(0)
+    assert not gc.is_tracked(rig.switch._recent[packet_key("alice", p)])
+
+
 async def test_recent_fulfills_are_capped_whatever_their_expiry(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -56,8 +56,9 @@ class ReceiptApplier:
     as for 2,000. Under load (10,000 payments at ~3,000/s on two cores, three alternated
     pairs each) 0.5 s against 0.05 s took the worker from 0.04 to 0.01 ms per payment,
     Postgres from 0.10-0.11 to 0.09, and the node's rate up 6% on Postgres and 11%
-    embedded (docs/PERFORMANCE.md, session 6). Receipts count in balances from their
-    COMMIT (``payments.selectors``), so only incoming-payment rows and webhooks wait.
+    embedded (docs/PERFORMANCE.md, session 6). What reads money received reads receipts,
+    and pending totals count the unapplied ones (``payments.selectors``), so only the
+    incoming-payment rows, the receivers' postings and webhooks wait.
     """
 
     def __init__(

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 
-from django.db import DatabaseError, connections
+from django.db import DatabaseError, connection, connections
 from django.utils import timezone
 
 from payments.ledger.sql import (
@@ -28,6 +28,9 @@ from payments.models import Receipt
 logger = logging.getLogger(__name__)
 
 SWEEP_CHUNK = 500
+# Receipts per apply transaction on SQLite (the writer waits for one such transaction at
+# most; a gathered batch can be a couple of thousand receipts).
+SQLITE_APPLY_CHUNK = 250
 
 # Publishing one ``payments.apply_receipts``: a few quick retries of the broker, then the
 # applier applies the receipts itself (a broker outage never leaves them waiting).
@@ -195,8 +198,15 @@ class ReceiptApplier:
             _heal_connection()
 
     def _apply_here(self, ids: list[int]) -> int:
-        """``apply`` in this thread (SQLite: under the write lock), with two retries on
-        database errors."""
+        """``apply`` in this thread, with two retries on database errors. On SQLite in
+        chunks of :data:`SQLITE_APPLY_CHUNK`, each its own transaction under the write
+        lock: the ledger writer, which waits for that lock, waits for one chunk at most."""
+        step = SQLITE_APPLY_CHUNK if connection.vendor == "sqlite" else len(ids) or 1
+        return sum(
+            self._apply_chunk(ids[start : start + step]) for start in range(0, len(ids), step)
+        )
+
+    def _apply_chunk(self, ids: list[int]) -> int:
         for attempt in range(3):
             try:
                 with _sqlite_write_lock():

@@ -236,3 +236,29 @@ def test_ledger_connections_checkpoint_less_often_and_the_applier_does(
         applier.close()
     assert checkpoints and checkpoints[-1][0] == 0  # ran, not busy
     assert Receipt.objects.get().applied_at is not None
+
+
+def test_a_large_batch_is_applied_in_chunks_on_sqlite_each_under_the_write_lock() -> None:
+    """A gathered batch can be thousands of receipts: on SQLite each chunk is its own
+    transaction under the write lock (the ledger writer waits for one chunk at most); on
+    Postgres, which has row locks, the batch is one call."""
+    from payments.ledger.applier import SQLITE_APPLY_CHUNK, ReceiptApplier
+    from payments.ledger.sql import SQLITE_WRITE_LOCK
+
+    calls: list[tuple[int, bool]] = []
+
+    def apply(ids: list[int]) -> int:
+        calls.append((len(ids), SQLITE_WRITE_LOCK.locked()))
+        return len(ids)
+
+    applier = ReceiptApplier(apply=apply, publish=lambda ids: False, delay=3600.0)
+    try:
+        applier.submit(range(2 * SQLITE_APPLY_CHUNK + 100))
+        assert applier.flush(10)
+    finally:
+        applier.close()
+    assert applier.applied == 2 * SQLITE_APPLY_CHUNK + 100
+    if connection.vendor == "sqlite":
+        assert calls == [(SQLITE_APPLY_CHUNK, True), (SQLITE_APPLY_CHUNK, True), (100, True)]
+    else:
+        assert calls == [(2 * SQLITE_APPLY_CHUNK + 100, False)]

@@ -173,8 +173,8 @@ ILP_MAX_HOLD_TIME_MS = env.int("ILP_MAX_HOLD_TIME_MS", default=30000)
 ILP_GC_THRESHOLDS = [int(n) for n in env.list("ILP_GC_THRESHOLDS", default=[])]
 # How long committed receipts gather before one apply (the receivers' postings, incoming
 # payments, webhooks; payments.ledger.applier): a batch's fixed cost, one Celery task and
-# its round trips, is paid per batch. Receipts count in balances and totals from their
-# COMMIT on; only the incoming-payment rows and webhooks wait this long.
+# its round trips, is paid per batch. What reads money received reads receipts, exact from
+# their COMMIT; incoming-payment rows, the receivers' postings and webhooks wait this long.
 ILP_RECEIPT_APPLY_DELAY_S = env.float("ILP_RECEIPT_APPLY_DELAY_S", default=0.5)
 ILP_ROUTE_BROADCAST_INTERVAL_S = env.float("ILP_ROUTE_BROADCAST_INTERVAL_S", default=30.0)
 ILP_PAID_API_PRICE = env.int("ILP_PAID_API_PRICE", default=100)

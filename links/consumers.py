@@ -305,11 +305,10 @@ def write_now(transport: Any, data: bytes, plain_tcp: Any) -> None:
     with the poller. asyncio's and uvloop's transports send at once when their buffer is
     empty; this does the same for Twisted's plain TCP server transport (``plain_tcp``,
     ``twisted.internet.tcp.Server``, passed in: importing Twisted here could install a
-    reactor before Daphne's):
-    with nothing buffered, ``writeSomeData`` (one non-blocking ``send``), and whatever did
-    not fit, or an error, goes to ``write`` (then Twisted sends the rest in order, or
-    closes the connection, as it would have). Any other transport (TLS, a test's) and any
-    transport with bytes buffered just get ``write``.
+    reactor before Daphne's). With nothing buffered, ``writeSomeData`` (one non-blocking
+    ``send``); whatever did not fit, or an error, goes to ``write`` (then Twisted sends the
+    rest in order, or closes the connection, as it would have). Any other transport (TLS,
+    a test's) and any transport with bytes buffered just get ``write``.
     """
     if (
         type(transport) is plain_tcp

@@ -52,8 +52,7 @@ def new_applier(**options: Any) -> ReceiptApplier:
     """A :class:`ReceiptApplier` applying through ``services.apply_receipts`` and publishing
     ``payments.apply_receipts`` (``options``: ``delay``, by default
     ``settings.ILP_RECEIPT_APPLY_DELAY_S``, and ``max_batch``)."""
-
-    options.setdefault("delay", float(getattr(settings, "ILP_RECEIPT_APPLY_DELAY_S", 0.5)))
+    options.setdefault("delay", settings.ILP_RECEIPT_APPLY_DELAY_S)
     return ReceiptApplier(apply=_apply_receipts, publish=_publish_apply_receipts, **options)
 
 

@@ -28,9 +28,9 @@ Money (``payments.ledger`` book; positive balance = we owe the account holder):
   the holds. Posting keys are ``<packet key>:in|out|fee`` (the receiver path uses the
   packet key itself, see ``receivers.psk2_receiver``), so committing twice is harmless.
 
-**Packet key** (:func:`packet_key`): the first 16 bytes, hex, of SHA-256 over the source
-peer's name and every field of the Prepare (amount, expiry in ms, condition,
-destination, data). A retransmission of the very same packet from the same peer has the
+**Packet key** (:func:`packet_key`): the Prepare's expiry in ms, 11 hex digits, then the
+first 16 bytes, hex, of SHA-256 over the source peer's name and every field of the
+Prepare (amount, expiry in ms, condition, destination, data). A retransmission of the very same packet from the same peer has the
 same key: while the first copy is in flight the copy waits for its result, and within the
 Prepare's lifetime a fulfilled packet is answered from memory with the same Fulfill — it is
 never sent on or committed twice.
@@ -148,17 +148,30 @@ def utc_now() -> datetime:
 # --- pure helpers ---------------------------------------------------------------------------
 
 
+# The largest expiry an 11-digit hex prefix holds (ms since 1970: the year 2527).
+_KEY_EXPIRY_MAX = 16**11 - 1
+
+
 def packet_key(source_name: str, prepare: Prepare) -> str:
-    """Stable id of one Prepare from one peer (see the module docstring)."""
+    """Stable id of one Prepare from one peer (see the module docstring): its expiry in ms
+    since 1970 (11 hex digits, clamped to 0..:data:`_KEY_EXPIRY_MAX`), then 16 bytes of
+    the hash, hex.
+
+    The expiry first makes keys sort by time: the ledger's unique indexes on posting and
+    receipt keys, which take every payment's keys, get a group commit's inserts in a few
+    adjacent leaf pages at their right edge instead of one random page per key, which
+    once the tables are large each commit rewrote and SQLite's WAL or Postgres's
+    full-page writes copied (docs/PERFORMANCE.md, session 7)."""
+    expiry_ms = (prepare.expires_at - _EPOCH) // _MS
     h = hashlib.sha256(source_name.encode("ascii", "replace"))
     h.update(b"\x00")
     h.update(prepare.amount.to_bytes(8, "big"))
-    h.update(((prepare.expires_at - _EPOCH) // _MS).to_bytes(8, "big", signed=True))
+    h.update(expiry_ms.to_bytes(8, "big", signed=True))
     h.update(prepare.execution_condition)
     h.update(prepare.destination.encode("ascii"))
     h.update(b"\x00")
     h.update(prepare.data)
-    return h.digest()[:16].hex()
+    return f"{min(max(expiry_ms, 0), _KEY_EXPIRY_MAX):011x}{h.digest()[:16].hex()}"
 
 
 def convert_amount(amount: int, from_scale: int, to_scale: int, fee_ppm: int) -> tuple[int, int]:

@@ -420,6 +420,36 @@ def test_packet_key_is_stable_and_covers_every_field() -> None:
     assert len({packet_key("alice", base), *variants}) == 7
 
 
+def test_packet_key_starts_with_the_expiry_so_keys_sort_by_time() -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    p = prepare("test.conn.carl", 5, now=start)
+    key = packet_key("alice", p)
+    expiry_ms = (p.expires_at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+    assert key[:11] == f"{expiry_ms:011x}" and len(key) == 43
+    assert int(key[11:], 16).bit_length() > 64  # the 16 bytes of the hash follow
+    # Later expiries sort later, whatever their hashes (random conditions here): the
+    # ledger's key indexes take each batch's keys at their right edge.
+    keys = [
+        packet_key(
+            "alice",
+            Prepare(5, start + timedelta(milliseconds=i), sha256(bytes([i % 256, i // 256])), "g.x"),
+        )
+        for i in range(300)
+    ]
+    assert sorted(keys) == keys
+
+
+def test_packet_key_clamps_the_expiry_prefix_but_hashes_the_real_expiry() -> None:
+    early = Prepare(5, datetime(1969, 12, 31, tzinfo=UTC), CONDITION, "g.x")
+    earlier = Prepare(5, datetime(1969, 12, 30, tzinfo=UTC), CONDITION, "g.x")
+    late = Prepare(5, datetime(2600, 1, 1, tzinfo=UTC), CONDITION, "g.x")
+    later = Prepare(5, datetime(2700, 1, 1, tzinfo=UTC), CONDITION, "g.x")
+    assert packet_key("alice", early)[:11] == packet_key("alice", earlier)[:11] == "0" * 11
+    assert packet_key("alice", late)[:11] == packet_key("alice", later)[:11] == "f" * 11
+    assert packet_key("alice", early) != packet_key("alice", earlier)
+    assert packet_key("alice", late) != packet_key("alice", later)
+
+
 def waiting_copies(rig: Any) -> asyncio.Future[Any] | None:
     """The future the copies of the one packet in progress wait on (``None``: none yet;
     the switch makes it when the first copy arrives)."""

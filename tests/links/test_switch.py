@@ -432,7 +432,9 @@ def test_packet_key_starts_with_the_expiry_so_keys_sort_by_time() -> None:
     keys = [
         packet_key(
             "alice",
-            Prepare(5, start + timedelta(milliseconds=i), sha256(bytes([i % 256, i // 256])), "g.x"),
+            Prepare(
+                5, start + timedelta(milliseconds=i), sha256(bytes([i % 256, i // 256])), "g.x"
+            ),
         )
         for i in range(300)
     ]

@@ -50,11 +50,12 @@ def _heal_connection() -> None:
 
 
 # SQLite: pages in the WAL before the ledger's connections checkpoint on commit (SQLite's
-# default is 1,000). Every payment inserts into five indexes of random keys (posting and
-# receipt keys, payment ids), so once the tables are large each commit dirties a page per
-# key and a checkpoint copies nearly every page of its interval into the database file: a
-# cost per payment that grew with the tables (writer CPU +22%, applier +38% from 20,000 to
-# 100,000 payments). Over a longer interval the same hot pages are copied once: flat.
+# default is 1,000). Every payment inserts into two indexes of random keys (the payment
+# ids of receipts and incoming payments; posting and receipt keys start with the Prepare's
+# expiry, ``links.switch.packet_key``, so they land at their indexes' right edge), so once
+# the tables are large each commit dirties a page per payment and a checkpoint copies
+# nearly every page of its interval into the database file. Over a longer interval the
+# same hot pages are copied once: a cost per payment that stays flat as the tables grow.
 # The receipt applier checkpoints on its own, off the writer's path and more often
 # (:data:`SQLITE_CHECKPOINT_INTERVAL`); this is the writer's backstop.
 SQLITE_LEDGER_AUTOCHECKPOINT = 16_000  # pages (64 MiB at SQLite's 4 KiB)

@@ -22,6 +22,7 @@ from payments.ledger.sql import (
     _heal_connection,
     _sqlite_write_lock,
     sqlite_checkpoint,
+    sqlite_restart_wal,
 )
 from payments.models import Receipt
 
@@ -185,14 +186,18 @@ class ReceiptApplier:
 
     def _checkpoint(self) -> None:
         """On SQLite, every :data:`SQLITE_CHECKPOINT_INTERVAL` seconds: a passive WAL
-        checkpoint in this thread, after the write lock is released, so that the ledger
-        writer's commits do not have to (their own threshold is a backstop)."""
+        checkpoint in this thread, without the write lock (the bulk of the WAL, while the
+        ledger writer goes on), then, holding it, the frames written meanwhile and the
+        WAL's restart (:func:`~payments.ledger.sql.sqlite_restart_wal`), so that the
+        writer's commits do not checkpoint (their own threshold is a backstop)."""
         now = time.monotonic()
         if now - self._checkpoint_at < SQLITE_CHECKPOINT_INTERVAL:
             return
         self._checkpoint_at = now
         try:
             sqlite_checkpoint()
+            with _sqlite_write_lock():
+                sqlite_restart_wal()
         except Exception:  # never the applier thread's end
             logger.warning("ledger: WAL checkpoint failed", exc_info=True)
             _heal_connection()

@@ -238,6 +238,37 @@ def test_ledger_connections_checkpoint_less_often_and_the_applier_does(
     assert Receipt.objects.get().applied_at is not None
 
 
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's WAL")
+def test_restart_wal_completes_the_checkpoint_and_starts_the_wal_over() -> None:
+    """A checkpoint alone leaves the WAL's frames in place until a write begins with all
+    of them copied, which the ledger writer, committing beside the applier's passive
+    checkpoint, seldom does; the restart step copies what is left and makes that write
+    itself, so the WAL is back to a frame or two (and ``user_version`` unchanged)."""
+    from payments.ledger.sql import _cursor, sqlite_checkpoint, sqlite_restart_wal
+
+    make_accounts()
+
+    def write(prefix: str) -> None:
+        for i in range(20):
+            services.account_adjust(account_code=RECEIVER, amount=1, key=f"{prefix}{i}")
+
+    def wal_frames() -> int:
+        cursor = _cursor()
+        cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")  # (busy, frames in the WAL, copied)
+        return int(cursor.fetchone()[1])
+
+    write("a")
+    sqlite_checkpoint()
+    checkpointed_only = wal_frames()
+    write("b")
+    sqlite_restart_wal()
+    restarted = wal_frames()
+    assert checkpointed_only > 20 and restarted <= 2, (checkpointed_only, restarted)
+    cursor = _cursor()
+    cursor.execute("PRAGMA user_version")
+    assert cursor.fetchone()[0] == 0
+
+
 def test_a_large_batch_is_applied_in_chunks_on_sqlite_each_under_the_write_lock() -> None:
     """A gathered batch can be thousands of receipts: on SQLite each chunk is its own
     transaction under the write lock (the ledger writer waits for one chunk at most); on

@@ -1,5 +1,5 @@
 """The writer's one-round-trip batch on Postgres (``post_in_transaction(commit_locking=...)``):
-``BEGIN``, the ordered lock, the statement and ``COMMIT`` in one query string once every
+the ordered lock and the statement in one query string, one implicit transaction, once every
 account id of the batch is known; the long way otherwise, and after a failure."""
 
 from __future__ import annotations

@@ -7,6 +7,7 @@
 #                                        SVC_DIR and ports, scripts/services.sh) and a Celery worker
 #   BENCH_N=10000 BENCH_C=50             payments and how many in flight (100000: sustained)
 #   BENCH_ROUNDS=1                       node, reference, node, reference, ... on the same node
+#                                        (two or more: each shape's means and their ratio too)
 #   BENCH_PROFILE=1                      py-spy record of Daphne (and the worker) during the node's load, and
 #                                        pg_stat_statements on the bench Postgres (top statements)
 #   BENCH_MIN_BALANCE=-1000000000000000  the sender's limit (its holds then take the shared credit
@@ -201,6 +202,7 @@ def cpu(path):
     return rows
 table, extra, failed = [], [], False
 fulfilled = {}
+per_shape = {}  # shape -> [(node payments/s, reference payments/s, node p99, reference p99)]
 rss, receipts = {}, {}
 for line in open(f"{out}/rows.tsv"):
     f = line.rstrip("\n").split("\t")
@@ -218,6 +220,8 @@ for line in open(f"{out}/rows.tsv"):
     a, b = m.get("payments_per_sec"), r.get("payments_per_sec")
     ratio = f"{a / b:.2f}" if a and b else "-"
     p99 = lambda x: (x.get("latency") or {}).get("p99_ms", "-")
+    if a and b:
+        per_shape.setdefault(shape, []).append((a, b, p99(m), p99(r)))
     table.append(f"| {shape} | {round_} | {a} ({p99(m)} ms) | {b} ({p99(r)} ms) | **{ratio}** | {la} |")
     nodecpu, refcpu = cpu(node_p), cpu(ref_p)
     done_n, ref_n = int(m.get("fulfilled") or 0) or n, int(r.get("fulfilled") or 0) or n
@@ -245,6 +249,16 @@ print("| shape | round | node | reference | ratio | load average |")
 print("| --- | --- | --- | --- | --- | --- |")
 print("\n".join(table))
 print("\n".join(extra))
+# Several rounds: node and reference alternate on a machine whose speed drifts from minute
+# to minute (the same code's CPU per payment moves by a third); their means compare.
+for shape, got in per_shape.items():
+    if len(got) < 2:
+        continue
+    node_mean = sum(g[0] for g in got) / len(got)
+    ref_mean = sum(g[1] for g in got) / len(got)
+    ratios = [g[0] / g[1] for g in got]
+    below = sum(1 for g in got if isinstance(g[2], (int, float)) and isinstance(g[3], (int, float)) and g[2] <= g[3])
+    print(f"  {shape} over {len(got)} rounds: node {node_mean:.0f}/s, reference {ref_mean:.0f}/s: ratio of the means **{node_mean / ref_mean:.2f}** (rounds {min(ratios):.2f} to {max(ratios):.2f}); node p99 at or below the reference's in {below} of {len(got)}")
 for shape, (n0, n1, r0, r1) in rss.items():
     print(f"  {shape} RSS MB: node (Daphne) {n0} -> {n1}; reference (stand-in) {r0} -> {r1}")
 for shape, got in receipts.items():

@@ -113,7 +113,7 @@ for shape in $SHAPES; do
       else pgq -c "ALTER SYSTEM RESET shared_preload_libraries" >/dev/null; fi
       pg_ctl_bin="$(ls -d /usr/lib/postgresql/*/bin | tail -n 1)/pg_ctl"
       runuser -u postgres -- "$pg_ctl_bin" -D "$SVC_DIR/pg" -m fast -w restart \
-        -o "-p $PG_PORT -k $SVC_DIR -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=200" \
+        -o "$PG_OPTS" \
         -l "$SVC_DIR/pg.log" >/dev/null
     fi
     pgq -c "DROP DATABASE IF EXISTS ilp_bench" -c "CREATE DATABASE ilp_bench" >/dev/null

@@ -7,6 +7,11 @@ set -euo pipefail
 SVC_DIR=${SVC_DIR:-/tmp/ilp-site-services}
 PG_PORT=${PG_PORT:-55432}
 REDIS_PORT=${REDIS_PORT:-56379}
+# The node writes ~2.8 KB of WAL per payment (postings, receipts, their apply): at the
+# defaults (max_wal_size 1GB) a checkpoint starts every ~190,000 payments, and after each
+# one every page touched again goes whole into the WAL. docs/DEPLOY.md, "PostgreSQL".
+PG_SETTINGS=${PG_SETTINGS:--c wal_compression=lz4 -c max_wal_size=4GB -c checkpoint_timeout=15min}
+PG_OPTS="-p $PG_PORT -k $SVC_DIR -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=200 $PG_SETTINGS"
 
 _as_pg() {
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
@@ -41,7 +46,7 @@ svc_start() {
   fi
   if ! _as_pg "$bin/pg_ctl" -D "$SVC_DIR/pg" status >/dev/null 2>&1; then
     _as_pg "$bin/pg_ctl" -D "$SVC_DIR/pg" -l "$SVC_DIR/pg.log" -w \
-      -o "-p $PG_PORT -k $SVC_DIR -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=200" start >/dev/null
+      -o "$PG_OPTS" start >/dev/null
   fi
   psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='ilp'" | grep -q 1 \
     || psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE ilp" >/dev/null

@@ -9,6 +9,7 @@ the writer and the receipt applier take turns on SQLite without its busy handler
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -17,12 +18,14 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from django.db import DataError, InterfaceError, connection
+from django.db import DataError, OperationalError, connection
 from django.db.backends.utils import CursorWrapper
 
 from ilp.oer import INT64_MAX
 from payments.errors import InvalidAmount
 from payments.models import MONEY_DIGITS, LedgerAccount, Posting, Receipt
+
+logger = logging.getLogger(__name__)
 
 INSERT_CHUNK = 500  # rows per INSERT statement (keeps SQLite under its variable limit)
 
@@ -457,9 +460,15 @@ def _commit_locking(
         from psycopg.pq import ExecStatus, TransactionStatus
 
         raw = connection.connection
+        if raw.info.transaction_status != TransactionStatus.IDLE:
+            # Never this path's own (it runs outside any atomic block), and inside an open
+            # transaction the string would not commit: the batch would look durable and
+            # not be. Drop the connection (the server rolls that transaction back); the
+            # book's retry reconnects.
+            logger.error("ledger: the writer's connection was inside a transaction; reconnecting")
+            connection.close()
+            raise OperationalError("the ledger writer's connection was inside a transaction")
         with connection.wrap_database_errors:
-            if raw.info.transaction_status != TransactionStatus.IDLE:
-                raise InterfaceError("the ledger writer's connection is inside a transaction")
             result = raw.pgconn.exec_(sql.encode())
             if result.status != ExecStatus.TUPLES_OK:
                 raise error_from_result(result, encoding=raw.info.encoding)

@@ -94,3 +94,25 @@ def test_commit_locking_leaves_no_transaction_open_after_an_error() -> None:
         [(peer.id, -7, "c", "")], now=timezone.now(), commit_locking=[peer.id]
     )
     assert posted.new_keys == {"c"} and posted.balances[peer.id][0] == -7
+
+
+def test_a_transaction_left_open_on_the_connection_is_never_taken_for_a_commit() -> None:
+    from django.db import OperationalError
+    from django.utils import timezone
+
+    from payments.ledger import post_in_transaction
+
+    peer = ensure_account(PEER, kind="peer", min_balance=-1000)
+    connection.ensure_connection()
+    connection.connection.execute("BEGIN")  # a stray transaction: the string would not commit
+    with pytest.raises(OperationalError):
+        post_in_transaction([(peer.id, -1, "a", "")], now=timezone.now(), commit_locking=[peer.id])
+    assert connection.connection is None  # dropped, the stray transaction rolled back
+    posted = post_in_transaction(
+        [(peer.id, -1, "a", "")], now=timezone.now(), commit_locking=[peer.id]
+    )
+    assert posted.new_keys == {"a"} and posted.balances[peer.id][0] == -1
+    connection.close()  # the batch is durable: another connection sees it
+    with connection.cursor() as cur:
+        cur.execute("SELECT count(*) FROM payments_posting")
+        assert cur.fetchone() == (1,)

@@ -34,7 +34,7 @@ def run(url: str, *args: str) -> tuple[str, str]:
 def test_pay_api_pays_through_the_local_switch_and_calls_again(live_server: Any) -> None:
     url = f"{live_server.url}/api/v1/demo/paid"
     token = new_pay_token()
-    out, err = run(url, "--token", token)
+    out, err = run(url, f"--token={token}")
     assert json.loads(out) == {"message": "Hello World!", "price": "250", "balance": "0"}
     assert "HTTP 200" in err and "paid 250" in err and "over STREAM" in err
     # An outgoing payment like any other (to the token's own pointer, named by the 402's
@@ -50,7 +50,7 @@ def test_pay_api_pays_through_the_local_switch_and_calls_again(live_server: Any)
     assert int(LedgerAccount.objects.get(code="node:operator").balance) == -250
     assert int(PaidToken.objects.get(token=token).charged) == 250
     # The balance is spent: the next call pays again (a second chunk).
-    out, err = run(url, "--token", token)
+    out, err = run(url, f"--token={token}")
     assert "paid 250" in err
     assert Receipt.objects.count() == 2
 
@@ -86,7 +86,7 @@ def test_pay_api_without_a_link_pays_the_pay_headers_address_over_psk2(
 
     monkeypatch.setattr(receivers.paid_client, "MONETIZATION_REL", "no-such-rel")
     token = new_pay_token()
-    out, err = run(f"{live_server.url}/api/v1/demo/paid", "--token", token)
+    out, err = run(f"{live_server.url}/api/v1/demo/paid", f"--token={token}")
     assert json.loads(out)["message"] == "Hello World!"
     assert "paid 250" in err and "over PSK2" in err
     (payment,) = OutgoingPayment.objects.all()

@@ -182,9 +182,10 @@ class IncomingPayment(models.Model):
 class Receipt(models.Model):
     """One fulfilled PSK2 chunk for ``account`` (the receiving account), idempotent on ``key``.
 
-    Written by the hot path together with the source posting; ``applied_at`` is set (and
-    ``incoming_payment`` linked) once ``apply_receipts`` has credited the account with it. Until then
-    its amount is in flight between the source posting and the receiver's posting.
+    Written by the hot path together with the source posting and its
+    :class:`PendingReceipt`; ``applied_at`` is set (and ``incoming_payment`` linked) once
+    ``apply_receipts`` has credited the account with it. Until then its amount is in flight
+    between the source posting and the receiver's posting.
     """
 
     # No index of its own: ``payments_receipt_payment`` (account, payment_id) serves it.
@@ -219,11 +220,6 @@ class Receipt(models.Model):
         ]
         indexes = [
             models.Index(fields=["account", "payment_id"], name="payments_receipt_payment"),
-            models.Index(
-                fields=["id"],
-                name="payments_receipt_unapplied",
-                condition=Q(applied_at__isnull=True),
-            ),
             # Prefix lookups of tagged receipts (``key__startswith="tag:<hex>:"``). The
             # opclass makes LIKE 'prefix%' an index range scan on Postgres whatever the
             # collation; Django leaves opclasses out on SQLite (a plain partial index
@@ -239,6 +235,37 @@ class Receipt(models.Model):
 
     def __str__(self) -> str:
         return self.key
+
+
+class PendingReceipt(models.Model):
+    """A receipt not yet applied: the receipt applier's queue, kept in the database.
+
+    Inserted with its receipt (the same statement: ``payments.ledger.sql``) and deleted by
+    the apply that sets the receipt's ``applied_at`` (the same transaction:
+    ``payments.services.apply_receipts``), so a receipt has a row here exactly while its
+    ``applied_at`` is null (``check_ledger`` checks it). The sweep and the pending totals
+    read this table, which holds only what is in flight.
+
+    A table of its own rather than an index on ``applied_at IS NULL``: an index that
+    names ``applied_at`` makes every apply's ``UPDATE`` of a receipt a new row version
+    with an entry in each of the receipt's indexes. Without one, and with room left on
+    the receipt's page (``fillfactor``, migration 0009), that update stays on its page
+    and touches no index (a HOT update).
+    """
+
+    # No database constraint: its check would lock each new receipt row (FOR KEY SHARE)
+    # from a row trigger in the writer's statement, on the hot path. Receipts are never
+    # deleted, and only the ledger's SQL writes this table, with the receipt's own id.
+    receipt = models.OneToOneField(
+        Receipt,
+        on_delete=models.CASCADE,
+        primary_key=True,
+        related_name="pending",
+        db_constraint=False,
+    )
+
+    def __str__(self) -> str:
+        return f"pending {self.receipt_id}"
 
 
 class Webhook(models.Model):

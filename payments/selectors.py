@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from django.db.models import Count, QuerySet, Sum
+from django.utils import timezone
 
-from payments.models import IncomingPayment, LedgerAccount, Posting, Receipt
+from payments.models import IncomingPayment, LedgerAccount, PendingReceipt, Posting, Receipt
 
 
 def account_get(*, code: str) -> LedgerAccount | None:
@@ -55,10 +57,21 @@ def payment_total_db(*, account_code: str, payment_id: bytes) -> int:
 
 def unapplied_receipts_total(*, account_code: str) -> int:
     """Received on the account but not yet credited by ``apply_receipts``."""
-    total = Receipt.objects.filter(account__code=account_code, applied_at__isnull=True).aggregate(
-        total=Sum("amount")
+    total = PendingReceipt.objects.filter(receipt__account__code=account_code).aggregate(
+        total=Sum("receipt__amount")
     )["total"]
     return int(total or 0)
+
+
+def pending_receipt_ids(*, older_than: timedelta, limit: int) -> list[int]:
+    """Ids of the receipts unapplied for at least ``older_than``, oldest first (read from
+    the queue, ``PendingReceipt``: only what is in flight)."""
+    cutoff = timezone.now() - older_than
+    return list(
+        PendingReceipt.objects.filter(receipt__created_at__lte=cutoff)
+        .order_by("receipt_id")
+        .values_list("receipt_id", flat=True)[:limit]
+    )
 
 
 # --- the ledger check ------------------------------------------------------------------------
@@ -116,6 +129,10 @@ class LedgerReport:
     accounts: list[AccountCheck] = field(default_factory=list)
     assets: list[AssetCheck] = field(default_factory=list)
     payments: list[PaymentCheck] = field(default_factory=list)  # mismatches only
+    # Receipts unapplied without a pending row (never swept) or applied with one (the
+    # first QUEUE_SAMPLE of each).
+    unqueued: list[int] = field(default_factory=list)
+    queued_applied: list[int] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -123,7 +140,12 @@ class LedgerReport:
             all(a.ok for a in self.accounts)
             and all(a.ok for a in self.assets)
             and all(p.ok for p in self.payments)
+            and not self.unqueued
+            and not self.queued_applied
         )
+
+
+QUEUE_SAMPLE = 100
 
 
 def ledger_report() -> LedgerReport:
@@ -177,4 +199,14 @@ def ledger_report() -> LedgerReport:
         )
         if not check.ok:
             report.payments.append(check)
+    report.unqueued = list(
+        Receipt.objects.filter(applied_at__isnull=True, pending__isnull=True)
+        .order_by("id")
+        .values_list("id", flat=True)[:QUEUE_SAMPLE]
+    )
+    report.queued_applied = list(
+        PendingReceipt.objects.filter(receipt__applied_at__isnull=False)
+        .order_by("receipt_id")
+        .values_list("receipt_id", flat=True)[:QUEUE_SAMPLE]
+    )
     return report

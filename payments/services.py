@@ -2,9 +2,9 @@
 
 Each service owns its transaction (``ATOMIC_REQUESTS`` is off), takes keyword-only typed
 arguments and states what it locks and what it is idempotent on. Lock order everywhere:
-receipts (by id), then accounts (by id, ``FOR NO KEY UPDATE``), then incoming payments
-(by id) — so no two services can deadlock, and inserts of rows referencing an account
-(which take ``FOR KEY SHARE`` on it) never wait for these locks.
+pending receipts (by receipt id), then accounts (by id, ``FOR NO KEY UPDATE``), then
+incoming payments (by id) — so no two services can deadlock, and inserts of rows
+referencing an account (which take ``FOR KEY SHARE`` on it) never wait for these locks.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from ilp.oer import UINT64_MAX
-from payments import outbound
+from payments import outbound, selectors
 from payments.errors import (
     InvalidAmount,
     InvalidWebhook,
@@ -48,6 +48,7 @@ from payments.ledger.sql import _ACCOUNT_FIELDS, _checked_balance, _cursor
 from payments.models import (
     IncomingPayment,
     LedgerAccount,
+    PendingReceipt,
     Posting,
     Receipt,
     Webhook,
@@ -93,8 +94,9 @@ def apply_receipts(*, receipt_ids: Sequence[int]) -> int:
     DO UPDATE``), link and mark the receipts applied (one ``UPDATE``). Then create one
     ``WebhookDelivery`` per enabled webhook and touched payment, queued on commit.
 
-    Idempotent on the receipt, three ways: applied receipts are skipped (status), receipts
-    then accounts then payments are locked in primary-key / unique-key order (row locks),
+    Idempotent on the receipt, three ways: only receipts with a pending row are applied,
+    and the apply deletes that row (``PendingReceipt``); pending rows, then accounts, then
+    payments are locked in primary-key / unique-key order (row locks),
     and the posting key is unique in the database (``ON CONFLICT DO NOTHING``; only new
     postings move balances and totals).
     """
@@ -142,10 +144,10 @@ def _apply_receipt_chunk(ids: list[int]) -> int:
 def _apply_chunk_postgres(cursor: Any, ids: list[int], *, now: datetime) -> _ChunkApplied:
     """The chunk in three round trips, whatever its size.
 
-    1. One query string: the receipts still unapplied, ``FOR UPDATE`` in primary-key
-       order, then their accounts, ``FOR NO KEY UPDATE`` in primary-key order (the
-       service's lock order; the second statement sees the same receipts, which the
-       first holds).
+    1. One query string: the receipts' pending rows, locked ``FOR UPDATE`` in receipt id
+       order and deleted (the claim: a concurrent apply of the same receipts waits, then
+       finds them gone and skips them), then the accounts of the receipts still
+       unapplied, ``FOR NO KEY UPDATE`` in primary-key order (the service's lock order).
     2. One statement of data-modifying CTEs: the receivers' postings (key
        ``receipt:<receipt key>``, key order, ``ON CONFLICT DO NOTHING``), the balances
        moved by the **inserted** postings only, and the ``IncomingPayment`` upsert of the
@@ -163,16 +165,18 @@ def _apply_chunk_postgres(cursor: Any, ids: list[int], *, now: datetime) -> _Chu
     """
     qn = connection.ops.quote_name
     receipts = qn(Receipt._meta.db_table)
+    pending = qn(PendingReceipt._meta.db_table)
     accounts = qn(LedgerAccount._meta.db_table)
     within = "id BETWEEN %s AND %s AND id = ANY(%s::bigint[])"
     cursor.execute(
-        f"SELECT id FROM {receipts} WHERE {within} AND applied_at IS NULL "
-        f"ORDER BY id FOR UPDATE; "
+        f"DELETE FROM {pending} WHERE receipt_id IN (SELECT receipt_id FROM {pending} "
+        f"WHERE receipt_id BETWEEN %s AND %s AND receipt_id = ANY(%s::bigint[]) "
+        f"ORDER BY receipt_id FOR UPDATE) RETURNING receipt_id; "
         f"SELECT id FROM {accounts} WHERE id IN (SELECT account_id FROM {receipts} "
         f"WHERE {within} AND applied_at IS NULL) ORDER BY id FOR NO KEY UPDATE",
         [ids[0], ids[-1], ids] * 2,
     )
-    receipt_ids = [int(row[0]) for row in cursor.fetchall()]
+    receipt_ids = sorted(int(row[0]) for row in cursor.fetchall())
     cursor.nextset()
     account_ids = [int(row[0]) for row in cursor.fetchall()]
     if not receipt_ids:
@@ -258,15 +262,18 @@ def _apply_chunk_postgres(cursor: Any, ids: list[int], *, now: datetime) -> _Chu
 
 def _apply_chunk_sqlite(cursor: Any, ids: list[int], *, now: datetime) -> _ChunkApplied:
     """The chunk on SQLite (in-process: no round trips to save; the database lock is
-    held from the first write): the receipts, the postings through
+    held from the first write): the pending receipts (their pending rows deleted), the
+    postings through
     :func:`post_in_transaction`, one upsert, and one ``UPDATE ... FROM (VALUES ...)``
     linking each receipt to the upsert's ``RETURNING`` row."""
     qn = connection.ops.quote_name
     receipt_table = qn(Receipt._meta.db_table)
     payment_table = qn(IncomingPayment._meta.db_table)
+    pending = qn(PendingReceipt._meta.db_table)
     cursor.execute(
-        f"SELECT id, account_id, payment_id, sequence, amount, {qn('key')} "
-        f"FROM {receipt_table} WHERE id IN ({_params(ids)}) AND applied_at IS NULL ORDER BY id",
+        f"SELECT r.id, r.account_id, r.payment_id, r.sequence, r.amount, r.{qn('key')} "
+        f"FROM {pending} q JOIN {receipt_table} r ON r.id = q.receipt_id "
+        f"WHERE q.receipt_id IN ({_params(ids)}) ORDER BY r.id",
         ids,
     )
     receipts = [
@@ -275,6 +282,8 @@ def _apply_chunk_sqlite(cursor: Any, ids: list[int], *, now: datetime) -> _Chunk
     ]
     if not receipts:
         return _ChunkApplied(0, [], [], {}, False)
+    claimed = [r[0] for r in receipts]
+    cursor.execute(f"DELETE FROM {pending} WHERE receipt_id IN ({_params(claimed)})", claimed)
     account_ids = sorted({r[1] for r in receipts})
     posted = post_in_transaction(
         [
@@ -365,12 +374,7 @@ def apply_pending_receipts(
 
     Idempotent like :func:`apply_receipts`, which it calls in chunks.
     """
-    cutoff = timezone.now() - older_than
-    ids = list(
-        Receipt.objects.filter(applied_at__isnull=True, created_at__lte=cutoff)
-        .order_by("id")
-        .values_list("id", flat=True)[:limit]
-    )
+    ids = selectors.pending_receipt_ids(older_than=older_than, limit=limit)
     applied = 0
     for start in range(0, len(ids), 500):
         applied += apply_receipts(receipt_ids=ids[start : start + 500])

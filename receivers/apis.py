@@ -14,7 +14,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Q, QuerySet, Sum, Value
+from django.db.models import OuterRef, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import serializers, status
@@ -23,7 +23,7 @@ from rest_framework.response import Response
 
 from interledger_site.api import ApiGenericView, error_responses, validated_query
 from payments.errors import WebhookNotFound
-from payments.models import IncomingPayment, MoneyField, Webhook
+from payments.models import IncomingPayment, MoneyField, PendingReceipt, Webhook
 from receivers.errors import ReceiverNotFound
 from receivers.models import PaidToken, Receiver
 from receivers.paid import InvalidPayToken, PayToken, paid_token_balance
@@ -211,12 +211,14 @@ class PaidTokenFilter(serializers.Serializer[Any]):
 
 def _with_pending(qs: QuerySet[Receiver]) -> QuerySet[Receiver]:
     """Annotate ``pending_total``: receipts not yet credited (one aggregate, no N+1)."""
+    pending = (
+        PendingReceipt.objects.filter(receipt__account_id=OuterRef("account_id"))
+        .values("receipt__account_id")
+        .annotate(total=Sum("receipt__amount"))
+        .values("total")
+    )
     return qs.annotate(
-        pending_total=Coalesce(
-            Sum("account__receipts__amount", filter=Q(account__receipts__applied_at__isnull=True)),
-            Value(Decimal(0)),
-            output_field=MoneyField(),
-        )
+        pending_total=Coalesce(Subquery(pending), Value(Decimal(0)), output_field=MoneyField())
     )
 
 

@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterable
 from datetime import timedelta
 
 from django.db import DatabaseError, connection, connections
-from django.utils import timezone
 
 from payments.ledger.sql import (
     SQLITE_CHECKPOINT_INTERVAL,
@@ -24,7 +23,7 @@ from payments.ledger.sql import (
     sqlite_checkpoint,
     sqlite_restart_wal,
 )
-from payments.models import Receipt
+from payments.selectors import pending_receipt_ids
 
 logger = logging.getLogger(__name__)
 
@@ -229,16 +228,11 @@ class ReceiptApplier:
         (a crash between COMMIT and the apply, a task lost with its worker); returns how
         many were applied. In both modes: the sweep never depends on the broker.
 
-        Idempotent like ``apply`` (``services.apply_receipts`` skips applied receipts under
-        row locks), so it may overlap the applier thread, a worker or another process.
+        Idempotent like ``apply`` (``services.apply_receipts`` claims each receipt's
+        pending row under a row lock), so it may overlap the applier thread, a worker or another process.
         """
-        cutoff = timezone.now() - older_than
         with _sqlite_write_lock():
-            ids = list(
-                Receipt.objects.filter(applied_at__isnull=True, created_at__lte=cutoff)
-                .order_by("id")
-                .values_list("id", flat=True)[:limit]
-            )
+            ids = pending_receipt_ids(older_than=older_than, limit=limit)
         applied = 0
         # One transaction (and, on SQLite, one hold of the write lock) per chunk: the
         # ledger writer gets its turn between them.

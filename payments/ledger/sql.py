@@ -23,7 +23,7 @@ from django.db.backends.utils import CursorWrapper
 
 from ilp.oer import INT64_MAX
 from payments.errors import InvalidAmount
-from payments.models import MONEY_DIGITS, LedgerAccount, Posting, Receipt
+from payments.models import MONEY_DIGITS, LedgerAccount, PendingReceipt, Posting, Receipt
 
 logger = logging.getLogger(__name__)
 
@@ -199,8 +199,9 @@ def post_in_transaction(
     = version + 1`` with the deltas of the **inserted** rows only.
 
     ``receipts`` (``(account_id, payment_id hex, sequence, amount, key)``, keys distinct,
-    in key order) are inserted in the same way (``ON CONFLICT (key) DO NOTHING``); their
-    new ``(id, key)`` rows are in :attr:`PostResult.new_receipts`.
+    in key order) are inserted in the same way (``ON CONFLICT (key) DO NOTHING``), each
+    new one with its :class:`~payments.models.PendingReceipt`; their new ``(id, key)``
+    rows are in :attr:`PostResult.new_receipts`.
 
     On Postgres all of it is **one statement** (data-modifying CTEs: the inserts, then
     the ``UPDATE ... FROM`` the sums of what was inserted; prepared once per connection,
@@ -260,6 +261,13 @@ def post_in_transaction(
     new_receipts = _insert_returning(
         cursor, Receipt._meta.db_table, RECEIPT_COLUMNS, receipt_rows, returning="id, key"
     )
+    pending = connection.ops.quote_name(PendingReceipt._meta.db_table)
+    for start in range(0, len(new_receipts), INSERT_CHUNK):
+        chunk = new_receipts[start : start + INSERT_CHUNK]
+        cursor.execute(
+            f"INSERT INTO {pending} (receipt_id) VALUES {', '.join(['(%s)'] * len(chunk))}",
+            [row[0] for row in chunk],
+        )
     return PostResult(new_keys, balances, len(rows), [(int(i), str(k)) for i, k in new_receipts])
 
 
@@ -313,7 +321,8 @@ def _batch_statement(has_receipts: bool) -> tuple[str, str]:
     posting columns, ``$5`` the batch's ``created_at``, ``$6``-``$10`` the receipt columns.
 
     Data-modifying CTEs: the inserts (``unnest`` of one array per column, ``ON CONFLICT
-    (key) DO NOTHING``), then the ``UPDATE ... FROM`` the sums of what was inserted. The
+    (key) DO NOTHING``; the new receipts' pending rows), then the ``UPDATE ... FROM`` the
+    sums of what was inserted. The
     rows it returns: ``(1, key)`` per new posting, ``(2, key, id)`` per new receipt,
     ``(3, NULL, account id, balance, version)`` per account moved.
     """
@@ -335,6 +344,9 @@ def _batch_statement(has_receipts: bool) -> tuple[str, str]:
     if has_receipts:
         types += [f"{type_}[]" for _name, type_ in RECEIPT_COLUMNS[:-1]]
         ctes.append(insert("r", Receipt._meta.db_table, RECEIPT_COLUMNS, 6))
+        ctes.append(
+            f"q AS (INSERT INTO {qn(PendingReceipt._meta.db_table)} (receipt_id) SELECT id FROM r)"
+        )
         selects.append(f"SELECT 2, {key}, id, NULL, NULL FROM r")
     accounts = qn(LedgerAccount._meta.db_table)
     ctes.append(

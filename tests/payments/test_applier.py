@@ -10,7 +10,7 @@ from django.db import connection
 
 from payments import ledger, services
 from payments.ledger import BalanceBook, PostingDraft, ReceiptDraft, new_applier
-from payments.models import IncomingPayment, LedgerAccount, Posting, Receipt
+from payments.models import IncomingPayment, LedgerAccount, PendingReceipt, Posting, Receipt
 from tests.payments.conftest import PEER, RECEIVER, amake_accounts, db, make_accounts
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -113,6 +113,7 @@ def test_flush_from_many_threads_and_close_applies_what_is_pending(
     applier.submit([])  # nothing: no wake-up
     ids = list(Receipt.objects.values_list("id", flat=True))
     Receipt.objects.update(applied_at=None, incoming_payment=None)  # never applied ...
+    PendingReceipt.objects.bulk_create(PendingReceipt(receipt_id=i) for i in ids)
     IncomingPayment.objects.all().delete()
     Posting.objects.filter(key__startswith="receipt:").delete()
     LedgerAccount.objects.filter(code=RECEIVER).update(balance=0)

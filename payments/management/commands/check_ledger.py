@@ -63,3 +63,11 @@ class Command(BaseCommand):
                     f"chunks {p.stored_chunks}, receipts say {p.receipts_total} / {p.receipts_count}"
                 )
             )
+        if report.unqueued:
+            self.stdout.write(
+                self.style.ERROR(f"unapplied receipts without a pending row: {report.unqueued}")
+            )
+        if report.queued_applied:
+            self.stdout.write(
+                self.style.ERROR(f"applied receipts with a pending row: {report.queued_applied}")
+            )

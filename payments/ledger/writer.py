@@ -291,7 +291,7 @@ def write_batch(
             known_ids=known_ids,
             on_new_receipts=on_new_receipts,
         )
-    with _sqlite_write_lock(), transaction.atomic():
+    with _sqlite_write_lock(urgent=True), transaction.atomic():
         cursor = _cursor()
         # 1. Lock the posting accounts in primary-key order (Postgres). SQLite has no
         #    row locks; its BEGIN IMMEDIATE already holds the database's write lock.

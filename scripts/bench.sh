@@ -6,7 +6,7 @@
 #                                        worker; postgres: Postgres + Redis started here (their own
 #                                        SVC_DIR and ports, scripts/services.sh) and a Celery worker
 #   BENCH_N=10000 BENCH_C=50             payments and how many in flight (100000: sustained)
-#   BENCH_ROUNDS=1                       node, reference, node, reference, ... on the same node
+#   BENCH_ROUNDS=1                       node, reference, then reference, node, ... on the same node
 #                                        (two or more: each shape's means and their ratio too)
 #   BENCH_PROFILE=1                      py-spy record of Daphne (and the worker) during the node's load, and
 #                                        pg_stat_statements on the bench Postgres (top statements)
@@ -164,6 +164,10 @@ for shape in $SHAPES; do
       fi
       sleep 0.5
     fi
+    # The order alternates (node first in odd rounds, the reference first in even ones):
+    # on a machine that slows down or speeds up over minutes, always running one side
+    # second would hand it the drift in every round.
+    [ $((round % 2)) -eq 0 ] && run_load "$dir/standin.env" "$dir/reference-$round.json" standin
     w0=$(writer_stats)
     run_load "" "$dir/node-$round.json" "${node_groups[@]}"
     echo "$w0 $(writer_stats)" >"$dir/node-$round.json.writer"
@@ -172,7 +176,7 @@ for shape in $SHAPES; do
     if [ "${BENCH_PROFILE:-0}" = 1 ] && [ "$shape" = postgres ]; then
       pgq -d ilp_bench -F $'\t' -c "SELECT calls, round(total_exec_time::numeric,1) AS ms, round(mean_exec_time::numeric,3) AS mean_ms, rows, left(regexp_replace(query, '\s+', ' ', 'g'), 160) FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 25" >"$dir/pg_stat_statements-$round.tsv" || true
     fi
-    run_load "$dir/standin.env" "$dir/reference-$round.json" standin
+    [ $((round % 2)) -eq 1 ] && run_load "$dir/standin.env" "$dir/reference-$round.json" standin
     echo -e "$shape\t$round\t$la\t$dir/node-$round.json\t$dir/reference-$round.json" >>"$ROWS"
   done
   node_rss1=$(rss_mb "$DAPHNE"); ref_rss1=$(rss_mb "$STANDIN")

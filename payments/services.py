@@ -262,10 +262,9 @@ def _apply_chunk_postgres(cursor: Any, ids: list[int], *, now: datetime) -> _Chu
 
 def _apply_chunk_sqlite(cursor: Any, ids: list[int], *, now: datetime) -> _ChunkApplied:
     """The chunk on SQLite (in-process: no round trips to save; the database lock is
-    held from the first write): the pending receipts (their pending rows deleted), the
-    postings through
-    :func:`post_in_transaction`, one upsert, and one ``UPDATE ... FROM (VALUES ...)``
-    linking each receipt to the upsert's ``RETURNING`` row."""
+    held from the first write): the queued receipts (their queue rows deleted), the
+    postings through :func:`post_in_transaction`, one upsert, and one ``UPDATE ... FROM
+    (VALUES ...)`` linking each receipt to the upsert's ``RETURNING`` row."""
     qn = connection.ops.quote_name
     receipt_table = qn(Receipt._meta.db_table)
     payment_table = qn(IncomingPayment._meta.db_table)

@@ -387,6 +387,7 @@ async def test_slots_follow_the_peak_not_the_swing(pair: Callable[..., SharedLim
             a.release_slot(slot)  # the group commit answers them all at once
         await asyncio.sleep(0.002)
     calls, waits = a.stats.calls, a.stats.waits
+    started = time.monotonic()
     for _ in range(20):
         held = []
         for _ in range(50):  # the sender's next Prepares, spread over a few ms
@@ -396,7 +397,10 @@ async def test_slots_follow_the_peak_not_the_swing(pair: Callable[..., SharedLim
             assert isinstance(slot, Slot)
             a.release_slot(slot)
         await asyncio.sleep(0.002)
-    # 1,000 packets: token top-ups (a lease is ~100 ms of the rate), not calls per swing
-    # (sized on the moment's count, the slots went back and forth: ~400 calls).
-    assert a.stats.calls - calls <= 50
+    # 1,000 packets: token top-ups (a lease is ~100 ms of the rate) and at most one
+    # renewal per tick, not calls per swing (sized on the moment's count, the slots went
+    # back and forth: ~400 calls). The ticks count by the clock: a slow machine takes
+    # longer over the same packets (a CI run: 68 calls in a slow hour).
+    ticks = int((time.monotonic() - started) / a.tick_s) + 1
+    assert a.stats.calls - calls <= 50 + ticks
     assert a.stats.waits - waits <= 5

@@ -59,7 +59,7 @@ class BtpConsumer:
         self._receive = receive
         self._send = send
         self._closed = False
-        self._send_bytes = daphne_frame_sender(send)
+        self._frames = daphne_frame_sender(send)
 
     @classmethod
     def as_asgi(cls) -> Any:  # an AsgiApp; Any for django.urls.path() in URLRouter tables
@@ -175,9 +175,9 @@ class BtpConsumer:
     async def _send_frame(self, frame: bytes) -> None:
         if self._closed:
             raise ConnectionError("socket closed")
-        send_bytes = self._send_bytes
-        if send_bytes is not None:
-            send_bytes(frame)
+        frames = self._frames
+        if frames is not None:
+            frames.send(frame)
             return
         await self._send({"type": "websocket.send", "bytes": frame})
 
@@ -185,11 +185,25 @@ class BtpConsumer:
         if self._closed:
             return
         self._closed = True
+        if self._frames is not None:
+            self._frames.flush()  # the replies of this turn go before the close frame
         await self._send({"type": "websocket.close", "code": daphne_close_code(code)})
 
 
-def daphne_frame_sender(send: Send) -> Callable[[bytes], None] | None:
-    """Under Daphne, a function that does what ``await send({"type": "websocket.send",
+class DaphneFrames:
+    """A Daphne socket's binary messages: ``send(frame)`` (see :func:`daphne_frame_sender`)
+    and ``flush()``, which writes the frames still held for the end of this loop turn
+    (:class:`TurnWriter`) now."""
+
+    __slots__ = ("flush", "send")
+
+    def __init__(self, send: Callable[[bytes], None], flush: Callable[[], None]) -> None:
+        self.send = send
+        self.flush = flush
+
+
+def daphne_frame_sender(send: Send) -> DaphneFrames | None:
+    """Under Daphne, a ``send(frame)`` that does what ``await send({"type": "websocket.send",
     "bytes": frame})`` does, without the message dict and the two dispatchers; ``None``
     under any other server (or another Daphne than the one this mirrors).
 
@@ -230,7 +244,7 @@ def daphne_frame_sender(send: Send) -> Callable[[bytes], None] | None:
         if frame:
             server_send(frame)
 
-    return send_bytes
+    return DaphneFrames(send_bytes, functools.partial(flush_replies, protocol))
 
 
 def binary_message_sender(protocol: Any) -> Callable[[bytes], None]:
@@ -260,6 +274,10 @@ def binary_message_sender(protocol: Any) -> Callable[[bytes], None]:
     from twisted.internet.tcp import Server as plain_tcp
 
     state_open = AutobahnProtocol.STATE_OPEN
+    writer: TurnWriter | None = None
+    if _AUTOBAHN_DATA_RECEIVED is not None:  # reads flush first: see TurnWriter
+        writer = TurnWriter(protocol, plain_tcp, state_open)
+        setattr(protocol, _TURN_WRITER, writer)
     no_op = _txaio_no_op()
     debug = logging.DEBUG
 
@@ -281,6 +299,8 @@ def binary_message_sender(protocol: Any) -> Callable[[bytes], None]:
             or p.log.debug is not no_op
             or daphne_logger.isEnabledFor(debug)
         ):
+            if writer is not None:
+                writer.flush()
             server_send(frame, True)
             return
         # FIN + opcode 2 (binary); no mask bit; the length in 7 bits, or 126 + 16 bits.
@@ -290,10 +310,73 @@ def binary_message_sender(protocol: Any) -> Callable[[bytes], None]:
         stats.outgoingOctetsAppLevel += n
         stats.outgoingOctetsWebSocketLevel += n
         stats.outgoingWebSocketFrames += 1
-        write_now(p.transport, raw, plain_tcp)
+        if writer is None:
+            write_now(p.transport, raw, plain_tcp)
+        else:
+            writer.write(raw)
         stats.outgoingOctetsWireLevel += len(raw)
 
     return send
+
+
+class TurnWriter:
+    """The BTP replies one loop turn makes on a socket, written with one ``send`` when the
+    turn ends instead of one each.
+
+    Replies come in bursts: a ledger batch's commit resumes its ~20 waiting requests in
+    one turn. Written one by one, each is a ``send`` here and a read for the peer (which
+    runs on the same cores under load); gathered, the turn's frames go in one write, in
+    the order they were made, one loop turn later (``call_soon`` after the first).
+
+    Nothing else may write to the socket before the frames held: every other write there
+    flushes them first. The fallback of :func:`binary_message_sender` (autobahn's own
+    send), the consumer's close (:meth:`BtpConsumer._close_socket`), and each read
+    (:func:`_make_data_received`): autobahn answers a Close or a Ping from the bytes
+    read, so the replies made before the read go out before its answer. Only autobahn's
+    timed Pings can pass them, and a control frame between two messages is allowed
+    (RFC 6455 §5.4). Installed only while that read hook is (else replies go at once,
+    :func:`write_now`). Frames still held when the socket is no longer open (a close
+    made some other way) are dropped, as autobahn would refuse them then.
+    """
+
+    __slots__ = ("_chunks", "_plain_tcp", "_protocol", "_state_open")
+
+    def __init__(self, protocol: Any, plain_tcp: Any, state_open: int) -> None:
+        self._protocol = protocol
+        self._plain_tcp = plain_tcp
+        self._state_open = state_open
+        self._chunks: list[bytes] = []
+
+    def write(self, raw: bytes) -> None:
+        chunks = self._chunks
+        if not chunks:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop to end a turn (a synchronous caller)
+                write_now(self._protocol.transport, raw, self._plain_tcp)
+                return
+            loop.call_soon(self.flush)
+        chunks.append(raw)
+
+    def flush(self) -> None:
+        chunks = self._chunks
+        if not chunks:
+            return
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        protocol = self._protocol
+        if protocol.state == self._state_open:
+            write_now(protocol.transport, data, self._plain_tcp)
+
+
+_TURN_WRITER = "_ilp_turn_writer"  # the protocol's TurnWriter, for its reads to flush
+
+
+def flush_replies(protocol: Any) -> None:
+    """Write the replies ``protocol``'s :class:`TurnWriter` holds, if any, now."""
+    writer: TurnWriter | None = getattr(protocol, _TURN_WRITER, None)
+    if writer is not None:
+        writer.flush()
 
 
 def write_now(transport: Any, data: bytes, plain_tcp: Any) -> None:
@@ -662,10 +745,14 @@ def _hooks_are_autobahns(cls: type) -> bool:
 def _make_data_received(original: Callable[[Any, bytes], None]) -> Callable[[Any, bytes], None]:
     """autobahn's Twisted ``dataReceived`` without its debug log call when the protocol's
     debug level is off (then the call does nothing, but its arguments, a type name, the
-    peer and the length, were still built for every read)."""
+    peer and the length, were still built for every read), after writing the replies the
+    socket's :class:`TurnWriter` holds."""
     no_op = _txaio_no_op()
 
     def data_received(self: Any, data: bytes) -> None:
+        writer: TurnWriter | None = getattr(self, _TURN_WRITER, None)
+        if writer is not None:
+            writer.flush()  # the replies made so far go before any answer to these bytes
         if self.log.debug is not no_op:
             original(self, data)
             return

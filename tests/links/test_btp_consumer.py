@@ -529,7 +529,7 @@ async def test_daphne_frame_sender_does_what_handle_reply_does(case: str) -> Non
         frame = b"" if case == "empty" else b"\x01\x00\x00\x00\x07frame"
         try:
             if direct:
-                sender(frame)
+                sender.send(frame)
             else:
                 await send({"type": "websocket.send", "bytes": frame})
             outcome: object = protocol.sent
@@ -718,3 +718,83 @@ def test_binary_message_sender_falls_back_for_another_protocol() -> None:
 
     assert not _autobahn_send_is_known(Overridden())
     assert not _autobahn_send_is_known(object())
+
+
+def _autobahn_frames(*payloads: bytes) -> bytes:
+    """What autobahn itself writes for these binary messages, one after the other."""
+    theirs = _daphne_protocol()
+    for payload in payloads:
+        theirs.serverSend(payload, True)
+    return b"".join(theirs.transport.written)
+
+
+async def test_replies_of_one_loop_turn_go_in_one_write() -> None:
+    from links import consumers
+
+    assert consumers.speed_up_autobahn()
+    protocol = _daphne_protocol()
+    send = consumers.binary_message_sender(protocol)
+    payloads = [b"a" * 5, b"b" * 300, b"c" * 125]
+    for payload in payloads:
+        send(payload)
+    assert protocol.transport.written == []  # held until the turn ends
+    await asyncio.sleep(0)
+    assert protocol.transport.written == [_autobahn_frames(*payloads)]
+    send(b"next")
+    await asyncio.sleep(0)
+    assert protocol.transport.written[1:] == [_autobahn_frames(b"next")]
+
+
+async def test_held_replies_go_before_autobahns_own_writes() -> None:
+    from links import consumers
+
+    assert consumers.speed_up_autobahn()
+    plain = _daphne_protocol()
+    send = consumers.binary_message_sender(plain)
+    send(b"first")
+    plain.maskServerFrames = True  # the next send falls back to autobahn's sendMessage
+    send(b"second")
+    assert plain.transport.written[0] == _autobahn_frames(b"first")
+    assert len(plain.transport.written) == 2  # then autobahn's (masked) frame, in order
+    # The consumer's close and a read flush the same way.
+    closing = _daphne_protocol()
+    send = consumers.binary_message_sender(closing)
+    send(b"reply")
+    consumers.flush_replies(closing)
+    assert closing.transport.written == [_autobahn_frames(b"reply")]
+    await asyncio.sleep(0)  # the turn's own flush finds nothing left
+    assert closing.transport.written == [_autobahn_frames(b"reply")]
+
+
+async def test_a_read_writes_the_held_replies_before_answering_it() -> None:
+    from links import consumers
+
+    assert consumers.speed_up_autobahn()
+    protocol = _daphne_protocol()
+    send = consumers.binary_message_sender(protocol)
+    send(b"reply")
+    seen: list[list[bytes]] = []
+    protocol._dataReceived = lambda data: seen.append(list(protocol.transport.written))
+    protocol.dataReceived(b"\x89\x80\x00\x00\x00\x00")  # a masked Ping from the client
+    assert seen == [[_autobahn_frames(b"reply")]]
+
+
+async def test_replies_held_when_the_socket_stops_being_open_are_dropped() -> None:
+    from links import consumers
+
+    assert consumers.speed_up_autobahn()
+    protocol = _daphne_protocol()
+    send = consumers.binary_message_sender(protocol)
+    send(b"reply")
+    protocol.state = protocol.STATE_CLOSING  # a close frame went out some other way
+    await asyncio.sleep(0)
+    assert protocol.transport.written == []
+
+
+def test_without_a_running_loop_a_reply_goes_at_once() -> None:
+    from links import consumers
+
+    assert consumers.speed_up_autobahn()
+    protocol = _daphne_protocol()
+    consumers.binary_message_sender(protocol)(b"reply")
+    assert protocol.transport.written == [_autobahn_frames(b"reply")]

@@ -158,7 +158,8 @@ class LedgerAccountDetailView(ApiGenericView):
         operation_id="ledger_postings_list",
         summary="List postings (staff)",
         description="Newest first. Postings are append-only; their `key` makes each "
-        "change idempotent (`<packet key>:in|out|fee`, `receipt:<key>`, `adjust:<key>`).",
+        "change idempotent (`<packet key>:in|out|fee`, `receipts:<first receipt id>` for "
+        "an account's receipts applied together, `adjust:<key>`).",
         parameters=[PostingFilter],
         responses={200: PostingSerializer(many=True), **error_responses(400, 401, 403)},
     )

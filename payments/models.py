@@ -121,8 +121,9 @@ class LedgerAccount(models.Model):
 class Posting(models.Model):
     """One append-only change of one account's balance, idempotent on ``key``.
 
-    Keys are ``"<packet key>:<role>"`` (or ``"receipt:<receipt key>"``,
-    ``"adjust:<key>"``...): a key that is already present is never applied again.
+    Keys are ``"<packet key>:<role>"`` (or ``"receipts:<first receipt id>"`` for an
+    account's receipts applied together, ``"adjust:<key>"``...): a key that is already
+    present is never applied again.
     """
 
     # No index of its own: ``payments_posting_account`` (account, id) serves the foreign key

@@ -44,7 +44,7 @@ TOKEN_LENGTH = 18
 TAG_LENGTH = 16
 TAG_SEGMENT_LENGTH = 22
 TAG_KEY_PREFIX = "tag:"
-# ReceiptDraft keys are at most 247 characters ("receipt:<key>" is its posting's key).
+# ReceiptDraft keys are at most this long (payments.ledger.drafts.MAX_RECEIPT_KEY_LENGTH).
 _MAX_RECEIPT_KEY = 247
 
 

@@ -11,7 +11,7 @@ from ilp.oer import UINT64_MAX
 from payments.errors import InvalidAmount
 
 MAX_KEY_LENGTH = 255
-MAX_RECEIPT_KEY_LENGTH = MAX_KEY_LENGTH - len("receipt:")  # its posting is "receipt:<key>"
+MAX_RECEIPT_KEY_LENGTH = 247  # the receipt key, the sender-visible part of the contract
 MAX_MEMO_LENGTH = 255
 MAX_CODE_LENGTH = 200
 MAX_PAYMENT_ID_BYTES = 32
@@ -87,7 +87,7 @@ class ReceiptDraft:
 
     ``payment_id`` is the PSK2 payment id (1 to 32 bytes; stored as lowercase hex),
     ``sequence`` a UInt32, ``amount`` the amount that arrived (``0 <= amount < 2**64``).
-    Idempotent on ``key`` (at most 247 characters: its posting is ``receipt:<key>``).
+    Idempotent on ``key`` (at most :data:`MAX_RECEIPT_KEY_LENGTH` characters).
     """
 
     account_code: str

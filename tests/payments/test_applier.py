@@ -68,7 +68,12 @@ def test_bulk_apply_is_a_fixed_number_of_statements(
     assert statements(many) == statements(few)  # 100 receipts, 100 payments: same count
     assert IncomingPayment.objects.count() == 101
     assert int(LedgerAccount.objects.get(code=RECEIVER).balance) == 206
-    assert Posting.objects.filter(key__startswith="receipt:").count() == 103
+    # One posting per receiving account and apply, whatever the number of receipts.
+    postings = Posting.objects.filter(key__startswith="receipts:").order_by("id")
+    assert [(p.key, int(p.amount)) for p in postings] == [
+        (f"receipts:{many[0]}", 200),  # applied first, above
+        (f"receipts:{few[0]}", 6),
+    ]
     assert not Receipt.objects.filter(applied_at__isnull=True).exists()
     linked = Receipt.objects.filter(incoming_payment__payment_id=PID.hex()).count()
     assert linked == 3
@@ -115,7 +120,7 @@ def test_flush_from_many_threads_and_close_applies_what_is_pending(
     Receipt.objects.update(applied_at=None, incoming_payment=None)  # never applied ...
     PendingReceipt.objects.bulk_create(PendingReceipt(receipt_id=i) for i in ids)
     IncomingPayment.objects.all().delete()
-    Posting.objects.filter(key__startswith="receipt:").delete()
+    Posting.objects.filter(key__startswith="receipts:").delete()
     LedgerAccount.objects.filter(code=RECEIVER).update(balance=0)
     applier.submit(ids)
     applier.close()  # ... close applies it without waiting for the hour's window
@@ -185,16 +190,17 @@ def test_each_receipt_is_linked_to_its_own_payment(
 def test_a_receipt_whose_posting_exists_is_marked_not_counted(
     book: BalanceBook, captured_apply: list[list[int]]
 ) -> None:
-    """A receipt whose ``receipt:`` posting is already there (not possible through the
-    service: a ledger repaired by hand) is marked applied without a link and moves no
-    total or balance; the other chunk of the same payment in the chunk counts."""
+    """Receipts whose account's posting key is already there (not possible through the
+    service, the key names the first receipt and a receipt is claimed once: a ledger
+    repaired by hand) are marked applied without a link and move no total or balance; a
+    later apply of the same payment's other chunk counts."""
     make_accounts()
     book.commit_sync(*pay(0, amount=5))
     book.commit_sync(*pay(1, amount=7))
     ids = [i for batch in captured_apply for i in batch]
     receiver = LedgerAccount.objects.get(code=RECEIVER)
     services.account_adjust(account_code=RECEIVER, amount=5, key="by-hand")
-    Posting.objects.filter(key="adjust:by-hand").update(key="receipt:a0")  # the same key
+    Posting.objects.filter(key="adjust:by-hand").update(key=f"receipts:{ids[0]}")  # the key
     assert services.apply_receipts(receipt_ids=ids[:1]) == 0  # the chunk has no other
     assert not IncomingPayment.objects.exists()
     assert services.apply_receipts(receipt_ids=ids) == 1

@@ -588,15 +588,21 @@ def kill(args: argparse.Namespace) -> int:
 
 def _exactly_once(db_url: str, fulfills: list[tuple[str, int]]) -> list[str]:
     """Every Fulfill the sender holds is one receipt of ``receiver:bob`` for its amount, with
-    one posting on the peer (the packet's key) and one on the receiver (``receipt:<receipt
-    key>``); the accounts' balances are the receipts' sum."""
+    one posting on the peer (the packet's key), and applied; the receiver's postings
+    (``receipts:<first receipt id>``, one per apply) sum to its applied receipts, each key
+    naming one of its receipts; the accounts' balances are the receipts' sum."""
     receipts: dict[str, list[tuple[str, int, bool]]] = {}
-    for payment_id, key, amount, applied in _sql(
+    receipt_ids: set[int] = set()
+    applied_total = 0
+    for rid, payment_id, key, amount, applied in _sql(
         db_url,
-        "SELECT r.payment_id, r.key, r.amount, r.applied_at IS NOT NULL FROM payments_receipt r "
+        "SELECT r.id, r.payment_id, r.key, r.amount, r.applied_at IS NOT NULL "
+        "FROM payments_receipt r "
         "JOIN payments_ledgeraccount a ON a.id = r.account_id WHERE a.code = 'receiver:bob'",
     ):
         receipts.setdefault(payment_id, []).append((key, int(amount), bool(applied)))
+        receipt_ids.add(int(rid))
+        applied_total += int(amount) if applied else 0
     postings: dict[str, list[tuple[str, int]]] = {}
     for key, code, amount in _sql(
         db_url,
@@ -609,17 +615,34 @@ def _exactly_once(db_url: str, fulfills: list[tuple[str, int]]) -> list[str]:
     wrong = 0
     for payment_id, amount in fulfills:
         rows = receipts.get(payment_id, [])
-        if len(rows) != 1 or rows[0][1] != amount:
+        if len(rows) != 1 or rows[0][1] != amount or not rows[0][2]:
             wrong += 1
             continue
         key = rows[0][0]
         # The peer's posting has the packet's key; the receipt's is that key under a prefix
         # saying where its payment id came from ("psk2:<packet key>", receivers.addresses).
         peer = [postings.get(k) for k in {key, key.partition(":")[2]} if k in postings]
-        if peer != [[("peer:oer", -amount)]] or postings.get(f"receipt:{key}") != [
-            ("receiver:bob", amount)
-        ]:
+        if peer != [[("peer:oer", -amount)]]:
             wrong += 1
+    receiver = [
+        (key, rows)
+        for key, rows in postings.items()
+        if any(code == "receiver:bob" for code, _amount in rows)
+    ]
+    posted = sum(amount for _key, rows in receiver for _code, amount in rows)
+    strays = [
+        key
+        for key, rows in receiver
+        if rows != [("receiver:bob", rows[0][1])]
+        or not key.startswith("receipts:")
+        or not key.partition(":")[2].isdigit()
+        or int(key.partition(":")[2]) not in receipt_ids
+    ]
+    if strays or posted != applied_total:
+        problems.append(
+            f"the receiver's postings ({posted}; not a receipts' sum: {strays[:5]}) "
+            f"are not its applied receipts' sum {applied_total}"
+        )
     if wrong:
         problems.append(f"{wrong} of {len(fulfills)} Fulfills are not exactly one posting each")
     total = sum(r[1] for rows in receipts.values() for r in rows)

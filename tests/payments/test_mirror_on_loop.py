@@ -65,7 +65,12 @@ def test_a_commit_is_mirrored_by_the_loop_not_the_writer(
         client.close()
     assert sync_commits == []  # the writer thread made no commit call
     assert credit.stats.commits >= 1
-    assert held == {}  # both holds ended with their commits
+    # Both holds ended with their commits. What may be left is this process's lease of the
+    # account's room, if the keeper took one meanwhile (a slow run: its value is
+    # "D|C <high> <low>"); it is held like a hold until the book closes.
+    leases = {k: v.split() for k, v in held.items() if k.startswith(b"lease:")}
+    assert set(held) == set(leases)
+    leased = sum(int(h) * 2**32 + int(low) for kind, h, low in leases.values() if kind == b"D")
     bh, bl, dh, dl = (int(v) for v in mirror)
-    assert (bh * 2**32 + bl, dh * 2**32 + dl) == (-500, 0)
+    assert (bh * 2**32 + bl, dh * 2**32 + dl) == (-500, leased)
     assert int(LedgerAccount.objects.get(code=PEER).balance) == -500

@@ -281,24 +281,23 @@ def _apply_chunk_sqlite(cursor: Any, ids: list[int], *, now: datetime) -> _Chunk
     payment_table = qn(IncomingPayment._meta.db_table)
     pending = qn(PendingReceipt._meta.db_table)
     cursor.execute(
-        f"SELECT r.id, r.account_id, r.payment_id, r.sequence, r.amount, r.{qn('key')} "
+        f"SELECT r.id, r.account_id, r.payment_id, r.amount "
         f"FROM {pending} q JOIN {receipt_table} r ON r.id = q.receipt_id "
         f"WHERE q.receipt_id IN ({_params(ids)}) ORDER BY r.id",
         ids,
     )
     receipts = [
-        (int(rid), int(aid), str(pid), int(seq), int(amount), str(key))
-        for rid, aid, pid, seq, amount, key in cursor.fetchall()
+        (int(rid), int(aid), str(pid), int(amount)) for rid, aid, pid, amount in cursor.fetchall()
     ]
     if not receipts:
         return _ChunkApplied(0, [], [], {}, False)
     claimed = [r[0] for r in receipts]
     cursor.execute(f"DELETE FROM {pending} WHERE receipt_id IN ({_params(claimed)})", claimed)
     account_ids = sorted({r[1] for r in receipts})
-    by_account: dict[int, list[tuple[int, int, str, int, int, str]]] = defaultdict(list)
+    by_account: dict[int, list[tuple[int, int, str, int]]] = defaultdict(list)
     for receipt in receipts:
         by_account[receipt[1]].append(receipt)
-    totals = {aid: sum(r[4] for r in rows) for aid, rows in by_account.items()}
+    totals = {aid: sum(r[3] for r in rows) for aid, rows in by_account.items()}
     keys = {aid: f"{RECEIPT_POSTING_PREFIX}{rows[0][0]}" for aid, rows in by_account.items()}
     posted = post_in_transaction(
         [
@@ -311,7 +310,7 @@ def _apply_chunk_sqlite(cursor: Any, ids: list[int], *, now: datetime) -> _Chunk
     new_posting_keys = posted.new_keys
     applied: list[tuple[int, int, str]] = []
     skipped: list[int] = []
-    for rid, aid, pid, _seq, _amount, _key in receipts:
+    for rid, aid, pid, _amount in receipts:
         if totals[aid] == 0 or keys[aid] in new_posting_keys:
             applied.append((rid, aid, pid))
         else:

@@ -36,6 +36,7 @@ from ilp.stream import (
     issue_stream_address,
     open_stream_address,
 )
+from payments.ledger.drafts import MAX_RECEIPT_KEY_LENGTH
 
 LOCAL_PREFIX_SEGMENT = "receivers"
 # The reference receivers' token size; 24 base64url characters in the address.
@@ -44,8 +45,6 @@ TOKEN_LENGTH = 18
 TAG_LENGTH = 16
 TAG_SEGMENT_LENGTH = 22
 TAG_KEY_PREFIX = "tag:"
-# ReceiptDraft keys are at most this long (payments.ledger.drafts.MAX_RECEIPT_KEY_LENGTH).
-_MAX_RECEIPT_KEY = 247
 
 
 @lru_cache(maxsize=4)
@@ -197,7 +196,7 @@ def stream_receipt_key(packet_key: str) -> str:
 
 def _prefixed_key(prefix: str, packet_key: str) -> str:
     key = f"{prefix}{packet_key}"
-    if len(key) > _MAX_RECEIPT_KEY:
+    if len(key) > MAX_RECEIPT_KEY_LENGTH:
         key = f"{prefix}{hashlib.sha256(packet_key.encode()).hexdigest()}"
     return key
 

@@ -36,7 +36,7 @@ from channels.db import database_sync_to_async
 
 from ilp.oer import UINT64_MAX
 from ilp.stream import ConnectionCloseFrame, ErrorCode, Frame, StreamMaxMoneyFrame
-from receivers.addresses import _MAX_RECEIPT_KEY as MAX_RECEIPT_KEY
+from payments.ledger.drafts import MAX_RECEIPT_KEY_LENGTH as MAX_RECEIPT_KEY
 from receivers.addresses import tag_key_prefix, tagged_receipt_key
 
 CACHE_TTL_S: Final = 2.0

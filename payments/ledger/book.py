@@ -32,8 +32,8 @@ starts afresh.
 
 Threading: the in-memory state is guarded by one ``threading.Lock``; ``hold``,
 ``release`` and ``balance`` may be called from any thread and never do I/O when the account
-is loaded. Database work happens only in the writer thread (one ``ThreadPoolExecutor`` with
-one worker); applying receipts happens in the applier's thread, never here.
+is loaded. Database work happens only in the writer's lanes (one thread each, see
+:func:`writer_lanes`); applying receipts happens in the applier's thread, never here.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from django.conf import settings
 from django.db import DatabaseError, connection, connections
@@ -88,6 +88,21 @@ from payments.models import LedgerAccount, Receipt
 _MirrorArgs = tuple[list[tuple[int, int, int]], list[tuple[int, str]], list[tuple[int, str, int]]]
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+
+def writer_lanes() -> int:
+    """How many batches the writer keeps in flight (``ILP_LEDGER_WRITER_LANES``).
+
+    On PostgreSQL the default is 2: the next batch is sent while the one before commits,
+    and waits in the server on the accounts' row locks (taken in id order), so the
+    batches touching an account still commit one after the other, with no client round
+    trip between them. SQLite has one write lock: always 1.
+    """
+    if connections["default"].vendor != "postgresql":
+        return 1
+    return max(1, int(getattr(settings, "ILP_LEDGER_WRITER_LANES", 2)))
 
 
 class ReceiptSink(Protocol):
@@ -184,6 +199,7 @@ class BalanceBook:
         totals_cache_size: int = 100_000,
         receipts: ReceiptSink | None = None,
         shared: SharedCredit | None = None,
+        lanes: int | None = None,
     ) -> None:
         self._receipts = receipts
         self.max_batch = max_batch
@@ -207,9 +223,12 @@ class BalanceBook:
         # and a WeakKeyDictionary lookup makes a weakref per call. One tuple, so a thread
         # never sees one loop with another loop's writer.
         self._last_writer: tuple[weakref.ref[asyncio.AbstractEventLoop], _LoopWriter] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="payments-ledger")
-        self._writer_thread_ident: int | None = None
-        self._deferred: _Outcome | None = None  # set by _do_commits(defer_apply=True)
+        self.lanes = lanes if lanes is not None else writer_lanes()
+        self._executors = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"payments-ledger-{n}")
+            for n in range(self.lanes)
+        ]
+        self._writer_threads: set[int] = set()
         self._closed = False
         self._last_refresh = time.monotonic()
         self._query_counter = _QueryCounter(self.stats)
@@ -676,7 +695,7 @@ class BalanceBook:
             raise RuntimeError("use the async API from an event loop")
         if self._closed:
             raise BookClosed("the balance book is closed")
-        if threading.get_ident() == self._writer_thread_ident:
+        if threading.get_ident() in self._writer_threads:
             self.process_jobs([job])  # e.g. an eager Celery task run by the writer itself
         else:
             self.executor_submit(self.process_jobs, [job]).result()
@@ -758,7 +777,11 @@ class BalanceBook:
         return self._closed
 
     def executor_submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return self._executor.submit(fn, *args)
+        """Run ``fn`` in the first lane's thread (synchronous callers, checks)."""
+        return self._executors[0].submit(fn, *args)
+
+    def lane_submit(self, lane: int, fn: Callable[..., Any], *args: Any) -> Any:
+        return self._executors[lane].submit(fn, *args)
 
     def due_for_refresh(self) -> bool:
         # Lock-free reads (each is atomic under the GIL; a stale answer only shifts the
@@ -774,10 +797,10 @@ class BalanceBook:
         it with :meth:`apply_outcome` before it resolves their futures, so the loop's
         hot path (``hold``) never waits for a lock the writer thread holds.
         """
-        self._writer_thread_ident = threading.get_ident()
+        self._writer_threads.add(threading.get_ident())
         if self.shared is not None and not self.shared.scope:
             self.shared.scope = _ledger_scope()
-        self._deferred = None
+        deferred: _Outcome | None = None
         self.stats.batches += 1
         self.stats.max_batch_size = max(self.stats.max_batch_size, len(jobs))
         _heal_connection()
@@ -789,7 +812,7 @@ class BalanceBook:
             if loads:
                 self._guard(loads, lambda: self._do_loads(loads))
             if commits:
-                self._guard(commits, lambda: self._do_commits(commits, defer_apply))
+                deferred = self._guard(commits, lambda: self._do_commits(commits, defer_apply))
             if totals:
                 self._guard(totals, lambda: self._do_totals(totals))
             if refresh or self.due_for_refresh():
@@ -797,12 +820,11 @@ class BalanceBook:
                     self._do_refresh()
                 except Exception:
                     logger.exception("ledger: refresh failed")
-        deferred, self._deferred = self._deferred, None
         return deferred
 
-    def _guard(self, jobs: list[_Job], fn: Callable[[], None]) -> None:
+    def _guard(self, jobs: list[_Job], fn: Callable[[], _T]) -> _T | None:
         try:
-            fn()
+            return fn()
         except Exception as exc:
             logger.exception("ledger: batch of %d %s jobs failed", len(jobs), jobs[0].kind)
             self.stats.failed_batches += 1
@@ -816,6 +838,7 @@ class BalanceBook:
                 _heal_connection()
             except Exception:
                 logger.exception("ledger: closing the connection failed")
+            return None
 
     def _do_loads(self, jobs: list[_Job]) -> None:
         codes = {c for j in jobs for c in j.codes}
@@ -891,7 +914,8 @@ class BalanceBook:
         while len(self._totals) > self.totals_cache_size:
             self._totals.popitem(last=False)
 
-    def _do_commits(self, jobs: list[_Job], defer_apply: bool = False) -> None:
+    def _do_commits(self, jobs: list[_Job], defer_apply: bool = False) -> _Outcome | None:
+        """Write the commits; with ``defer_apply`` their outcome is returned, not applied."""
         on_sqlite = connection.vendor == "sqlite"
         live: list[_Job] = []
         for job in jobs:
@@ -928,10 +952,10 @@ class BalanceBook:
             # that call the mirror keeps the old balance and the holds: conservative (less
             # room for a moment), never counted twice.
             outcome.mirror = self._mirror_args(outcome)
-            self._deferred = outcome
-        else:
-            self._mirror_commit(outcome)
-            self._apply(outcome)
+            return outcome
+        self._mirror_commit(outcome)
+        self._apply(outcome)
+        return None
 
     def apply_outcome(self, outcome: _Outcome) -> None:
         """Apply what :meth:`process_jobs` returned with ``defer_apply`` (any thread)."""
@@ -977,10 +1001,13 @@ class BalanceBook:
         # Last in the writer's queue: a batch already taken finishes first, anything
         # queued later sees the book closed and does not touch the database, so the
         # writer's connection stays closed (a test database can then be dropped).
+        # Each lane's thread has its own connection.
         try:
-            done = self._executor.submit(connections.close_all)
+            done = [executor.submit(connections.close_all) for executor in self._executors]
         except RuntimeError:  # closed twice
             return
-        self._executor.shutdown(wait=True)
-        with contextlib.suppress(Exception):
-            done.result(timeout=0)
+        for executor in self._executors:
+            executor.shutdown(wait=True)
+        for closed in done:
+            with contextlib.suppress(Exception):
+                closed.result(timeout=0)

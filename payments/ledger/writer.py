@@ -86,11 +86,12 @@ class _Batches(Protocol):
 
     max_batch: int
     refresh_interval: float
+    lanes: int
 
     @property
     def closed(self) -> bool: ...
 
-    def executor_submit(self, fn: Callable[..., Any], *args: Any) -> Any: ...
+    def lane_submit(self, lane: int, fn: Callable[..., Any], *args: Any) -> Any: ...
 
     def process_jobs(self, jobs: list[_Job], *, defer_apply: bool = False) -> _Outcome | None: ...
 
@@ -106,11 +107,13 @@ class _Batches(Protocol):
 class _LoopWriter:
     """The queue of one event loop's jobs, drained by the ledger-writer thread.
 
-    Pipelined: the writer thread takes the next batch as soon as it has sent back the
-    previous one (everything queued while that one committed), without waiting for the
-    event loop to come round. When the writer is idle, the first job of a loop iteration
-    schedules the hand-over with ``call_soon``, so every job submitted in the same
-    iteration (a burst of packets) goes into one batch. Results go back with one
+    Pipelined: a lane (a writer thread and its connection) takes the next batch as soon as
+    it has sent back the previous one, without waiting for the event loop to come round.
+    With two lanes (PostgreSQL) the jobs that arrive while one batch is in flight go out
+    at once in the other lane: the server runs them as soon as the first batch commits.
+    When a lane is free, the first job of a loop iteration schedules the hand-over with
+    ``call_soon``, so every job submitted in the same iteration (a burst of packets) goes
+    into one batch. Results go back with one
     ``call_soon_threadsafe`` per batch, and the loop applies the batch's in-memory effect
     (balances, released holds) before it resolves the futures. The queue is a ``deque``
     and the hand-over a flag, both touched by single GIL-atomic operations: the loop never
@@ -125,9 +128,14 @@ class _LoopWriter:
         # Weak: the book's map of writers is keyed by the loop, and must not keep it alive.
         self._loop_ref = weakref.ref(loop)
         self.queue: deque[_Job] = deque()
-        # True while a drain is scheduled or running (it re-checks the queue before it
-        # stops). Set by the loop, cleared by the writer; a spurious extra drain is harmless.
+        # True from the hand-over's scheduling until a lane takes the queue: the jobs
+        # submitted meanwhile join that batch. Set by the loop, cleared by the lane; a
+        # spurious extra drain is harmless (it finds the queue empty).
         self._scheduled = False
+        # The lanes with no batch of this loop in flight. A lane is taken by one popleft
+        # and given back by one appendleft (each atomic under the GIL), so it is never in
+        # two drains at once; the first lane is the one used when the load is light.
+        self._free: deque[int] = deque(range(book.lanes))
         self.closed = False
         self.timer: asyncio.TimerHandle | None = loop.call_later(book.refresh_interval, self._tick)
 
@@ -136,47 +144,68 @@ class _LoopWriter:
         if self.closed:
             raise BookClosed("the balance book is closed")
         self.queue.append(job)
-        if not self._scheduled:
+        if not self._scheduled and self._free:
             self._scheduled = True
             loop = self._loop_ref()
             if loop is not None:
                 loop.call_soon(self._kick)
 
     def _kick(self) -> None:
-        """Hand the queue to the writer thread (on the loop, after this iteration's jobs)."""
+        """Hand the queue to a free lane (on the loop, after this iteration's jobs)."""
         try:
-            self.book.executor_submit(self._drain)
+            lane = self._free.popleft()
+        except IndexError:  # every lane is busy: the first to finish takes the queue
+            self._scheduled = False
+            return
+        try:
+            self.book.lane_submit(lane, self._drain, lane)
         except RuntimeError:  # the writer thread was shut down (book closed)
+            self._free.appendleft(lane)
             self._scheduled = False
             self._fail_queue(BookClosed("the balance book is closed"))
 
-    def _drain(self) -> None:
-        """One batch, in the writer thread; queues itself again while there is more."""
+    def _drain(self, lane: int) -> None:
+        """One batch, in a lane's thread; queues itself again while there is more."""
         queue = self.queue
+        # Cleared before the queue is taken: a job submitted from here on either is in
+        # this batch or schedules another lane's.
+        self._scheduled = False
         jobs: list[_Job] = []
         with contextlib.suppress(IndexError):  # emptied by close()
             for _ in range(min(len(queue), self.book.max_batch)):
                 jobs.append(queue.popleft())
+        outer: BaseException | None = None
+        outcome: _Outcome | None = None
         if jobs and self.book.closed:
-            self._send_results(jobs, BookClosed("the balance book is closed"), None)
+            outer = BookClosed("the balance book is closed")
         elif jobs:
-            outer: BaseException | None = None
-            outcome: _Outcome | None = None
             try:
                 outcome = self.book.process_jobs(jobs, defer_apply=True)
             except BaseException as exc:  # delivered to the waiters below
                 outer = exc if isinstance(exc, PaymentsError) else CommitFailed(str(exc))
+        # The lane is kept or given back before the results go: the jobs they lead to
+        # find it free. (A drain submitted to it meanwhile starts after this one returns.)
+        if queue:
+            # More came in meanwhile, and no free lane took it. Through the lane's
+            # executor, not a loop here: writers of other event loops (and synchronous
+            # callers) get their turn.
+            self._resubmit(lane)
+        else:
+            self._free.appendleft(lane)
+            # A job submitted between the check above and the append saw no free lane.
+            if queue and not self._scheduled:
+                with contextlib.suppress(IndexError):  # else another lane took it
+                    self._resubmit(self._free.popleft())
+        if jobs:
             self._send_results(jobs, outer, outcome)
-        self._scheduled = False
-        if queue and not self._scheduled:
-            # More came in meanwhile. Through the executor's queue, not a loop here:
-            # writers of other event loops (and synchronous callers) get their turn.
-            self._scheduled = True
-            try:
-                self.book.executor_submit(self._drain)
-            except RuntimeError:
-                left = self._take_all()
-                self._send_results(left, BookClosed("the balance book is closed"), None)
+
+    def _resubmit(self, lane: int) -> None:
+        try:
+            self.book.lane_submit(lane, self._drain, lane)
+        except RuntimeError:
+            self._free.appendleft(lane)
+            left = self._take_all()
+            self._send_results(left, BookClosed("the balance book is closed"), None)
 
     def _send_results(
         self, jobs: list[_Job], outer: BaseException | None, outcome: _Outcome | None

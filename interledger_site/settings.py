@@ -176,6 +176,9 @@ ILP_GC_THRESHOLDS = [int(n) for n in env.list("ILP_GC_THRESHOLDS", default=[])]
 # its round trips, is paid per batch. What reads money received reads receipts, exact from
 # their COMMIT; incoming-payment rows, the receivers' postings and webhooks wait this long.
 ILP_RECEIPT_APPLY_DELAY_S = env.float("ILP_RECEIPT_APPLY_DELAY_S", default=0.5)
+# Batches the ledger's writer keeps in flight on PostgreSQL (payments.ledger.book.writer_lanes):
+# one thread and one connection each; SQLite always has one.
+ILP_LEDGER_WRITER_LANES = env.int("ILP_LEDGER_WRITER_LANES", default=2)
 ILP_ROUTE_BROADCAST_INTERVAL_S = env.float("ILP_ROUTE_BROADCAST_INTERVAL_S", default=30.0)
 ILP_PAID_API_PRICE = env.int("ILP_PAID_API_PRICE", default=100)
 ILP_PUBLIC_URL = _PUBLIC_URL

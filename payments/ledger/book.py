@@ -45,7 +45,7 @@ import logging
 import threading
 import time
 import weakref
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -215,6 +215,9 @@ class BalanceBook:
         self._ids: dict[str, int] = {}
         self._holds: dict[str, _Hold] = {}
         self._totals: OrderedDict[tuple[str, bytes], int] = OrderedDict()
+        # Receipts of a payment in a batch not applied yet (from before its SQL): a total
+        # read meanwhile may or may not include them, so it is not remembered.
+        self._totals_in_flight: Counter[tuple[str, bytes]] = Counter()
         self._writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWriter] = (
             weakref.WeakKeyDictionary()
         )
@@ -903,7 +906,10 @@ class BalanceBook:
                 )
             with self._lock:
                 for key, total in wanted.items():
-                    self._remember_total_locked(key, total)
+                    # A receipt of this payment in a batch not yet applied may be in the
+                    # total or not: the answer stands, the memory waits for a later read.
+                    if not self._totals_in_flight[key]:
+                        self._remember_total_locked(key, total)
         for job in jobs:
             if job.result is None and job.total_key is not None:
                 job.result = wanted[job.total_key]
@@ -924,6 +930,30 @@ class BalanceBook:
                 job.error = InvalidAmount("amount exceeds the SQLite int64 range")
             else:
                 live.append(job)
+        payments = [(r.account_code, bytes(r.payment_id)) for j in live for r in j.receipts]
+        with self._lock:
+            self._totals_in_flight.update(payments)
+        try:
+            outcome = self._write_with_retry(live)
+        except BaseException:
+            with self._lock:
+                self._totals_in_flight.subtract(payments)
+                self._totals_in_flight += Counter()  # drops the zeros
+            raise
+        outcome.receipt_payments = payments
+        if defer_apply:
+            # The loop that waits for the batch queues the Redis ops into its next
+            # shared-credit call once it has the results (writer's _deliver): a Fulfill
+            # waits for the durable COMMIT only, the writer for no Redis round trip. Until
+            # that call the mirror keeps the old balance and the holds: conservative (less
+            # room for a moment), never counted twice.
+            outcome.mirror = self._mirror_args(outcome)
+            return outcome
+        self._mirror_commit(outcome)
+        self._apply(outcome)
+        return None
+
+    def _write_with_retry(self, live: list[_Job]) -> _Outcome:
         attempts = 0
         while True:
             attempts += 1
@@ -936,7 +966,7 @@ class BalanceBook:
                     on_new_receipts=self._receipts.submit if self._receipts else None,
                 )
                 metrics.ledger_batch(len(live), time.perf_counter() - started)
-                break
+                return outcome
             except DatabaseError as exc:
                 metrics.ledger_batch(len(live), time.perf_counter() - started, failed=True)
                 if attempts >= 2:
@@ -945,17 +975,6 @@ class BalanceBook:
                 with self._lock:
                     self._ids.clear()  # in case an account id we cached is gone
                 _heal_connection()
-        if defer_apply:
-            # The loop that waits for the batch queues the Redis ops into its next
-            # shared-credit call once it has the results (writer's _deliver): a Fulfill
-            # waits for the durable COMMIT only, the writer for no Redis round trip. Until
-            # that call the mirror keeps the old balance and the holds: conservative (less
-            # room for a moment), never counted twice.
-            outcome.mirror = self._mirror_args(outcome)
-            return outcome
-        self._mirror_commit(outcome)
-        self._apply(outcome)
-        return None
 
     def apply_outcome(self, outcome: _Outcome) -> None:
         """Apply what :meth:`process_jobs` returned with ``defer_apply`` (any thread)."""
@@ -977,6 +996,12 @@ class BalanceBook:
                 key = (r.account_code, r.payment_id)
                 if key in self._totals:
                     self._totals[key] += r.amount
+            in_flight = self._totals_in_flight
+            for key in outcome.receipt_payments:
+                if in_flight[key] <= 1:
+                    in_flight.pop(key, None)
+                else:
+                    in_flight[key] -= 1
             self.stats.commits += len(outcome.jobs)
 
     # -- lifecycle ----------------------------------------------------------------------------

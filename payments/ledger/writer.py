@@ -76,6 +76,9 @@ class _Outcome:
     balances: dict[int, tuple[int, int]] = field(default_factory=dict)
     jobs: list[_Job] = field(default_factory=list)
     new_receipts: list[ReceiptDraft] = field(default_factory=list)
+    # The (account, payment id) of every receipt the batch was given, counted in flight by
+    # the book from before its SQL until this outcome is applied.
+    receipt_payments: list[tuple[str, bytes]] = field(default_factory=list)
     # The shared-credit ops of a deferred batch, sent by the loop that gets the results
     # (BalanceBook.mirror_outcome_on_loop; by the writer when that loop is gone).
     mirror: Any = None

@@ -372,3 +372,18 @@ async def test_closed_book_fails_commits_instead_of_hanging(book: BalanceBook) -
     book.close()
     with pytest.raises(CommitFailed):  # BookClosed is a CommitFailed: the caller Rejects
         await book.commit(*pay(2))
+
+
+async def test_a_total_read_beside_a_commit_of_the_same_payment_counts_it_once(
+    book: BalanceBook, captured_apply
+) -> None:
+    """The total's read may see a receipt whose batch the loop has not applied yet: the
+    memory must not then add it a second time when it does."""
+    await amake_accounts()
+    await book.commit(*pay(1, 10))
+    # The commit and the total in one loop turn: one batch, commits written before totals.
+    _, total = await asyncio.gather(book.commit(*pay(2, 15)), book.payment_total(RECEIVER, PID))
+    assert total in (10, 25)
+    assert await book.payment_total(RECEIVER, PID) == 25
+    await book.commit(*pay(3, 5))
+    assert await book.payment_total(RECEIVER, PID) == 30

@@ -34,7 +34,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class BookStats:
-    """Counters for tests and the benchmark (per book)."""
+    """Counters for tests and the benchmark (per book). Two lanes writing at once may
+    each miss the other's increment now and then: diagnostics, not accounts."""
 
     batches: int = 0
     transactions: int = 0

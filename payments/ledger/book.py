@@ -930,15 +930,14 @@ class BalanceBook:
                 job.error = InvalidAmount("amount exceeds the SQLite int64 range")
             else:
                 live.append(job)
-        payments = [(r.account_code, bytes(r.payment_id)) for j in live for r in j.receipts]
+        payments = [(r.account_code, r.payment_id) for j in live for r in j.receipts]
         with self._lock:
             self._totals_in_flight.update(payments)
         try:
             outcome = self._write_with_retry(live)
         except BaseException:
             with self._lock:
-                self._totals_in_flight.subtract(payments)
-                self._totals_in_flight += Counter()  # drops the zeros
+                self._landed_locked(payments)
             raise
         outcome.receipt_payments = payments
         if defer_apply:
@@ -996,13 +995,17 @@ class BalanceBook:
                 key = (r.account_code, r.payment_id)
                 if key in self._totals:
                     self._totals[key] += r.amount
-            in_flight = self._totals_in_flight
-            for key in outcome.receipt_payments:
-                if in_flight[key] <= 1:
-                    in_flight.pop(key, None)
-                else:
-                    in_flight[key] -= 1
+            self._landed_locked(outcome.receipt_payments)
             self.stats.commits += len(outcome.jobs)
+
+    def _landed_locked(self, payments: list[tuple[str, bytes]]) -> None:
+        """A batch's receipts are no longer in flight (applied, or the batch failed)."""
+        in_flight = self._totals_in_flight
+        for key in payments:
+            if in_flight[key] <= 1:
+                in_flight.pop(key, None)
+            else:
+                in_flight[key] -= 1
 
     # -- lifecycle ----------------------------------------------------------------------------
 

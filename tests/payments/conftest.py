@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -85,6 +86,14 @@ def _closing(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 amake_accounts: Callable[..., Any] = sync_to_async(_closing(make_accounts))
+
+
+async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait on the running loop until ``check()`` holds (fails after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.001)
 
 
 @sync_to_async

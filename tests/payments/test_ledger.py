@@ -20,7 +20,7 @@ from payments.errors import (
 )
 from payments.ledger import BalanceBook, PostingDraft, ReceiptDraft
 from payments.models import LedgerAccount, Posting, Receipt
-from tests.payments.conftest import NODE, PEER, PEER_B, RECEIVER, amake_accounts, db
+from tests.payments.conftest import NODE, PEER, PEER_B, RECEIVER, amake_accounts, db, until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -271,11 +271,7 @@ async def test_cancelled_caller_does_not_cancel_the_commit(
         await task
     # The batch goes on without its waiter. No barrier job: with two lanes (PostgreSQL) a
     # later job may be written beside it, not after it.
-    for _ in range(500):
-        if book.balance(PEER) == -8:
-            break
-        await asyncio.sleep(0.01)
-    assert book.balance(PEER) == -8
+    await until(lambda: book.balance(PEER) == -8)
     assert await balance_in_db(PEER) == -8
 
 

@@ -23,7 +23,7 @@ from payments.ledger.book import writer_lanes
 from payments.ledger.writer import _Job, _LoopWriter, _Outcome
 from payments.models import LedgerAccount, Posting, Receipt
 from tests.conftest import requires_postgres
-from tests.payments.conftest import PEER, RECEIVER, make_accounts
+from tests.payments.conftest import PEER, RECEIVER, make_accounts, until
 
 
 class GatedBook:
@@ -35,10 +35,9 @@ class GatedBook:
     def __init__(self, lanes: int) -> None:
         self.lanes = lanes
         self.closed = False
-        self._executors = [
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"lane{n}") for n in range(lanes)
-        ]
+        self._executors = [ThreadPoolExecutor(max_workers=1) for _ in range(lanes)]
         self._lock = threading.Lock()
+        self._lane = threading.local()  # the lane whose drain this thread runs
         self.batches: list[tuple[int, list[_Job]]] = []  # (lane, jobs) as each batch starts
         self.in_flight: dict[int, int] = {n: 0 for n in range(lanes)}
         self.most_in_flight = 0
@@ -50,6 +49,7 @@ class GatedBook:
         return self._executors[lane].submit(self._as_lane, lane, fn, *args)
 
     def _as_lane(self, lane: int, fn: Callable[..., Any], *args: Any) -> Any:
+        self._lane.n = lane
         with self._lock:
             self.in_flight[lane] += 1
             assert self.in_flight[lane] == 1, "a lane ran two drains at once"
@@ -60,7 +60,7 @@ class GatedBook:
                 self.in_flight[lane] -= 1
 
     def process_jobs(self, jobs: list[_Job], *, defer_apply: bool = False) -> _Outcome | None:
-        lane = int(threading.current_thread().name.split("_")[0].removeprefix("lane"))
+        lane: int = self._lane.n
         gate = threading.Event()
         with self._lock:
             self.batches.append((lane, jobs))
@@ -113,13 +113,6 @@ def submit(writer: _LoopWriter) -> asyncio.Future[Any]:
     fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     writer.submit(_Job("commit", fut))
     return fut
-
-
-async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.001)
 
 
 async def test_with_two_lanes_the_next_batch_goes_out_while_the_first_is_in_flight(

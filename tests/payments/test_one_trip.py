@@ -5,6 +5,7 @@ account id of the batch is known; the long way otherwise, and after a failure.""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from django.db import connection
@@ -116,3 +117,79 @@ def test_a_transaction_left_open_on_the_connection_is_never_taken_for_a_commit()
     with connection.cursor() as cur:
         cur.execute("SELECT count(*) FROM payments_posting")
         assert cur.fetchone() == (1,)
+
+
+def test_a_batch_inserts_its_rows_before_it_waits_for_the_account() -> None:
+    """The batch's inserts run while another transaction holds the account (the other
+    lane's batch committing); only the balance's update waits for it, then lands exactly.
+
+    Seen from outside: while the batch waits, its posting key is taken by its open
+    transaction (an insert of the same key waits for it), and the balance is untouched.
+    """
+    import threading
+
+    from django.db import DatabaseError, connections
+    from django.utils import timezone
+
+    from payments.ledger import post_in_transaction
+
+    peer = ensure_account(PEER, kind="peer", min_balance=-1000)
+    post_in_transaction([(peer.id, -1, "warm", "")], now=timezone.now(), commit_locking=[peer.id])
+    holder = connections.create_connection("default")
+    prober = connections.create_connection("default")
+    outcome: list[object] = []
+
+    def batch() -> None:
+        try:
+            outcome.append(
+                post_in_transaction(
+                    [(peer.id, -5, "k1", ""), (peer.id, -2, "k2", "")],
+                    now=timezone.now(),
+                    commit_locking=[peer.id],
+                )
+            )
+        except BaseException as exc:  # reported below
+            outcome.append(exc)
+        finally:
+            connection.close()
+
+    try:
+        with holder.cursor() as hold, prober.cursor() as probe:
+            hold.execute("BEGIN")
+            hold.execute(
+                "SELECT id FROM payments_ledgeraccount WHERE id = %s FOR NO KEY UPDATE", [peer.id]
+            )
+            worker = threading.Thread(target=batch)
+            worker.start()
+            probe.execute("SET lock_timeout = '100ms'")
+            insert = (
+                "INSERT INTO payments_posting (account_id, amount, key, memo, created_at) "
+                "VALUES (%s, 1, 'k2', '', now()) ON CONFLICT (key) DO NOTHING"
+            )
+            deadline = time.monotonic() + 10
+            while True:  # until the batch waits for a lock (the account's)
+                probe.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock'"
+                )
+                if probe.fetchone()[0]:
+                    break
+                assert time.monotonic() < deadline, "the batch never waited"
+                time.sleep(0.01)
+            # k2 is the batch's already: an insert of it waits for the batch's transaction.
+            with pytest.raises(DatabaseError, match="lock timeout"):
+                probe.execute(insert, [peer.id])
+            assert worker.is_alive() and not outcome  # it waits for the account
+            probe.execute("SELECT balance FROM payments_ledgeraccount WHERE id = %s", [peer.id])
+            assert int(probe.fetchone()[0]) == -1
+            hold.execute("ROLLBACK")
+            worker.join(10)
+        assert len(outcome) == 1 and not isinstance(outcome[0], BaseException), outcome
+        posted = outcome[0]
+        assert posted.new_keys == {"k1", "k2"}  # type: ignore[attr-defined]
+        assert posted.balances[peer.id][0] == -8  # type: ignore[attr-defined]
+        assert int(LedgerAccount.objects.get(id=peer.id).balance) == -8
+        assert Posting.objects.filter(key="k2").count() == 1
+    finally:
+        holder.close()
+        prober.close()

@@ -212,15 +212,15 @@ def post_in_transaction(
 
     ``commit_locking`` (Postgres only; the connection in autocommit, no transaction open):
     the whole transaction in **one round trip** instead of four (``BEGIN``, the lock, the
-    statement, ``COMMIT``): one simple-protocol query string, ``SELECT ... FOR NO KEY
-    UPDATE`` of these account ids in primary-key order ``; SELECT
+    statement, ``COMMIT``): one simple-protocol query string, ``SELECT
     payments_require_accounts(...); EXECUTE ...``, which the server runs as one implicit
-    transaction, in that order (the lock is held before the statement touches a row, as
-    with the separate round trips), and commits after the last statement, before it
-    answers: the batch is durable when this returns. On an error the server rolls all of
-    it back and skips the rest. An account id that no longer exists fails the batch
-    (``foreign_key_violation`` from ``payments_require_accounts``, which stands for the
-    foreign keys: migration 0008), as an unknown code does.
+    transaction and commits after the last statement, before it answers: the batch is
+    durable when this returns. The statement locks these account ids (``FOR NO KEY
+    UPDATE``, primary-key order) after its inserts and before it moves a balance
+    (:func:`_batch_statement`). On an error the server rolls all of it back and skips the
+    rest. An account id that no longer exists fails the batch (``foreign_key_violation``
+    from ``payments_require_accounts``, which stands for the foreign keys: migration
+    0008), as an unknown code does.
     """
     if commit_locking is not None and connection.vendor != "postgresql":
         raise ValueError("commit_locking is for Postgres")
@@ -318,13 +318,24 @@ def _standard_strings() -> bool:
 
 def _batch_statement(has_receipts: bool) -> tuple[str, str]:
     """The writer's statement as ``(name, PREPARE text)``: parameters ``$1``-``$4`` the
-    posting columns, ``$5`` the batch's ``created_at``, ``$6``-``$10`` the receipt columns.
+    posting columns, ``$5`` the batch's ``created_at``, ``$6``-``$10`` the receipt columns,
+    then the ids of the accounts to lock (``$6`` without receipts, ``$11`` with).
 
     Data-modifying CTEs: the inserts (``unnest`` of one array per column, ``ON CONFLICT
-    (key) DO NOTHING``; the new receipts' pending rows), then the ``UPDATE ... FROM`` the
-    sums of what was inserted. The
-    rows it returns: ``(1, key)`` per new posting, ``(2, key, id)`` per new receipt,
-    ``(3, NULL, account id, balance, version)`` per account moved.
+    (key) DO NOTHING``; the new receipts' pending rows), then the accounts' locks, then the
+    ``UPDATE ... FROM`` the sums of what was inserted. The rows it returns: ``(1, key)``
+    per new posting, ``(2, key, id)`` per new receipt, ``(3, NULL, account id, balance,
+    version)`` per account moved.
+
+    **The locks come after the inserts.** The main query reads ``p`` and ``r`` first (the
+    branches of a ``UNION ALL`` run in order, and a data-modifying CTE runs as it is
+    read), so the rows are in before the update starts; the update's one-time filter, a
+    count over ``lk``, takes every account's lock (``FOR NO KEY UPDATE``, primary-key
+    order) before it changes a row. A batch's inserts therefore run while the batch
+    before it on the same account (the other lane) is still committing; only the update
+    and the commit wait for that account. No deadlock: the inserts go in key order (a
+    batch waits at a key another batch inserted, never holding an account), and a batch
+    takes accounts only after all its inserts, in one order.
     """
     qn = connection.ops.quote_name
     key = qn("key")
@@ -349,10 +360,16 @@ def _batch_statement(has_receipts: bool) -> tuple[str, str]:
         )
         selects.append(f"SELECT 2, {key}, id, NULL, NULL FROM r")
     accounts = qn(LedgerAccount._meta.db_table)
+    types.append("bigint[]")
+    ctes.append(
+        f"lk AS (SELECT id FROM {accounts} WHERE id = ANY(${len(types)}) ORDER BY id "
+        f"{connection.ops.for_update_sql(no_key=True)})"
+    )
     ctes.append(
         f"u AS (UPDATE {accounts} a SET balance = a.balance + d.delta, version = a.version + 1 "
         f"FROM (SELECT account_id, SUM(amount) AS delta FROM p GROUP BY account_id) d "
-        f"WHERE a.id = d.account_id AND d.delta <> 0 RETURNING a.id, a.balance, a.version)"
+        f"WHERE a.id = d.account_id AND d.delta <> 0 AND (SELECT COUNT(*) FROM lk) >= 0 "
+        f"RETURNING a.id, a.balance, a.version)"
     )
     selects.append("SELECT 3, NULL, id, balance, version FROM u")
     name = "payments_ledger_batch_pr" if has_receipts else "payments_ledger_batch_p"
@@ -415,6 +432,9 @@ def _post_postgres(
                 RECEIPT_COLUMNS[:-1], _columns([r[:-1] for r in receipt_rows], 5), strict=True
             )
         ]
+    # Outside the one-trip path the caller's transaction holds the accounts already.
+    lock_ids = sorted({int(i) for i in commit_locking}) if commit_locking is not None else []
+    args.append(_array_literal(lock_ids, text=False, scs=scs))
     statement = f"EXECUTE {name}({', '.join(args)})"
     # The foreign keys' guarantee, once per batch (migration 0008): every account named
     # exists, taken FOR KEY SHARE until the commit; else foreign_key_violation.
@@ -430,7 +450,7 @@ def _post_postgres(
             cursor.nextset()
         rows: list[tuple[Any, ...]] = cursor.fetchall()
     else:
-        rows = _commit_locking(cursor, statements, sorted(set(commit_locking)))
+        rows = _commit_locking(cursor, statements)
     new_keys: set[str] = set()
     new_receipts: list[tuple[int, str]] = []
     balances: dict[int, tuple[int, int]] = {}
@@ -444,11 +464,10 @@ def _post_postgres(
     return PostResult(new_keys, balances, submitted, new_receipts)
 
 
-def _commit_locking(
-    cursor: CursorWrapper, statements: list[str], lock_ids: list[int]
-) -> list[tuple[Any, ...]]:
-    """The ordered lock of ``lock_ids``, then ``statements``, as **one transaction in one
-    call**: the rows of the last statement, typed as the batch statement returns them.
+def _commit_locking(cursor: CursorWrapper, statements: list[str]) -> list[tuple[Any, ...]]:
+    """``statements`` as **one transaction in one call** (the batch statement takes the
+    accounts' locks itself, after its inserts): the rows of the last statement, typed as
+    the batch statement returns them.
 
     The string goes by libpq's blocking ``PQexec``, which holds no GIL from the send to
     the last result: several statements in one simple query are one transaction (the
@@ -457,14 +476,6 @@ def _commit_locking(
     the switch interval (5 ms) each time, and the writer's round trip took 2.9 ms for
     0.8 ms in the server. Still through the cursor's execute wrappers (counted, errors
     turned into ``django.db`` exceptions)."""
-    accounts = connection.ops.quote_name(LedgerAccount._meta.db_table)
-    parts = []
-    if lock_ids:
-        parts.append(
-            f"SELECT id FROM {accounts} WHERE id IN ({', '.join(str(int(i)) for i in lock_ids)}) "
-            f"ORDER BY id {connection.ops.for_update_sql(no_key=True)}"
-        )
-    parts += statements
     rows: list[tuple[Any, ...]] = []
 
     def run(sql: str, params: Any, many: bool, context: Any) -> None:
@@ -486,7 +497,7 @@ def _commit_locking(
                 raise error_from_result(result, encoding=raw.info.encoding)
             rows.extend(_batch_rows(result))
 
-    cursor._execute_with_wrappers("; ".join(parts), None, False, run)
+    cursor._execute_with_wrappers("; ".join(statements), None, False, run)
     return rows
 
 

@@ -170,12 +170,17 @@ def test_a_batch_inserts_its_rows_before_it_waits_for_the_account() -> None:
             while True:  # until the batch waits for a lock (the account's)
                 probe.execute(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                    " AND wait_event_type = 'Lock'"
+                    " AND wait_event_type = 'Lock' AND query LIKE %s",
+                    ["%EXECUTE payments_ledger_batch%"],
                 )
                 if probe.fetchone()[0]:
                     break
                 assert time.monotonic() < deadline, "the batch never waited"
                 time.sleep(0.01)
+            probe.execute("SELECT pid, wait_event_type, wait_event, state, left(query, 60) FROM pg_stat_activity WHERE datname = current_database()")
+            print("ACT", probe.fetchall())
+            probe.execute("SELECT locktype, relation::regclass, mode, granted, pid, transactionid FROM pg_locks WHERE NOT granted")
+            print("LOCKS", probe.fetchall())
             # k2 is the batch's already: an insert of it waits for the batch's transaction.
             with pytest.raises(DatabaseError, match="lock timeout"):
                 probe.execute(insert, [peer.id])

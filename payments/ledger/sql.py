@@ -450,7 +450,7 @@ def _post_postgres(
             cursor.nextset()
         rows: list[tuple[Any, ...]] = cursor.fetchall()
     else:
-        rows = _commit_locking(cursor, statements)
+        rows = _execute_one_trip(cursor, statements)
     new_keys: set[str] = set()
     new_receipts: list[tuple[int, str]] = []
     balances: dict[int, tuple[int, int]] = {}
@@ -464,7 +464,7 @@ def _post_postgres(
     return PostResult(new_keys, balances, submitted, new_receipts)
 
 
-def _commit_locking(cursor: CursorWrapper, statements: list[str]) -> list[tuple[Any, ...]]:
+def _execute_one_trip(cursor: CursorWrapper, statements: list[str]) -> list[tuple[Any, ...]]:
     """``statements`` as **one transaction in one call** (the batch statement takes the
     accounts' locks itself, after its inserts): the rows of the last statement, typed as
     the batch statement returns them.

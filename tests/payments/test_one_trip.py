@@ -1,6 +1,7 @@
 """The writer's one-round-trip batch on Postgres (``post_in_transaction(commit_locking=...)``):
-the ordered lock and the statement in one query string, one implicit transaction, once every
-account id of the batch is known; the long way otherwise, and after a failure."""
+the accounts' check and the statement (its inserts, then the ordered lock, then the update) in
+one query string, one implicit transaction, once every account id of the batch is known; the
+long way otherwise, and after a failure."""
 
 from __future__ import annotations
 
@@ -177,10 +178,6 @@ def test_a_batch_inserts_its_rows_before_it_waits_for_the_account() -> None:
                     break
                 assert time.monotonic() < deadline, "the batch never waited"
                 time.sleep(0.01)
-            probe.execute("SELECT pid, wait_event_type, wait_event, state, left(query, 60) FROM pg_stat_activity WHERE datname = current_database()")
-            print("ACT", probe.fetchall())
-            probe.execute("SELECT locktype, relation::regclass, mode, granted, pid, transactionid FROM pg_locks WHERE NOT granted")
-            print("LOCKS", probe.fetchall())
             # k2 is the batch's already: an insert of it waits for the batch's transaction.
             with pytest.raises(DatabaseError, match="lock timeout"):
                 probe.execute(insert, [peer.id])

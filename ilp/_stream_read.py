@@ -66,7 +66,14 @@ def _uint(b: bytes, i: int, end: int) -> tuple[int, int]:
         return b[i + 1], j
     if n < 1 or n > _MAX_VAR_UINT_BYTES or j > end:
         raise Irregular
-    return int.from_bytes(b[i + 1 : j], "big"), j
+    # Shifted in byte by byte: compiled, this is native arithmetic on the buffer, where
+    # ``int.from_bytes`` costs a slice and a bound-method call (twice the time at 2 bytes).
+    value = b[i + 1]
+    k = i + 2
+    while k < j:
+        value = (value << 8) | b[k]
+        k += 1
+    return value, j
 
 
 def _text(b: bytes, i: int, end: int) -> tuple[str, int]:

@@ -2,7 +2,7 @@
 // codecs (ilp-packet 3.1.3, btp-packet 2.2.1, ilp-protocol-stream 2.7.2-alpha.3), timed the
 // same way.
 //
-// Input (stdin, JSON): {"seconds": s, "prepare": {...}, "fulfill": {...}, "reject": {...},
+// Input (stdin, JSON): {"seconds": s, "windows": n, "prepare": {...}, "fulfill": {...}, "reject": {...},
 //   "requestId": n, "btp": bool, "stream": {"secret": hex, "source": address}}, binary fields as
 //   hex, amounts as decimal strings.
 // Output (stdout, JSON): {"versions": {...}, "opsPerSecond": {op: n}, "encoded": {op: hex}}.
@@ -29,20 +29,29 @@ function cpuSeconds () {
   return (usage.user + usage.system) / 1e6
 }
 
-// Same method as the Python side: a warm-up, then batches until `seconds` of CPU time.
-function opsPerSecond (fn, seconds) {
+// Same method as the Python side: a warm-up, then `windows` windows of `seconds / windows`
+// of CPU time each (batches of 1000, the last one whole); the best window's rate counts.
+function opsPerSecond (fn, seconds, windows) {
   const warmUntil = cpuSeconds() + seconds * 0.2
   while (cpuSeconds() < warmUntil) {
     for (let i = 0; i < 1000; i++) sink = fn()
   }
-  const start = cpuSeconds()
-  let count = 0
-  for (;;) {
-    for (let i = 0; i < 1000; i++) sink = fn()
-    count += 1000
-    const elapsed = cpuSeconds() - start
-    if (elapsed >= seconds) return count / elapsed
+  const window = seconds / windows
+  let best = 0
+  for (let w = 0; w < windows; w++) {
+    const start = cpuSeconds()
+    let count = 0
+    for (;;) {
+      for (let i = 0; i < 1000; i++) sink = fn()
+      count += 1000
+      const elapsed = cpuSeconds() - start
+      if (elapsed >= window) {
+        best = Math.max(best, count / elapsed)
+        break
+      }
+    }
   }
+  return best
 }
 
 async function main () {
@@ -135,7 +144,7 @@ async function main () {
   const encoded = {}
   for (const [name, fn] of Object.entries(ops)) {
     if (name.endsWith(' encode')) encoded[name] = Buffer.from(fn()).toString('hex')
-    opsPerSecondByName[name] = opsPerSecond(fn, input.seconds)
+    opsPerSecondByName[name] = opsPerSecond(fn, input.seconds, input.windows || 1)
   }
   process.stdout.write(JSON.stringify({ versions, opsPerSecond: opsPerSecondByName, encoded, sink: sink !== null }))
 }

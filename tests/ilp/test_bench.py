@@ -68,14 +68,43 @@ def test_ops_per_second_counts_calls() -> None:
     # Steps are powers of two, so every sum is exact. A 0.5 s budget keeps the test
     # short even if the fake clock were ignored (it would then fail on the rate).
     fake = CpuClock(2**-12)
-    assert ops_per_second(fake.operation, 0.5, clock=fake) == 4096.0
+    assert ops_per_second(fake.operation, 0.5, windows=1, clock=fake) == 4096.0
     # Warm-up: 20 % of 0.5 s in batches of 100 calls = 500 calls (0.122 s); then batches
     # of 1000 until 0.5 s have passed: 3000 calls (0.732 s). The rate counts only those,
     # over the time they took, the last batch whole.
     assert fake.calls == 500 + 3000
     fake = CpuClock(2**-8)
-    assert ops_per_second(fake.operation, 0.5, clock=fake) == 256.0
+    assert ops_per_second(fake.operation, 0.5, windows=1, clock=fake) == 256.0
     assert fake.calls == 100 + 1000  # one batch already overshoots the budget
+
+
+class SlowingClock(CpuClock):
+    """Each call costs ``step``, except the calls in ``slow``, which cost twice."""
+
+    def __init__(self, step: float, *slow: range) -> None:
+        super().__init__(step)
+        self.slow = slow
+
+    def operation(self) -> None:
+        self.now += self.step * (2 if any(self.calls in r for r in self.slow) else 1)
+        self.calls += 1
+
+
+def test_ops_per_second_gives_the_best_window() -> None:
+    # 0.75 s in three windows of 0.25 s: warm-up 20 % of 0.75 s = 0.15 s in batches of
+    # 100 (at 2**-12 s a call: 700 calls, 0.171 s), then 1,024 calls fill a window (the
+    # last batch whole: 2,000 calls, 0.488 s).
+    steady = CpuClock(2**-12)
+    assert ops_per_second(steady.operation, 0.75, windows=3, clock=steady) == 4096.0
+    assert steady.calls == 700 + 3 * 2000
+    # A machine twice as slow in the first and the last window (1,000 calls fill each):
+    # the middle window's rate counts, not the first, the last or the mean.
+    slowed = SlowingClock(2**-12, range(700, 1700), range(3700, 4700))
+    assert ops_per_second(slowed.operation, 0.75, windows=3, clock=slowed) == 4096.0
+    assert slowed.calls == 700 + 1000 + 2000 + 1000
+    # And slow throughout: half the rate.
+    slow = CpuClock(2**-11)
+    assert ops_per_second(slow.operation, 0.75, windows=3, clock=slow) == 2048.0
 
 
 def test_ops_per_second_measures_cpu_time_by_default() -> None:

@@ -12,7 +12,25 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ilp.errors import DecodeError
-from ilp.stream.frames import Irregular, StreamMoneyFrame
+from ilp.stream.frames import (
+    FRAME_CLASSES,
+    ConnectionAssetDetailsFrame,
+    ConnectionCloseFrame,
+    ConnectionDataBlockedFrame,
+    ConnectionMaxDataFrame,
+    ConnectionMaxStreamIdFrame,
+    ConnectionNewAddressFrame,
+    ConnectionStreamIdBlockedFrame,
+    Irregular,
+    StreamCloseFrame,
+    StreamDataBlockedFrame,
+    StreamDataFrame,
+    StreamMaxDataFrame,
+    StreamMaxMoneyFrame,
+    StreamMoneyBlockedFrame,
+    StreamMoneyFrame,
+    StreamReceiptFrame,
+)
 from ilp.stream.packet import (
     StreamPacket,
     StreamPacketType,
@@ -67,4 +85,28 @@ def test_arbitrary_bytes(raw: bytes) -> None:
 
 def test_the_fast_reader_takes_a_money_packet() -> None:
     packet = StreamPacket(1, StreamPacketType.PREPARE, 10, (StreamMoneyFrame(1, 1),))
+    assert _decode_fast(encode_stream_packet(packet)) == packet
+
+
+def test_the_fast_reader_takes_every_frame_type() -> None:
+    # One of each, with values of 1 to 8 bytes: none may fall back to the strict reader.
+    frames = (
+        ConnectionCloseFrame(1, "bye"),
+        ConnectionNewAddressFrame("test.alice"),
+        ConnectionMaxDataFrame(2**64 - 1),
+        ConnectionDataBlockedFrame(1000),
+        ConnectionMaxStreamIdFrame(2**40),
+        ConnectionStreamIdBlockedFrame(3),
+        ConnectionAssetDetailsFrame("XRP", 9),
+        StreamCloseFrame(5, 2, "done"),
+        StreamMoneyFrame(1, 256),
+        StreamMaxMoneyFrame(1, 2**64 - 1, 5000),
+        StreamMoneyBlockedFrame(7, 2**56, 65_536),
+        StreamDataFrame(1, 17, b"data"),
+        StreamMaxDataFrame(2, 2**32),
+        StreamDataBlockedFrame(2, 2**24 + 1),
+        StreamReceiptFrame(1, bytes(58)),
+    )
+    assert {type(frame) for frame in frames} == set(FRAME_CLASSES.values())
+    packet = StreamPacket(2**63, StreamPacketType.FULFILL, 2**16, frames)
     assert _decode_fast(encode_stream_packet(packet)) == packet

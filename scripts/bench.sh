@@ -6,6 +6,11 @@
 #                                        worker; postgres: Postgres + Redis started here (their own
 #                                        SVC_DIR and ports, scripts/services.sh) and a Celery worker
 #   BENCH_N=10000 BENCH_C=50             payments and how many in flight (100000: sustained)
+#   BENCH_WARMUP=2000                    payments the load generator sends one at a time before
+#                                        the timed load, in the same process (LOAD_WARMUP): its
+#                                        own JIT is then warm (with 20, the harness's default, the
+#                                        first ~1.5 s of each load are the JS sender's warm-up on
+#                                        either side, and they make both sides' p99 at 10k)
 #   BENCH_ROUNDS=1                       node, reference, then reference, node, ... on the same node
 #                                        (two or more: each shape's means and their ratio too)
 #   BENCH_PROFILE=1                      py-spy record of Daphne (and the worker) during the node's load, and
@@ -19,7 +24,8 @@
 #   SVC_DIR=/tmp/ilp-bench-services PG_PORT=55440 REDIS_PORT=56440
 # Prints per shape: node payments/s and p99, reference payments/s and p99, ratio, RSS at start
 # and end (node's Daphne, reference's stand-in), the load average, and the CPU ms per payment of
-# each process (Daphne, worker, Postgres, Redis; the stand-in) during each load. The node's ledger
+# each process (Daphne, worker, Postgres, Redis; the stand-in; the sender) during each timed
+# load (scripts/bench_ticks.py samples them; the warm-up is left out). The node's ledger
 # must have one receipt per fulfilled payment (durable before Fulfill), else the run fails.
 # Needs the harness installed by scripts/interop.sh (.interop/harness). Run it under
 # `flock /tmp/interop.lock` (the Makefile target does).
@@ -32,6 +38,7 @@ SHAPE="${BENCH_SHAPE:-both}"
 N="${BENCH_N:-10000}"
 C="${BENCH_C:-50}"
 ROUNDS="${BENCH_ROUNDS:-1}"
+export LOAD_WARMUP="${BENCH_WARMUP:-2000}"
 PORT="${BENCH_PORT:-8792}"
 OUT="${BENCH_OUT:-/tmp/bench-$(date -u +%Y%m%dT%H%M%SZ)}"
 export SVC_DIR="${SVC_DIR:-/tmp/ilp-bench-services}" PG_PORT="${PG_PORT:-55440}" REDIS_PORT="${REDIS_PORT:-56440}"
@@ -76,20 +83,38 @@ writer_stats() {
 rss_mb() { awk '/VmRSS/ {printf "%d", $2/1024}' "/proc/$1/status" 2>/dev/null || echo "?"; }
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
-# One load run: prints the scenario's JSON line to $2; CPU ticks of the named process groups
-# before/after to $2.cpu ("name ticks_before ticks_after" lines).
+# One load run: the scenario's JSON line to $2 and the time it came to $2.end; the CPU ticks
+# of the named process groups and of the sender, sampled through the run, to $2.ticks
+# (scripts/bench_ticks.py), and their readings before/after to $2.cpu ("name ticks_before
+# ticks_after" lines: the fallback).
 run_load() {  # env-file-or-empty out.json groups...
   local envfile="$1" out="$2"; shift 2
   local -A before=()
-  local g
-  for g in "$@"; do before[$g]=$(ticks ${GROUP[$g]}); done
+  local g spec=() sampler
+  for g in "$@"; do before[$g]=$(ticks ${GROUP[$g]}); spec+=("$g=${GROUP[$g]}"); done
+  "$BIN/python" scripts/bench_ticks.py "$out.ticks" "${spec[@]}" "sender~scenarios/08-load.js" &
+  sampler=$!
   (
     [ -z "$envfile" ] || { set -a; . "$envfile"; set +a; }
     cd "$HARNESS" && LOAD_N="$N" LOAD_C="$C" LOAD_DURATION_S="${BENCH_DURATION_S:-$((N / 20 + 120))}" \
       /usr/bin/time -o "$out.sender" -f "%U %S" node scenarios/08-load.js 2>>"$out.stderr.log"
-  ) | grep -E '^\{' | tail -n 1 >"$out" || true
+  ) | while IFS= read -r line; do printf '%s\t%s\n' "$(date +%s.%N)" "$line"; done \
+    | grep -P '^[0-9.]+\t\{' | tail -n 1 >"$out.line" || true
+  kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
+  cut -f2- "$out.line" >"$out"; cut -f1 "$out.line" >"$out.end"; rm -f "$out.line"
   : >"$out.cpu"
   for g in "$@"; do echo "$g ${before[$g]} $(ticks ${GROUP[$g]})" >>"$out.cpu"; done
+}
+# The writer's stats once the warm-up's payments have committed (one commit each), to $1:
+# the timed load's batches are the difference from there. Stopped by the caller if never.
+writer_stats_after_warmup() {
+  local commits0 now
+  commits0=$(writer_stats | cut -d' ' -f2)
+  while :; do
+    now=$(writer_stats)
+    if [ "$(echo "$now" | cut -d' ' -f2)" -ge $((commits0 + LOAD_WARMUP)) ]; then echo "$now" >"$1"; return; fi
+    sleep 0.05
+  done
 }
 
 declare -A GROUP=()
@@ -169,7 +194,11 @@ for shape in $SHAPES; do
     # second would hand it the drift in every round.
     [ $((round % 2)) -eq 0 ] && run_load "$dir/standin.env" "$dir/reference-$round.json" standin
     w0=$(writer_stats)
+    writer_stats_after_warmup "$dir/node-$round.json.writer0" &
+    watcher=$!
     run_load "" "$dir/node-$round.json" "${node_groups[@]}"
+    kill "$watcher" 2>/dev/null || true; wait "$watcher" 2>/dev/null || true
+    [ -s "$dir/node-$round.json.writer0" ] && w0=$(cat "$dir/node-$round.json.writer0")
     echo "$w0 $(writer_stats)" >"$dir/node-$round.json.writer"
     # shellcheck disable=SC2086  # SPY: the py-spy pids
     if [ -n "$SPY" ]; then kill -INT $SPY 2>/dev/null || true; wait $SPY 2>/dev/null || true; fi
@@ -198,7 +227,27 @@ def load(path):
     except FileNotFoundError:
         text = ""
     return json.loads(text) if text else {"ok": False, "detail": "no result line", "metrics": {}}
-def cpu(path):
+def cpu(path, elapsed_s):
+    """CPU ms of each group (and the sender) over the timed load: the sampled series between
+    the result line's time and that less the load's elapsed time, read in between samples
+    by interpolation. Without a series, the readings before and after the run."""
+    try:
+        end = float(open(path + ".end").read())
+        series = []
+        for line in open(path + ".ticks"):
+            f = line.split()
+            series.append((float(f[0]), {f[i]: int(f[i + 1]) for i in range(1, len(f) - 1, 2)}))
+    except (OSError, ValueError):
+        series, end = [], 0.0
+    if len(series) >= 2 and elapsed_s:
+        def at(t, name):
+            for (t0, a), (t1, b) in zip(series, series[1:]):
+                if t0 <= t <= t1:
+                    x0, x1 = a.get(name, 0), b.get(name, 0)
+                    return x0 + (x1 - x0) * (t - t0) / (t1 - t0) if t1 > t0 else x1
+            return series[-1][1].get(name, 0) if t > series[-1][0] else series[0][1].get(name, 0)
+        names = series[-1][1].keys()
+        return {k: (at(end, k) - at(end - elapsed_s, k)) * 1000 / hz for k in names}
     rows = {}
     for line in open(path + ".cpu"):
         name, a, b = line.split()
@@ -227,15 +276,19 @@ for line in open(f"{out}/rows.tsv"):
     if a and b:
         per_shape.setdefault(shape, []).append((a, b, p99(m), p99(r)))
     table.append(f"| {shape} | {round_} | {a} ({p99(m)} ms) | {b} ({p99(r)} ms) | **{ratio}** | {la} |")
-    nodecpu, refcpu = cpu(node_p), cpu(ref_p)
+    nodecpu, refcpu = cpu(node_p, m.get("elapsed_s")), cpu(ref_p, r.get("elapsed_s"))
+    node_sender, ref_sender = nodecpu.pop("sender", None), refcpu.pop("sender", None)
     done_n, ref_n = int(m.get("fulfilled") or 0) or n, int(r.get("fulfilled") or 0) or n
     parts = ", ".join(f"{k} {v / done_n:.2f}" for k, v in nodecpu.items())
     total = sum(nodecpu.values()) / done_n
-    sender = lambda p, k: sum(float(x) for x in open(p + ".sender").read().split()[-2:]) * 1000 / k
-    try:
-        senders = f"; the sender (the same JS load generator) {sender(node_p, done_n):.2f} against the node, {sender(ref_p, ref_n):.2f} against the reference"
-    except (OSError, ValueError):
-        senders = ""
+    if node_sender is not None and ref_sender is not None:
+        senders = f"; the sender (the same JS load generator) {node_sender / done_n:.2f} against the node, {ref_sender / ref_n:.2f} against the reference"
+    else:  # the whole sender process, its warm-up included
+        sender = lambda p, k: sum(float(x) for x in open(p + ".sender").read().split()[-2:]) * 1000 / k
+        try:
+            senders = f"; the sender, warm-up included, {sender(node_p, done_n):.2f} against the node, {sender(ref_p, ref_n):.2f} against the reference"
+        except (OSError, ValueError):
+            senders = ""
     extra.append(f"  {shape} r{round_} CPU ms/payment: node: {parts} (total {total:.2f}); reference: standin {refcpu['standin'] / ref_n:.2f}{senders}")
     try:
         n0, c0, s0, n1, c1, s1 = (float(x) for x in open(node_p + ".writer").read().split())

@@ -35,12 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from procstat import HZ, children, stat, tree
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = str(ROOT / ".venv" / "bin" / "python")
 if not os.path.exists(PY):
     PY = sys.executable
 HARNESS = ROOT / ".interop" / "harness"
-HZ = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MIN_BALANCE = "-1000000000000000"
 
@@ -48,40 +49,11 @@ MIN_BALANCE = "-1000000000000000"
 # --- /proc ------------------------------------------------------------------------------------
 
 
-def _stat(pid: int) -> tuple[int, int] | None:
-    """(utime + stime in ticks, ppid) of ``pid``, or None if it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()
-    return int(fields[11]) + int(fields[12]), int(fields[1])
-
-
 def _rss_mb(pid: int) -> float:
     try:
         return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE / 2**20
     except OSError:
         return float("nan")
-
-
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            st = _stat(int(entry))
-            if st is not None:
-                kids.setdefault(st[1], []).append(int(entry))
-    return kids
-
-
-def _tree(root: int, kids: dict[int, list[int]]) -> list[int]:
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(kids.get(pid, []))
-    return out
 
 
 class CpuSampler:
@@ -99,10 +71,10 @@ class CpuSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def sample(self, initial: bool = False) -> None:
-        kids = _children()
+        kids = children()
         for name, root in self.roots.items():
-            for pid in _tree(root, kids):
-                st = _stat(pid)
+            for pid in tree(root, kids):
+                st = stat(pid)
                 if st is None:
                     continue
                 self.group_of.setdefault(pid, name)

@@ -25,27 +25,10 @@ import sys
 import time
 from pathlib import Path
 
+from procstat import children, stat, tree
+
 INTERVAL = 0.1
 RESCAN_S = 1.0
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        with contextlib.suppress(OSError):  # the task exited
-            found += [int(c) for c in task.read_text().split()]
-    return found
-
-
-def _with_descendants(pids: list[int]) -> set[int]:
-    seen: set[int] = set()
-    todo = list(pids)
-    while todo:
-        pid = todo.pop()
-        if pid not in seen:
-            seen.add(pid)
-            todo += _children(pid)
-    return seen
 
 
 def _matching(text: str) -> set[int]:
@@ -57,14 +40,6 @@ def _matching(text: str) -> set[int]:
                 if text.encode() in (entry / "cmdline").read_bytes():
                     found.add(int(entry.name))
     return found
-
-
-def _ticks(pid: int) -> int:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0
-    return int(fields[11]) + int(fields[12])  # utime, stime
 
 
 def main(argv: list[str]) -> int:
@@ -96,16 +71,20 @@ def main(argv: list[str]) -> int:
             # A pattern with no process yet is looked for at every sample: the load
             # generator starts just after the sampler.
             if now - rescanned >= RESCAN_S or not all(members.get(n) for n in patterns):
-                members = {name: _with_descendants(pids) for name, pids in roots.items()}
+                kids = children()
+                members = {
+                    name: {p for root in pids for p in tree(root, kids)}
+                    for name, pids in roots.items()
+                }
                 members.update({name: _matching(text) for name, text in patterns.items()})
                 rescanned = now
             parts = [f"{now:.3f}"]
             for name, pids in members.items():
                 seen = last[name]
                 for pid in pids:
-                    ticks = _ticks(pid)
-                    if ticks >= seen.get(pid, 0):
-                        seen[pid] = ticks
+                    st = stat(pid)
+                    if st is not None and st[0] >= seen.get(pid, 0):
+                        seen[pid] = st[0]
                 parts.append(f"{name} {sum(seen.values())}")
             f.write(" ".join(parts) + "\n")
             f.flush()

@@ -64,15 +64,6 @@ stop_services() { [ "$SERVICES" = 0 ] || bash scripts/services.sh stop; SERVICES
 # file descriptors, a lock's included; the Makefile takes the lock with `flock -o`).
 trap 'stop_all; stop_services' EXIT
 
-ticks() {  # utime+stime of the given pids and their children, in clock ticks
-  local total=0 p
-  for p in "$@"; do
-    for q in "$p" $(pgrep -P "$p" 2>/dev/null || true); do
-      [ -r "/proc/$q/stat" ] && total=$((total + $(sed -E 's/^.*\) //' "/proc/$q/stat" | awk '{print $12 + $13}')))
-    done
-  done
-  echo "$total"
-}
 # The ledger writer's batches (the node's /metrics: count, commits, seconds), for the deltas
 # around a load: "batches commits seconds".
 writer_stats() {
@@ -85,25 +76,21 @@ loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
 # One load run: the scenario's JSON line to $2 and the time it came to $2.end; the CPU ticks
 # of the named process groups and of the sender, sampled through the run, to $2.ticks
-# (scripts/bench_ticks.py), and their readings before/after to $2.cpu ("name ticks_before
-# ticks_after" lines: the fallback).
+# (scripts/bench_ticks.py).
 run_load() {  # env-file-or-empty out.json groups...
   local envfile="$1" out="$2"; shift 2
-  local -A before=()
   local g spec=() sampler
-  for g in "$@"; do before[$g]=$(ticks ${GROUP[$g]}); spec+=("$g=${GROUP[$g]}"); done
+  for g in "$@"; do spec+=("$g=${GROUP[$g]}"); done
   "$BIN/python" scripts/bench_ticks.py "$out.ticks" "${spec[@]}" "sender~scenarios/08-load.js" &
   sampler=$!
   (
     [ -z "$envfile" ] || { set -a; . "$envfile"; set +a; }
     cd "$HARNESS" && LOAD_N="$N" LOAD_C="$C" LOAD_DURATION_S="${BENCH_DURATION_S:-$((N / 20 + 120))}" \
-      /usr/bin/time -o "$out.sender" -f "%U %S" node scenarios/08-load.js 2>>"$out.stderr.log"
+      node scenarios/08-load.js 2>>"$out.stderr.log"
   ) | while IFS= read -r line; do printf '%s\t%s\n' "$(date +%s.%N)" "$line"; done \
     | grep -P '^[0-9.]+\t\{' | tail -n 1 >"$out.line" || true
   kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
   cut -f2- "$out.line" >"$out"; cut -f1 "$out.line" >"$out.end"; rm -f "$out.line"
-  : >"$out.cpu"
-  for g in "$@"; do echo "$g ${before[$g]} $(ticks ${GROUP[$g]})" >>"$out.cpu"; done
 }
 # The writer's stats once the warm-up's payments have committed (one commit each), to $1:
 # the timed load's batches are the difference from there. Stopped by the caller if never.
@@ -230,7 +217,7 @@ def load(path):
 def cpu(path, elapsed_s):
     """CPU ms of each group (and the sender) over the timed load: the sampled series between
     the result line's time and that less the load's elapsed time, read in between samples
-    by interpolation. Without a series, the readings before and after the run."""
+    by interpolation. Empty without a series or a result (a failed run)."""
     try:
         end = float(open(path + ".end").read())
         series = []
@@ -238,21 +225,16 @@ def cpu(path, elapsed_s):
             f = line.split()
             series.append((float(f[0]), {f[i]: int(f[i + 1]) for i in range(1, len(f) - 1, 2)}))
     except (OSError, ValueError):
-        series, end = [], 0.0
-    if len(series) >= 2 and elapsed_s:
-        def at(t, name):
-            for (t0, a), (t1, b) in zip(series, series[1:]):
-                if t0 <= t <= t1:
-                    x0, x1 = a.get(name, 0), b.get(name, 0)
-                    return x0 + (x1 - x0) * (t - t0) / (t1 - t0) if t1 > t0 else x1
-            return series[-1][1].get(name, 0) if t > series[-1][0] else series[0][1].get(name, 0)
-        names = series[-1][1].keys()
-        return {k: (at(end, k) - at(end - elapsed_s, k)) * 1000 / hz for k in names}
-    rows = {}
-    for line in open(path + ".cpu"):
-        name, a, b = line.split()
-        rows[name] = (int(b) - int(a)) * 1000 / hz
-    return rows
+        return {}
+    if len(series) < 2 or not elapsed_s:
+        return {}
+    def at(t, name):
+        for (t0, a), (t1, b) in zip(series, series[1:]):
+            if t0 <= t <= t1:
+                x0, x1 = a.get(name, 0), b.get(name, 0)
+                return x0 + (x1 - x0) * (t - t0) / (t1 - t0) if t1 > t0 else x1
+        return series[-1][1].get(name, 0) if t > series[-1][0] else series[0][1].get(name, 0)
+    return {k: (at(end, k) - at(end - elapsed_s, k)) * 1000 / hz for k in series[-1][1]}
 table, extra, failed = [], [], False
 fulfilled = {}
 per_shape = {}  # shape -> [(node payments/s, reference payments/s, node p99, reference p99)]
@@ -281,15 +263,10 @@ for line in open(f"{out}/rows.tsv"):
     done_n, ref_n = int(m.get("fulfilled") or 0) or n, int(r.get("fulfilled") or 0) or n
     parts = ", ".join(f"{k} {v / done_n:.2f}" for k, v in nodecpu.items())
     total = sum(nodecpu.values()) / done_n
+    senders = ""
     if node_sender is not None and ref_sender is not None:
         senders = f"; the sender (the same JS load generator) {node_sender / done_n:.2f} against the node, {ref_sender / ref_n:.2f} against the reference"
-    else:  # the whole sender process, its warm-up included
-        sender = lambda p, k: sum(float(x) for x in open(p + ".sender").read().split()[-2:]) * 1000 / k
-        try:
-            senders = f"; the sender, warm-up included, {sender(node_p, done_n):.2f} against the node, {sender(ref_p, ref_n):.2f} against the reference"
-        except (OSError, ValueError):
-            senders = ""
-    extra.append(f"  {shape} r{round_} CPU ms/payment: node: {parts} (total {total:.2f}); reference: standin {refcpu['standin'] / ref_n:.2f}{senders}")
+    extra.append(f"  {shape} r{round_} CPU ms/payment: node: {parts} (total {total:.2f}); reference: standin {refcpu.get('standin', 0) / ref_n:.2f}{senders}")
     try:
         n0, c0, s0, n1, c1, s1 = (float(x) for x in open(node_p + ".writer").read().split())
         if n1 > n0:
